@@ -1,0 +1,30 @@
+# Every target bootstraps .venv itself: on a fresh Debian machine `make storm` and `make test` are enough.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: venv storm test lint regression nightly soak smoke bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"; exit 1; }
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# The main job: a storm on this host (a real spdk_tgt if one is found, else the reference target, loudly).
+storm: venv
+	$(VENV)/bin/lvol-storm run $(ARGS)
+
+# The harness's own tests, conformance replays and end-to-end runs against the reference target.
+test: venv
+	$(VENV)/bin/ruff check harness suites tests bench conftest.py
+	$(PY) -m pytest tests -q $(ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check harness suites tests bench conftest.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,6 @@
+"""One `Host` API, many backends (testinfra's idea): everything SPDK-specific is written on top of it."""
+
+from harness.hosts.base import CommandResult, Host, HostProcess, LineStream
+from harness.hosts.local import LocalHost
+
+__all__ = ["CommandResult", "Host", "HostProcess", "LineStream", "LocalHost"]

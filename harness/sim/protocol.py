@@ -1,0 +1,38 @@
+"""What the reference target's method handlers hand back to its server besides a result.
+
+`RpcFault` is an error reply exactly as `spdk_tgt` would send it; `SimulatedCrash` asks the server to die
+for real, the way SPDK dies (a genuine SIGSEGV, SIGABRT, hang or exit), so the watchdog sees real evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class RpcFault(Exception):
+    """A JSON-RPC error reply: `{"code": code, "message": message}` (codes as the recordings show them)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class SimulatedCrash(Exception):
+    """The handler reached a state where the real target dies.
+
+    kind: `segv` (dereference `address` in a thread named `thread_name`), `abort` (print `stderr_text`,
+    then SIGABRT), `hang` (stop answering every connection), `exit` (exit with `exit_code`).
+    `log_lines` are written to the target log first, as SPDK would have printed them.
+    """
+
+    kind: str
+    address: int = 8
+    thread_name: str = "reactor_0"
+    stderr_text: str = ""
+    exit_code: int = 0
+    log_lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(f"simulated {self.kind}")
