@@ -1,0 +1,137 @@
+"""The effective configuration of a run: a profile YAML, then CLI flags, then `--set a.b=c` overrides.
+
+Every mistake becomes one ConfigError line: `profiles/x.yaml: storm.workers: must be >= 1, got 0`.
+Each section's schema lives with its concept (target, bdev, storm); this module only composes and loads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.bdev import BdevConfig, LvstoreConfig
+from harness.errors import ConfigError
+from harness.storm.config import StormConfig
+from harness.target import TargetConfig
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+class WatchConfig(BaseModel):
+    """What the watchdog follows and how long silence may last before it calls a hang."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kernel_log: bool = True
+    hang_after_s: float = Field(30.0, gt=0)
+    core_dumps: bool = True
+    error_patterns: list[str] = Field(
+        default_factory=lambda: ["Lvol store removed with error", "forced removal"]
+    )
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = "default"
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    bdev: BdevConfig = Field(default_factory=BdevConfig)
+    lvstore: LvstoreConfig = Field(default_factory=LvstoreConfig)
+    storm: StormConfig = Field(default_factory=StormConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation(source: str, exc: ValidationError, data: dict[str, Any]) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: {path}: unknown field (check its spelling; see profiles/smoke.yaml)")
+            continue
+        got = err.get("input")
+        got_text = "" if err["type"] == "missing" else f", got {got!r}"
+        lines.append(f"{source}: {path}: {msg}{got_text}")
+    return ConfigError(lines[0] if len(lines) == 1 else "\n".join(lines))
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A profile is a file path, or a name under profiles/ (`smoke` -> profiles/smoke.yaml)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"--profile: {p} does not exist")
+        return p
+    candidate = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = sorted(x.stem for x in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"--profile: no profile named {name_or_path!r}; known: {', '.join(known)}")
+    return candidate
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (target, bdev, storm, ...), got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """`storm.workers=16`: the value is parsed as YAML, so numbers, booleans and lists keep their type."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected FIELD.PATH=VALUE, e.g. storm.workers=16")
+    key, _, raw = assignment.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment}: value is not valid YAML: {exc}") from exc
+    set_path(data, key.strip(), value)
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    cli: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Profile, then CLI flags (a dotted-path mapping), then `--set` overrides; validated once, at the end."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if profile:
+        path = profile_path(profile)
+        data = read_yaml(path)
+        data.setdefault("profile", path.stem)
+        source = str(path)
+    for key, value in (cli or {}).items():
+        if value is not None:
+            set_path(data, key, value)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+        source = f"{source} + --set" if "--set" not in source else source
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _format_validation(source, exc, data) from exc

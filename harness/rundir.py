@@ -1,0 +1,71 @@
+"""The run directory: where every artefact of a run lands, so nothing is lost when the run ends badly.
+
+Layout: config.yaml, target.log, history.jsonl, summary.json, crashes/<slug>/ (one per crash title).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.target import AF_UNIX_PATH_MAX
+
+
+def default_run_dir(profile: str, base: str | os.PathLike[str] = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / f"{stamp}-{profile}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(base) / f"{stamp}-{profile}-{n}"
+    return path
+
+
+class RunDir:
+    """Paths of one run's artefacts, and atomic writes for the files a reader may open mid-run."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        self.path.mkdir(parents=True, exist_ok=True)
+        sock = self.path / "spdk.sock"
+        if len(str(sock).encode()) > AF_UNIX_PATH_MAX:
+            from harness.errors import ConfigError
+
+            raise ConfigError(
+                f"--run-dir: {self.path} makes the RPC socket path {len(str(sock).encode())} bytes, over the "
+                f"AF_UNIX limit of {AF_UNIX_PATH_MAX}: choose a shorter --run-dir"
+            )
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def target_log(self) -> Path:
+        return self.path / "target.log"
+
+    @property
+    def crashes(self) -> Path:
+        return self.path / "crashes"
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write via a temporary file and rename, so a reader (or a power cut) never sees half a file."""
+        dest = self.path / name
+        tmp = dest.with_suffix(dest.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(tmp, dest)
+        return dest
+
+    def __str__(self) -> str:
+        return str(self.path)

@@ -1,0 +1,324 @@
+"""The target under test: a real `spdk_tgt` or the reference target, started, awaited and stopped through a Host.
+
+Both kinds share one lifecycle (spawn, wait for RPC, `spdk_kill_instance`, signals), so everything above this
+module is the same for either; only `kind` tells them apart, and a run against the reference target says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from harness.errors import TargetError
+from harness.hosts.base import Host, HostProcess, describe_returncode
+from harness.hugepages import HugepageReservation
+
+AF_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL.
+
+SIM_BANNER = (
+    "*** REFERENCE TARGET: this run drives lvol-storm's model of spdk_tgt (spdk-sim), not a real SPDK "
+    "build. It checks the harness, not SPDK. ***"
+)
+
+
+class TargetConfig(BaseModel):
+    """How to start the target. Field names follow spdk_tgt's own flags where there is one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["auto", "spdk", "sim"] = "auto"
+    spdk_tgt: str | None = Field(None, description="path to spdk_tgt; else $SPDK_TGT, PATH, $SPDK_DIR/build/bin")
+    cpumask: str = Field("0x1", pattern=r"^(0x[0-9a-fA-F]+|\[[0-9,\- ]+\])$")
+    mem_size_mb: int | None = Field(None, ge=1, description="-s")
+    hugepages_mb: int = Field(1024, ge=0, description="hugepages to make free before start; 0 with no_huge")
+    no_huge: bool = False
+    logflags: list[str] = Field(default_factory=list)
+    extra_args: list[str] = Field(default_factory=list, description="more spdk_tgt arguments")
+    env: dict[str, str] = Field(default_factory=dict)
+    start_timeout_s: float = Field(60.0, gt=0)
+    stop_timeout_s: float = Field(15.0, gt=0)
+    rpc_timeout_s: float = Field(30.0, gt=0)
+    # Reference-target knobs (ignored for a real spdk_tgt).
+    sim_fault: str = ""
+    sim_fault_after: int = Field(40, ge=1)
+    sim_latency_ms: float = Field(0.0, ge=0)
+    sim_seed: int | None = None
+
+
+def find_spdk_tgt(host: Host, explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """Locate `spdk_tgt` the way users expect: flag, $SPDK_TGT, PATH, $SPDK_DIR/build/bin. Say where we looked."""
+    env = os.environ if environ is None else environ
+    looked: list[str] = []
+    candidates: list[tuple[str, str | None]] = [
+        ("--spdk-tgt", explicit),
+        ("$SPDK_TGT", env.get("SPDK_TGT")),
+    ]
+    for label, path in candidates:
+        if path:
+            if host.exists(path):
+                return path
+            looked.append(f"{label}={path} (missing)")
+        else:
+            looked.append(f"{label} (unset)")
+    on_path = host.which("spdk_tgt")
+    if on_path:
+        return on_path
+    looked.append("PATH")
+    spdk_dir = env.get("SPDK_DIR")
+    if spdk_dir:
+        path = str(PurePosixPath(spdk_dir) / "build/bin/spdk_tgt")
+        if host.exists(path):
+            return path
+        looked.append(f"$SPDK_DIR/build/bin ({path} missing)")
+    else:
+        looked.append("$SPDK_DIR (unset)")
+    raise TargetError(
+        f"{host.name}: spdk_tgt not found; looked at {', '.join(looked)}: pass --spdk-tgt PATH, set SPDK_TGT, "
+        "or use --target sim for the reference target"
+    )
+
+
+def shared_library_dirs(host: Host, binary: str) -> list[str]:
+    """A build with shared libraries needs its `build/lib` (and DPDK's) on LD_LIBRARY_PATH."""
+    root = PurePosixPath(binary).parent.parent.parent  # <spdk>/build/bin/spdk_tgt -> <spdk>
+    dirs = [str(root / "build/lib"), str(root / "dpdk/build/lib")]
+    return [d for d in dirs if host.exists(d)]
+
+
+def check_socket_path(path: str) -> None:
+    if len(path.encode()) > AF_UNIX_PATH_MAX:
+        raise TargetError(
+            f"RPC socket path is {len(path.encode())} bytes, over the AF_UNIX limit of {AF_UNIX_PATH_MAX}: "
+            f"{path}: use a shorter --run-dir"
+        )
+
+
+@dataclass
+class TargetInfo:
+    """What a report needs to know about the target that ran."""
+
+    kind: str
+    host: str
+    argv: str
+    pid: int | None = None
+    version: str = ""
+    binary: str = ""
+    sock_path: str = ""
+    log_path: str = ""
+    exit: str = "running"
+    exit_code: int | None = None
+    methods: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Target:
+    """One incarnation of the target process on a host, with its socket and log under `work_dir`."""
+
+    def __init__(
+        self,
+        host: Host,
+        config: TargetConfig,
+        work_dir: str,
+        *,
+        needs_pci: bool = False,
+        announce: Any = None,
+    ) -> None:
+        self.host = host
+        self.config = config
+        self.work_dir = work_dir
+        self.needs_pci = needs_pci
+        self.kind = self._resolve_kind()
+        self.sock_path = str(PurePosixPath(work_dir) / "spdk.sock")
+        self.log_path = str(PurePosixPath(work_dir) / "target.log")
+        self.process: HostProcess | None = None
+        self.hugepages: HugepageReservation | None = None
+        self.info = TargetInfo(kind=self.kind, host=host.name, argv="", sock_path=self.sock_path,
+                               log_path=self.log_path)
+        self._announce = announce or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    # -- start ------------------------------------------------------------------------------------------
+
+    def _resolve_kind(self) -> str:
+        kind = self.config.kind
+        if kind != "auto":
+            return kind
+        try:
+            find_spdk_tgt(self.host, self.config.spdk_tgt)
+            return "spdk"
+        except TargetError:
+            return "sim"
+
+    @property
+    def is_sim(self) -> bool:
+        return self.kind == "sim"
+
+    def argv(self) -> list[str]:
+        cfg = self.config
+        if self.is_sim:
+            argv = [sys.executable, "-m", "harness.sim", "-r", self.sock_path, "-m", cfg.cpumask]
+            if cfg.sim_fault:
+                argv += ["--fault", cfg.sim_fault, "--fault-after", str(cfg.sim_fault_after)]
+            if cfg.sim_latency_ms:
+                argv += ["--latency-ms", f"{cfg.sim_latency_ms:g}"]
+            if cfg.sim_seed is not None:
+                argv += ["--seed", str(cfg.sim_seed)]
+            return argv
+        binary = find_spdk_tgt(self.host, cfg.spdk_tgt)
+        self.info.binary = binary
+        argv = [binary, "-m", cfg.cpumask, "-r", self.sock_path]
+        if cfg.mem_size_mb:
+            argv += ["-s", str(cfg.mem_size_mb)]
+        if cfg.no_huge or "--no-huge" in cfg.extra_args:
+            if "--no-huge" not in cfg.extra_args:
+                argv.append("--no-huge")
+        elif self.hugepages and self.hugepages.huge_dir:
+            argv += ["--huge-dir", self.hugepages.huge_dir]
+        for flag in cfg.logflags:
+            argv += ["-L", flag]
+        if not self.needs_pci and "--no-pci" not in cfg.extra_args:
+            argv.append("--no-pci")
+        return argv + list(cfg.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(self.config.env)
+        if not self.is_sim and self.info.binary:
+            libs = shared_library_dirs(self.host, self.info.binary)
+            if libs and "LD_LIBRARY_PATH" not in env:
+                env["LD_LIBRARY_PATH"] = ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+        return env
+
+    def start(self) -> TargetInfo:
+        """Spawn the target and return once it answers `spdk_get_version` and has finished init."""
+        check_socket_path(self.sock_path)
+        self.host.makedirs(self.work_dir)
+        if self.host.exists(self.sock_path):
+            self.host.remove(self.sock_path)
+        if self.is_sim:
+            self._announce(SIM_BANNER)
+        elif not (self.config.no_huge or "--no-huge" in self.config.extra_args) and self.config.hugepages_mb:
+            self.hugepages = HugepageReservation(
+                self.host, self.config.hugepages_mb, str(PurePosixPath(self.work_dir) / "hugepages")
+            )
+            self.hugepages.reserve()
+        argv = self.argv()
+        self.info.argv = shlex.join(argv)
+        try:
+            self.process = self.host.spawn(
+                argv, log_path=self.log_path, env=self.environment(), core_unlimited=True
+            )
+        except Exception:
+            self._release()
+            raise
+        self.info.pid = self.process.pid
+        try:
+            self._wait_ready()
+        except Exception:
+            self.stop()
+            raise
+        return self.info
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.host.read_file(self.log_path).decode("utf-8", "replace")
+        except OSError:
+            return "(no target log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(target log is empty)"
+
+    def _died(self, what: str) -> TargetError:
+        rc = self.process.poll() if self.process else None
+        return TargetError(
+            f"{self.kind} target {what} ({describe_returncode(rc)}); last lines of {self.log_path}:\n"
+            + self.log_tail()
+        )
+
+    def _wait_ready(self) -> None:
+        from harness.rpc.errors import RpcError
+        from harness.rpc.sync import SyncRpc
+
+        deadline = time.monotonic() + self.config.start_timeout_s
+        assert self.process is not None
+
+        def connect() -> SyncRpc:
+            if self.process is not None and self.process.poll() is not None:
+                raise self._died("exited during start-up")
+            return SyncRpc(self.host, self.sock_path, timeout=max(1.0, deadline - time.monotonic()),
+                           connect_timeout=1.0)
+
+        try:
+            for attempt in Retrying(
+                stop=stop_after_delay(self.config.start_timeout_s),
+                wait=wait_fixed(0.1),
+                retry=retry_if_exception_type((OSError, RpcError)),
+                reraise=False,
+            ):
+                with attempt:
+                    rpc = connect()
+        except RetryError as exc:
+            raise self._died(
+                f"did not answer on {self.sock_path} within {self.config.start_timeout_s:g} s "
+                f"(last error: {exc.last_attempt.exception()})"
+            ) from exc
+        with rpc:
+            version = rpc.call("spdk_get_version")
+            self.info.version = version.get("version", "") if isinstance(version, dict) else str(version)
+            rpc.call("framework_wait_init")
+            self.info.methods = list(rpc.call("rpc_get_methods") or [])
+
+    # -- stop -------------------------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> str:
+        """`spdk_kill_instance SIGTERM`, then SIGTERM, then SIGKILL, each bounded. Returns the exit description."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            try:
+                from harness.rpc.sync import SyncRpc
+
+                with SyncRpc(self.host, self.sock_path, timeout=2.0, connect_timeout=1.0) as rpc:
+                    rpc.call("spdk_kill_instance", sig_name="SIGTERM")
+            except Exception:
+                pass  # Dead, hung or gone: the signals below decide.
+            bound = self.config.stop_timeout_s
+            if proc.wait(bound) is None:
+                proc.send_signal(signal.SIGTERM)
+                if proc.wait(bound / 2) is None:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(5.0)
+        if proc is not None:
+            self.record_exit()
+        self._release()
+        return self.info.exit
+
+    def record_exit(self) -> None:
+        if self.process is not None:
+            rc = self.process.poll()
+            self.info.exit_code = rc
+            self.info.exit = describe_returncode(rc)
+
+    def _release(self) -> None:
+        if self.host.exists(self.sock_path) and not self.alive():
+            self.host.remove(self.sock_path)
+        if self.hugepages is not None:
+            self.hugepages.release()
+            self.hugepages = None
+
+    def __enter__(self) -> Target:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
