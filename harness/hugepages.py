@@ -55,6 +55,13 @@ class HugepageReservation:
         need_pages = -(-self.need_mb * 1024 // page_kb)
         free = info.get("HugePages_Free", 0)
         if free < need_pages:
+            short_kb = (need_pages - free) * page_kb
+            if short_kb > info.get("MemAvailable", 0):
+                raise TargetError(
+                    f"{self.host.name}: hugepages: need {need_pages - free} more {page_kb} kB pages "
+                    f"({short_kb // 1024} MiB) but only {info.get('MemAvailable', 0) // 1024} MiB is available: "
+                    "free memory, lower target.hugepages_mb, or run with --target-arg=--no-huge"
+                )
             current = int(self.host.read_file(NR_HUGEPAGES).decode().strip() or 0)
             want = current + (need_pages - free)
             res = self.host.run(["sh", "-c", f"echo {want} > {NR_HUGEPAGES}"])
