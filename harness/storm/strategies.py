@@ -1,0 +1,242 @@
+"""Named strategies: short scripted episodes that set up one race Longhorn can hit and fire it.
+
+Each episode builds its own small tree with its own names (so it is deterministic per worker seed), races two
+or more operations on two connections (`peer=True` sends on another worker's connection), and deletes what is
+left. The checker judges every reply; an episode only arranges for the interesting overlap to happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from harness.storm.operations import Op
+
+
+class EpisodeContext(Protocol):
+    """What an episode may do: send operations (on its own or a peer connection) and name new lvols."""
+
+    rng: random.Random
+
+    @property
+    def lvs_name(self) -> str: ...
+
+    def name(self, kind: str) -> str: ...
+
+    def size_mib(self) -> int: ...
+
+    def has(self, method: str) -> bool: ...
+
+    async def do(self, method: str, params: dict[str, Any], *, peer: bool = False) -> Op: ...
+
+    async def cleanup(self, uuids: list[str]) -> None: ...
+
+    def exclusive(self) -> AbstractAsyncContextManager[None]: ...
+
+    def pick_existing(self, kind: str) -> str | None: ...
+
+    @property
+    def copy_dst(self) -> str | None: ...
+
+    async def recreate_lvstore(self) -> None: ...
+
+
+Strategy = Callable[[EpisodeContext], Awaitable[None]]
+
+
+async def _race(*coros: Coroutine[Any, Any, Op]) -> list[Op]:
+    """Send all at once: each goes out before any reply is read, so they overlap inside the target."""
+    return list(await asyncio.gather(*coros))
+
+
+async def _create(ctx: EpisodeContext, thin: bool = True, size: int | None = None) -> Op:
+    return await ctx.do("bdev_lvol_create", {
+        "lvs_name": ctx.lvs_name, "lvol_name": ctx.name("v"), "size_in_mib": size or ctx.size_mib(),
+        "thin_provision": thin,
+    })
+
+
+async def _snapshot(ctx: EpisodeContext, uuid: str) -> Op:
+    return await ctx.do("bdev_lvol_snapshot", {"lvol_name": uuid, "snapshot_name": ctx.name("s")})
+
+
+def _clone(ctx: EpisodeContext, snap: str, *, peer: bool = False) -> Coroutine[Any, Any, Op]:
+    return ctx.do("bdev_lvol_clone", {"snapshot_name": snap, "clone_name": ctx.name("c")}, peer=peer)
+
+
+def _uuids(*ops: Op) -> list[str]:
+    return [op.result for op in ops if op.ok and isinstance(op.result, str)]
+
+
+async def _lvol_with_snapshot(ctx: EpisodeContext) -> tuple[Op, Op] | None:
+    lvol = await _create(ctx, thin=ctx.rng.random() < 0.5)
+    if not lvol.ok:
+        return None
+    snap = await _snapshot(ctx, lvol.result)
+    if not snap.ok:
+        await ctx.cleanup(_uuids(lvol))
+        return None
+    return lvol, snap
+
+
+async def delete_vs_clone(ctx: EpisodeContext) -> None:
+    """Delete a snapshot while a clone of it is being created (0 or 1 existing clones: the answer is a race)."""
+    base = await _lvol_with_snapshot(ctx)
+    if base is None:
+        return
+    lvol, snap = base
+    extra = []
+    if ctx.rng.random() < 0.5:
+        extra.append(await _clone(ctx, snap.result))
+    delete = ctx.do("bdev_lvol_delete", {"name": snap.result})
+    clone = _clone(ctx, snap.result, peer=True)
+    ops = await _race(delete, clone)
+    await ctx.cleanup(_uuids(ops[1], *extra, lvol, snap))
+
+
+async def double_delete(ctx: EpisodeContext) -> None:
+    """The same lvol deleted from two connections at once: exactly one may succeed."""
+    target = None
+    if ctx.rng.random() < 0.3:
+        target = ctx.pick_existing("leaf")
+    if target is None:
+        lvol = await _create(ctx, thin=ctx.rng.random() < 0.5)
+        if not lvol.ok:
+            return
+        target = lvol.result
+    await _race(ctx.do("bdev_lvol_delete", {"name": target}),
+                ctx.do("bdev_lvol_delete", {"name": target}, peer=True))
+    await ctx.cleanup([target])
+
+
+async def delete_vs_snapshot(ctx: EpisodeContext) -> None:
+    """Snapshot an lvol while it is being deleted."""
+    lvol = await _create(ctx, thin=ctx.rng.random() < 0.5)
+    if not lvol.ok:
+        return
+    ops = await _race(ctx.do("bdev_lvol_delete", {"name": lvol.result}),
+                      ctx.do("bdev_lvol_snapshot", {"lvol_name": lvol.result, "snapshot_name": ctx.name("s")},
+                             peer=True))
+    await ctx.cleanup(_uuids(lvol, ops[1]))
+
+
+async def delete_vs_checksum(ctx: EpisodeContext) -> None:
+    """Delete a snapshot while its checksum is being registered on another connection."""
+    if not ctx.has("bdev_lvol_register_snapshot_checksum"):
+        return await delete_vs_snapshot(ctx)
+    base = await _lvol_with_snapshot(ctx)
+    if base is None:
+        return
+    lvol, snap = base
+    await _race(ctx.do("bdev_lvol_register_snapshot_checksum", {"name": snap.result}, peer=True),
+                ctx.do("bdev_lvol_delete", {"name": snap.result}))
+    await ctx.cleanup(_uuids(lvol, snap))
+
+
+async def delete_vs_xattr(ctx: EpisodeContext) -> None:
+    """Set/get an xattr on an lvol (and its snapshot) while it is deleted."""
+    if not ctx.has("bdev_lvol_set_xattr"):
+        return await delete_vs_snapshot(ctx)
+    lvol = await _create(ctx, thin=True)
+    if not lvol.ok:
+        return
+    await _race(ctx.do("bdev_lvol_set_xattr", {"name": lvol.result, "xattr_name": "storm",
+                                               "xattr_value": ctx.name("x")}, peer=True),
+                ctx.do("bdev_lvol_delete", {"name": lvol.result}))
+    await ctx.cleanup(_uuids(lvol))
+
+
+async def delete_during_lvstore_rename(ctx: EpisodeContext) -> None:
+    """Rename the lvstore while an lvol in it is deleted and another is created, then rename it back."""
+    lvol = await _create(ctx, thin=True)
+    if not lvol.ok:
+        return
+    old = ctx.lvs_name
+    new = f"{old}_r"
+    async with ctx.exclusive():
+        ops = await _race(
+            ctx.do("bdev_lvol_rename_lvstore", {"old_name": old, "new_name": new}, peer=True),
+            ctx.do("bdev_lvol_delete", {"name": lvol.result}),
+        )
+        if ops[0].ok:
+            await ctx.do("bdev_lvol_rename_lvstore", {"old_name": new, "new_name": old})
+    await ctx.cleanup(_uuids(lvol))
+
+
+async def purge_chain(ctx: EpisodeContext) -> None:
+    """Delete a snapshot with exactly one child (Longhorn's snapshot purge): the child moves up."""
+    lvol = await _create(ctx, thin=ctx.rng.random() < 0.5)
+    if not lvol.ok:
+        return
+    s1 = await _snapshot(ctx, lvol.result)
+    s2 = await _snapshot(ctx, lvol.result)
+    if s2.ok:
+        await ctx.do("bdev_lvol_delete", {"name": s2.result})
+        await ctx.do("bdev_get_bdevs", {"name": lvol.result})
+    await ctx.cleanup(_uuids(lvol, s2, s1))
+
+
+async def busy_delete(ctx: EpisodeContext) -> None:
+    """Make a snapshot busy (checksum or shallow copy) on one connection, delete it from another, then delete
+    its child and its parent: the sequence that exposes SPDK's forced removal of a busy lvol."""
+    lvol = await _create(ctx, thin=False)
+    if not lvol.ok:
+        return
+    parent = await _snapshot(ctx, lvol.result)
+    snap = await _snapshot(ctx, lvol.result)
+    if not (parent.ok and snap.ok):
+        await ctx.cleanup(_uuids(lvol, snap, parent))
+        return
+    use_copy = ctx.has("bdev_lvol_start_shallow_copy") and ctx.copy_dst and ctx.rng.random() < 0.3
+    if use_copy:
+        busy = ctx.do("bdev_lvol_start_shallow_copy", {"src_lvol_name": snap.result,
+                                                               "dst_bdev_name": ctx.copy_dst},
+                      peer=True)
+    elif ctx.has("bdev_lvol_register_snapshot_checksum"):
+        busy = ctx.do("bdev_lvol_register_snapshot_checksum", {"name": snap.result}, peer=True)
+    else:
+        await ctx.cleanup(_uuids(lvol, snap, parent))
+        return
+    await _race(busy, ctx.do("bdev_lvol_delete", {"name": snap.result}))
+    await ctx.do("bdev_lvol_delete", {"name": lvol.result})
+    await ctx.do("bdev_lvol_delete", {"name": parent.result})
+    await ctx.cleanup(_uuids(snap, parent))
+
+
+async def clone_fanout_delete(ctx: EpisodeContext) -> None:
+    """A snapshot with two clones must refuse deletion; with one left it must succeed and re-parent."""
+    base = await _lvol_with_snapshot(ctx)
+    if base is None:
+        return
+    lvol, snap = base
+    c1 = await _clone(ctx, snap.result)
+    await ctx.do("bdev_lvol_delete", {"name": snap.result})
+    await ctx.cleanup(_uuids(c1, lvol, snap))
+
+
+async def lvstore_delete_with_tree(ctx: EpisodeContext) -> None:
+    """Rarely: with everything else paused, delete the lvstore with a tree in it and recreate it."""
+    base = await _lvol_with_snapshot(ctx)
+    if base is None:
+        return
+    snap = base[1]
+    await _clone(ctx, snap.result)
+    async with ctx.exclusive():
+        await ctx.recreate_lvstore()
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "delete-vs-clone": delete_vs_clone,
+    "double-delete": double_delete,
+    "delete-vs-snapshot": delete_vs_snapshot,
+    "delete-vs-checksum": delete_vs_checksum,
+    "delete-vs-xattr": delete_vs_xattr,
+    "delete-during-lvstore-rename": delete_during_lvstore_rename,
+    "purge-chain": purge_chain,
+    "busy-delete": busy_delete,
+    "clone-fanout-delete": clone_fanout_delete,
+    "lvstore-delete-with-tree": lvstore_delete_with_tree,
+}
