@@ -1,0 +1,94 @@
+"""Crash titles from recorded evidence: the recorded gdb backtrace, kernel lines, abort messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.report.backtrace import parse_gdb_backtrace
+from harness.report.symbolize import Symbol
+from harness.report.title import crash_title, title_slug
+from harness.watch.evidence import CrashEvidence
+from harness.watch.kmsg import parse_fault
+from harness.watch.targetlog import parse_abort_line
+
+BACKTRACES = sorted(Path("/work/shared/spdk/backtraces").glob("*.txt"))
+
+STATIC_LINE = ("reactor_0[3692273]: segfault at 8 ip 000000000044de88 sp 00007ffcc77b0860 error 4 in "
+               "spdk_tgt[400000+46c000] likely on CPU 0 (core 0, socket 0)")
+
+
+def _fault_evidence(line: str) -> CrashEvidence:
+    fault = parse_fault(line)
+    assert fault is not None
+    return CrashEvidence("fault", fault.describe(), "kernel", fault=fault)
+
+
+@pytest.mark.skipif(not BACKTRACES, reason="no recorded backtraces")
+@pytest.mark.parametrize("path", BACKTRACES, ids=lambda p: p.name)
+def test_recorded_backtrace_gives_title(path: Path) -> None:
+    bt = parse_gdb_backtrace(path.read_text())
+    assert bt.signal == "SIGSEGV"
+    assert bt.crashing_lwp == 17270
+    assert len(bt.frames) == 23
+    assert [f.n for f in bt.frames] == list(range(23))
+    assert bt.frames[0].func == "spdk_lvol_destroy" and bt.frames[0].line == 1884
+    assert bt.frames[1].pc == 0x7F38F465C515 and bt.frames[1].file == "vbdev_lvol.c"
+    assert bt.frames[-1].func == "main"
+    ev = CrashEvidence("exit", "target died", "process", exit_rc=-11)
+    assert crash_title([ev], backtrace=bt) == "SIGSEGV in spdk_lvol_destroy (lvol.c:1884)"
+    assert crash_title([_fault_evidence(STATIC_LINE), ev], backtrace=bt) == (
+        "SIGSEGV in spdk_lvol_destroy (lvol.c:1884)")
+
+
+def test_fault_titles_with_and_without_symbols() -> None:
+    ev = _fault_evidence(STATIC_LINE)
+    assert crash_title([ev]) == "SIGSEGV at spdk_tgt+0x4de88"
+    sym = Symbol("spdk_lvol_destroy", "/usr/src/spdk/lib/lvol/lvol.c", 1884, "spdk_tgt", 0x44DE88)
+    assert crash_title([ev], symbol=sym) == "SIGSEGV in spdk_lvol_destroy (lvol.c:1884)"
+    shared = _fault_evidence(
+        "reactor_0[17270]: segfault at 8 ip 00007f38f45e3be8 sp 00007fffbf0892a0 error 4 in "
+        "libspdk_lvol.so.10.0[8be8,7f38f45de000+a000] likely on CPU 0 (core 0, socket 0)")
+    assert crash_title([shared]) == "SIGSEGV at libspdk_lvol.so.10.0+0x8be8"
+    trap = _fault_evidence("traps: reactor_0[5120] trap invalid opcode ip:55d5c0a4b2f1 sp:7ffc8d4e1e60 "
+                           "error:0 in spdk_tgt[55d5c0a00000+200000]")
+    assert crash_title([trap]) == "SIGILL at spdk_tgt+0x4b2f1"
+
+
+def test_same_bug_same_title_across_runs() -> None:
+    """pids, tids, bases and timestamps differ between runs; the title must not."""
+    a = _fault_evidence("6,1,2,-;reactor_0[100]: segfault at 8 ip 00007f38f45e3be8 sp 00007fffbf0892a0 error 4 "
+                        "in libspdk_lvol.so.10.0[8be8,7f38f45de000+a000] likely on CPU 0 (core 0, socket 0)")
+    b = _fault_evidence("6,9,7,-;reactor_1[2222]: segfault at 8 ip 00007faa00002be8 sp 00007fffbf0000a0 error 4 "
+                        "in libspdk_lvol.so.10.0[8be8,7faa00000000+a000] likely on CPU 1 (core 1, socket 0)")
+    assert crash_title([a]) == crash_title([b])
+
+
+@pytest.mark.parametrize(
+    ("line", "title"),
+    [
+        ("malloc(): unsorted double linked list corrupted", "SIGABRT: malloc(): unsorted double linked list corrupted"),
+        ("spdk_tgt: bdev.c:4370: bdev_channel_destroy_resource: Assertion `TAILQ_EMPTY(&ch->io_submitted)' failed.",
+         "SIGABRT: Assertion 'TAILQ_EMPTY(&ch->io_submitted)' failed in bdev_channel_destroy_resource"),
+        ("[2026-11-29 05:57:09.8] thread.c:2915:sspin_fatal: *ERROR*: unrecoverable spinlock error 3: "
+         "Destroying a held spinlock (sspin->thread == NULL)",
+         "SIGABRT: unrecoverable spinlock error 3: Destroying a held spinlock (sspin->thread == NULL)"),
+    ],
+)
+def test_abort_titles(line: str, title: str) -> None:
+    abort = parse_abort_line(line)
+    assert abort is not None
+    evidence = [CrashEvidence("exit", "died", "process", exit_rc=-6, t=2.0),
+                CrashEvidence("abort", abort.text, "target-log", abort=abort, t=1.0)]
+    assert crash_title(evidence) == title
+
+
+def test_hang_and_exit_titles() -> None:
+    assert crash_title([CrashEvidence("hang", "x", "probe", hang_s=30.0)]) == "hang: no RPC reply for 30 s"
+    assert crash_title([CrashEvidence("exit", "x", "process", exit_rc=0)]) == "exit: target exited 0 unexpectedly"
+    assert crash_title([CrashEvidence("exit", "x", "process", exit_rc=-9)]) == "SIGKILL: target killed from outside"
+    assert crash_title([CrashEvidence("exit", "x", "process", exit_rc=-6)]) == "SIGABRT: no message in the target log"
+    assert title_slug("SIGSEGV in spdk_lvol_destroy (lvol.c:1884)") == "SIGSEGV-in-spdk_lvol_destroy-lvol.c-1884"
+    with pytest.raises(ValueError):
+        crash_title([])
