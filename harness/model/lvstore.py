@@ -1,0 +1,606 @@
+"""Pure semantics of one SPDK lvol store, as Longhorn's fork (longhorn-v24.09) behaves.
+
+The reference target serves RPCs from it and the storm's checker predicts replies with it, so it imports no
+socket, process or storm code, is deterministic (UUIDs and timestamps come from injected factories), and every
+operation costs O(1) or O(parent-chain depth) in the number of lvols (cluster maps are Python ints used as bit sets).
+
+Facts it encodes come from the recordings in /work/shared/spdk/transcripts (ground truth) and, where they are
+silent, from SPDK's lib/lvol/lvol.c and lib/blob/blobstore.c:
+- a snapshot takes its origin's clusters and thin flag; the origin becomes a thin clone of it; the snapshot
+  replaces the origin at the tail of the old parent's clone list;
+- "is_snapshot" means "has a snapshot entry" (someone was cloned from it), so it stays true with 0 clones,
+  and a read-only lvol that was cloned reports is_snapshot;
+- delete: 2+ clones -> EPERM; busy (open by a checksum / shallow copy) -> EBUSY; exactly one clone -> the
+  clone takes the snapshot's clusters it lacks and moves to the snapshot's parent (tail of its clone list);
+- background jobs (checksum, shallow copy) progress CLUSTERS_PER_TICK clusters per `tick()`; the reference
+  target ticks once per RPC, so a job on a large snapshot holds it open across the next few calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import hashlib
+import uuid as uuid_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MIB = 1024 * 1024
+NAME_MAX = 255
+"""Longest lvol name the fork accepts on create (256 fails; rename truncates to 255)."""
+CLUSTERS_PER_TICK = 64
+"""Clusters a background job (checksum, shallow copy) gets through per tick."""
+BLOB_ID_BASE = 1 << 32
+
+FORCED_REMOVAL = "forced-removal"
+LEAK_CLUSTER = "leak-cluster"
+DELETE_SNAPSHOT_WITH_CLONES = "delete-snapshot-with-clones"
+ABORT_ASSERT = "abort-assert"
+ABORT_MALLOC = "abort-malloc"
+MODEL_FAULTS = frozenset({FORCED_REMOVAL, LEAK_CLUSTER, DELETE_SNAPSHOT_WITH_CLONES, ABORT_ASSERT, ABORT_MALLOC})
+"""Fault modes the model itself acts on (the dispatcher handles `hang` and `exit`)."""
+
+
+class ModelError(Exception):
+    """SPDK refused the operation with `errno` (e.g. errno.EBUSY).
+
+    `forced_removal` is set when the (faulty) target answered the error but removed the lvol anyway.
+    """
+
+    def __init__(self, err: int, detail: str = "", forced_removal: bool = False) -> None:
+        super().__init__(f"{errno.errorcode.get(err, err)}: {detail}" if detail else errno.errorcode.get(err, str(err)))
+        self.errno = err
+        self.detail = detail
+        self.forced_removal = forced_removal
+
+
+class ModelCrash(Exception):
+    """The state reached makes the real target die: kind `segv` (detail names the dereference) or `abort`
+    (detail names the fault mode that fired: `abort-assert` / `abort-malloc`)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def _popcount(bits: int) -> int:
+    return bits.bit_count()
+
+
+def _mask(n: int) -> int:
+    return (1 << n) - 1
+
+
+@dataclass(eq=False)
+class Lvol:
+    """One blob of the store and, unless `removed`, the lvol bdev on it.
+
+    `alloc` is the set of clusters this blob owns (bit i = cluster i). Links are blob ids so a store can be
+    deep-copied cheaply. A `removed` blob is what a forced removal leaves: no lvol, but still in its parent's
+    clone list, still holding its clusters.
+    """
+
+    uuid: str
+    name: str
+    blob_id: int
+    num_clusters: int
+    thin: bool
+    creation_time: str
+    alloc: int = 0
+    read_only: bool = False
+    is_snapshot: bool = False
+    parent: int | None = None
+    clones: dict[int, None] = field(default_factory=dict)
+    xattrs: dict[str, str] = field(default_factory=dict)
+    open_refs: int = 0
+    checksum: int | None = None
+    removed: bool = False
+
+    @property
+    def is_clone(self) -> bool:
+        return self.parent is not None
+
+    @property
+    def num_allocated_clusters(self) -> int:
+        return _popcount(self.alloc)
+
+    @property
+    def busy(self) -> bool:
+        return self.open_refs > 0
+
+
+@dataclass(eq=False)
+class Job:
+    """A background operation holding `blob_id` open: `kind` is `checksum` or `shallow_copy`."""
+
+    kind: str
+    blob_id: int
+    total_clusters: int
+    copied_clusters: int = 0
+    error: int = 0
+    holding: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.error != 0 or self.copied_clusters >= self.total_clusters
+
+
+def _default_uuid() -> str:
+    return str(uuid_mod.uuid4())
+
+
+def _default_clock() -> str:
+    return "1970-01-01T00:00:00Z"
+
+
+class LvolStore:
+    """One lvstore: its clusters, lvols, snapshot/clone tree and background jobs.
+
+    Refusals raise ModelError(errno) and change nothing (except the recorded forced removal when the
+    `forced-removal` fault is on); ModelCrash means the real target would die here.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        uuid: str,
+        base_bdev: str,
+        total_data_clusters: int,
+        cluster_size: int,
+        block_size: int,
+        faults: frozenset[str] = frozenset(),
+        uuid_factory: Callable[[], str] | None = None,
+        clock: Callable[[], str] | None = None,
+    ) -> None:
+        self.name = name
+        self.uuid = uuid
+        self.base_bdev = base_bdev
+        self.total_data_clusters = total_data_clusters
+        self.cluster_size = cluster_size
+        self.block_size = block_size
+        self.faults = frozenset(faults)
+        self._free = total_data_clusters
+        self._uuid_factory = uuid_factory or _default_uuid
+        self._clock = clock or _default_clock
+        self._next_blob = 0
+        self.blobs: dict[int, Lvol] = {}
+        """Every blob in creation order (the order SPDK lists lvols), removed ones included."""
+        self._by_name: dict[str, int] = {}
+        self._by_uuid: dict[str, int] = {}
+        self.jobs: list[Job] = []
+        self.leaked_by_fault = 0
+        """Clusters the `leak-cluster` fault kept from being returned (for invariant messages)."""
+
+    # ---- copying and lookups -------------------------------------------------------------------------------------
+
+    def copy(self) -> LvolStore:
+        """An independent snapshot of the whole state (the factories are shared, not copied)."""
+        uf, ck = self._uuid_factory, self._clock
+        self._uuid_factory = self._clock = None  # type: ignore[assignment]
+        try:
+            dup = copy.deepcopy(self)
+        finally:
+            self._uuid_factory, self._clock = uf, ck
+        dup._uuid_factory, dup._clock = uf, ck
+        return dup
+
+    @property
+    def free_clusters(self) -> int:
+        return self._free
+
+    def find_by_uuid(self, uuid: str) -> Lvol | None:
+        bid = self._by_uuid.get(uuid)
+        return None if bid is None else self.blobs[bid]
+
+    def find_by_name(self, name: str) -> Lvol | None:
+        bid = self._by_name.get(name)
+        return None if bid is None else self.blobs[bid]
+
+    def find(self, ref: str) -> Lvol | None:
+        """An lvol by UUID, by alias `lvs_name/lvol_name`, or by bare name (in that order)."""
+        lv = self.find_by_uuid(ref)
+        if lv is None and ref.startswith(self.name + "/"):
+            lv = self.find_by_name(ref[len(self.name) + 1 :])
+        if lv is None:
+            lv = self.find_by_name(ref)
+        return lv
+
+    def lookup(self, ref: str) -> Lvol:
+        """Like find(), but a missing lvol is ModelError(ENODEV) as SPDK answers it."""
+        lv = self.find(ref)
+        if lv is None:
+            raise ModelError(errno.ENODEV, f"no lvol {ref!r} in lvstore {self.name}")
+        return lv
+
+    def lvols(self) -> list[Lvol]:
+        """Live lvols in SPDK's listing order (creation order)."""
+        return [b for b in self.blobs.values() if not b.removed]
+
+    def alias(self, lv: Lvol) -> str:
+        return f"{self.name}/{lv.name}"
+
+    def parent_of(self, lv: Lvol) -> Lvol | None:
+        return None if lv.parent is None else self.blobs.get(lv.parent)
+
+    def clones_of(self, lv: Lvol) -> list[Lvol]:
+        """Every blob in lv's clone list, removed ones included, in list order."""
+        return [self.blobs[c] for c in lv.clones if c in self.blobs]
+
+    def size_bytes(self, lv: Lvol) -> int:
+        return lv.num_clusters * self.cluster_size
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+
+    def _clusters_for(self, size_in_mib: int) -> int:
+        return -(-size_in_mib * MIB // self.cluster_size)
+
+    def _check_new_name(self, name: str | None) -> str:
+        if not name or len(name) > NAME_MAX:
+            raise ModelError(errno.EINVAL, f"invalid lvol name (1..{NAME_MAX} characters)")
+        if name in self._by_name:
+            raise ModelError(errno.EEXIST, f"lvol {name!r} exists")
+        return name
+
+    def _take(self, n: int) -> None:
+        if n > self._free:
+            raise ModelError(errno.ENOSPC, f"need {n} clusters, {self._free} free")
+        self._free -= n
+
+    def _give(self, n: int) -> None:
+        if n <= 0:
+            return
+        if LEAK_CLUSTER in self.faults:
+            self.leaked_by_fault += n
+            return
+        self._free += n
+
+    def _new_blob(self, name: str, num_clusters: int, thin: bool) -> Lvol:
+        self._next_blob += 1
+        lv = Lvol(
+            uuid=self._uuid_factory(),
+            name=name,
+            blob_id=BLOB_ID_BASE + self._next_blob,
+            num_clusters=num_clusters,
+            thin=thin,
+            creation_time=self._clock(),
+        )
+        self.blobs[lv.blob_id] = lv
+        self._by_name[name] = lv.blob_id
+        self._by_uuid[lv.uuid] = lv.blob_id
+        return lv
+
+    def _unlink_from_parent(self, lv: Lvol) -> None:
+        parent = self.parent_of(lv)
+        if parent is not None:
+            parent.clones.pop(lv.blob_id, None)
+        lv.parent = None
+
+    def _link_to_parent(self, lv: Lvol, parent: Lvol) -> None:
+        lv.parent = parent.blob_id
+        parent.clones[lv.blob_id] = None
+        parent.is_snapshot = True
+
+    def _forget(self, lv: Lvol) -> None:
+        """Drop the lvol's names (the blob may stay, see forced removal)."""
+        if self._by_name.get(lv.name) == lv.blob_id:
+            del self._by_name[lv.name]
+        self._by_uuid.pop(lv.uuid, None)
+
+    def _ancestors_alloc(self, lv: Lvol) -> int:
+        bits, seen, p = 0, 0, self.parent_of(lv)
+        while p is not None and seen <= len(self.blobs):
+            bits |= p.alloc
+            p = self.parent_of(p)
+            seen += 1
+        return bits
+
+    # ---- lvol operations (SPDK's RPC parameter names) ------------------------------------------------------------
+
+    def create(self, lvol_name: str, size_in_mib: int, thin_provision: bool = False) -> Lvol:
+        name = self._check_new_name(lvol_name)
+        n = self._clusters_for(size_in_mib)
+        if not thin_provision:
+            self._take(n)
+        lv = self._new_blob(name, n, thin_provision)
+        if not thin_provision:
+            lv.alloc = _mask(n)
+        return lv
+
+    def snapshot(self, lvol_name: str, snapshot_name: str, xattrs: dict[str, str] | None = None) -> Lvol:
+        origin = self.lookup(lvol_name)
+        name = self._check_new_name(snapshot_name)
+        if origin.read_only:
+            raise ModelError(errno.EINVAL, "cannot snapshot a read-only lvol")
+        old_parent = self.parent_of(origin)
+        snap = self._new_blob(name, origin.num_clusters, origin.thin)
+        snap.alloc, origin.alloc = origin.alloc, 0
+        snap.read_only = True
+        snap.xattrs = dict(xattrs or {})
+        origin.thin = True
+        if old_parent is not None:
+            self._unlink_from_parent(origin)
+            self._link_to_parent(snap, old_parent)
+        self._link_to_parent(origin, snap)
+        return snap
+
+    def clone(self, snapshot_name: str, clone_name: str | None) -> Lvol:
+        snap = self.lookup(snapshot_name)
+        name = self._check_new_name(clone_name)
+        if not snap.read_only:
+            raise ModelError(errno.EINVAL, "clone source must be read-only (a snapshot)")
+        if ABORT_MALLOC in self.faults and len(snap.clones) >= 2:
+            raise ModelCrash("abort", ABORT_MALLOC)
+        lv = self._new_blob(name, snap.num_clusters, True)
+        self._link_to_parent(lv, snap)
+        return lv
+
+    def delete(self, name: str) -> None:
+        lv = self.lookup(name)
+        n_clones = len(lv.clones)
+        if n_clones > 1 and DELETE_SNAPSHOT_WITH_CLONES not in self.faults:
+            raise ModelError(errno.EPERM, f"{lv.name} has {n_clones} clones")
+        if lv.busy:
+            if FORCED_REMOVAL in self.faults:
+                # Recorded bug: the blob delete fails, the lvol goes anyway; the blob stays in its parent's
+                # clone list (and keeps its clusters and its own clones).
+                self._forget(lv)
+                lv.removed = True
+                raise ModelError(errno.EBUSY, f"{lv.name} is open (forced removal)", forced_removal=True)
+            raise ModelError(errno.EBUSY, f"{lv.name} is open")
+        if n_clones == 1:
+            only = self.blobs[next(iter(lv.clones))]
+            if only.removed and FORCED_REMOVAL in self.faults:
+                raise ModelCrash("segv", f"spdk_lvol_destroy: clone lvol of {lv.name} is gone (forced removal)")
+            if ABORT_ASSERT in self.faults:
+                raise ModelCrash("abort", ABORT_ASSERT)
+            self._merge_into_clone(lv, only)
+            return
+        # With delete-snapshot-with-clones the clones keep pointing at the deleted blob (nothing re-parented).
+        self._unlink_from_parent(lv)
+        self._give(lv.num_allocated_clusters)
+        self._forget(lv)
+        del self.blobs[lv.blob_id]
+
+    def _merge_into_clone(self, snap: Lvol, clone: Lvol) -> None:
+        moved = snap.alloc & ~clone.alloc & _mask(clone.num_clusters)
+        clone.alloc |= moved
+        self._give(snap.num_allocated_clusters - _popcount(moved))
+        parent = self.parent_of(snap)
+        self._unlink_from_parent(snap)
+        clone.parent = None
+        if parent is not None:
+            self._link_to_parent(clone, parent)
+        self._forget(snap)
+        del self.blobs[snap.blob_id]
+
+    def resize(self, name: str, size_in_mib: int) -> None:
+        lv = self.lookup(name)
+        if lv.read_only:
+            raise ModelError(errno.EPERM, f"{lv.name} is read-only")
+        n = self._clusters_for(size_in_mib)
+        if n > lv.num_clusters and not lv.thin:
+            self._take(n - lv.num_clusters)
+            lv.alloc |= _mask(n) & ~_mask(lv.num_clusters)
+        elif n < lv.num_clusters:
+            dropped = lv.alloc & ~_mask(n)
+            lv.alloc &= _mask(n)
+            self._give(_popcount(dropped))
+        lv.num_clusters = n
+
+    def rename(self, old_name: str, new_name: str) -> None:
+        lv = self.lookup(old_name)
+        new = (new_name or "")[:NAME_MAX]
+        if not new:
+            raise ModelError(errno.EINVAL, "empty name")
+        if new in self._by_name:
+            raise ModelError(errno.EEXIST, f"lvol {new!r} exists")
+        del self._by_name[lv.name]
+        lv.name = new
+        self._by_name[new] = lv.blob_id
+
+    def set_read_only(self, name: str) -> None:
+        self.lookup(name).read_only = True
+
+    def inflate(self, name: str) -> None:
+        lv = self.lookup(name)
+        if not lv.thin:
+            return
+        missing = _mask(lv.num_clusters) & ~lv.alloc
+        self._take(_popcount(missing))
+        lv.alloc |= missing
+        lv.thin = False
+        self._unlink_from_parent(lv)
+
+    def decouple_parent(self, name: str) -> None:
+        lv = self.lookup(name)
+        if lv.parent is None:
+            raise ModelError(errno.EINVAL, f"{lv.name} has no parent")
+        need = self._ancestors_alloc(lv) & _mask(lv.num_clusters) & ~lv.alloc
+        self._take(_popcount(need))
+        lv.alloc |= need
+        self._unlink_from_parent(lv)
+
+    def detach_parent(self, name: str) -> None:
+        """Longhorn's detach: drop the parent link without copying its clusters (the lvol stays thin)."""
+        lv = self.lookup(name)
+        if not lv.thin or lv.parent is None:
+            raise ModelError(errno.EINVAL, f"{lv.name} is not a thin clone")
+        self._unlink_from_parent(lv)
+
+    def set_parent(self, lvol_name: str, parent_name: str) -> None:
+        lv = self.lookup(lvol_name)
+        snap = self.lookup(parent_name)
+        if lv is snap:
+            raise ModelError(errno.EINVAL, "lvol and parent are the same")
+        if not lv.thin:
+            raise ModelError(errno.EINVAL, f"{lv.name} is not thin provisioned")
+        if not snap.is_snapshot:
+            raise ModelError(errno.EINVAL, f"{snap.name} is not a snapshot")
+        if lv.num_clusters != snap.num_clusters:
+            raise ModelError(errno.EINVAL, "sizes differ")
+        if lv.parent == snap.blob_id:
+            raise ModelError(errno.EEXIST, f"{snap.name} already is the parent")
+        p: Lvol | None = snap
+        for _ in range(len(self.blobs) + 1):  # bounded walk up: refuse a cycle
+            if p is None:
+                break
+            if p is lv:
+                raise ModelError(errno.EINVAL, f"{snap.name} descends from {lv.name}")
+            p = self.parent_of(p)
+        self._unlink_from_parent(lv)
+        self._link_to_parent(lv, snap)
+
+    def set_xattr(self, name: str, xattr_name: str, xattr_value: str) -> None:
+        lv = self.lookup(name)
+        if lv.read_only:
+            raise ModelError(errno.EPERM, f"{lv.name} is read-only")
+        lv.xattrs[xattr_name] = xattr_value
+
+    def get_xattr(self, name: str, xattr_name: str) -> str:
+        lv = self.lookup(name)
+        if xattr_name == "name":
+            return lv.name
+        if xattr_name == "uuid":
+            return lv.uuid
+        if xattr_name not in lv.xattrs:
+            raise ModelError(errno.ENOENT, f"{lv.name} has no xattr {xattr_name!r}")
+        return lv.xattrs[xattr_name]
+
+    def get_fragmap(self, name: str, offset: int = 0, size: int = 0) -> dict[str, object]:
+        """Longhorn's fragmap of the lvol's own clusters: a base64 bit map, bit i = cluster offset/cs + i."""
+        import base64
+
+        lv = self.lookup(name)
+        cs = self.cluster_size
+        total = self.size_bytes(lv)
+        if size == 0:
+            size = total - offset if offset <= total else 0
+        if offset % cs or size % cs or offset + size > total:
+            raise ModelError(errno.EINVAL, "offset/size must be cluster aligned and inside the lvol")
+        first, n = offset // cs, size // cs
+        bits = (lv.alloc >> first) & _mask(n)
+        data = bits.to_bytes((n + 7) // 8, "little")
+        return {
+            "cluster_size": cs,
+            "num_clusters": n,
+            "num_allocated_clusters": _popcount(bits),
+            "fragmap": base64.b64encode(data).decode(),
+        }
+
+    # ---- busy blobs and background jobs ------------------------------------------------------------------------
+
+    def open_blob(self, name: str) -> None:
+        """Hold a blob open (what a checksum or shallow copy in progress does): delete then answers EBUSY."""
+        self.lookup(name).open_refs += 1
+
+    def close_blob(self, name: str) -> None:
+        lv = self.lookup(name)
+        lv.open_refs = max(0, lv.open_refs - 1)
+
+    def _start_job(self, kind: str, lv: Lvol, total: int, error: int = 0) -> Job:
+        job = Job(kind=kind, blob_id=lv.blob_id, total_clusters=total, error=error)
+        if not job.done:
+            job.holding = True
+            lv.open_refs += 1
+            self.jobs.append(job)
+        else:
+            self._finish(job)
+        return job
+
+    def _finish(self, job: Job) -> None:
+        lv = self.blobs.get(job.blob_id)
+        if job.holding and lv is not None:
+            lv.open_refs = max(0, lv.open_refs - 1)
+        job.holding = False
+        if job.kind == "checksum" and job.error == 0 and lv is not None:
+            lv.checksum = self._checksum_of(lv)
+
+    def _checksum_of(self, lv: Lvol) -> int:
+        """Deterministic stand-in for the data checksum (the data is all zeroes): 0 with nothing allocated."""
+        if lv.alloc == 0:
+            return 0
+        digest = hashlib.blake2b(f"{self.cluster_size}:{lv.alloc:x}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little")
+
+    def tick(self, steps: int = 1) -> None:
+        """Advance every background job by `steps` x CLUSTERS_PER_TICK clusters; finished jobs let go."""
+        if not self.jobs:
+            return
+        still: list[Job] = []
+        for job in self.jobs:
+            job.copied_clusters = min(job.total_clusters, job.copied_clusters + steps * CLUSTERS_PER_TICK)
+            if job.done:
+                self._finish(job)
+            else:
+                still.append(job)
+        self.jobs = still
+
+    def register_snapshot_checksum(self, name: str) -> Job:
+        lv = self.lookup(name)
+        if not lv.is_snapshot:
+            raise ModelError(errno.EPERM, f"{lv.name} is not a snapshot")
+        return self._start_job("checksum", lv, lv.num_allocated_clusters)
+
+    def get_snapshot_checksum(self, name: str) -> int:
+        lv = self.lookup(name)
+        if lv.checksum is None:
+            raise ModelError(errno.ENODEV, f"no checksum registered for {lv.name}")
+        return lv.checksum
+
+    def start_shallow_copy(self, src_lvol_name: str, dst_size_bytes: int) -> Job:
+        """Copy the lvol's own clusters to a bdev; a failure is reported by the job, as SPDK's status does."""
+        lv = self.lookup(src_lvol_name)
+        total = lv.num_allocated_clusters
+        if not lv.read_only:
+            return self._start_job("shallow_copy", lv, 0, error=errno.EPERM)
+        if dst_size_bytes < self.size_bytes(lv):
+            return self._start_job("shallow_copy", lv, 0, error=errno.EINVAL)
+        return self._start_job("shallow_copy", lv, total)
+
+    # ---- the store -----------------------------------------------------------------------------------------------
+
+    def grow(self, total_data_clusters: int) -> None:
+        """The base bdev grew: new clusters are free."""
+        if total_data_clusters > self.total_data_clusters:
+            self._free += total_data_clusters - self.total_data_clusters
+            self.total_data_clusters = total_data_clusters
+
+    def check_invariants(self) -> list[str]:
+        """Problems a correct target never shows: leaked clusters, orphans, broken parent/child links."""
+        problems: list[str] = []
+        used = 0
+        for lv in self.blobs.values():
+            used += lv.num_allocated_clusters
+            if lv.alloc >> lv.num_clusters:
+                problems.append(f"{lv.name}: owns clusters beyond its size")
+            if not lv.thin and lv.alloc != _mask(lv.num_clusters):
+                problems.append(f"{lv.name}: thick but only {lv.num_allocated_clusters}/{lv.num_clusters} allocated")
+            if lv.removed:
+                problems.append(
+                    f"orphan blob {lv.blob_id:#x} (was lvol {lv.name}, {lv.uuid}): no lvol, "
+                    f"{lv.num_allocated_clusters} clusters leaked, {len(lv.clones)} clones"
+                )
+            else:
+                if self._by_name.get(lv.name) != lv.blob_id or self._by_uuid.get(lv.uuid) != lv.blob_id:
+                    problems.append(f"{lv.name}: name/uuid index out of date")
+            if lv.parent is not None:
+                parent = self.blobs.get(lv.parent)
+                if parent is None:
+                    problems.append(f"{lv.name}: parent blob {lv.parent:#x} does not exist")
+                elif lv.blob_id not in parent.clones:
+                    problems.append(f"{lv.name}: missing from its parent {parent.name}'s clone list")
+            for c in lv.clones:
+                child = self.blobs.get(c)
+                if child is None:
+                    problems.append(f"{lv.name}: clone list names missing blob {c:#x}")
+                elif child.parent != lv.blob_id:
+                    problems.append(f"{lv.name}: clone {child.name} points at another parent")
+        if self._free < 0 or self._free > self.total_data_clusters:
+            problems.append(f"free_clusters {self._free} outside 0..{self.total_data_clusters}")
+        if used + self._free != self.total_data_clusters:
+            problems.append(
+                f"cluster accounting: {used} owned + {self._free} free != {self.total_data_clusters} total "
+                f"({self.total_data_clusters - used - self._free} leaked)"
+            )
+        return problems
