@@ -1,0 +1,749 @@
+"""The reference target's JSON-RPC server, served the way `spdk_tgt` serves it (lib/jsonrpc, lib/rpc).
+
+One reactor (the process's main thread, named `reactor_0` so tid == pid as in the recordings) polls the
+Unix socket, reads every connection, runs each request in arrival order and writes the replies: a storm
+sees the same serialisation, pipelining and wire quirks as against the real target.
+
+SPDK's quirks kept on purpose (see /work/shared/spdk/transcripts/*06_malformed_requests.json):
+- requests are JSON values concatenated on the stream; replies are compact JSON plus "\\n";
+- a truncated value waits for more bytes; invalid JSON (or more than 1,024 JSON values, or a request
+  that does not fit the 32 KiB receive buffer) gets no reply and the connection is closed;
+- a bad envelope is `{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request"}}`;
+  a missing "jsonrpc" is accepted; a batch array is an invalid request;
+- a successful call without an id (or with id null) is answered with SPDK's buffer tail: the reply without
+  its closing brace and without "\\n" (SPDK's skip_response flushes its writer instead of discarding it);
+- strings are written as SPDK's JSON writer does (non-ASCII as \\uXXXX, upper-case hex; DEL escaped);
+- at most 64 connections are served; more wait in the listen backlog until one closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import heapq
+import itertools
+import json
+import os
+import random
+import re
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TextIO
+
+from harness.sim import death
+from harness.sim.protocol import RpcFault, SimulatedCrash
+
+RECV_BUF_SIZE = 32 * 1024  # SPDK_JSONRPC_RECV_BUF_SIZE
+MAX_CONNS = 64  # SPDK_JSONRPC_MAX_CONNS
+MAX_VALUES = 1024  # SPDK_JSONRPC_MAX_VALUES: more JSON values in one request is a parse error
+JSON_WRITE_BUF = 4096  # spdk_json_write_ctx.buf: what a notification's reply keeps (see notification_reply)
+LISTEN_BACKLOG = 512
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+REACTOR_NAME = "reactor_0"
+
+ERROR_INVALID_REQUEST = -32600
+ERROR_INVALID_PARAMS = -32602
+
+SPDK_VERSION_LINE = "SPDK v24.09.1-pre git sha1 1975133e9 / DPDK 22.11.11"
+BANNER = (
+    "*** lvol-storm REFERENCE TARGET (spdk-sim): a Python model of spdk_tgt serving SPDK's JSON-RPC, "
+    "NOT spdk_tgt; its crashes are simulated faults ***"
+)
+
+# spdk_kill_instance's table (lib/event/app_rpc.c): names or numbers.
+KILL_SIGNALS = {
+    "SIGINT": signal.SIGINT,
+    "SIGTERM": signal.SIGTERM,
+    "SIGQUIT": signal.SIGQUIT,
+    "SIGHUP": signal.SIGHUP,
+    "SIGKILL": signal.SIGKILL,
+    "SIGUSR1": signal.SIGUSR1,
+}
+
+
+class Dispatch(Protocol):
+    """What the server needs from `harness.sim.methods.Dispatcher`."""
+
+    def handle(self, method: str, params: object) -> object: ...
+
+    def drain_log_lines(self) -> list[str]: ...
+
+
+# -- the target log -----------------------------------------------------------------------------------------
+
+_STAMPED = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\] ")
+
+
+def spdk_log_line(text: str, now: float | None = None) -> str:
+    """`[YYYY-MM-DD HH:MM:SS.ffffff] text`, SPDK's log prefix (local time); stamped lines pass unchanged."""
+    if _STAMPED.match(text):
+        return text
+    stamp = datetime.fromtimestamp(time.time() if now is None else now).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return f"[{stamp}] {text}"
+
+
+def spdk_log_text(file: str, line: int, func: str, level: str, message: str) -> str:
+    """`file.c:LINE:func: *LEVEL*: message`, SPDK's SPDK_ERRLOG/NOTICELOG layout (line right-aligned to 4)."""
+    return f"{file}:{line:4d}:{func}: *{level}*: {message}"
+
+
+# -- framing: where one JSON value ends, as spdk_json_parse decides ------------------------------------------
+
+INCOMPLETE = "incomplete"
+INVALID = "invalid"
+COMPLETE = "complete"
+
+_TOKEN = re.compile(
+    rb"[ \t\n\r]*(?:"
+    rb"(?P<punct>[{}\[\]:,])"
+    rb'|(?P<str>"(?:[^"\\\x00-\x1f]+|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")'
+    rb"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
+    rb"|(?P<lit>true|false|null))"
+)
+_STRING_PREFIX = re.compile(rb'"(?:[^"\\\x00-\x1f]+|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*(?:\\(?:u[0-9a-fA-F]{0,3})?)?')
+_NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.(?:[0-9]+(?:[eE][+-]?[0-9]*)?)?|[eE][+-]?[0-9]*)?)?")
+_WHITESPACE = b" \t\n\r"
+
+_VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _COLON, _COMMA_OR_CLOSE = range(6)
+
+
+def _is_partial_token(rest: bytes, expect: int) -> bool:
+    """Could `rest` (the end of the buffer) still become a valid token where the grammar is now?"""
+    if expect in (_KEY, _KEY_OR_CLOSE):
+        return _STRING_PREFIX.fullmatch(rest) is not None
+    if expect in (_VALUE, _VALUE_OR_CLOSE):
+        return (
+            _STRING_PREFIX.fullmatch(rest) is not None
+            or _NUMBER_PREFIX.fullmatch(rest) is not None
+            or any(lit.startswith(rest) for lit in (b"true", b"false", b"null"))
+        )
+    return False
+
+
+def scan_value(buf: bytes | bytearray, pos: int = 0) -> tuple[str, int, int, int]:
+    """Find the JSON value starting at `pos` (after whitespace): `(status, start, end, values)`.
+
+    `status` is COMPLETE (the value is `buf[start:end]`), INCOMPLETE (wait for more bytes) or INVALID
+    (no bytes can make it valid: SPDK closes the connection). `values` counts JSON values the way
+    spdk_json_parse does (containers' begin and end, names, scalars), for the MAX_VALUES limit.
+    """
+    length = len(buf)
+    start = pos
+    while start < length and buf[start] in _WHITESPACE:
+        start += 1
+    if start == length:
+        return INCOMPLETE, start, start, 0
+    stack: list[int] = []
+    expect = _VALUE
+    values = 0
+    pos = start
+    while True:
+        m = _TOKEN.match(buf, pos)
+        if m is None:
+            rest = bytes(buf[pos:]).lstrip(_WHITESPACE)
+            if not rest or _is_partial_token(rest, expect):
+                return INCOMPLETE, start, pos, values
+            return INVALID, start, pos, values
+        kind = m.lastgroup
+        token = m.group(kind or 0)
+        token_start = m.start(kind or 0)
+        pos = m.end()
+        if kind == "num" and _NUMBER_PREFIX.fullmatch(bytes(buf[token_start:])) is not None:
+            return INCOMPLETE, start, pos, values  # the number may go on in the next bytes
+        if kind != "punct" or token in b"{}[]":
+            values += 1
+        closed_value = False
+        if expect in (_VALUE, _VALUE_OR_CLOSE):
+            if token == b"]" and expect == _VALUE_OR_CLOSE:
+                stack.pop()
+                closed_value = True
+            elif token == b"{":
+                stack.append(ord("{"))
+                expect = _KEY_OR_CLOSE
+            elif token == b"[":
+                stack.append(ord("["))
+                expect = _VALUE_OR_CLOSE
+            elif kind != "punct":
+                closed_value = True
+            else:
+                return INVALID, start, pos, values
+        elif expect in (_KEY, _KEY_OR_CLOSE):
+            if kind == "str":
+                expect = _COLON
+            elif token == b"}" and expect == _KEY_OR_CLOSE:
+                stack.pop()
+                closed_value = True
+            else:
+                return INVALID, start, pos, values
+        elif expect == _COLON:
+            if token != b":":
+                return INVALID, start, pos, values
+            expect = _VALUE
+        else:  # _COMMA_OR_CLOSE
+            if token == b",":
+                expect = _KEY if stack[-1] == ord("{") else _VALUE
+            elif (token == b"}" and stack[-1] == ord("{")) or (token == b"]" and stack[-1] == ord("[")):
+                stack.pop()
+                closed_value = True
+            else:
+                return INVALID, start, pos, values
+        if closed_value:
+            if not stack:
+                return COMPLETE, start, pos, values
+            expect = _COMMA_OR_CLOSE
+
+
+# -- SPDK's JSON writer -------------------------------------------------------------------------------------
+
+_ESCAPE = re.compile(r"(\\\\)|\\u([0-9a-f]{4})")
+
+
+def _upper_escape(m: re.Match[str]) -> str:
+    return m.group(1) or "\\u" + m.group(2).upper()
+
+
+def spdk_json(value: object) -> str:
+    """Compact JSON as spdk_json_write_* prints it: non-ASCII and DEL as \\uXXXX with upper-case hex."""
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    if "\\u" in text:
+        text = _ESCAPE.sub(_upper_escape, text)
+    if "\x7f" in text:
+        text = text.replace("\x7f", "\\u007F")
+    return text
+
+
+def reply_head(id_json: str) -> str:
+    return '{"jsonrpc":"2.0","id":' + id_json
+
+
+def result_reply(id_json: str, result: object) -> bytes:
+    return (reply_head(id_json) + ',"result":' + spdk_json(result) + "}\n").encode()
+
+
+def error_reply(id_json: str, code: int, message: str) -> bytes:
+    return (reply_head(id_json) + ',"error":{"code":' + str(int(code)) + ',"message":'
+            + spdk_json(message) + "}}\n").encode()
+
+
+def notification_reply(result: object) -> bytes:
+    """What SPDK sends for a successful call without an id: its writer's unflushed tail, unterminated.
+
+    skip_response() discards what was already flushed to the send buffer, then spdk_json_write_end()
+    flushes the writer's last partial 4 KiB buffer into it and the request is sent: the reply minus its
+    closing brace and newline, cut to what followed the last full 4 KiB flush.
+    """
+    body = (reply_head("null") + ',"result":' + spdk_json(result)).encode()
+    flushed = JSON_WRITE_BUF * ((len(body) - 1) // JSON_WRITE_BUF) if body else 0
+    return body[flushed:]
+
+
+class _DuplicateKeys(dict):  # type: ignore[type-arg]
+    """A JSON object that named a key twice (spdk_json_decode_object refuses it)."""
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    return obj if len(obj) == len(pairs) else _DuplicateKeys(obj)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"not JSON: {name}")
+
+
+class _RawNumber(str):
+    """A JSON number's text as sent, so an id like 1.50 or -0 comes back byte for byte."""
+
+
+def _id_json(text: str, request_id: object) -> str:
+    """The request id as SPDK writes it back: numbers verbatim, strings re-escaped, null."""
+    if request_id is None:
+        return "null"
+    if isinstance(request_id, str):
+        return spdk_json(request_id)
+    if isinstance(request_id, int) and request_id != 0:
+        return str(request_id)  # a JSON integer without fraction or exponent reads back identically
+    raw = json.loads(text, parse_int=_RawNumber, parse_float=_RawNumber, parse_constant=_reject_constant)
+    return str(raw["id"])
+
+
+_ENVELOPE_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
+
+
+@dataclass
+class Request:
+    """A request that passed SPDK's envelope checks (parse_single_request)."""
+
+    method: str
+    params: object
+    id_json: str
+    notification: bool
+
+
+def parse_envelope(text: str) -> Request | bytes:
+    """Check the envelope as SPDK does; return the request, or the error reply SPDK would send."""
+    invalid = error_reply("null", ERROR_INVALID_REQUEST, "Invalid request")
+    obj = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_reject_constant)
+    if not isinstance(obj, dict) or isinstance(obj, _DuplicateKeys) or not obj.keys() <= _ENVELOPE_KEYS:
+        return invalid
+    if "jsonrpc" in obj and obj["jsonrpc"] != "2.0":
+        return invalid
+    method = obj.get("method")
+    if not isinstance(method, str):
+        return invalid
+    has_id = "id" in obj
+    request_id = obj.get("id")
+    if has_id and (isinstance(request_id, bool) or not isinstance(request_id, str | int | float | None)):
+        return invalid
+    id_json = _id_json(text, request_id)
+    params = obj.get("params")
+    if params is not None and not isinstance(params, dict | list):
+        return error_reply(id_json, ERROR_INVALID_REQUEST, "Invalid request")
+    return Request(method=method, params=params, id_json=id_json, notification=request_id is None)
+
+
+# -- the reactor --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted client, as SPDK's spdk_jsonrpc_server_conn keeps it."""
+
+    sock: socket.socket
+    number: int
+    recv_buf: bytearray = field(default_factory=bytearray)
+    send_buf: bytearray = field(default_factory=bytearray)
+    pending: int = 0  # requests executed whose reply is not yet due
+    peer_closed: bool = False  # EOF seen (or receive buffer full): read no more, close once all is sent
+    dead: bool = False  # socket closed; late replies are dropped
+    events: int = 0
+
+
+class ListenError(Exception):
+    """The RPC socket could not be set up; `lines` are the target-log lines SPDK would print."""
+
+    def __init__(self, lines: list[str], exit_code: int = 1) -> None:
+        super().__init__(lines[0] if lines else "listen failed")
+        self.lines = lines
+        self.exit_code = exit_code
+
+
+def check_socket_path(path: str) -> str | None:
+    """A one-line error if `path` cannot be an AF_UNIX socket path, else None."""
+    size = len(os.fsencode(path))
+    if size > SUN_PATH_MAX:
+        return (
+            f"spdk-sim: -r/--rpc-socket {path}: {size} bytes, AF_UNIX socket paths are at most "
+            f"{SUN_PATH_MAX} bytes: use a shorter path"
+        )
+    if not path:
+        return "spdk-sim: -r/--rpc-socket: empty path: give a socket path such as /var/tmp/spdk.sock"
+    return None
+
+
+def _socket_is_live(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+class RpcServer:
+    """SPDK's RPC server on one reactor: accept, read, run in arrival order, reply; die when told to."""
+
+    def __init__(
+        self,
+        sock_path: str,
+        dispatcher: Dispatch,
+        *,
+        latency_ms: float = 0.0,
+        latency_jitter_ms: float = 0.0,
+        poll_interval_ms: float = 0.0,
+        seed: int | None = None,
+        out: TextIO | None = None,
+        core: int = 0,
+    ) -> None:
+        self.sock_path = sock_path
+        self.lock_path = sock_path + ".lock"
+        self.dispatcher = dispatcher
+        self.latency_s = max(0.0, latency_ms) / 1000.0
+        self.jitter_s = max(0.0, latency_jitter_ms) / 1000.0
+        self.poll_interval_s = max(0.0, poll_interval_ms) / 1000.0
+        self.random = random.Random(seed)
+        self.out = out if out is not None else sys.stdout
+        self.core = core
+        self.selector = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+        self.listening = False
+        self.lock_fd = -1
+        self.conns: dict[int, Connection] = {}
+        self.timers: list[tuple[float, int, Connection, bytes]] = []
+        self.timer_seq = itertools.count()
+        self.conn_numbers = itertools.count(1)
+        self.stopping = False
+        self.wake_r, self.wake_w = socket.socketpair()
+
+    # -- the log ------------------------------------------------------------------------------------------
+    def log(self, text: str) -> None:
+        """One line to the target log (stdout), flushed: a crash right after must not lose it."""
+        self.out.write(spdk_log_line(text) + "\n")
+        self.out.flush()
+
+    def _drain_log(self) -> None:
+        drain: Callable[[], list[str]] | None = getattr(self.dispatcher, "drain_log_lines", None)
+        if drain is not None:
+            for line in drain():
+                self.log(line)
+
+    # -- set-up and tear-down -----------------------------------------------------------------------------
+    def listen(self) -> None:
+        """Take `PATH.lock`, remove a stale socket file, bind and listen (as spdk_rpc_listen does)."""
+        in_use = [
+            spdk_log_text("rpc.c", 181, "spdk_rpc_listen", "ERROR",
+                          f"RPC Unix domain socket path {self.sock_path} in use. Specify another."),
+            spdk_log_text("rpc.c", 46, "spdk_rpc_initialize", "ERROR",
+                          f"Unable to start RPC service at {self.sock_path}"),
+        ]
+        try:
+            self.lock_fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ListenError([spdk_log_text("rpc.c", 174, "spdk_rpc_listen", "ERROR",
+                                             f"Cannot open lock file {self.lock_path}: {exc.strerror}"),
+                               in_use[1]]) from exc
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+            raise ListenError(in_use) from exc
+        # SPDK trusts the lock alone; a live socket without it (another kind of server) is not ours to take.
+        if os.path.exists(self.sock_path) and _socket_is_live(self.sock_path):
+            self._release_lock(unlink=False)
+            raise ListenError(in_use)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.sock_path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.sock_path)
+            listener.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            listener.close()
+            self._release_lock(unlink=True)
+            raise ListenError([spdk_log_text("jsonrpc_server_tcp.c", 67, "spdk_jsonrpc_server_listen", "ERROR",
+                                             f"could not bind JSON-RPC server: {exc.strerror}"),
+                               in_use[1]]) from exc
+        listener.setblocking(False)
+        self.listener = listener
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self._listen_on()
+
+    def _release_lock(self, *, unlink: bool) -> None:
+        if self.lock_fd >= 0:
+            if unlink:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.lock_path)
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+    def _listen_on(self) -> None:
+        if self.listener is not None and not self.listening and len(self.conns) < MAX_CONNS:
+            self.selector.register(self.listener, selectors.EVENT_READ, None)
+            self.listening = True
+
+    def _listen_off(self) -> None:
+        if self.listener is not None and self.listening:
+            self.selector.unregister(self.listener)
+            self.listening = False
+
+    def request_stop(self) -> None:
+        """Ask the reactor to shut down cleanly (signal handlers and spdk_kill_instance use this)."""
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            self.wake_w.send(b"\0")
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(_signum: int, _frame: object) -> None:
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def shutdown(self) -> None:
+        """Send what is queued (bounded), close every connection, remove the socket file and the lock."""
+        deadline = time.monotonic() + 1.0
+        for conn in list(self.conns.values()):
+            if conn.send_buf and not conn.dead:
+                with contextlib.suppress(OSError):
+                    conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                    conn.sock.sendall(conn.send_buf)
+            self._close(conn)
+        if self.listener is not None:
+            self._listen_off()
+            self.listener.close()
+            self.listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.sock_path)
+        self._release_lock(unlink=True)
+        self.selector.close()
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Run the reactor until a clean shutdown; returns the exit code (0)."""
+        self._install_signal_handlers()
+        with contextlib.suppress(OSError):
+            death.set_thread_name(REACTOR_NAME)
+        self.log(spdk_log_text("reactor.c", 990, "reactor_run", "NOTICE", f"Reactor started on core {self.core}"))
+        next_tick = time.monotonic()
+        while not self.stopping:
+            if self.poll_interval_s > 0:
+                # Like SPDK's RPC poller: every connection is looked at once per period.
+                next_tick += self.poll_interval_s
+                delay = next_tick - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    next_tick = time.monotonic()
+                events = self.selector.select(0)
+            else:
+                events = self.selector.select(self._timeout())
+            for key, mask in events:
+                if key.fileobj is self.wake_r:
+                    with contextlib.suppress(OSError):
+                        self.wake_r.recv(4096)
+                elif key.fileobj is self.listener:
+                    self._accept()
+                else:
+                    conn: Connection = key.data
+                    if mask & selectors.EVENT_WRITE and not conn.dead:
+                        self._send(conn)
+                    if mask & selectors.EVENT_READ and not conn.dead:
+                        self._receive(conn)
+                if self.stopping:
+                    break
+            self._run_due_timers()
+        self.shutdown()
+        return 0
+
+    def _timeout(self) -> float | None:
+        if not self.timers:
+            return None
+        return max(0.0, self.timers[0][0] - time.monotonic())
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while len(self.conns) < MAX_CONNS:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            sock.setblocking(False)
+            conn = Connection(sock=sock, number=next(self.conn_numbers))
+            self.conns[sock.fileno()] = conn
+            self._set_interest(conn)
+        if len(self.conns) >= MAX_CONNS:
+            self._listen_off()
+
+    def _set_interest(self, conn: Connection) -> None:
+        if conn.dead:
+            return
+        want = (0 if conn.peer_closed else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.send_buf else 0)
+        if want == conn.events:
+            return
+        if conn.events == 0:
+            self.selector.register(conn.sock, want, conn)
+        elif want == 0:
+            self.selector.unregister(conn.sock)
+        else:
+            self.selector.modify(conn.sock, want, conn)
+        conn.events = want
+
+    def _close(self, conn: Connection) -> None:
+        """SPDK's jsonrpc_server_conn_close: queued replies are dropped, the socket is closed."""
+        if conn.dead:
+            return
+        if conn.events:
+            self.selector.unregister(conn.sock)
+            conn.events = 0
+        self.conns.pop(conn.sock.fileno(), None)
+        conn.dead = True
+        conn.send_buf.clear()
+        conn.sock.close()
+        self._listen_on()
+
+    def _close_if_finished(self, conn: Connection) -> None:
+        if conn.peer_closed and conn.pending == 0 and not conn.send_buf:
+            self._close(conn)
+
+    def _receive(self, conn: Connection) -> None:
+        room = RECV_BUF_SIZE - len(conn.recv_buf)
+        if room <= 0:
+            data = b""  # SPDK's recv() into a full buffer returns 0: taken as the peer closing
+        else:
+            try:
+                data = conn.sock.recv(room)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close(conn)
+                return
+        if not data:
+            conn.peer_closed = True
+            self._set_interest(conn)
+            self._close_if_finished(conn)
+            return
+        conn.recv_buf += data
+        offset = 0
+        while not conn.dead:
+            status, start, end, values = scan_value(conn.recv_buf, offset)
+            if status == INCOMPLETE:
+                break
+            if status == INVALID or values > MAX_VALUES:
+                self._close(conn)  # parse error: no resync point in a JSON stream; SPDK closes
+                return
+            self._execute(conn, bytes(conn.recv_buf[start:end]))
+            offset = end
+            if self.stopping:
+                break
+        if not conn.dead:
+            del conn.recv_buf[:offset]
+            if len(conn.recv_buf) >= RECV_BUF_SIZE:
+                conn.peer_closed = True
+            self._set_interest(conn)
+            self._close_if_finished(conn)
+
+    def _send(self, conn: Connection) -> None:
+        if not conn.send_buf or conn.dead:
+            return
+        try:
+            sent = conn.sock.send(conn.send_buf)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        del conn.send_buf[:sent]
+        self._set_interest(conn)
+        self._close_if_finished(conn)
+
+    def _queue_reply(self, conn: Connection, reply: bytes) -> None:
+        if conn.dead or not reply:
+            return
+        conn.send_buf += reply
+        self._send(conn)
+
+    def _complete_later(self, conn: Connection, reply: bytes) -> None:
+        delay = self.latency_s + (self.random.uniform(0.0, self.jitter_s) if self.jitter_s else 0.0)
+        if delay <= 0:
+            self._queue_reply(conn, reply)
+            return
+        conn.pending += 1
+        heapq.heappush(self.timers, (time.monotonic() + delay, next(self.timer_seq), conn, reply))
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, conn, reply = heapq.heappop(self.timers)
+            conn.pending -= 1
+            self._queue_reply(conn, reply)
+            if not conn.dead:
+                self._close_if_finished(conn)
+
+    # -- one request --------------------------------------------------------------------------------------
+    def _execute(self, conn: Connection, raw: bytes) -> None:
+        try:
+            text = raw.decode("utf-8")
+            parsed = parse_envelope(text)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            self._close(conn)  # not JSON after all (bad UTF-8, NaN, ...): a parse error
+            return
+        if isinstance(parsed, bytes):
+            self._queue_reply(conn, parsed)
+            return
+        if parsed.method == "spdk_kill_instance":
+            self._kill_instance(conn, parsed)
+            return
+        try:
+            result = self.dispatcher.handle(parsed.method, parsed.params)
+        except RpcFault as fault:
+            reply = error_reply(parsed.id_json, fault.code, fault.message)
+        except SimulatedCrash as crash:
+            self._drain_log()
+            death.die(crash, self.log)
+        except Exception as exc:  # a bug in the model, not a target behaviour: say so loudly, keep serving
+            for line in traceback.format_exception(exc):
+                for part in line.rstrip("\n").splitlines():
+                    self.log(f"spdk-sim: internal error in {parsed.method}: {part}")
+            reply = error_reply(parsed.id_json, -32603, f"spdk-sim internal error: {type(exc).__name__}: {exc}")
+        else:
+            reply = notification_reply(result) if parsed.notification else result_reply(parsed.id_json, result)
+        self._drain_log()
+        self._complete_later(conn, reply)
+
+    def _kill_instance(self, conn: Connection, request: Request) -> None:
+        """spdk_kill_instance: signal ourselves, then answer true (a SIGKILL leaves no time to answer)."""
+        params = request.params
+        sig: signal.Signals | None = None
+        if isinstance(params, dict) and params.keys() == {"sig_name"} and isinstance(params["sig_name"], str):
+            name = params["sig_name"]
+            sig = KILL_SIGNALS.get(name)
+            if sig is None:
+                with contextlib.suppress(ValueError):
+                    number = int(name, 10)
+                    sig = next((s for s in KILL_SIGNALS.values() if s.value == number), None)
+        if sig is None:
+            self._queue_reply(conn, error_reply(request.id_json, ERROR_INVALID_PARAMS, "Invalid parameters"))
+            return
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.request_stop()  # what SPDK's handler does: start the app's shutdown
+        else:
+            death.default_disposition(sig)
+            os.kill(os.getpid(), sig)
+        ok = notification_reply(True) if request.notification else result_reply(request.id_json, True)
+        self._queue_reply(conn, ok)
+
+
+def startup_lines(cpumask: str, argv: list[str], pid: int) -> list[str]:
+    """SPDK's start-up lines (spdk_app_start), with the banner saying loudly what this target is."""
+    cores = cpumask_cores(cpumask) or [0]
+    eal = " ".join(
+        ["spdk_tgt", "--no-shconf", f"-c {cpumask}", *[a for a in argv if a in ("--no-pci", "--no-huge")],
+         "--huge-unlink", "--log-level=lib.eal:6", "--iova-mode=pa", f"--file-prefix=spdk_pid{pid}"]
+    )
+    return [
+        f"Starting {SPDK_VERSION_LINE} initialization...",
+        f"[ DPDK EAL parameters: {eal} ]",
+        BANNER,
+        spdk_log_text("app.c", 917, "spdk_app_start", "NOTICE", f"Total cores available: {len(cores)}"),
+    ]
+
+
+def cpumask_cores(mask: str) -> list[int] | None:
+    """Cores named by an SPDK core mask (`0x3`, `3`, `[0,1]`, `[0-3]`), or None if it is not one."""
+    text = mask.strip()
+    try:
+        if text.startswith("[") and text.endswith("]"):
+            cores: set[int] = set()
+            for part in filter(None, (p.strip() for p in text[1:-1].split(","))):
+                low, _, high = part.partition("-")
+                cores.update(range(int(low), int(high or low) + 1))
+            return sorted(cores) or None
+        value = int(text, 16)
+    except ValueError:
+        return None
+    return [bit for bit in range(value.bit_length()) if value >> bit & 1] or None
