@@ -1,0 +1,163 @@
+"""Is this kernel fault line ours? The target's threads and mappings, tracked while it runs.
+
+In `comm[N]` the comm is a thread name and N a thread id, so a fault counts against the target when N is
+one of its threads (tracked from /proc/PID/task, or /proc/N/status names the target as its Tgid), or when
+it names a file the target had mapped at that address, or an SPDK thread name, and the target dies at
+that moment. A fault in any other process is logged and never a failure.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from harness.hosts.base import Host
+from harness.watch.evidence import MapEntry, parse_maps
+from harness.watch.kmsg import UserFault
+
+SPDK_THREAD_NAMES = re.compile(
+    r"^(?:reactor_\d+|spdk_tgt|nvmf_tgt|vhost|iscsi_tgt|app_thread|eal-intr-thread|rte_mp_handle|"
+    r"rte-worker-\d+|telemetry-v\d|dpdk-\w+|spdk_\w+|lcore-worker-\d+)$"
+)
+
+
+def read_host_text(host: Host, path: str) -> str | None:
+    """A /proc file: directly when local, through `cat` over the host otherwise (SFTP stat says size 0)."""
+    if host.is_local:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return None
+    result = host.run(["cat", path], timeout=10)
+    return result.stdout if result.ok else None
+
+
+def list_tasks(host: Host, pid: int) -> set[int] | None:
+    """Thread ids of `pid`, None when it is gone."""
+    if host.is_local:
+        import os
+
+        try:
+            return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        except OSError:
+            return None
+    result = host.run(["ls", f"/proc/{pid}/task"], timeout=10)
+    if not result.ok:
+        return None
+    return {int(t) for t in result.stdout.split() if t.isdigit()}
+
+
+def thread_group(host: Host, tid: int) -> int | None:
+    """The process (Tgid) a thread id belongs to right now, None when no such thread exists."""
+    text = read_host_text(host, f"/proc/{tid}/status")
+    if not text:
+        return None
+    m = re.search(r"^Tgid:\s*(\d+)", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def core_dumping(host: Host, pid: int) -> bool | None:
+    """True while the kernel writes the process's core (it is already dead), None when it is gone."""
+    text = read_host_text(host, f"/proc/{pid}/status")
+    if not text:
+        return None
+    return bool(re.search(r"^CoreDumping:\s*1", text, re.M)) or bool(re.search(r"^State:\s*Z", text, re.M))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`ours` True/False, or None for "ours only if the target dies now" (decided by the caller)."""
+
+    ours: bool | None
+    reason: str
+
+
+class TargetIdentity:
+    """What the target looked like while it ran: its thread ids, file mappings and executable."""
+
+    def __init__(self, host: Host, pid: int, binary_paths: Iterable[str] = ()) -> None:
+        self.host = host
+        self.pid = pid
+        self.binary_paths = tuple(binary_paths)
+        self.tids: set[int] = {pid}
+        self.maps: list[MapEntry] = []
+        self.exe: str | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Record the current threads and mappings (cumulative); False when the process is gone."""
+        tasks = list_tasks(self.host, self.pid)
+        if tasks is None:
+            return False
+        maps_text = read_host_text(self.host, f"/proc/{self.pid}/maps")
+        exe = None
+        if self.exe is None:
+            if self.host.is_local:
+                import os
+
+                try:
+                    exe = os.readlink(f"/proc/{self.pid}/exe")
+                except OSError:
+                    exe = None
+            else:
+                res = self.host.run(["readlink", f"/proc/{self.pid}/exe"], timeout=10)
+                exe = res.stdout.strip() or None if res.ok else None
+        with self._lock:
+            self.tids |= tasks
+            if maps_text:
+                seen = {(m.start, m.path) for m in self.maps}
+                self.maps.extend(m for m in parse_maps(maps_text) if (m.start, m.path) not in seen)
+            if exe:
+                self.exe = exe.removesuffix(" (deleted)")
+        return True
+
+    def snapshot_maps(self) -> list[MapEntry]:
+        with self._lock:
+            return list(self.maps)
+
+    def _file_names(self) -> set[str]:
+        names = {p.rsplit("/", 1)[-1] for p in self.binary_paths}
+        if self.exe:
+            names.add(self.exe.rsplit("/", 1)[-1])
+        return names
+
+    def judge(self, fault: UserFault) -> Verdict:
+        """A verdict from what is known now; `ours=None` asks the caller to check whether the target died."""
+        if fault.kind == "oom-kill":
+            if fault.tid == self.pid:
+                return Verdict(True, f"the OOM killer chose pid {fault.tid}, the target")
+            return Verdict(False, f"the OOM killer chose pid {fault.tid}, not the target ({self.pid})")
+        with self._lock:
+            if fault.tid in self.tids:
+                return Verdict(True, f"tid {fault.tid} is a thread of the target (pid {self.pid})")
+            maps = list(self.maps)
+        tgid = thread_group(self.host, fault.tid)
+        if tgid == self.pid:
+            return Verdict(True, f"tid {fault.tid} belongs to the target (Tgid {tgid})")
+        if tgid is not None:
+            return Verdict(False, f"tid {fault.tid} belongs to pid {tgid}, not the target ({self.pid})")
+        if fault.mapping and fault.ip is not None:
+            hit = next((m for m in maps if m.basename == fault.mapping and m.contains(fault.ip)), None)
+            if hit is not None:
+                return Verdict(None, f"ip {fault.ip:#x} is in the target's mapping of {hit.path}")
+            if fault.map_base is not None and fault.mapping in self._file_names() and any(
+                m.basename == fault.mapping and m.start == fault.map_base for m in maps
+            ):
+                return Verdict(None, f"{fault.mapping} at {fault.map_base:#x} is the target's binary")
+        if SPDK_THREAD_NAMES.match(fault.comm):
+            return Verdict(None, f"comm {fault.comm} is an SPDK thread name")
+        return Verdict(False, f"{fault.comm}[{fault.tid}] is not a thread of the target and faulted outside it")
+
+
+def confirm_by_death(
+    verdict: Verdict, died: Callable[[float], bool], grace_s: float
+) -> Verdict:
+    """Settle an undecided verdict: a fatal fault in the target kills it, so it must die within `grace_s`."""
+    if verdict.ours is not None:
+        return verdict
+    if died(grace_s):
+        return Verdict(True, f"{verdict.reason}, and the target died at that moment")
+    return Verdict(False, f"{verdict.reason}, but the target lived on for {grace_s:g} s: not its fault")
