@@ -1,1 +1,189 @@
-"""pytest plugin: options that mirror `lvol-storm run`, and the fixtures target/rpc/bdev/lvstore."""
+"""pytest plugin: options that mirror `lvol-storm run`, and the fixtures `host`, `target`, `rpc`, `bdev`, `lvstore`.
+
+Fixtures tear down only after evidence is on disk: the target's log lives in the test's run directory from the
+first line, and a target that died is never "cleaned up" by deleting its state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.bdev import BaseBdev, Lvstore, verify_clean
+from harness.config import RunConfig, load_config
+from harness.errors import HarnessError
+from harness.history import History
+from harness.hosts.base import Host
+from harness.hosts.local import LocalHost
+from harness.rpc.sync import SyncRpc
+from harness.rundir import RunDir, default_run_dir
+from harness.target import SIM_BANNER, Target, find_spdk_tgt
+
+SUITES_REFUSING_SIM = ("regression", "nightly", "soak")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("lvol-storm", "lvol-storm: the target under test and the run")
+    g.addoption("--target", choices=["auto", "spdk", "sim"], default=None,
+                help="spdk: a real spdk_tgt; sim: the reference target; auto: spdk if found, else sim (loudly)")
+    g.addoption("--spdk-tgt", default=None, help="path to spdk_tgt (else $SPDK_TGT, PATH, $SPDK_DIR/build/bin)")
+    g.addoption("--bdev", choices=["malloc", "aio", "nvme"], default=None, help="base bdev kind")
+    g.addoption("--run-dir", default=None, help="where artefacts go (default runs/<time>-pytest)")
+    g.addoption("--profile", default=None, help="profile name under profiles/ or a YAML file")
+    g.addoption("--sim-fault", default=None, help="reference target fault mode(s), comma-separated")
+    g.addoption("--seed", type=int, default=None, help="storm seed")
+    g.addoption("--duration", default=None, help="storm duration, e.g. 30s, 5m, 1h")
+    g.addoption("--workers", type=int, default=None, help="storm workers (connections)")
+    g.addoption("--target-arg", action="append", default=[], help="extra spdk_tgt argument (repeatable)")
+    g.addoption("--set", dest="lvs_set", action="append", default=[], metavar="FIELD=VALUE",
+                help="override a config field, e.g. --set storm.depth=8 (repeatable)")
+
+
+def cli_overrides(get: Any) -> dict[str, Any]:
+    """Map CLI flags to config paths; shared by the pytest options and `lvol-storm run`."""
+    mapping: dict[str, Any] = {
+        "target.kind": get("target"),
+        "target.spdk_tgt": get("spdk_tgt"),
+        "target.sim_fault": get("sim_fault"),
+        "bdev.kind": get("bdev"),
+        "storm.seed": get("seed"),
+        "storm.duration": get("duration"),
+        "storm.workers": get("workers"),
+    }
+    extra = get("target_arg")
+    if extra:
+        mapping["target.extra_args"] = list(extra)
+    return mapping
+
+
+def _get_option(config: pytest.Config) -> Any:
+    return lambda name: config.getoption(name)
+
+
+@pytest.fixture(scope="session")
+def run_config(pytestconfig: pytest.Config) -> RunConfig:
+    try:
+        return load_config(
+            pytestconfig.getoption("profile"),
+            overrides=pytestconfig.getoption("lvs_set"),
+            cli=cli_overrides(_get_option(pytestconfig)),
+        )
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def session_run_dir(pytestconfig: pytest.Config, run_config: RunConfig) -> Path:
+    base = pytestconfig.getoption("run_dir")
+    path = Path(base) if base else default_run_dir("pytest")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(run_config.dump_yaml())
+    return path.absolute()
+
+
+def _slug(nodeid: str) -> str:
+    name = nodeid.split("::", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:60] or "test"
+
+
+@pytest.fixture
+def run_dir(request: pytest.FixtureRequest, session_run_dir: Path) -> RunDir:
+    """A directory per test under the session's run directory."""
+    return RunDir(session_run_dir / _slug(request.node.nodeid))
+
+
+@pytest.fixture(scope="session")
+def host() -> Host:
+    return LocalHost()
+
+
+@pytest.fixture
+def target(host: Host, run_config: RunConfig, run_dir: RunDir) -> Iterator[Target]:
+    tgt = Target(host, run_config.target, str(run_dir.path), needs_pci=run_config.bdev.kind == "nvme")
+    tgt.start()
+    try:
+        yield tgt
+    finally:
+        tgt.stop()
+
+
+@pytest.fixture
+def history(run_dir: RunDir) -> Iterator[History]:
+    hist = History(run_dir.history)
+    try:
+        yield hist
+    finally:
+        hist.close()
+
+
+@pytest.fixture
+def rpc(target: Target, history: History) -> Iterator[SyncRpc]:
+    client = SyncRpc(target.host, target.sock_path, history=history, timeout=target.config.rpc_timeout_s)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def bdev(rpc: SyncRpc, target: Target, run_config: RunConfig, run_dir: RunDir) -> Iterator[BaseBdev]:
+    base = BaseBdev(target.host, run_config.bdev, str(run_dir.path))
+    base.create(rpc)
+    try:
+        yield base
+    finally:
+        if target.alive():
+            base.delete(rpc)
+            problems = verify_clean(rpc, base.bdev_name)
+            assert not problems, "; ".join(problems)
+
+
+@pytest.fixture
+def lvstore(rpc: SyncRpc, bdev: BaseBdev, target: Target, run_config: RunConfig) -> Iterator[Lvstore]:
+    lvs = Lvstore(run_config.lvstore, bdev.bdev_name)
+    lvs.create(rpc)
+    try:
+        yield lvs
+    finally:
+        if target.alive():
+            problems = lvs.teardown(rpc)
+            assert not problems, "; ".join(problems)
+
+
+def describe_target(config: pytest.Config) -> str:
+    kind = config.getoption("target") or os.environ.get("LVOL_STORM_TARGET") or "auto"
+    if kind == "sim":
+        return "sim"
+    try:
+        path = find_spdk_tgt(LocalHost(), config.getoption("spdk_tgt"))
+    except HarnessError:
+        return "sim" if kind == "auto" else "spdk (not found)"
+    return f"spdk ({path})"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    kind = describe_target(config)
+    lines = [f"lvol-storm target: {kind}"]
+    if kind == "sim":
+        lines.append(SIM_BANNER)
+    return lines
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `spdk_tgt` run only when a real spdk_tgt is there to run them."""
+    if describe_target(config).startswith("spdk ("):
+        return
+    skip = pytest.mark.skip(reason="needs a real spdk_tgt: set SPDK_TGT or pass --spdk-tgt")
+    for item in items:
+        if "spdk_tgt" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if describe_target(config) == "sim":
+        terminalreporter.write_line(SIM_BANNER, yellow=True, bold=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from harness.errors import TargetError
@@ -53,6 +53,12 @@ class TargetConfig(BaseModel):
     sim_fault_after: int = Field(40, ge=1)
     sim_latency_ms: float = Field(0.0, ge=0)
     sim_seed: int | None = None
+
+    @field_validator("cpumask", mode="before")
+    @classmethod
+    def _mask_from_yaml_int(cls, value: object) -> object:
+        # YAML reads an unquoted 0x3 as the integer 3; a cpumask is meant as hex either way.
+        return hex(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def find_spdk_tgt(host: Host, explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
