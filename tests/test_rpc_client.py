@@ -1,0 +1,343 @@
+"""`RpcConnection` against a fake SPDK server: pipelining, out-of-order replies, deadlines, dropped
+connections, history records, connecting through a tunnelled socket, and a throughput comparison."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from harness.history import History
+from harness.hosts.local import LocalHost
+from harness.rpc.client import RpcConnection
+from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
+from harness.rpc.methods import RpcMethods
+from tests.test_rpc_fake_server import FakeSpdkProcess
+
+T = TypeVar("T")
+HOST = LocalHost()
+
+
+def run(coro: Awaitable[T], timeout: float = 20.0) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSpdkProcess]:
+    server = FakeSpdkProcess(tmp_path_factory.mktemp("fake") / "spdk.sock")
+    yield server
+    server.stop()
+
+
+class TunnelHost(LocalHost):
+    """Like SshHost: `connect_unix` hands back one end of a socketpair pumped to the real socket by threads."""
+
+    def connect_unix(self, path: str, timeout: float = 5.0) -> socket.socket:
+        upstream = super().connect_unix(path, timeout)
+        ours, theirs = socket.socketpair()
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(1 << 16):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pump, args=(theirs, upstream), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, theirs), daemon=True).start()
+        return ours
+
+
+def test_200_pipelined_calls_in_flight_on_one_connection_all_matched(fake: FakeSpdkProcess) -> None:
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, fake.sock_path)
+        try:
+            # The server holds every reply until all 200 requests arrived, then answers newest first:
+            # this only completes if all 200 were in flight at once, and each reply finds its own caller.
+            results = await asyncio.gather(*(conn.call("reorder", {"n": 200, "tag": i}) for i in range(200)))
+            assert results == list(range(200))
+            assert conn.in_flight == 0 and conn.stray_replies == 0
+            echoes = await asyncio.gather(*(conn.call("echo", {"i": i, "s": "é" * i}) for i in range(200)))
+            assert [e["i"] for e in echoes] == list(range(200))
+            assert all(e["s"] == "é" * e["i"] for e in echoes)
+        finally:
+            await conn.close()
+
+    run(scenario())
+
+
+def test_out_of_order_replies_reach_their_callers(fake: FakeSpdkProcess) -> None:
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, fake.sock_path)
+        try:
+            slow = asyncio.ensure_future(conn.call("sleep", {"s": 0.3}))
+            held = [asyncio.ensure_future(conn.call("reorder", {"n": 5, "tag": f"t{i}"})) for i in range(5)]
+            fast = await conn.call("echo", {"x": 1})
+            assert fast == {"x": 1} and not slow.done()
+            assert await asyncio.gather(*held) == [f"t{i}" for i in range(5)]
+            assert await slow is True
+        finally:
+            await conn.close()
+
+    run(scenario())
+
+
+def test_deadline_fails_one_call_while_others_still_succeed(fake: FakeSpdkProcess) -> None:
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, fake.sock_path)
+        try:
+            started = time.monotonic()
+            late = asyncio.ensure_future(conn.call("sleep", {"s": 0.6}, timeout=0.25))
+            others = await asyncio.gather(*(conn.call("echo", {"i": i}) for i in range(50)))
+            assert [o["i"] for o in others] == list(range(50))
+            with pytest.raises(RpcTimeout, match=r"sleep: no reply within 0.25 s") as info:
+                await late
+            elapsed = time.monotonic() - started
+            assert 0.25 <= elapsed < 0.55, elapsed
+            assert info.value.errno_name == "ETIMEDOUT"
+            # The reply that comes after the deadline is dropped, and the connection keeps working.
+            await asyncio.sleep(0.5)
+            assert conn.stray_replies == 1
+            assert await conn.call("echo", {"after": True}) == {"after": True}
+            assert conn.in_flight == 0
+        finally:
+            await conn.close()
+
+    run(scenario())
+
+
+def test_different_timeouts_expire_in_deadline_order(fake: FakeSpdkProcess) -> None:
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, fake.sock_path)
+        try:
+            order: list[float] = []
+
+            async def timed(timeout: float) -> None:
+                with pytest.raises(RpcTimeout):
+                    await conn.call("sleep", {"s": 2}, timeout=timeout)
+                order.append(timeout)
+
+            await asyncio.gather(*(timed(t) for t in (0.4, 0.1, 0.3, 0.2, 0.1)))
+            assert order == [0.1, 0.1, 0.2, 0.3, 0.4]
+        finally:
+            await conn.close()
+
+    run(scenario())
+
+
+def test_dead_target_fails_every_pending_call_within_100_ms(tmp_path: Path) -> None:
+    server = FakeSpdkProcess(tmp_path / "dying.sock")
+
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, server.sock_path)
+        calls = [asyncio.ensure_future(conn.call("hang"))]
+        calls += [asyncio.ensure_future(conn.call("bdev_lvol_delete", {"name": f"l{i}"})) for i in range(99)]
+        await asyncio.sleep(0.2)
+        assert conn.in_flight == 100 and not any(c.done() for c in calls)
+        killed = time.monotonic()
+        server.proc.send_signal(signal.SIGKILL)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        elapsed = time.monotonic() - killed
+        assert all(isinstance(o, RpcConnectionLost) for o in outcomes), outcomes[:3]
+        assert elapsed < 0.1, f"pending calls took {elapsed * 1000:.0f} ms to fail"
+        assert "the target closed the connection" in str(outcomes[1])
+        assert not conn.is_open and conn.lost_reason == "the target closed the connection"
+        with pytest.raises(RpcConnectionLost):
+            await conn.call("echo")
+        await conn.close()
+
+    try:
+        run(scenario())
+    finally:
+        server.stop()
+
+
+def test_connection_closed_mid_stream_fails_pending_and_keeps_answered(fake: FakeSpdkProcess) -> None:
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, fake.sock_path)
+        answered = await conn.call("echo", {"a": 1})
+        waiting = asyncio.ensure_future(conn.call("sleep", {"s": 5}))
+        with pytest.raises(RpcConnectionLost):
+            await conn.call("close")
+        with pytest.raises(RpcConnectionLost):
+            await waiting
+        assert answered == {"a": 1}
+        await conn.close()
+
+    run(scenario())
+
+
+def test_error_replies_raise_rpc_error_with_errno(fake: FakeSpdkProcess) -> None:
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, fake.sock_path)
+        try:
+            with pytest.raises(RpcError) as info:
+                await conn.call("error", {"code": -32603, "message": "Device or resource busy"})
+            assert (info.value.code, info.value.errno_name, info.value.method) == (-32603, "EBUSY", "error")
+            with pytest.raises(RpcError) as info:
+                await conn.call("bdev_no_such_method")
+            assert info.value.code == -32601 and info.value.errno_name is None
+            assert type(info.value) is RpcError
+        finally:
+            await conn.close()
+
+    run(scenario())
+
+
+def test_every_call_is_recorded_with_issue_order_seq(fake: FakeSpdkProcess, tmp_path: Path) -> None:
+    history = History(tmp_path / "history.jsonl")
+
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, fake.sock_path, history=history, worker=3, conn=1)
+        try:
+            # Replies come back newest first; seq must still follow the order the calls were issued.
+            await asyncio.gather(*(conn.call("reorder", {"n": 20, "tag": i}) for i in range(20)))
+            with pytest.raises(RpcError):
+                await conn.call("error", {"code": -19, "message": "No such device"})
+            with pytest.raises(RpcTimeout):
+                await conn.call("sleep", {"s": 1}, timeout=0.05)
+            cancelled = asyncio.ensure_future(conn.call("sleep", {"s": 1}))
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+        finally:
+            await conn.close()
+
+    run(scenario())
+    history.close()
+    records = list(History.read(tmp_path / "history.jsonl"))
+    assert len(records) == 23
+    reorder = [r for r in records if r["method"] == "reorder"]
+    assert [r["seq"] for r in reorder] != sorted(r["seq"] for r in reorder)  # written in completion order
+    assert all(r["seq"] == r["params"]["tag"] + 1 and r["result"] == r["params"]["tag"] for r in reorder)
+    assert all(r["worker"] == 3 and r["conn"] == 1 and r["v"] == 1 for r in records)
+    assert all(r["t_start"] <= r["t_end"] for r in records)
+    error, timeout, cancelled = records[20:]
+    assert error["error"] == {"code": -19, "message": "No such device", "errno": "ENODEV"}
+    assert "result" not in error
+    assert timeout["error"]["errno"] == "ETIMEDOUT" and timeout["seq"] == 22
+    assert cancelled["error"]["message"] == "cancelled before the reply" and cancelled["seq"] == 23
+    assert history.errors_by_errno == {"ENODEV": 1, "ETIMEDOUT": 1, "code None": 1}
+
+
+def test_connect_failure_is_one_line_naming_the_socket(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nobody.sock")
+    started = time.monotonic()
+    with pytest.raises(RpcConnectError) as info:
+        run(RpcConnection.open(HOST, missing, connect_timeout=0.4))
+    assert time.monotonic() - started < 2.0
+    text = str(info.value)
+    assert missing in text and "No such file or directory" in text and "\n" not in text
+
+
+def test_connect_retries_until_the_target_listens(tmp_path: Path) -> None:
+    sock_path = tmp_path / "late.sock"
+    servers: list[FakeSpdkProcess] = []
+    starter = threading.Timer(0.4, lambda: servers.append(FakeSpdkProcess(sock_path)))
+    starter.start()
+
+    async def scenario() -> Any:
+        conn = await RpcConnection.open(HOST, str(sock_path), connect_timeout=10.0)
+        try:
+            return await conn.call("spdk_get_version")
+        finally:
+            await conn.close()
+
+    try:
+        assert run(scenario())["version"].startswith("SPDK v24.09")
+    finally:
+        starter.join()
+        for server in servers:
+            server.stop()
+
+
+def test_tunnelled_socket_like_ssh_and_typed_methods(fake: FakeSpdkProcess) -> None:
+    async def scenario() -> None:
+        conn = await RpcConnection.open(TunnelHost(), fake.sock_path)
+        api = RpcMethods(conn)
+        try:
+            sent = await api.bdev_lvol_create("lvs0", "vol", 8, thin_provision=True)
+            assert sent == {"method": "bdev_lvol_create", "params": {
+                "lvs_name": "lvs0", "lvol_name": "vol", "size_in_mib": 8, "thin_provision": True}}
+            sent = await api.bdev_lvol_snapshot("vol", "snap")
+            assert sent["params"] == {"lvol_name": "vol", "snapshot_name": "snap"}
+            sent = await api.bdev_lvol_get_lvols()
+            assert sent["params"] == "<absent>"
+            many = await asyncio.gather(*(api.bdev_lvol_delete(f"l{i}") for i in range(100)))
+            assert [m["params"]["name"] for m in many] == [f"l{i}" for i in range(100)]
+        finally:
+            await conn.close()
+
+    run(scenario())
+
+
+# -- throughput: printed, not asserted (the machine is shared) ---------------------------------------------
+
+def _raw_socket_rate(sock_path: str, depth: int, calls: int) -> float:
+    """The floor to compare against: a blocking socket sending `depth` requests, then reading their replies."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(sock_path)
+        rid = 0
+        started = time.perf_counter()
+        for _ in range(calls // depth):
+            batch = []
+            for _ in range(depth):
+                rid += 1
+                batch.append(json.dumps({"jsonrpc": "2.0", "method": "echo", "id": rid}).encode())
+            sock.sendall(b"".join(batch))
+            buf, got = b"", 0
+            while got < depth:
+                buf += sock.recv(1 << 16)
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    json.loads(line)
+                    got += 1
+        return (calls // depth) * depth / (time.perf_counter() - started)
+
+
+async def _connection_rate(sock_path: str, depth: int, calls: int, history: History | None) -> float:
+    conn = await RpcConnection.open(HOST, sock_path, history=history)
+    try:
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                await conn.call("echo")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(calls // depth) for _ in range(depth)))
+        return (calls // depth) * depth / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+def test_benchmark_connection_against_a_raw_socket_loop(fake: FakeSpdkProcess, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    calls = 4000
+    lines = []
+    for depth in (1, 4, 32):
+        raw = max(_raw_socket_rate(fake.sock_path, depth, calls) for _ in range(2))
+        bare = max(run(_connection_rate(fake.sock_path, depth, calls, None)) for _ in range(2))
+        with History(tmp_path / f"bench{depth}.jsonl") as history:
+            recorded = max(run(_connection_rate(fake.sock_path, depth, calls, history)) for _ in range(2))
+        assert raw > 0 and bare > 0 and recorded > 0
+        lines.append(f"depth {depth:2d}: raw socket {raw:8.0f}/s  RpcConnection {bare:8.0f}/s "
+                     f"({bare / raw:.2f})  with history {recorded:8.0f}/s ({recorded / raw:.2f})")
+    with capsys.disabled():
+        print("\nRpcConnection vs raw socket (fake server, same machine):\n  " + "\n  ".join(lines))
