@@ -1,0 +1,339 @@
+"""One run, end to end: target up, watchdog on, lvstore made, storm, checks, evidence saved, then teardown.
+
+The order is the point: crash evidence (kernel lines, target log, core, backtrace, last operations) is on disk
+before anything is torn down, and teardown never hides a dead target by cleaning up after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import harness
+from harness.bdev import BaseBdev, Lvstore, verify_clean
+from harness.config import RunConfig, load_config
+from harness.errors import HarnessError, TargetError
+from harness.history import History
+from harness.hosts.base import Host
+from harness.hosts.local import LocalHost
+from harness.report.core import CorePattern
+from harness.report.crash import CrashReport
+from harness.rpc.sync import SyncRpc
+from harness.rundir import RunDir, default_run_dir
+from harness.storm.config import check_against_lvstore
+from harness.storm.engine import StormResult, run_storm_sync
+from harness.target import SIM_BANNER, Target
+from harness.watch.watchdog import Watchdog
+
+Announce = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunOutcome:
+    """What a run ended with; `exit_code` follows the CLI's convention."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    crash_titles: dict[str, int] = field(default_factory=dict)
+    crash_dirs: list[Path] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    storm: StormResult | None = None
+
+    @property
+    def exit_code(self) -> int:
+        from harness.cli import EXIT_CRASH, EXIT_FINDINGS, EXIT_OK
+
+        if self.crash_titles:
+            return EXIT_CRASH
+        return EXIT_FINDINGS if self.findings else EXIT_OK
+
+
+class StormRun:
+    """Drives one target incarnation through a storm; `execute()` never leaves a process or socket behind."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: RunDir,
+        host: Host | None = None,
+        *,
+        stop_event: threading.Event | None = None,
+        announce: Announce = _stderr,
+        progress: bool | None = None,
+        work_dir: str | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.host = host or LocalHost()
+        self.stop_event = stop_event or threading.Event()
+        self.announce = announce
+        self.progress = progress
+        self.work_dir = work_dir or str(run_dir.path)
+        self.target: Target | None = None
+        self.watchdog: Watchdog | None = None
+        self.history: History | None = None
+        self.notes: list[str] = []
+
+    # -- the run ----------------------------------------------------------------------------------------
+
+    def execute(self) -> RunOutcome:
+        cfg = self.config
+        self.run_dir.config.write_text(cfg.dump_yaml())
+        self.history = History(self.run_dir.history)
+        t0 = time.time()
+        storm: StormResult | None = None
+        findings: list[dict[str, Any]] = []
+        crashes: list[CrashReport] = []
+        crash_dirs: list[Path] = []
+        target = self.target = Target(self.host, cfg.target, self.work_dir, needs_pci=cfg.bdev.kind == "nvme",
+                                      announce=self.announce)
+        cores = CorePattern(self.host, str(Path(self.work_dir) / "cores")) if cfg.watch.core_dumps else None
+        try:
+            with cores if cores is not None else _nothing():
+                if cores is not None and not cores.active:
+                    self.notes.append(f"core dumps: {cores.reason}")
+                target.start()
+                self.watchdog = self._start_watchdog(target)
+                try:
+                    storm = self._storm(target, findings)
+                finally:
+                    crashes, crash_dirs = self._save_evidence(target, cores)
+                    if not crashes:
+                        findings.extend(self._teardown(target))
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            target.stop()
+            self.history.close()
+            if not self.host.is_local:
+                self.host.fetch_file(target.log_path, str(self.run_dir.target_log))
+        if self.watchdog is not None:
+            findings.extend({"kind": "target-log", "message": f.line, "pattern": f.pattern}
+                            for f in self.watchdog.findings)
+        if storm is not None:
+            findings[:0] = [f.to_dict() for f in storm.findings]
+        titles: dict[str, int] = {}
+        for report in crashes:
+            titles[report.title] = titles.get(report.title, 0) + 1
+        summary = self._summary(t0, storm, findings, titles, crash_dirs)
+        self.run_dir.write_json("summary.json", summary)
+        return RunOutcome(self.run_dir.path, summary, titles, crash_dirs, findings, storm)
+
+    def _start_watchdog(self, target: Target) -> Watchdog:
+        cfg = self.config.watch
+        probe_rpc: list[SyncRpc] = []
+
+        def probe() -> bool:
+            try:
+                if not probe_rpc:
+                    probe_rpc.append(SyncRpc(self.host, target.sock_path, timeout=5.0, connect_timeout=2.0))
+                probe_rpc[0].call("spdk_get_version")
+                return True
+            except Exception:
+                if probe_rpc:
+                    probe_rpc.pop().close()
+                return False
+
+        assert target.process is not None
+        watchdog = Watchdog(
+            self.host, pid=target.process.pid, log_path=target.log_path,
+            binary_paths=[target.info.binary] if target.info.binary else [],
+            probe=probe, hang_after_s=cfg.hang_after_s, error_patterns=cfg.error_patterns,
+            kmsg=cfg.kernel_log, process=target.process,
+        ).start()
+        for warning in watchdog.warnings:
+            self.announce(f"watchdog: {warning}")
+            self.notes.append(f"watchdog: {warning}")
+        return watchdog
+
+    def _storm(self, target: Target, findings: list[dict[str, Any]]) -> StormResult | None:
+        cfg = self.config
+        assert self.history is not None and self.watchdog is not None
+        with SyncRpc(self.host, target.sock_path, history=self.history, timeout=cfg.target.rpc_timeout_s) as rpc:
+            self.bdev = BaseBdev(self.host, cfg.bdev, self.work_dir)
+            self.bdev.create(rpc)
+            self.lvstore = Lvstore(cfg.lvstore, self.bdev.bdev_name)
+            info = self.lvstore.create(rpc)
+            check_against_lvstore(cfg.storm, cluster_size=info["cluster_size"],
+                                  total_data_clusters=info["total_data_clusters"],
+                                  free_clusters=info["free_clusters"])
+        if self.stop_event.is_set():
+            return None
+        return run_storm_sync(
+            cfg.storm, host=self.host, sock_path=target.sock_path, lvs_name=self.lvstore.name,
+            history=self.history, stop_event=self.stop_event, capabilities=set(target.info.methods),
+            run_dir=self.run_dir.path, crashed=self.watchdog.crashed, progress=self.progress,
+        )
+
+    def _save_evidence(self, target: Target, cores: CorePattern | None) -> tuple[list[CrashReport], list[Path]]:
+        """Build and write crash reports while everything is still there; before any teardown."""
+        watchdog = self.watchdog
+        if watchdog is None:
+            return [], []
+        if not watchdog.crashed.is_set() and target.alive():
+            return [], []
+        if not watchdog.crashed.is_set():
+            watchdog.wait(watchdog.death_grace_s + 1.0)  # the process died: give the watchers a moment
+        time.sleep(min(watchdog.death_grace_s, 1.0))  # let late kernel lines (Code:, the fault) arrive
+        evidence = watchdog.evidence
+        if not evidence:
+            return [], []
+        assert self.history is not None
+        self.history.flush()
+        tail = self.history.tail()
+        report = CrashReport.build(
+            evidence, self.host, self.run_dir.path, tail,
+            {**target.info.to_dict(), "pid": target.info.pid, "executable": target.info.binary or None},
+            cores=cores, binary_paths=[target.info.binary] if target.info.binary else [],
+            notes=list(self.notes),
+        )
+        path = report.write(self.run_dir.crashes)
+        self.announce(f"CRASH: {report.title}\n  report: {path}")
+        return [report], [path]
+
+    def _teardown(self, target: Target) -> list[dict[str, Any]]:
+        """Delete lvols children-first, the lvstore and the bdev; leftovers are findings, not silence."""
+        problems: list[str] = []
+        if not target.alive() or not hasattr(self, "lvstore"):
+            return []
+        try:
+            with SyncRpc(self.host, target.sock_path, history=self.history, timeout=30.0) as rpc:
+                problems += self.lvstore.teardown(rpc)
+                self.bdev.delete(rpc)
+                problems += verify_clean(rpc, self.bdev.bdev_name)
+        except HarnessError as exc:
+            problems.append(f"teardown failed: {exc}")
+        return [{"kind": "teardown", "message": p} for p in problems]
+
+    def _summary(self, t0: float, storm: StormResult | None, findings: list[dict[str, Any]],
+                 titles: dict[str, int], crash_dirs: list[Path]) -> dict[str, Any]:
+        target = self.target
+        assert target is not None and self.history is not None
+        hist = self.history.summary()
+        return {
+            "harness_version": harness.__version__,
+            "profile": self.config.profile,
+            "seed": self.config.storm.seed,
+            "target": {**target.info.to_dict(), "reference_target": target.is_sim,
+                       "methods": len(target.info.methods)},
+            "kernel_log": self.watchdog.kernel_source if self.watchdog else "not followed",
+            "wall_s": round(time.time() - t0, 3),
+            "storm": storm.to_dict() if storm else None,
+            "ops_by_method": hist.get("ops_by_method", {}),
+            "errors_by_errno": hist.get("errors_by_errno", {}),
+            "findings": findings,
+            "crashes": [{"title": t, "count": n} for t, n in titles.items()],
+            "crash_dirs": [str(p) for p in crash_dirs],
+            "notes": self.notes,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def interrupt_sets(event: threading.Event) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM) asks the storm to drain and check; a second one interrupts at once."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        _stderr(f"lvol-storm: {signal.Signals(signum).name}: stopping the storm, draining, checking, saving "
+                "(again to abort)")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def print_summary(outcome: RunOutcome) -> None:
+    """The table `make storm` ends with; the same numbers as summary.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    s = outcome.summary
+    console = Console(stderr=False)
+    tgt = s["target"]
+    if tgt.get("reference_target"):
+        console.print(f"[bold yellow]{SIM_BANNER}[/]")
+    storm = s.get("storm") or {}
+    head = Table.grid(padding=(0, 2))
+    head.add_row("target", f"{tgt['kind']} {tgt.get('version', '')} ({tgt.get('exit')})")
+    head.add_row("run dir", str(outcome.run_dir))
+    head.add_row("seed", str(s["seed"]))
+    head.add_row("wall time", f"{s['wall_s']:.1f} s")
+    head.add_row("ops", f"{storm.get('ops', 0)} ({storm.get('ops_per_s', 0)} ops/s), stop: {storm.get('stop_reason')}")
+    head.add_row("kernel log", s["kernel_log"])
+    console.print(head)
+    methods = Table(title="operations by method", show_edge=False)
+    methods.add_column("method")
+    methods.add_column("ops", justify="right")
+    for m, n in sorted(s["ops_by_method"].items(), key=lambda kv: -kv[1]):
+        methods.add_row(m, str(n))
+    console.print(methods)
+    if s["errors_by_errno"]:
+        errs = Table(title="errors by errno", show_edge=False)
+        errs.add_column("errno")
+        errs.add_column("count", justify="right")
+        for e, n in sorted(s["errors_by_errno"].items(), key=lambda kv: -kv[1]):
+            errs.add_row(e, str(n))
+        console.print(errs)
+    for crash in s["crashes"]:
+        console.print(f"[bold red]CRASH[/] {crash['title']} x{crash['count']}")
+    for f in s["findings"][:20]:
+        console.print(f"[bold red]FINDING[/] {f.get('kind')}: {f.get('message')}")
+    if len(s["findings"]) > 20:
+        console.print(f"... and {len(s['findings']) - 20} more findings in summary.json")
+    verdict = {0: "[green]clean[/]", 1: "[red]findings[/]", 3: "[bold red]crash[/]"}[outcome.exit_code]
+    console.print(f"verdict: {verdict}")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    from harness.pytest_plugin import cli_overrides
+
+    return load_config(args.profile or "default", overrides=args.lvs_set,
+                       cli=cli_overrides(lambda name: getattr(args, name, None)))
+
+
+def main_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    run_dir = RunDir(args.run_dir or default_run_dir(config.profile))
+    stop = threading.Event()
+    with interrupt_sets(stop):
+        try:
+            outcome = StormRun(config, run_dir, stop_event=stop).execute()
+        except TargetError as exc:
+            _stderr(f"lvol-storm: {exc}")
+            from harness.cli import EXIT_TARGET
+
+            return EXIT_TARGET
+    print_summary(outcome)
+    return outcome.exit_code
+
+
+def main_replay(args: argparse.Namespace) -> int:
+    from harness.replay import replay_run
+
+    config = config_from_args(args)
+    run_dir = RunDir(args.run_dir or default_run_dir("replay"))
+    return replay_run(config, run_dir, Path(args.history), mode=args.mode)
