@@ -1,0 +1,182 @@
+"""`History`: the history.jsonl format, the bounded in-memory tail, timed flushing, threads, replay reading."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.history import HISTORY_VERSION, SETUP_WORKER, History
+from harness.rpc.errors import RpcError, RpcTimeout
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_lines_have_the_documented_fields(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "history.jsonl"
+    with History(path) as history:
+        seq = history.next_seq(0)
+        history.record(0, 2, "bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "a", "size_in_mib": 8},
+                       100.5, 100.75, result="c5d4571a-f3ae-4db9-91ba-75d0beb52374", seq=seq)
+        history.record(0, 2, "bdev_lvol_delete", {"name": "a"}, 101.0, 101.25,
+                       error=RpcError("bdev_lvol_delete", -32603, "Device or resource busy"))
+        history.record(SETUP_WORKER, 0, "spdk_get_version", None, 99.0, 99.5, result={"version": "x"})
+        history.record(1, 0, "bdev_lvol_snapshot", {"lvol_name": "a", "snapshot_name": "s"}, 102.0, 132.0,
+                       error=RpcTimeout("bdev_lvol_snapshot", None, "no reply within 30 s"))
+        history.record(1, 0, "bdev_lvol_get_xattr", {"name": "a", "xattr_name": "x"}, 103.0, 103.1,
+                       error={"code": -32603, "message": "spdk_json_decode_object failed", "errno": None})
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5
+    first, busy, setup, timeout, decode = (json.loads(line) for line in lines)
+    assert first == {"v": 1, "worker": 0, "conn": 2, "seq": 1, "method": "bdev_lvol_create",
+                     "params": {"lvs_name": "lvs0", "lvol_name": "a", "size_in_mib": 8},
+                     "t_start": 100.5, "t_end": 100.75, "result": "c5d4571a-f3ae-4db9-91ba-75d0beb52374"}
+    assert busy["seq"] == 2 and "result" not in busy
+    assert busy["error"] == {"code": -32603, "message": "Device or resource busy", "errno": "EBUSY"}
+    assert setup["worker"] == -1 and setup["seq"] == 1 and setup["params"] is None
+    assert timeout["error"] == {"code": None, "message": "no reply within 30 s", "errno": "ETIMEDOUT"}
+    assert timeout["seq"] == 1  # seq counts per worker
+    assert decode["error"]["errno"] is None
+    assert history.summary() == {
+        "total": 5,
+        "ops_by_method": {"bdev_lvol_create": 1, "bdev_lvol_delete": 1, "spdk_get_version": 1,
+                          "bdev_lvol_snapshot": 1, "bdev_lvol_get_xattr": 1},
+        "errors_by_errno": {"EBUSY": 1, "ETIMEDOUT": 1, "code -32603": 1},
+    }
+
+
+def test_unencodable_params_are_recorded_not_raised(tmp_path: Path) -> None:
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    with History(tmp_path / "h.jsonl") as history:
+        history.record(0, 0, "odd", {"raw": b"\xff", "set": {3}}, 1.0, 2.0, result=True)
+        history.record(0, 0, "circular", loop, 1.0, 2.0)
+    odd, circular = history.tail()
+    assert odd["params"] == {"raw": "\ufffd", "set": [3]} and odd["result"] is True
+    assert circular["params"] == "{'self': {...}}"
+
+
+def test_tail_and_per_worker_tail_are_bounded(tmp_path: Path) -> None:
+    with History(tmp_path / "h.jsonl", tail_len=50, per_worker_tail_len=5) as history:
+        for i in range(300):
+            history.record(i % 3, 0, "bdev_lvol_resize", {"name": "a", "size_in_mib": i}, float(i), float(i))
+        tail = history.tail()
+        assert len(tail) == 50
+        assert [r["params"]["size_in_mib"] for r in tail] == list(range(250, 300))
+        assert [r["params"]["size_in_mib"] for r in history.tail(3)] == [297, 298, 299]
+        assert history.tail(0) == []
+        per_worker = history.per_worker_tail(4)
+        assert sorted(per_worker) == [0, 1, 2]
+        assert [r["params"]["size_in_mib"] for r in per_worker[1]] == [286, 289, 292, 295, 298][-4:]
+        assert all(r["seq"] == 96 + k for k, r in enumerate(per_worker[0][-4:], start=1))
+        assert len(history.per_worker_tail(100)[2]) == 5
+    assert len((tmp_path / "h.jsonl").read_text().splitlines()) == 300
+
+
+def test_200k_records_keep_memory_flat_and_reach_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    history = History(path, tail_len=1000, per_worker_tail_len=100)
+    params = {"lvs_name": "lvs0", "lvol_name": "volume-with-a-longish-name", "size_in_mib": 64,
+              "thin_provision": True}
+    for i in range(2000):  # warm up allocator and counters
+        history.record(i % 8, 0, "bdev_lvol_create", params, 1.0, 2.0, result="c5d4571a-f3ae-4db9")
+    before = _rss_kib()
+    started = time.perf_counter()
+    for i in range(200_000):
+        history.record(i % 8, i % 2, "bdev_lvol_create", params, 1.0, 2.0, result="c5d4571a-f3ae-4db9")
+    per_record_us = (time.perf_counter() - started) / 200_000 * 1e6
+    growth_kib = _rss_kib() - before
+    history.close()
+    assert len(history.tail()) == 1000
+    assert all(len(v) == 100 for v in history.per_worker_tail(1000).values())
+    assert history.total == 202_000
+    # 200k lines are ~40 MB of text; keeping them would grow RSS by far more than this.
+    assert growth_kib < 16 * 1024, f"RSS grew {growth_kib} KiB over 200k records"
+    with path.open() as f:
+        assert sum(1 for _ in f) == 202_000
+    print(f"\nhistory: {per_record_us:.2f} us/record, RSS growth {growth_kib} KiB over 200k records")
+
+
+def test_lines_reach_the_disk_within_a_second_without_close(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    history = History(path, flush_interval=0.2)
+    try:
+        history.record(0, 0, "bdev_lvol_delete", {"name": "a"}, 1.0, 2.0, result=True)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not path.read_text():
+            time.sleep(0.05)
+        assert path.read_text().count("\n") == 1
+    finally:
+        history.close()
+    history.close()  # idempotent
+    history.record(0, 0, "after_close", None, 1.0, 2.0)  # memory only, no error
+    assert path.read_text().count("\n") == 1
+    assert history.tail(1)[0]["method"] == "after_close"
+
+
+def test_threads_record_concurrently_with_unique_per_worker_seq(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    history = History(path)
+
+    def worker(w: int) -> None:
+        for _ in range(5000):
+            seq = history.next_seq(w % 2)
+            history.record(w % 2, w, "bdev_lvol_get_lvols", None, 1.0, 2.0, result=[], seq=seq)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    history.close()
+    records = list(History.read(path))
+    assert len(records) == 20_000
+    for w in (0, 1):
+        seqs = sorted(r["seq"] for r in records if r["worker"] == w)
+        assert seqs == list(range(1, 10_001))
+
+
+def test_read_checks_the_version_and_tolerates_a_cut_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    with History(path) as history:
+        for i in range(3):
+            history.record(0, 0, "bdev_lvol_delete", {"name": f"l{i}"}, 1.0, 2.0, result=True)
+    assert [r["params"]["name"] for r in History.read(path)] == ["l0", "l1", "l2"]
+    # The harness died mid-write: the last line is cut; everything before it still replays.
+    with path.open("a") as f:
+        f.write('{"v":1,"worker":0,"conn":0,"seq":4,"method":"bdev_lv')
+    assert len(list(History.read(path))) == 3
+
+    other = tmp_path / "v2.jsonl"
+    other.write_text('{"v":1,"worker":0,"seq":1,"method":"a"}\n{"v":2,"worker":0,"seq":2,"method":"a"}\n')
+    with pytest.raises(ConfigError) as info:
+        list(History.read(other))
+    text = str(info.value)
+    assert f"{other}:2" in text and "version 2" in text and f"reads version {HISTORY_VERSION}" in text
+    assert "\n" not in text
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('not json\n{"v":1}\n')
+    with pytest.raises(ConfigError, match=r"broken.jsonl:1: not a JSON history record"):
+        list(History.read(broken))
+    with pytest.raises(ConfigError, match="cannot read history"):
+        list(History.read(tmp_path / "missing.jsonl"))
+
+
+def test_memory_only_history_and_bad_sizes() -> None:
+    history = History(None, tail_len=2)
+    for i in range(5):
+        history.record(7, 0, "m", {"i": i}, 1.0, 2.0)
+    assert [r["params"]["i"] for r in history.tail()] == [3, 4]
+    history.close()
+    with pytest.raises(ConfigError, match="tail_len"):
+        History(None, tail_len=0)
