@@ -1,0 +1,95 @@
+"""The reference target's fault modes: which bug it carries, what triggers it, and what the death looks like.
+
+Every trigger is a deterministic operation pattern (never a timer or a random draw), so the reproducer a
+crash report carries re-crashes a fresh faulty target. The texts are SPDK's and glibc's own layouts, so the
+watchdog and the crash-report titles treat the reference target's deaths like spdk_tgt's.
+"""
+
+from __future__ import annotations
+
+from harness.errors import ConfigError
+from harness.model.lvstore import (
+    ABORT_ASSERT,
+    ABORT_MALLOC,
+    DELETE_SNAPSHOT_WITH_CLONES,
+    FORCED_REMOVAL,
+    LEAK_CLUSTER,
+)
+
+HANG = "hang"
+EXIT = "exit"
+
+FAULT_MODES: dict[str, str] = {
+    FORCED_REMOVAL: (
+        "Longhorn's lvol destroy bug: deleting a snapshot held open (checksum / shallow copy in progress) answers "
+        "EBUSY but removes the lvol, leaving its blob and clusters; deleting a snapshot whose only clone is that "
+        "blob then segfaults at address 8 in spdk_lvol_destroy"
+    ),
+    ABORT_ASSERT: (
+        "deleting a snapshot that has exactly one clone fails a blobstore assertion (SIGABRT, message on stderr)"
+    ),
+    ABORT_MALLOC: (
+        "cloning a snapshot that already has two or more clones corrupts the heap: glibc aborts with "
+        "'malloc(): unsorted double linked list corrupted'"
+    ),
+    HANG: "the Nth mutating lvol call (--fault-after, default 40) never completes: the target stops answering",
+    EXIT: "the Nth mutating lvol call (--fault-after, default 40) makes the target exit with code 1",
+    LEAK_CLUSTER: "checker test, no crash: deletes and shrinks do not return clusters to the lvstore",
+    DELETE_SNAPSHOT_WITH_CLONES: (
+        "checker test, no crash: a snapshot with two or more clones can be deleted; its clones are not re-parented"
+    ),
+}
+
+# What the recorded forced removal printed (/work/shared/spdk/target-log/*forced-removal-then-segv.log),
+# without the timestamp prefix the server adds.
+FORCED_REMOVAL_LOG_LINES: tuple[str, ...] = (
+    "blobstore.c:8681:bs_is_blob_deletable: *ERROR*: Cannot remove snapshot because it is open",
+    "blobstore.c:8621:bs_delete_blob_finish: *ERROR*: Failed to remove blob",
+    "lvol.c:1084:lvol_delete_blob_cb: *ERROR*: Could not remove blob on lvol gracefully - forced removal",
+)
+SEGV_ADDRESS = 8  # req->clone_lvol->blob with clone_lvol == NULL (lvol.c:1884)
+SEGV_THREAD = "reactor_0"
+
+# glibc's assert(3) layout: "prog: file:line: function: Assertion `expr' failed."
+ABORT_ASSERT_STDERR = (
+    "spdk_tgt: blobstore.c:8529: delete_snapshot_update_extent_pages: "
+    "Assertion `ctx->snapshot->active.num_clusters == ctx->clone->active.num_clusters' failed.\n"
+)
+ABORT_MALLOC_STDERR = "malloc(): unsorted double linked list corrupted\n"
+EXIT_CODE = 1
+
+MUTATING_LVOL_METHODS = frozenset(
+    {
+        "bdev_lvol_create",
+        "bdev_lvol_snapshot",
+        "bdev_lvol_clone",
+        "bdev_lvol_clone_bdev",
+        "bdev_lvol_delete",
+        "bdev_lvol_resize",
+        "bdev_lvol_rename",
+        "bdev_lvol_set_read_only",
+        "bdev_lvol_inflate",
+        "bdev_lvol_decouple_parent",
+        "bdev_lvol_detach_parent",
+        "bdev_lvol_set_parent",
+        "bdev_lvol_set_parent_bdev",
+        "bdev_lvol_set_xattr",
+        "bdev_lvol_register_snapshot_checksum",
+        "bdev_lvol_start_shallow_copy",
+    }
+)
+"""Calls counted by `hang` and `exit` (lvstore-level calls and reads are not counted)."""
+
+
+def parse_faults(spec: str) -> frozenset[str]:
+    """`"forced-removal,hang"` -> frozenset; "" or "none" -> no faults; an unknown name is a ConfigError."""
+    names = [part.strip() for part in (spec or "").split(",") if part.strip()]
+    if names == ["none"]:
+        return frozenset()
+    unknown = [n for n in names if n not in FAULT_MODES]
+    if unknown:
+        raise ConfigError(
+            f"--faults: unknown fault mode {', '.join(repr(n) for n in unknown)}; "
+            f"valid: {', '.join(sorted(FAULT_MODES))} (comma-separated, or 'none')"
+        )
+    return frozenset(names)
