@@ -2,5 +2,6 @@
 
 from harness.hosts.base import CommandResult, Host, HostProcess, LineStream
 from harness.hosts.local import LocalHost
+from harness.hosts.ssh import SshHost
 
-__all__ = ["CommandResult", "Host", "HostProcess", "LineStream", "LocalHost"]
+__all__ = ["CommandResult", "Host", "HostProcess", "LineStream", "LocalHost", "SshHost"]

@@ -1,0 +1,92 @@
+# N throwaway test nodes on THIS machine: one network namespace per node, joined to the root namespace by a
+# veth pair, each running its own sshd. Only Terraform's built-in `terraform_data` and `local-exec` are used,
+# so `terraform init && terraform apply` needs no provider download. Must run as root.
+#
+# Output contract (the same as ../aws-sles): nodes = [{name, address, user}], private_key_path, known_hosts.
+
+terraform {
+  required_version = ">= 1.4"
+}
+
+locals {
+  # A /24 inside 10.213.0.0/16 chosen from the run id, one /30 per node: concurrent runs rarely collide, and
+  # node-up.sh refuses an address already in use instead of stealing it.
+  octet    = parseint(substr(md5(var.run_id), 0, 2), 16)
+  work_dir = abspath(coalesce(var.work_dir, "${path.root}/nodes-${var.run_id}"))
+  nodes = [
+    for i in range(var.node_count) : {
+      name      = "lvs-${var.run_id}-${i}"
+      veth_host = "lvh${var.run_id}-${i}"
+      veth_node = "lvn${var.run_id}-${i}"
+      host_addr = "10.213.${local.octet}.${4 * i + 1}"
+      address   = "10.213.${local.octet}.${4 * i + 2}"
+      node_dir  = "${local.work_dir}/${i}"
+    }
+  ]
+}
+
+# The client key every node authorizes; removed with the run.
+resource "terraform_data" "client_key" {
+  input = {
+    work_dir = local.work_dir
+    key      = "${local.work_dir}/id_ed25519"
+  }
+
+  provisioner "local-exec" {
+    command = "mkdir -p '${self.input.work_dir}' && rm -f '${self.input.key}' '${self.input.key}.pub' && ssh-keygen -q -t ed25519 -N '' -C 'lvol-storm-${var.run_id}' -f '${self.input.key}'"
+  }
+
+  provisioner "local-exec" {
+    when    = destroy
+    command = "rm -rf '${self.input.work_dir}'"
+  }
+}
+
+resource "terraform_data" "node" {
+  count      = var.node_count
+  depends_on = [terraform_data.client_key]
+
+  # Destroy-time provisioners may only read `self`, so everything node-down.sh needs lives in `input`.
+  input = merge(local.nodes[count.index], {
+    scripts = abspath("${path.module}/scripts")
+    pubkey  = "${terraform_data.client_key.output.key}.pub"
+  })
+
+  provisioner "local-exec" {
+    command = "${self.input.scripts}/node-up.sh"
+    environment = {
+      NS        = self.input.name
+      VETH_HOST = self.input.veth_host
+      VETH_NODE = self.input.veth_node
+      HOST_ADDR = self.input.host_addr
+      NODE_ADDR = self.input.address
+      NODE_DIR  = self.input.node_dir
+      PUBKEY    = self.input.pubkey
+      SSHD      = var.sshd
+      SSHD_WAIT = var.sshd_wait_seconds
+    }
+  }
+
+  provisioner "local-exec" {
+    when    = destroy
+    command = "${self.input.scripts}/node-down.sh"
+    environment = {
+      NS        = self.input.name
+      VETH_HOST = self.input.veth_host
+      NODE_DIR  = self.input.node_dir
+    }
+  }
+}
+
+# One known_hosts file for all nodes, gathered after every sshd is up. Its path is unknown until apply, so
+# the `known_hosts` output reads the file only once the nodes exist.
+resource "terraform_data" "known_hosts" {
+  input = {
+    path  = "${local.work_dir}/known_hosts"
+    nodes = terraform_data.node[*].output.node_dir
+  }
+
+  provisioner "local-exec" {
+    command = "cat ${join(" ", [for d in self.input.nodes : "'${d}/known_hosts'"])} > '${self.input.path}'"
+  }
+}
