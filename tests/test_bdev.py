@@ -1,0 +1,91 @@
+"""Base bdevs and the lvstore: created through SPDK's RPCs, torn down children-first, nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.bdev import BaseBdev, BdevConfig, Lvstore, LvstoreConfig, verify_clean
+from harness.errors import ConfigError, TargetError
+from harness.hosts.local import LocalHost
+from harness.rpc.sync import SyncRpc
+from harness.target import Target, TargetConfig
+
+
+@pytest.fixture
+def sim(tmp_path: Path):
+    tgt = Target(LocalHost(), TargetConfig(kind="sim"), str(tmp_path), announce=lambda m: None)
+    tgt.start()
+    try:
+        with SyncRpc(tgt.host, tgt.sock_path) as rpc:
+            yield tgt, rpc
+    finally:
+        tgt.stop()
+
+
+def _tree(rpc: SyncRpc, lvs: str) -> None:
+    """A snapshot with two clones, one of which has a snapshot of its own: deletion order matters."""
+    base = rpc.call("bdev_lvol_create", lvs_name=lvs, lvol_name="base", size_in_mib=8, thin_provision=False)
+    snap = rpc.call("bdev_lvol_snapshot", lvol_name=base, snapshot_name="snap")
+    c1 = rpc.call("bdev_lvol_clone", snapshot_name=snap, clone_name="c1")
+    rpc.call("bdev_lvol_clone", snapshot_name=snap, clone_name="c2")
+    rpc.call("bdev_lvol_snapshot", lvol_name=c1, snapshot_name="snap2")
+
+
+@pytest.mark.parametrize("kind", ["malloc", "aio"])
+def test_lvstore_teardown_deletes_children_first_and_leaves_nothing(sim, kind: str, tmp_path: Path) -> None:
+    tgt, rpc = sim
+    base = BaseBdev(tgt.host, BdevConfig(kind=kind, size_mib=64), str(tmp_path))
+    name = base.create(rpc)
+    lvs = Lvstore(LvstoreConfig(cluster_size=1 << 20), name)
+    info = lvs.create(rpc)
+    assert info["free_clusters"] == lvs.start_free_clusters > 0
+    _tree(rpc, lvs.name)
+    assert len(rpc.call("bdev_lvol_get_lvols", lvs_name=lvs.name)) == 5
+    assert lvs.teardown(rpc) == []
+    base.delete(rpc)
+    assert verify_clean(rpc, name) == []
+    if kind == "aio":
+        assert not (tmp_path / "aio0.img").exists()
+
+
+def test_teardown_reports_leaked_clusters(tmp_path: Path) -> None:
+    cfg = TargetConfig(kind="sim", sim_fault="leak-cluster")
+    with Target(LocalHost(), cfg, str(tmp_path), announce=lambda m: None) as tgt, \
+            SyncRpc(tgt.host, tgt.sock_path) as rpc:
+        base = BaseBdev(tgt.host, BdevConfig(size_mib=64), str(tmp_path))
+        lvs = Lvstore(LvstoreConfig(), base.create(rpc))
+        lvs.create(rpc)
+        rpc.call("bdev_lvol_create", lvs_name=lvs.name, lvol_name="thick", size_in_mib=8, thin_provision=False)
+        problems = lvs.teardown(rpc)
+        assert any(p.startswith("leaked clusters: lvstore lvs0 has") for p in problems), problems
+
+
+def test_bdev_config_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="pci_addr: required when kind is nvme"):
+        BdevConfig(kind="nvme")
+    with pytest.raises(ValueError, match=r"expected a PCI address like 0000:00:04\.0, got 'x'"):
+        BdevConfig(kind="nvme", pci_addr="x")
+    with pytest.raises(ValueError, match="block_size: expected 512 or 4096"):
+        BdevConfig(block_size=1000)
+
+
+def test_missing_aio_file_is_a_config_error(sim, tmp_path: Path) -> None:
+    tgt, rpc = sim
+    base = BaseBdev(tgt.host, BdevConfig(kind="aio", aio_path=str(tmp_path / "nope.img")), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"bdev.aio_path: .*nope.img does not exist"):
+        base.create(rpc)
+
+
+def test_nvme_not_present_says_how_to_find_it(sim, tmp_path: Path) -> None:
+    tgt, rpc = sim
+    base = BaseBdev(tgt.host, BdevConfig(kind="nvme", pci_addr="0000:ff:1f.7"), str(tmp_path))
+    with pytest.raises((ConfigError, TargetError), match=r"no PCI device 0000:ff:1f.7 .*lspci"):
+        base.create(rpc)
+
+
+def test_fixtures_give_a_ready_lvstore(lvstore, rpc) -> None:
+    """The pytest plugin's own fixtures: an lvstore on the configured bdev, torn down and verified after."""
+    uuid = rpc.call("bdev_lvol_create", lvs_name=lvstore.name, lvol_name="v", size_in_mib=4, thin_provision=True)
+    assert rpc.call("bdev_lvol_get_lvols", lvs_name=lvstore.name)[0]["uuid"] == uuid
