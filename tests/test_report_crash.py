@@ -136,12 +136,11 @@ def crash_fake_target(tmp_path: Path, variant: str, *, cores: CorePattern | None
         time.sleep(0.2)
         trigger.touch()
         assert wd.crashed.wait(5)
-        assert proc.wait(10) == -11
-        deadline = time.time() + 3
-        while time.time() < deadline and not any(ev.kind == "fault" for ev in wd.evidence):
-            time.sleep(0.01)
-        report = CrashReport.build(wd.evidence, host, run_dir or tmp_path, history(min(e.t for e in wd.evidence)),
-                                   {"pid": proc.pid, "binary": str(exe), "variant": variant},
+        evidence = wd.settle(10)
+        assert {ev.kind for ev in evidence} == {"fault", "exit"}
+        assert proc.poll() == -11
+        report = CrashReport.build(evidence, host, run_dir or tmp_path, history(min(e.t for e in evidence)),
+                                   {"pid": proc.pid, "binary": str(exe), "variant": variant, "log_path": str(log)},
                                    cores=cores, binary_paths=files, notes=list(wd.warnings))
     finally:
         wd.stop()
@@ -163,7 +162,10 @@ def test_symbolized_title_from_kernel_line(tmp_path: Path, variant: str) -> None
     assert data["fault"]["error_bits"] == ["user", "read", "page not present"]
     assert data["fault"]["comm"] == "reactor_0"
     assert data["symbolized"]["function"] == "spdk_lvol_destroy" and data["symbolized"]["line"] == CRASH_LINE
-    assert "segfault at 8" in (out / "kernel.log").read_text()
+    kernel_log = (out / "kernel.log").read_text()
+    assert "segfault at 8" in kernel_log and "Code: " in kernel_log
+    assert "about to fault" in (out / "target.log").read_text()
+    assert data["fault"]["code"].count("<") == 1
     assert any("core: not collected" in n for n in data["notes"])
 
 
@@ -228,9 +230,10 @@ def test_abort_report_from_real_abort(tmp_path: Path) -> None:
     wd = Watchdog(host, pid=target.proc.pid, log_path=str(target.log), process=target.proc).start()
     try:
         target.fire()
-        assert wd.crashed.wait(5) and target.proc.wait(5) == -6
-        time.sleep(0.2)
-        report = CrashReport.build(wd.evidence, host, tmp_path, [], {"pid": target.proc.pid})
+        assert wd.crashed.wait(5)
+        evidence = wd.settle(5)
+        assert target.proc.poll() == -6
+        report = CrashReport.build(evidence, host, tmp_path, [], {"pid": target.proc.pid})
     finally:
         wd.stop()
     assert report.title == "SIGABRT: malloc(): unsorted double linked list corrupted"

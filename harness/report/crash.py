@@ -57,7 +57,9 @@ class CrashReport:
         per_worker: int = 20,
         notes: list[str] | None = None,
     ) -> CrashReport:
-        """Gather the report. `target_info` should hold at least `pid`; it is copied into crash.json."""
+        """Gather the report (call `Watchdog.settle()` first). `target_info` should hold `pid` (to find the
+        core) and may hold `log_path` (the target log is then sliced from the file itself) and `executable`;
+        it is copied into crash.json."""
         if not evidence:
             raise ValueError("CrashReport.build needs at least one piece of evidence (Watchdog.evidence)")
         report_notes = list(notes or [])
@@ -100,6 +102,14 @@ class CrashReport:
                 report_notes.append(f"backtrace: {how}")
                 core_path = compress_core(host, found, staging)
 
+        target_log = _merge_lines(evidence, "log_tail")
+        log_path = target_info.get("log_path")
+        if log_path:
+            # The file itself is the fullest record of what the target said last.
+            tail = host.run(["tail", "-n", "200", str(log_path)], timeout=30)
+            if tail.ok and tail.stdout.strip():
+                target_log = tail.stdout.splitlines()
+
         title = crash_title(evidence, symbol=sym.symbol if sym else None, backtrace=backtrace)
         t_crash = min(ev.t for ev in evidence)
         latest = max(evidence, key=lambda ev: ev.t)
@@ -108,7 +118,7 @@ class CrashReport:
             title=title, evidence=list(evidence), fault=fault, symbolization=sym, backtrace=backtrace,
             backtrace_text=backtrace_text, core_path=core_path,
             kernel_lines=_merge_lines(evidence, "kernel_lines") or list(latest.kernel_lines),
-            target_log=_merge_lines(evidence, "log_tail") or list(latest.log_tail),
+            target_log=target_log,
             operations=operations, target_info=dict(target_info), notes=report_notes,
         )
 

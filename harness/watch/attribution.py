@@ -8,8 +8,10 @@ that moment. A fault in any other process is logged and never a failure.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -38,8 +40,6 @@ def read_host_text(host: Host, path: str) -> str | None:
 def list_tasks(host: Host, pid: int) -> set[int] | None:
     """Thread ids of `pid`, None when it is gone."""
     if host.is_local:
-        import os
-
         try:
             return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
         except OSError:
@@ -85,19 +85,23 @@ class TargetIdentity:
         self.tids: set[int] = {pid}
         self.maps: list[MapEntry] = []
         self.exe: str | None = None
+        self._maps_at = 0.0
         self._lock = threading.Lock()
 
-    def refresh(self) -> bool:
-        """Record the current threads and mappings (cumulative); False when the process is gone."""
+    def refresh(self, maps_every_s: float = 10.0) -> bool:
+        """Record the current threads (every call) and mappings (at start, when threads change, and every
+        `maps_every_s`: libraries are loaded at start, and /proc/PID/maps is large); False when it is gone."""
         tasks = list_tasks(self.host, self.pid)
         if tasks is None:
             return False
-        maps_text = read_host_text(self.host, f"/proc/{self.pid}/maps")
+        now = time.monotonic()
+        maps_text = None
+        if not tasks <= self.tids or not self.maps or now - self._maps_at >= maps_every_s:
+            maps_text = read_host_text(self.host, f"/proc/{self.pid}/maps")
+            self._maps_at = now
         exe = None
         if self.exe is None:
             if self.host.is_local:
-                import os
-
                 try:
                     exe = os.readlink(f"/proc/{self.pid}/exe")
                 except OSError:

@@ -30,12 +30,17 @@ class MapEntry:
         return self.start <= addr < self.end
 
 
-def parse_maps(text: str) -> list[MapEntry]:
-    """File-backed mappings of a /proc/PID/maps text (anonymous, [heap], [stack] ... are left out)."""
+def parse_maps(text: str, executable_only: bool = True) -> list[MapEntry]:
+    """File-backed mappings of a /proc/PID/maps text (anonymous, [heap], [stack] ... are left out).
+
+    Only executable ones by default: an ip always lies in one, and SPDK maps thousands of hugepage files.
+    """
     entries: list[MapEntry] = []
     for line in text.splitlines():
         parts = line.split(None, 5)
         if len(parts) < 6 or not parts[5].startswith("/"):
+            continue
+        if executable_only and "x" not in parts[1]:
             continue
         lo, _, hi = parts[0].partition("-")
         try:

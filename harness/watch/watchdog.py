@@ -22,6 +22,9 @@ from harness.watch.targetlog import DEFAULT_ERROR_PATTERNS, TargetLogWatch
 
 log = logging.getLogger(__name__)
 
+# Deaths the kernel prints a line for (SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV; SIGKILL for the OOM killer).
+_KERNEL_SIGNALS = {-4, -5, -7, -8, -11}
+
 
 class Watchdog:
     """Observes one target process; `crashed` is set within ~100 ms of the first evidence of its death.
@@ -136,6 +139,28 @@ class Watchdog:
 
     def wait(self, timeout: float) -> bool:
         return self.crashed.wait(timeout)
+
+    def settle(self, timeout: float = 5.0) -> list[CrashEvidence]:
+        """After `crashed`: wait (bounded) for the rest of the evidence (the exit after a fault line, the
+        fault line and its `Code:` after an exit) and refresh the log snapshots, so a report sees it all."""
+        deadline = time.time() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.time())
+
+        if not any(ev.kind == "hang" for ev in self.evidence):
+            self.process.exited.wait(left())
+        if self.kernel is not None and self.kernel.source != "none" and self.process.exit_rc in _KERNEL_SIGNALS:
+            while left() > 0 and not any(ev.kind in {"fault", "oom"} for ev in self.evidence):
+                time.sleep(0.01)
+        time.sleep(min(0.1, left()))  # a `Code:` line, the last target log lines
+        kernel = self.kernel.lines()[-50:] if self.kernel is not None else []
+        tail = self.target_log.tail(100) if self.target_log is not None else []
+        with self._lock:
+            for ev in self._evidence:
+                ev.kernel_lines = kernel or ev.kernel_lines
+                ev.log_tail = tail or ev.log_tail
+        return self.evidence
 
     def notice_exit(self, rc: int | None) -> None:
         """The owner saw the target exit (e.g. its own `wait()` returned): record the code if still unknown."""
