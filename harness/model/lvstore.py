@@ -55,13 +55,14 @@ class ModelError(Exception):
 
 
 class ModelCrash(Exception):
-    """The state reached makes the real target die: kind `segv` (detail names the dereference) or `abort`
-    (detail names the fault mode that fired: `abort-assert` / `abort-malloc`)."""
+    """The state reached makes the real target die: kind `segv` (detail names the dereference, `address` the
+    faulting address) or `abort` (detail is the fault mode that fired: `abort-assert` / `abort-malloc`)."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, address: int = 0) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+        self.address = address
 
 
 def _popcount(bits: int) -> int:
@@ -340,6 +341,10 @@ class LvolStore:
         n_clones = len(lv.clones)
         if n_clones > 1 and DELETE_SNAPSHOT_WITH_CLONES not in self.faults:
             raise ModelError(errno.EPERM, f"{lv.name} has {n_clones} clones")
+        only = self.blobs[next(iter(lv.clones))] if n_clones == 1 else None
+        if only is not None and only.removed and FORCED_REMOVAL in self.faults:
+            # spdk_lvol_destroy looks the only clone's lvol up before deleting the blob: NULL -> blob at +8.
+            raise ModelCrash("segv", f"spdk_lvol_destroy: the only clone of {lv.name} has no lvol", address=8)
         if lv.busy:
             if FORCED_REMOVAL in self.faults:
                 # Recorded bug: the blob delete fails, the lvol goes anyway; the blob stays in its parent's
@@ -348,10 +353,7 @@ class LvolStore:
                 lv.removed = True
                 raise ModelError(errno.EBUSY, f"{lv.name} is open (forced removal)", forced_removal=True)
             raise ModelError(errno.EBUSY, f"{lv.name} is open")
-        if n_clones == 1:
-            only = self.blobs[next(iter(lv.clones))]
-            if only.removed and FORCED_REMOVAL in self.faults:
-                raise ModelCrash("segv", f"spdk_lvol_destroy: clone lvol of {lv.name} is gone (forced removal)")
+        if only is not None:
             if ABORT_ASSERT in self.faults:
                 raise ModelCrash("abort", ABORT_ASSERT)
             self._merge_into_clone(lv, only)

@@ -81,15 +81,19 @@ MUTATING_LVOL_METHODS = frozenset(
 """Calls counted by `hang` and `exit` (lvstore-level calls and reads are not counted)."""
 
 
+class FaultSpecError(ConfigError, ValueError):
+    """An unknown fault mode name (a ConfigError for the CLI, a ValueError for plain callers)."""
+
+
 def parse_faults(spec: str) -> frozenset[str]:
-    """`"forced-removal,hang"` -> frozenset; "" or "none" -> no faults; an unknown name is a ConfigError."""
+    """`"forced-removal,hang"` -> frozenset; "" or "none" -> no faults; an unknown name is a FaultSpecError."""
     names = [part.strip() for part in (spec or "").split(",") if part.strip()]
     if names == ["none"]:
         return frozenset()
     unknown = [n for n in names if n not in FAULT_MODES]
     if unknown:
-        raise ConfigError(
-            f"--faults: unknown fault mode {', '.join(repr(n) for n in unknown)}; "
+        raise FaultSpecError(
+            f"unknown fault mode {', '.join(repr(n) for n in unknown)}; "
             f"valid: {', '.join(sorted(FAULT_MODES))} (comma-separated, or 'none')"
         )
     return frozenset(names)

@@ -280,7 +280,7 @@ class Dispatcher:
     def _crash_for(exc: ModelCrash) -> SimulatedCrash:
         if exc.kind == "segv":
             # The forced removal's log lines were written when it happened; a SIGSEGV adds none.
-            return SimulatedCrash(kind="segv", address=fm.SEGV_ADDRESS, thread_name=fm.SEGV_THREAD)
+            return SimulatedCrash(kind="segv", address=exc.address or fm.SEGV_ADDRESS, thread_name=fm.SEGV_THREAD)
         text = fm.ABORT_MALLOC_STDERR if exc.detail == fm.ABORT_MALLOC else fm.ABORT_ASSERT_STDERR
         return SimulatedCrash(kind="abort", stderr_text=text)
 

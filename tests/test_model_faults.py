@@ -1,0 +1,219 @@
+"""The reference target's fault modes and method dispatch: each fault fires on its pattern and only there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.sim.faults import FAULT_MODES, parse_faults
+from harness.sim.methods import REFERENCE_SUFFIX, Dispatcher
+from harness.sim.protocol import RpcFault, SimulatedCrash
+
+RECORDED_FORCED_REMOVAL = [
+    "blobstore.c:8681:bs_is_blob_deletable: *ERROR*: Cannot remove snapshot because it is open",
+    "blobstore.c:8621:bs_delete_blob_finish: *ERROR*: Failed to remove blob",
+    "lvol.c:1084:lvol_delete_blob_cb: *ERROR*: Could not remove blob on lvol gracefully - forced removal",
+]
+
+
+def call(d: Dispatcher, method: str, **params: Any) -> Any:
+    return d.handle(method, params or None)
+
+
+def error_of(d: Dispatcher, method: str, **params: Any) -> tuple[int, str]:
+    with pytest.raises(RpcFault) as info:
+        call(d, method, **params)
+    return info.value.code, info.value.message
+
+
+def target(faults: frozenset[str] = frozenset(), fault_after: int = 40, mib: int = 512) -> Dispatcher:
+    d = Dispatcher(faults=faults, seed=7, fault_after=fault_after)
+    call(d, "bdev_malloc_create", name="Malloc0", num_blocks=mib * 256, block_size=4096)
+    call(d, "bdev_lvol_create_lvstore", bdev_name="Malloc0", lvs_name="lvs0", cluster_sz=1024 * 1024)
+    return d
+
+
+def busy_snapshot_with_parent(d: Dispatcher) -> None:
+    """P <- X <- D over RPCs, X owning 200 clusters, its checksum in progress (holds X open for 4 calls)."""
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="A", size_in_mib=200)
+    call(d, "bdev_lvol_snapshot", lvol_name="lvs0/A", snapshot_name="P")
+    call(d, "bdev_lvol_delete", name="lvs0/A")
+    call(d, "bdev_lvol_clone", snapshot_name="lvs0/P", clone_name="D")
+    call(d, "bdev_lvol_decouple_parent", name="lvs0/D")
+    call(d, "bdev_lvol_set_parent", lvol_name="lvs0/D", parent_name="lvs0/P")
+    call(d, "bdev_lvol_snapshot", lvol_name="lvs0/D", snapshot_name="X")
+    call(d, "bdev_lvol_register_snapshot_checksum", name="lvs0/X")
+    d.drain_log_lines()
+
+
+# ---- parse_faults ---------------------------------------------------------------------------------------------
+
+
+def test_parse_faults_accepts_lists_and_none() -> None:
+    assert parse_faults("") == frozenset() and parse_faults("none") == frozenset()
+    assert parse_faults("forced-removal, hang") == {"forced-removal", "hang"}
+    assert set(FAULT_MODES) == {"forced-removal", "abort-assert", "abort-malloc", "hang", "exit", "leak-cluster",
+                                "delete-snapshot-with-clones"}
+    assert all(FAULT_MODES.values())
+
+
+def test_parse_faults_unknown_name_is_one_line_listing_valid_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_faults("forced-removal,segfault")
+    text = str(info.value)
+    assert "'segfault'" in text and "\n" not in text
+    assert all(name in text for name in FAULT_MODES)
+    assert isinstance(info.value, ValueError)  # spdk-sim's CLI catches ValueError
+
+
+# ---- forced-removal -------------------------------------------------------------------------------------------
+
+
+def test_forced_removal_answers_ebusy_logs_then_parent_delete_segfaults() -> None:
+    d = target(frozenset({"forced-removal"}))
+    busy_snapshot_with_parent(d)
+    assert error_of(d, "bdev_lvol_delete", name="lvs0/X") == (-32603, "Device or resource busy")
+    assert d.drain_log_lines() == RECORDED_FORCED_REMOVAL
+    assert error_of(d, "bdev_get_bdevs", name="lvs0/X") == (-19, "No such device")
+    with pytest.raises(SimulatedCrash) as crash:
+        call(d, "bdev_lvol_delete", name="lvs0/P")
+    c = crash.value
+    assert (c.kind, c.address, c.thread_name, c.log_lines) == ("segv", 8, "reactor_0", [])
+    with pytest.raises(SimulatedCrash):  # a dead target stays dead
+        call(d, "spdk_get_version")
+
+
+def test_healthy_target_keeps_the_busy_snapshot_and_survives_the_parent_delete() -> None:
+    d = target()
+    busy_snapshot_with_parent(d)
+    assert error_of(d, "bdev_lvol_delete", name="lvs0/X") == (-32603, "Device or resource busy")
+    assert d.drain_log_lines() == []
+    assert call(d, "bdev_get_bdevs", name="lvs0/X")[0]["aliases"] == ["lvs0/X"]
+    assert call(d, "bdev_lvol_delete", name="lvs0/P") is True
+    free = call(d, "bdev_lvol_get_lvstores", lvs_name="lvs0")[0]["free_clusters"]
+    assert free == 509 - 200  # only D's copy (now X's clusters) remains
+
+
+# ---- aborts ---------------------------------------------------------------------------------------------------
+
+
+def test_abort_assert_on_deleting_a_snapshot_with_one_clone_only() -> None:
+    d = target(frozenset({"abort-assert"}))
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="K", size_in_mib=8)
+    call(d, "bdev_lvol_snapshot", lvol_name="lvs0/K", snapshot_name="KS")
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="Z", size_in_mib=8)
+    call(d, "bdev_lvol_snapshot", lvol_name="lvs0/Z", snapshot_name="ZS")
+    call(d, "bdev_lvol_delete", name="lvs0/Z")
+    assert call(d, "bdev_lvol_delete", name="lvs0/ZS") is True  # no clone left: no assertion
+    with pytest.raises(SimulatedCrash) as crash:
+        call(d, "bdev_lvol_delete", name="lvs0/KS")
+    assert crash.value.kind == "abort"
+    assert crash.value.stderr_text.startswith("spdk_tgt: blobstore.c:")
+    assert "Assertion `" in crash.value.stderr_text and crash.value.stderr_text.endswith("' failed.\n")
+
+
+def test_abort_malloc_on_cloning_a_snapshot_with_two_clones_only() -> None:
+    d = target(frozenset({"abort-malloc"}))
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="T", size_in_mib=8, thin_provision=True)
+    call(d, "bdev_lvol_snapshot", lvol_name="lvs0/T", snapshot_name="S")
+    call(d, "bdev_lvol_clone", snapshot_name="lvs0/S", clone_name="C1")  # second clone: fine
+    with pytest.raises(SimulatedCrash) as crash:
+        call(d, "bdev_lvol_clone", snapshot_name="lvs0/S", clone_name="C2")
+    assert (crash.value.kind, crash.value.stderr_text) == ("abort", "malloc(): unsorted double linked list corrupted\n")
+
+
+# ---- hang / exit ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fault", "kind", "code"), [("hang", "hang", 0), ("exit", "exit", 1)])
+def test_hang_and_exit_after_the_nth_mutating_lvol_call(fault: str, kind: str, code: int) -> None:
+    d = target(frozenset({fault}), fault_after=3)
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="a", size_in_mib=1)
+    for _ in range(5):
+        call(d, "bdev_lvol_get_lvols")  # reads do not count
+        call(d, "bdev_lvol_get_lvstores")
+    call(d, "bdev_lvol_resize", name="lvs0/a", size_in_mib=2)
+    with pytest.raises(SimulatedCrash) as crash:
+        call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="b", size_in_mib=1)
+    assert crash.value.kind == kind and crash.value.exit_code == code
+
+
+def test_no_fault_no_hang() -> None:
+    d = target(fault_after=3)
+    for i in range(10):
+        call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name=f"v{i}", size_in_mib=1)
+    assert len(call(d, "bdev_lvol_get_lvols")) == 10
+
+
+# ---- checker-test modes ---------------------------------------------------------------------------------------
+
+
+def test_leak_cluster_keeps_clusters_after_delete() -> None:
+    d = target(frozenset({"leak-cluster"}))
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="a", size_in_mib=8)
+    assert call(d, "bdev_lvol_delete", name="lvs0/a") is True
+    assert call(d, "bdev_lvol_get_lvstores")[0]["free_clusters"] == 509 - 8
+
+
+def test_delete_snapshot_with_clones_succeeds_and_leaves_clones_parentless() -> None:
+    d = target(frozenset({"delete-snapshot-with-clones"}))
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="T", size_in_mib=8, thin_provision=True)
+    call(d, "bdev_lvol_snapshot", lvol_name="lvs0/T", snapshot_name="S")
+    call(d, "bdev_lvol_clone", snapshot_name="lvs0/S", clone_name="C")
+    assert call(d, "bdev_lvol_delete", name="lvs0/S") is True
+    info = call(d, "bdev_get_bdevs", name="lvs0/C")[0]["driver_specific"]["lvol"]
+    assert info["clone"] is True and "base_snapshot" not in info
+    healthy = target()
+    call(healthy, "bdev_lvol_create", lvs_name="lvs0", lvol_name="T", size_in_mib=8, thin_provision=True)
+    call(healthy, "bdev_lvol_snapshot", lvol_name="lvs0/T", snapshot_name="S")
+    call(healthy, "bdev_lvol_clone", snapshot_name="lvs0/S", clone_name="C")
+    assert error_of(healthy, "bdev_lvol_delete", name="lvs0/S") == (-32603, "Operation not permitted")
+
+
+# ---- dispatch basics ------------------------------------------------------------------------------------------
+
+
+def test_unknown_method_version_and_method_list() -> None:
+    d = Dispatcher(seed=1)
+    assert error_of(d, "no_such") == (-32601, "Method not found")
+    assert call(d, "spdk_get_version")["version"].endswith(REFERENCE_SUFFIX)
+    assert error_of(d, "spdk_get_version", x=1)[0] == -32602
+    names = d.method_names()
+    assert names == call(d, "rpc_get_methods") and "bdev_lvol_detach_parent" in names
+    assert "framework_start_init" not in call(d, "rpc_get_methods", current=True)
+    assert "get_lvol_stores" in call(d, "rpc_get_methods", include_aliases=True)
+    assert error_of(d, "rpc_get_methods", bogus=True) == (-32602, "Invalid parameters")
+    assert call(d, "get_lvol_stores") == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [None, [], {"lvs_name": "lvs0", "size_in_mib": 4}, {"lvs_name": "lvs0", "lvol_name": "a", "size_in_mib": -4},
+     {"lvs_name": "lvs0", "lvol_name": "a", "size_in_mib": 4.5}, {"lvs_name": "lvs0", "lvol_name": "a",
+                                                                   "size_in_mib": 4, "bogus": 1}],
+)
+def test_decoding_failures(params: Any) -> None:
+    d = target()
+    with pytest.raises(RpcFault) as info:
+        d.handle("bdev_lvol_create", params)
+    assert (info.value.code, info.value.message) == (-32603, "spdk_json_decode_object failed")
+
+
+def test_same_seed_same_uuids_and_log_drain_empties() -> None:
+    a, b = target(), target()
+    ua = call(a, "bdev_lvol_create", lvs_name="lvs0", lvol_name="v", size_in_mib=1)
+    ub = call(b, "bdev_lvol_create", lvs_name="lvs0", lvol_name="v", size_in_mib=1)
+    assert ua == ub
+    error_of(a, "bdev_malloc_delete", name="nope")
+    assert len(a.drain_log_lines()) == 2 and a.drain_log_lines() == []
+
+
+def test_deleting_the_base_bdev_unloads_its_lvstore() -> None:
+    d = target()
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="v", size_in_mib=1)
+    base = call(d, "bdev_get_bdevs", name="Malloc0")[0]
+    assert base["claimed"] is True and base["product_name"] == "Malloc disk"
+    assert call(d, "bdev_malloc_delete", name="Malloc0") is True
+    assert call(d, "bdev_lvol_get_lvstores") == [] and call(d, "bdev_get_bdevs") == []
