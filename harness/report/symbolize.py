@@ -96,14 +96,17 @@ def symbolize(host: Host, path: str | None, file_offset: int | None) -> Symboliz
         out.hint = ("the faulting file is unknown (no /proc/PID/maps recorded and no matching binary path): "
                     "symbolize by hand with `addr2line -f -e FILE OFFSET`")
         return out
-    if host.which("addr2line") is None:
-        out.hint = f"addr2line is not installed on {host.name} (apt install binutils); symbol unknown"
-        return out
     if not host.exists(path):
         out.hint = f"{path} no longer exists on {host.name}; symbolize with `addr2line -f -e FILE {file_offset:#x}`"
         return out
     address = link_address(host, path, file_offset)
     out.address = address
+    if host.which("addr2line") is None:
+        if host.which("gdb") is not None:
+            return _symbolize_with_gdb(host, out, path, address)
+        out.hint = (f"neither addr2line nor gdb is installed on {host.name} (apt install binutils gdb); "
+                    "symbol unknown")
+        return out
     argv = ["addr2line", "-f", "-i", "-C", "-e", path, hex(address)]
     out.command = shlex.join(argv)
     result = host.run(argv, timeout=60)
@@ -130,4 +133,30 @@ def symbolize(host: Host, path: str | None, file_offset: int | None) -> Symboliz
     if sym.file is None:
         out.hint = f"{path} has a symbol table but no debug info (file:line unknown): build with -g"
     out.symbol = sym
+    return out
+
+
+_GDB_LINE = re.compile(r'^Line (?P<line>\d+) of "(?P<file>[^"]+)".*?<(?P<func>[^+>]+)(?:\+\d+)?>')
+_GDB_SYMBOL = re.compile(r"^(?P<func>\S+)(?: \+ \d+)? in section")
+
+
+def _symbolize_with_gdb(host: Host, out: Symbolization, path: str, address: int) -> Symbolization:
+    """The same answer from gdb (`info line *ADDR`, `info symbol ADDR`) when binutils is missing."""
+    argv = ["gdb", "-batch", "-nx", "-ex", f"info line *{address:#x}", "-ex", f"info symbol {address:#x}", path]
+    out.command = shlex.join(argv)
+    result = host.run(argv, timeout=60)
+    func = file = None
+    line: int | None = None
+    for text in result.stdout.splitlines():
+        if m := _GDB_LINE.match(text.strip()):
+            func, file, line = m["func"], m["file"], int(m["line"])
+            break
+        if m := _GDB_SYMBOL.match(text.strip()):
+            func = func or m["func"]
+    if func is None:
+        out.hint = f"{path} has no symbols at {address:#x} (gdb found none): build SPDK with --enable-debug"
+        return out
+    out.symbol = Symbol(func, file, line, path, address)
+    if file is None:
+        out.hint = f"{path} has a symbol table but no debug info (file:line unknown): build with -g"
     return out

@@ -199,6 +199,9 @@ class Watchdog:
         supp = parse_suppressed(rec)
         if supp is not None:
             self.suppressed.append(supp)
+            if supp[0] == "show_signal_msg":
+                self.warnings.append(f"the kernel dropped {supp[1]} fault lines (show_signal_msg ratelimit): "
+                                     "a fault of the target may have no kernel line")
             return
         fault = parse_fault(rec)
         if fault is None:
