@@ -51,6 +51,7 @@ def test_lines_have_the_documented_fields(tmp_path: Path) -> None:
         "ops_by_method": {"bdev_lvol_create": 1, "bdev_lvol_delete": 1, "spdk_get_version": 1,
                           "bdev_lvol_snapshot": 1, "bdev_lvol_get_xattr": 1},
         "errors_by_errno": {"EBUSY": 1, "ETIMEDOUT": 1, "code -32603": 1},
+        "write_error": None,
     }
 
 
@@ -180,3 +181,33 @@ def test_memory_only_history_and_bad_sizes() -> None:
     history.close()
     with pytest.raises(ConfigError, match="tail_len"):
         History(None, tail_len=0)
+
+
+def test_a_full_disk_is_reported_not_raised() -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    history = History("/dev/full")
+    history.record(0, 0, "bdev_lvol_delete", {"name": "a"}, 1.0, 2.0, result=True)
+    history.flush()
+    assert history.write_error is not None and "No space left on device" in history.write_error
+    history.record(0, 0, "bdev_lvol_delete", {"name": "b"}, 1.0, 2.0, result=True)  # still fine
+    history.close()
+    assert history.summary()["write_error"] == history.write_error
+    assert [r["params"]["name"] for r in history.tail()] == ["a", "b"]
+
+
+def test_an_unclosed_history_is_written_at_interpreter_exit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "h.jsonl"
+    script = (
+        "from harness.history import History\n"
+        f"h = History({str(path)!r}, flush_interval=60)\n"
+        "for i in range(10): h.record(0, 0, 'm', {'i': i}, 1.0, 2.0)\n"
+        "raise SystemExit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          timeout=30, check=False)
+    assert done.returncode == 3
+    assert [r["params"]["i"] for r in History.read(path)] == list(range(10))

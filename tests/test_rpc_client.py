@@ -136,6 +136,8 @@ def test_different_timeouts_expire_in_deadline_order(fake: FakeSpdkProcess) -> N
 
             await asyncio.gather(*(timed(t) for t in (0.4, 0.1, 0.3, 0.2, 0.1)))
             assert order == [0.1, 0.1, 0.2, 0.3, 0.4]
+            assert await conn.call("sleep", {"s": 0.2}, timeout=None) is True  # no deadline at all
+            assert conn.in_flight == 0
         finally:
             await conn.close()
 

@@ -16,6 +16,7 @@ from harness.history import History
 from harness.hosts.base import HostProcess
 from harness.hosts.local import LocalHost
 from harness.rpc.client import RpcConnection
+from harness.rpc.connect import connect_unix_retrying
 from harness.rpc.errors import RpcConnectionLost, RpcError
 from harness.rpc.methods import Capabilities, RpcMethods, SyncRpcMethods
 from harness.rpc.sync import SyncRpc
@@ -37,6 +38,7 @@ def start_sim(tmp: Path, *extra: str) -> tuple[HostProcess, str]:
         pytest.skip(f"{SIM} not installed (pip install -e . installs the spdk-sim entry point)")
     sock = str(tmp / "sim.sock")
     proc = HOST.spawn([str(SIM), "-r", sock, *extra], log_path=str(tmp / "sim.log"))
+    connect_unix_retrying(HOST, sock, 10.0).close()  # listening
     return proc, sock
 
 
@@ -156,3 +158,61 @@ def test_killed_target_fails_pending_calls_within_100_ms(tmp_path: Path) -> None
         run(scenario())
     finally:
         stop_sim(proc)
+
+
+def _raw_rate(sock_path: str, method: str, depth: int, calls: int) -> float:
+    """A minimal raw-socket client: write `depth` requests at once, read their replies, repeat."""
+    import json
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10.0)
+        sock.connect(sock_path)
+        rid = 0
+        started = time.perf_counter()
+        for _ in range(calls // depth):
+            batch = []
+            for _ in range(depth):
+                rid += 1
+                batch.append(json.dumps({"jsonrpc": "2.0", "method": method, "id": rid}).encode())
+            sock.sendall(b"".join(batch))
+            buf, got = b"", 0
+            while got < depth:
+                chunk = sock.recv(1 << 16)
+                assert chunk, "spdk-sim closed the connection"
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    json.loads(line)
+                    got += 1
+        return (calls // depth) * depth / (time.perf_counter() - started)
+
+
+async def _conn_rate(sock_path: str, method: str, depth: int, calls: int, history: History | None) -> float:
+    conn = await RpcConnection.open(HOST, sock_path, history=history)
+    try:
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                await conn.call(method)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(calls // depth) for _ in range(depth)))
+        return (calls // depth) * depth / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+def test_benchmark_against_spdk_sim(sim: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Printed, not asserted: RpcConnection (with and without history) vs a raw socket, same target."""
+    lines = []
+    for depth, calls in ((1, 1000), (32, 6400)):
+        raw = max(_raw_rate(sim, "bdev_lvol_get_lvstores", depth, calls) for _ in range(2))
+        bare = max(run(_conn_rate(sim, "bdev_lvol_get_lvstores", depth, calls, None)) for _ in range(2))
+        with History(tmp_path / f"h{depth}.jsonl") as history:
+            recorded = max(run(_conn_rate(sim, "bdev_lvol_get_lvstores", depth, calls, history))
+                           for _ in range(2))
+        assert min(raw, bare, recorded) > 0
+        lines.append(f"depth {depth:2d}: raw socket {raw:7.0f}/s  RpcConnection {bare:7.0f}/s ({bare / raw:.2f})"
+                     f"  with history {recorded:7.0f}/s ({recorded / raw:.2f})")
+    with capsys.disabled():
+        print("\nagainst spdk-sim (bdev_lvol_get_lvstores):\n  " + "\n  ".join(lines))

@@ -125,10 +125,13 @@ class RpcConnection(asyncio.Protocol):
 
     # -- calling ----------------------------------------------------------------------------------------
 
-    async def call(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30.0) -> Any:
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = 30.0
+    ) -> Any:
         """Send one request and wait for its reply; returns `result`.
 
-        Raises RpcError (an error reply), RpcTimeout (no reply within `timeout` s; the request may still
+        `params` goes on the wire as given (None: no `params` member). Raises RpcError (an error reply),
+        RpcTimeout (no reply within `timeout` s of wall time; None waits forever; the request may still
         run), RpcConnectionLost (the socket closed first). Never retries.
         """
         if self._lost_reason is not None or self._closing_reason is not None or self._transport is None:
@@ -151,17 +154,17 @@ class RpcConnection(asyncio.Protocol):
             self._out.append(data)
             self._flush_scheduled = True
             loop.call_soon(self._flush_out)
-        # Arm the deadline.
-        deadline = loop.time() + timeout
-        queue = self._deadlines.get(timeout)
-        if queue is None:
-            queue = self._deadlines[timeout] = deque()
-        else:
-            while queue and queue[0][2].done():
-                queue.popleft()
-        queue.append((deadline, rid, fut))
-        if timeout not in self._deadline_timers:
-            self._deadline_timers[timeout] = loop.call_at(deadline, self._expire, timeout)
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            queue = self._deadlines.get(timeout)
+            if queue is None:
+                queue = self._deadlines[timeout] = deque()
+            else:
+                while queue and queue[0][2].done():  # answered calls leave from the front
+                    queue.popleft()
+            queue.append((deadline, rid, fut))
+            if timeout not in self._deadline_timers:
+                self._deadline_timers[timeout] = loop.call_at(deadline, self._expire, timeout)
         try:
             outcome, t_end = await fut
         except asyncio.CancelledError:
