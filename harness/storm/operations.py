@@ -99,6 +99,7 @@ class Op:
     error_message: str | None = None
     errno_name: str | None = None
     contended: bool = False
+    lenient: bool = False
     done: bool = False
     # Set by the checker: ops overlapping this one on a shared key, while it was in flight.
     group: Any = None

@@ -1,0 +1,621 @@
+"""The model beside the target: every reply is judged against `harness.model.LvolStore`.
+
+An operation's *keys* are the lvols it reads or changes (target, parent, a snapshot's children). An op that
+shared no key with any other op while it was in flight is judged exactly: the model must give the same
+outcome (ok, or the same errno) and, for reads, the same links. Ops that overlapped on a key form a *group*,
+judged when the whole group has answered: the successful mutations must apply in some order (send order,
+reply order, then every order of up to 5), and errors are counted as races. Model per-op cost is O(1) in the
+number of lvols (dict lookups; a group checkpoint copies three dicts of references).
+
+Checks that need the target's own word: right after a delete answered EBUSY the engine looks the lvol up (a
+busy delete must change nothing); at quiesce points the listing is compared with the model and the target's
+cluster accounting (total - free == sum of allocated) exposes leaks.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno as errno_mod
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.model.lvstore import MIB, LvolStore, ModelCrash, ModelError, _mask
+from harness.storm.operations import CREATES, LVOL_PARAMS, MUTATING, Op
+from harness.storm.view import TreeView
+
+# After a checksum or shallow copy answers, the target may keep the snapshot open a little longer (a
+# background job): ops on it within this window are judged as races.
+BUSY_LINGER_S = 0.5
+GROUP_PERMUTE_MAX = 5
+
+
+@dataclass
+class Finding:
+    """Something no legal interleaving allows, or a state the target must never reach."""
+
+    kind: str
+    message: str
+    op: dict[str, Any] | None = None
+    t: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "op": self.op, "t": self.t}
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+@dataclass
+class LvstoreInfo:
+    """An lvstore as `bdev_lvol_get_lvstores` reports it."""
+
+    name: str
+    uuid: str
+    base_bdev: str
+    total_data_clusters: int
+    free_clusters: int
+    cluster_size: int
+    block_size: int
+
+    @classmethod
+    def from_reply(cls, d: dict[str, Any]) -> LvstoreInfo:
+        return cls(d["name"], d["uuid"], d.get("base_bdev", ""), d["total_data_clusters"], d["free_clusters"],
+                   d["cluster_size"], d.get("block_size", 4096))
+
+
+class _Group:
+    """Ops that overlapped on some key; judged together once all have answered."""
+
+    __slots__ = ("inflight", "members", "merged")
+
+    def __init__(self) -> None:
+        self.members: list[Op] = []
+        self.inflight = 0
+        self.merged: _Group | None = None
+
+    def root(self) -> _Group:
+        g = self
+        while g.merged is not None:
+            g = g.merged
+        return g
+
+
+class Checker:
+    """Judges replies, keeps the model and the view in step, and collects findings."""
+
+    def __init__(self, view: TreeView, lvs: LvstoreInfo, *, check_busy_delete: bool = True,
+                 copy_dst_bytes: int = 0) -> None:
+        self.view = view
+        self.lvs = lvs
+        self.check_busy_delete = check_busy_delete
+        self.copy_dst_bytes = copy_dst_bytes
+        self.findings: list[Finding] = []
+        self.races = 0
+        self.judged = 0
+        self.model: LvolStore | None = None
+        self.model = self._empty_model(lvs)
+        self._next_uuid: str | None = None
+        self._inflight_by_key: dict[str, list[Op]] = {}
+        self._key_group: dict[str, _Group] = {}
+        self._busy_until: dict[str, float] = {}
+        self._tainted: set[str] = set()
+        self._taint_all = False
+        self._deletes_since_check: deque[Op] = deque(maxlen=64)
+        self._leak_reported = False
+
+    # -- model plumbing ---------------------------------------------------------------------------------
+
+    def _uuid(self) -> str:
+        u = self._next_uuid
+        self._next_uuid = None
+        return u or f"model-{id(self)}-{time.monotonic_ns()}"
+
+    def _empty_model(self, lvs: LvstoreInfo) -> LvolStore:
+        return LvolStore(lvs.name, lvs.uuid, lvs.base_bdev, lvs.total_data_clusters, lvs.cluster_size,
+                         lvs.block_size, uuid_factory=self._uuid)
+
+    def adopt(self, lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]], store: LvstoreInfo) -> None:
+        """Make model and view equal to the target's listing (start, after findings, after an lvstore swap)."""
+        self.lvs = store
+        old = self.model
+        model = self._empty_model(store)
+        by_name: dict[str, str] = {}
+        for e in lvols:
+            info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
+            bdev = bdevs.get(e["uuid"]) or {}
+            nbytes = bdev.get("num_blocks", 0) * bdev.get("block_size", store.block_size)
+            n = -(-nbytes // store.cluster_size)
+            self._next_uuid = e["uuid"]
+            lv = model._new_blob(e["name"], n, bool(info.get("thin_provision", e.get("is_thin_provisioned"))))
+            lv.alloc = _mask(int(info.get("num_allocated_clusters", 0)))
+            lv.is_snapshot = bool(info.get("snapshot"))
+            lv.read_only = lv.is_snapshot
+            prev = old.find_by_uuid(e["uuid"]) if old is not None else None
+            if prev is not None:
+                lv.xattrs = dict(prev.xattrs)
+                lv.checksum = prev.checksum
+                lv.read_only = prev.read_only or lv.read_only
+            by_name[e["name"]] = e["uuid"]
+        for e in lvols:
+            info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
+            base = info.get("base_snapshot")
+            if base and base in by_name:
+                child = model.find_by_uuid(e["uuid"])
+                parent = model.find_by_uuid(by_name[base])
+                if child is not None and parent is not None:
+                    model._link_to_parent(child, parent)
+        model._free = store.free_clusters
+        self.model = model
+        self.view.rebuild(lvols, bdevs)
+        self._tainted.clear()
+        self._taint_all = False
+        self._key_group.clear()
+
+    def reset_lvstore_name(self, name: str) -> None:
+        self.model.name = name
+
+    def add(self, finding: Finding) -> None:
+        self.findings.append(finding)
+
+    # -- keys and groups --------------------------------------------------------------------------------
+
+    def keys_of(self, op: Op) -> tuple[str, ...]:
+        """The lvols op depends on: each lvol it names and the root of that lvol's tree (tree-wide effects
+        such as re-parenting and cycle checks make any two ops in one tree order-dependent)."""
+        p = op.params
+        m = op.method
+        root_of = self.view.root_of
+        keys: list[str] = []
+        if m in CREATES:
+            keys.append("n:" + str(p.get(CREATES[m])))
+        elif m == "bdev_lvol_rename":
+            keys.append("n:" + str(p.get("new_name")))
+        for param in LVOL_PARAMS.get(m, ()):
+            ref = p.get(param)
+            if ref is None:
+                continue
+            ref = str(ref)
+            keys.append(ref)
+            root = root_of(ref)
+            if root != ref:
+                keys.append(root)
+        return tuple(keys)
+
+    def on_send(self, op: Op) -> None:
+        keys = op.keys = self.keys_of(op)
+        groups: set[_Group] = set()
+        now = time.monotonic()
+        for k in keys:
+            g = self._key_group.get(k)
+            if g is not None:
+                groups.add(g.root())
+            for other in self._inflight_by_key.get(k, ()):
+                if other.group is None:
+                    og = _Group()
+                    og.members.append(other)
+                    og.inflight = 1
+                    other.group = og
+                    other.contended = True
+                groups.add(other.group.root())
+            until = self._busy_until.get(k)
+            if until is not None:
+                if until > now:
+                    op.contended = True
+                else:
+                    del self._busy_until[k]
+            if k in self._tainted or self._taint_all:
+                op.contended = True
+                op.lenient = True
+        if groups:
+            g = groups.pop()
+            for other in groups:
+                if other is not g:
+                    other.merged = g
+                    g.members.extend(other.members)
+                    g.inflight += other.inflight
+            g.members.append(op)
+            g.inflight += 1
+            op.group = g
+            op.contended = True
+            for m in g.members:
+                for k in m.keys:
+                    self._key_group[k] = g
+        for k in keys:
+            lst = self._inflight_by_key.get(k)
+            if lst is None:
+                self._inflight_by_key[k] = [op]
+            else:
+                lst.append(op)
+
+    def _unregister(self, op: Op) -> None:
+        for k in op.keys:
+            lst = self._inflight_by_key.get(k)
+            if lst is not None:
+                try:
+                    lst.remove(op)
+                except ValueError:
+                    pass
+                if not lst:
+                    del self._inflight_by_key[k]
+
+    def abandon(self, op: Op) -> None:
+        """No reply will come (timeout, lost connection): its effect is unknown; resync before judging more."""
+        self._unregister(op)
+        self._taint_all = True
+        if op.group is not None:
+            g = op.group.root()
+            g.inflight -= 1
+
+    # -- replies ----------------------------------------------------------------------------------------
+
+    def on_reply(self, op: Op) -> None:
+        self._unregister(op)
+        if op.method in ("bdev_lvol_register_snapshot_checksum", "bdev_lvol_start_shallow_copy"):
+            for k in op.keys:
+                self._busy_until[k] = time.monotonic() + BUSY_LINGER_S
+        if op.ok:
+            self._follow_in_view(op)
+        if op.group is None:
+            if op.contended:
+                self._judge_group([op])
+            else:
+                self._judge_exact(op)
+            return
+        g = op.group.root()
+        g.inflight -= 1
+        if op.ok and op.method in CREATES and isinstance(op.result, str):
+            # Later ops on the new lvol must wait for this group's verdict too.
+            op.keys = (*op.keys, op.result)
+        if g.inflight <= 0:
+            self._close_group(g)
+        elif op.ok and op.method in CREATES and isinstance(op.result, str):
+            self._key_group[op.result] = g
+
+    def _close_group(self, g: _Group) -> None:
+        for m in g.members:
+            for k in m.keys:
+                if self._key_group.get(k) is g:
+                    del self._key_group[k]
+        self._judge_group(g.members)
+
+    def settle(self) -> None:
+        """At a quiesce point nothing is in flight: judge every group still open."""
+        seen: set[int] = set()
+        for g in list(self._key_group.values()):
+            r = g.root()
+            if id(r) not in seen:
+                seen.add(id(r))
+                self._close_group(r)
+        self._key_group.clear()
+
+    def _follow_in_view(self, op: Op) -> None:
+        """Keep the scheduler's view in step with what the target said (optimistic, reply order)."""
+        m, p, view = op.method, op.params, self.view
+        if m == "bdev_lvol_create":
+            view.add(op.result, p["lvol_name"], thin=bool(p.get("thin_provision")), size_mib=p["size_in_mib"])
+        elif m == "bdev_lvol_snapshot":
+            view.insert_snapshot(p["lvol_name"], op.result, p["snapshot_name"])
+        elif m == "bdev_lvol_clone":
+            parent = view.nodes.get(p["snapshot_name"])
+            if parent is not None:
+                parent.snapshot = True
+            view.add(op.result, p["clone_name"], parent=p["snapshot_name"] if parent else None,
+                     size_mib=parent.size_mib if parent else 0)
+        elif m == "bdev_lvol_delete":
+            view.remove(p["name"])
+            self._deletes_since_check.append(op)
+        elif m == "bdev_lvol_rename":
+            view.rename(p["old_name"], p["new_name"])
+        elif m in ("bdev_lvol_inflate", "bdev_lvol_decouple_parent", "bdev_lvol_detach_parent"):
+            view.set_parent(p["name"], None)
+        elif m == "bdev_lvol_set_parent":
+            view.set_parent(p["lvol_name"], p["parent_name"])
+        elif m == "bdev_lvol_resize":
+            node = view.nodes.get(p["name"])
+            if node is not None:
+                node.size_mib = p["size_in_mib"]
+            self._deletes_since_check.append(op)
+        elif m == "bdev_lvol_rename_lvstore":
+            self.model.name = p["new_name"]
+
+    # -- applying one op to the model ------------------------------------------------------------------
+
+    def _apply(self, op: Op) -> tuple[str, Any]:
+        """Run op on the model: ("ok", result) or (errno name, None). Refusals change nothing."""
+        m, p, model = op.method, op.params, self.model
+        try:
+            if m == "bdev_lvol_create":
+                self._next_uuid = op.result if op.ok else None
+                lv = model.create(p["lvol_name"], p["size_in_mib"], bool(p.get("thin_provision")))
+                return "ok", lv.uuid
+            if m == "bdev_lvol_snapshot":
+                self._next_uuid = op.result if op.ok else None
+                lv = model.snapshot(p["lvol_name"], p["snapshot_name"], p.get("xattrs"))
+                return "ok", lv.uuid
+            if m == "bdev_lvol_clone":
+                self._next_uuid = op.result if op.ok else None
+                lv = model.clone(p["snapshot_name"], p.get("clone_name"))
+                return "ok", lv.uuid
+            if m == "bdev_lvol_delete":
+                model.delete(p["name"])
+            elif m == "bdev_lvol_resize":
+                model.resize(p["name"], p["size_in_mib"])
+            elif m == "bdev_lvol_rename":
+                model.rename(p["old_name"], p["new_name"])
+            elif m == "bdev_lvol_set_read_only":
+                model.set_read_only(p["name"])
+            elif m == "bdev_lvol_inflate":
+                model.inflate(p["name"])
+            elif m == "bdev_lvol_decouple_parent":
+                model.decouple_parent(p["name"])
+            elif m == "bdev_lvol_detach_parent":
+                model.detach_parent(p["name"])
+            elif m == "bdev_lvol_set_parent":
+                model.set_parent(p["lvol_name"], p["parent_name"])
+            elif m == "bdev_lvol_set_xattr":
+                model.set_xattr(p["name"], p["xattr_name"], p["xattr_value"])
+            elif m == "bdev_lvol_get_xattr":
+                return "ok", model.get_xattr(p["name"], p["xattr_name"])
+            elif m == "bdev_lvol_register_snapshot_checksum":
+                model.register_snapshot_checksum(p["name"])
+                model.tick(1 << 20)
+            elif m == "bdev_lvol_get_snapshot_checksum":
+                return "ok", model.get_snapshot_checksum(p["name"])
+            elif m == "bdev_lvol_start_shallow_copy":
+                model.start_shallow_copy(p["src_lvol_name"], self.copy_dst_bytes or (1 << 62))
+                model.tick(1 << 20)
+            elif m == "bdev_get_bdevs":
+                return "ok", self._links(model.lookup(p["name"]))
+            else:
+                return "ok", None
+            return "ok", True
+        except ModelError as exc:
+            return errno_mod.errorcode.get(exc.errno, str(exc.errno)), None
+        except ModelCrash as exc:
+            return "crash", exc.detail
+        finally:
+            self._next_uuid = None
+
+    def _links(self, lv: Any) -> dict[str, Any]:
+        model = self.model
+        parent = model.parent_of(lv)
+        return {
+            "snapshot": lv.is_snapshot,
+            "clone": parent is not None,
+            "base_snapshot": parent.name if parent is not None else None,
+            "clones": sorted(c.name for c in model.clones_of(lv)),
+        }
+
+    def _judge_exact(self, op: Op) -> None:
+        self.judged += 1
+        expected, value = self._apply(op)
+        actual = op.outcome
+        if expected != actual:
+            self._taint(op)
+            self.add(Finding("unexpected-reply",
+                             f"{op.describe()}: the model expects {expected}"
+                             f"{self._context(op)}", op.record()))
+            return
+        if not op.ok:
+            return
+        if op.method == "bdev_get_bdevs":
+            got = self._links_from_bdev(op.result)
+            if got is not None and got != value:
+                self._taint(op)
+                self.add(Finding("wrong-links", f"{op.describe()}: target reports {got}, model expects {value}",
+                                 op.record()))
+        elif op.method == "bdev_lvol_get_xattr" and op.result != value:
+            self.add(Finding("wrong-xattr", f"{op.describe()}: got {op.result!r}, model expects {value!r}",
+                             op.record()))
+
+    @staticmethod
+    def _links_from_bdev(result: Any) -> dict[str, Any] | None:
+        if not isinstance(result, list) or not result:
+            return None
+        info = (result[0].get("driver_specific") or {}).get("lvol")
+        if not isinstance(info, dict):
+            return None
+        return {
+            "snapshot": bool(info.get("snapshot")),
+            "clone": bool(info.get("clone")),
+            "base_snapshot": info.get("base_snapshot"),
+            "clones": sorted(info.get("clones") or []),
+        }
+
+    def _context(self, op: Op) -> str:
+        """What the model knew about the op's target: why it expected what it expected."""
+        for k in op.keys:
+            lv = self.model.find(k) if not k.startswith("n:") else None
+            if lv is not None:
+                clones = [c.name for c in self.model.clones_of(lv)]
+                return (f" ({lv.name}: snapshot={lv.is_snapshot}, {len(clones)} clones {clones}, "
+                        f"read_only={lv.read_only}, thin={lv.thin})")
+        return ""
+
+    def _taint(self, op: Op) -> None:
+        self._tainted.update(op.keys)
+
+    # -- groups -----------------------------------------------------------------------------------------
+
+    def _checkpoint(self) -> Any:
+        model = self.model
+        objs = {bid: (lv, dict(vars(lv)), dict(lv.clones), dict(lv.xattrs)) for bid, lv in model.blobs.items()}
+        return (model._free, model._next_blob, dict(model.blobs), dict(model._by_name), dict(model._by_uuid),
+                objs, model.leaked_by_fault)
+
+    def _restore(self, cp: Any) -> None:
+        model = self.model
+        free, next_blob, blobs, by_name, by_uuid, objs, leaked = cp
+        model._free, model._next_blob, model.leaked_by_fault = free, next_blob, leaked
+        model.blobs, model._by_name, model._by_uuid = dict(blobs), dict(by_name), dict(by_uuid)
+        for lv, state, clones, xattrs in objs.values():
+            lv.__dict__.update(state)
+            lv.clones = dict(clones)
+            lv.xattrs = dict(xattrs)
+        model.jobs = []
+
+    def _try_order(self, ops: list[Op]) -> list[Op]:
+        """Apply successes greedily in this order, retrying refused ones after each success; the leftovers."""
+        pending = list(ops)
+        progress = True
+        while pending and progress:
+            progress = False
+            for o in list(pending):
+                expected, _ = self._apply(o)
+                if expected == "ok":
+                    pending.remove(o)
+                    progress = True
+        return pending
+
+    def _judge_group(self, members: list[Op]) -> None:
+        ops = [o for o in members if o.done]
+        self.judged += len(ops)
+        failed = [o for o in ops if not o.ok]
+        self.races += len(failed)
+        writes = sorted((o for o in ops if o.ok and o.method in MUTATING), key=lambda o: o.t_start)
+        if not writes:
+            return
+        lenient = any(o.lenient for o in ops)
+        if len(writes) == 1:
+            expected, _ = self._apply(writes[0])
+            if expected != "ok" and not lenient:
+                self._no_order(writes[0], ops, expected)
+            return
+        # Two or more writes overlapped: which order the target chose is not known for sure, so the trees
+        # they touched are judged leniently until the next quiesce point re-reads them.
+        for o in ops:
+            self._tainted.update(o.keys)
+        # The checkpoint holds the blob dicts: cost scales with the store, so it is only taken for groups
+        # with two or more successful writes (the only case where order matters).
+        cp = self._checkpoint()
+        left = self._try_order(writes)
+        if not left:
+            return
+        self._restore(cp)
+        left = self._try_order(sorted(writes, key=lambda o: o.t_end))
+        if not left:
+            return
+        exhaustive = len(writes) <= GROUP_PERMUTE_MAX
+        if exhaustive:
+            for order in itertools.permutations(writes):
+                self._restore(cp)
+                if all(self._apply(o)[0] == "ok" for o in order):
+                    return
+        self._restore(cp)
+        left = self._try_order(writes)
+        if exhaustive and not lenient:
+            expected, _ = self._apply(left[0])
+            self._no_order(left[0], ops, expected)
+
+    def _no_order(self, op: Op, group: list[Op], expected: str) -> None:
+        others = [o.describe() for o in group if o is not op][:6]
+        self._taint(op)
+        self.add(Finding("no-legal-order",
+                         f"{op.describe()}, but no order of the {len(group)} overlapping operations allows it "
+                         f"(the model says {expected}{self._context(op)}); overlapping: {'; '.join(others)}",
+                         op.record()))
+
+    # -- busy deletes ---------------------------------------------------------------------------------
+
+    def wants_busy_check(self, op: Op) -> bool:
+        return self.check_busy_delete and op.method == "bdev_lvol_delete" and op.errno_name == "EBUSY"
+
+    def on_busy_check(self, op: Op, exists: bool, t: float) -> None:
+        """`exists` is the target's answer right after `op` (a delete) answered EBUSY."""
+        if exists:
+            return
+        uuid = op.params.get("name")
+        racing = [o for o in self._inflight_by_key.get(uuid, ()) if o.method == "bdev_lvol_delete"
+                  and o is not op]
+        if op.group is not None:
+            racing += [o for o in op.group.root().members if o is not op and o.method == "bdev_lvol_delete"
+                       and o.params.get("name") == uuid and o.ok]
+        if racing:
+            return
+        self.add(Finding("busy-delete-removed",
+                         f"delete answered EBUSY but the lvol is gone: {op.describe()}, then bdev_get_bdevs "
+                         f"{uuid} -> ENODEV (a refused delete must change nothing; SPDK's forced removal)",
+                         op.record()))
+        # Mirror the target so the storm goes on from what is really there.
+        lv = self.model.find_by_uuid(str(uuid))
+        if lv is not None:
+            self.model._forget(lv)
+            lv.removed = True
+        self.view.remove(str(uuid))
+
+    # -- quiesce and end checks -------------------------------------------------------------------------
+
+    def compare(self, lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]],
+                store: LvstoreInfo) -> list[Finding]:
+        """The target's listing against the model; then both adopt the target's state."""
+        found: list[Finding] = []
+        quiet = self._taint_all or bool(self._tainted)
+        held = sum(int(((b.get("driver_specific") or {}).get("lvol") or {}).get("num_allocated_clusters", 0))
+                   for b in bdevs.values())
+        used = store.total_data_clusters - store.free_clusters
+        if used != held and not self._leak_reported:
+            suspects = list(self._deletes_since_check)
+            rec = suspects[0].record() if suspects else None
+            found.append(Finding(
+                "leaked-clusters",
+                f"lvstore {store.name}: {used} clusters in use but live lvols hold {held}: {used - held} "
+                f"clusters leaked since the last check; exposed by {self.leak_suspects_text()}", rec))
+            self._leak_reported = True
+        if not quiet:
+            found.extend(self._diff(lvols, bdevs, store))
+        self._deletes_since_check.clear()
+        if found or quiet or store.free_clusters != self.model.free_clusters:
+            self.adopt(lvols, bdevs, store)
+        else:
+            self.lvs = store
+            self.view.rebuild(lvols, bdevs)
+        return found
+
+    def _diff(self, lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]],
+              store: LvstoreInfo) -> list[Finding]:
+        found: list[Finding] = []
+        target = {e["uuid"]: e for e in lvols}
+        model = {lv.uuid: lv for lv in self.model.lvols()}
+        for u in target.keys() - model.keys():
+            found.append(Finding("orphan-lvol", f"target lists {target[u]['alias']} ({u}) which the model "
+                                 "does not have (nothing created it, or a delete answered ok without deleting)"))
+        for u in model.keys() - target.keys():
+            found.append(Finding("missing-lvol", f"model has {model[u].name} ({u}) but the target does not "
+                                 "list it (deleted without a successful delete)"))
+        for u in target.keys() & model.keys():
+            got = self._links_from_bdev([bdevs.get(u, {})])
+            want = self._links(model[u])
+            if got is not None and got != want:
+                found.append(Finding("wrong-links", f"{target[u]['alias']}: target reports {got}, model "
+                                     f"expects {want}"))
+        if store.free_clusters != self.model.free_clusters and not found:
+            found.append(Finding("free-clusters", f"lvstore {store.name}: free_clusters {store.free_clusters}, "
+                                 f"model expects {self.model.free_clusters}"))
+        return found
+
+    def leak_suspects_text(self) -> str:
+        ops = list(self._deletes_since_check)
+        if not ops:
+            return "no delete or shrink since the last check"
+        return "; ".join(o.describe() for o in ops[:5]) + (f" (+{len(ops) - 5} more)" if len(ops) > 5 else "")
+
+    def leak_suspect_record(self) -> dict[str, Any] | None:
+        ops = list(self._deletes_since_check)
+        return ops[0].record() if ops else None
+
+    def check_release(self, op: Op, before: int, after: int, held: int) -> None:
+        """Cleanup deletes one lvol at a time: its clusters must all come back."""
+        if after - before < held and not self._leak_reported:
+            self._leak_reported = True
+            self.add(Finding("leaked-clusters", f"{op.describe()}: the lvol held {held} clusters but "
+                             f"free_clusters went {before} -> {after}", op.record()))
+
+
+def size_bytes(mib: int) -> int:
+    return mib * MIB
+
+
+__all__ = ["Checker", "Finding", "LvstoreInfo", "copy"]
