@@ -186,6 +186,27 @@ def test_connection_closed_mid_stream_fails_pending_and_keeps_answered(fake: Fak
     run(scenario())
 
 
+def test_stray_replies_are_counted_and_garbage_closes_the_connection(fake: FakeSpdkProcess) -> None:
+    async def scenario() -> None:
+        conn = await RpcConnection.open(HOST, fake.sock_path)
+        # The server's `raw` call writes these bytes instead of a reply to it: two replies that match no
+        # call (SPDK answers a bad envelope with `id: null`), then the reply the `raw` call waits for.
+        stray = ('{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request"}}\n'
+                 '{"jsonrpc":"2.0","id":[1],"result":true}\n'
+                 '{"jsonrpc":"2.0","id":1,"result":"mine"}\n')
+        assert await conn.call("raw", {"text": stray}) == "mine"
+        assert conn.stray_replies == 2 and conn.last_stray["id"] == [1]
+        pending = asyncio.ensure_future(conn.call("sleep", {"s": 5}))
+        with pytest.raises(RpcConnectionLost, match="unusable reply stream"):
+            await conn.call("raw", {"text": "not json\n"})
+        with pytest.raises(RpcConnectionLost, match="unusable reply stream"):
+            await pending
+        assert not conn.is_open
+        await conn.close()
+
+    run(scenario())
+
+
 def test_error_replies_raise_rpc_error_with_errno(fake: FakeSpdkProcess) -> None:
     async def scenario() -> None:
         conn = await RpcConnection.open(HOST, fake.sock_path)

@@ -247,7 +247,10 @@ class RpcConnection(asyncio.Protocol):
         t_end = time.time()
         pending = self._pending
         for msg in messages:
-            fut = pending.pop(msg.get("id"), None) if type(msg) is dict else None
+            try:
+                fut = pending.pop(msg.get("id"), None) if type(msg) is dict else None
+            except TypeError:  # an unhashable id: not one of ours
+                fut = None
             if fut is None:
                 self.stray_replies += 1
                 self.last_stray = msg
