@@ -351,3 +351,19 @@ def test_no_kernel_log_runs_on_loudly(host: LocalHost, tmp_path: Path, helpers: 
         assert wd.evidence[0].exit_rc == -9
     finally:
         wd.stop()
+
+
+def test_exit_code_supplied_later_by_the_owner(host: LocalHost, tmp_path: Path, helpers: list[Helper]) -> None:
+    """Without the process object the watchdog sees the exit (pidfd) but not its code; notice_exit fills it."""
+    target = Helper(host, tmp_path, "idle")
+    helpers.append(target)
+    wd = Watchdog(host, pid=target.proc.pid, log_path=str(target.log)).start()
+    try:
+        target.proc.send_signal(15)
+        assert wd.crashed.wait(5)
+        assert wd.evidence[0].kind == "exit" and wd.evidence[0].exit_rc is None
+        wd.notice_exit(target.proc.wait(5))
+        assert [ev.exit_rc for ev in wd.evidence] == [-15]
+        assert wd.evidence[0].summary == "target exited: signal SIGTERM"
+    finally:
+        wd.stop()
