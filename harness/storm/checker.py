@@ -267,7 +267,7 @@ class Checker:
         g = op.group.root()
         g.inflight -= 1
         if op.ok and op.method in CREATES and isinstance(op.result, str):
-            # Later ops on the new lvol must wait for this group's verdict too.
+            # Later ops on the new lvol must wait for this group's verdict (and share its taint).
             op.keys = (*op.keys, op.result)
         if g.inflight <= 0:
             self._close_group(g)
@@ -481,8 +481,11 @@ class Checker:
         lenient = any(o.lenient for o in ops)
         if len(writes) == 1:
             expected, _ = self._apply(writes[0])
-            if expected != "ok" and not lenient:
-                self._no_order(writes[0], ops, expected)
+            if expected != "ok":
+                for o in ops:
+                    self._tainted.update(o.keys)
+                if not lenient:
+                    self._no_order(writes[0], ops, expected)
             return
         # Two or more writes overlapped: which order the target chose is not known for sure, so the trees
         # they touched are judged leniently until the next quiesce point re-reads them.
