@@ -42,7 +42,9 @@ resource "terraform_data" "client_key" {
   }
 }
 
-resource "terraform_data" "node" {
+# Teardown comes first and is its own resource: Terraform skips the destroy provisioners of a tainted resource
+# (a node whose node-up.sh failed or was interrupted), so node-down.sh must not hang off the node itself.
+resource "terraform_data" "node_teardown" {
   count      = var.node_count
   depends_on = [terraform_data.client_key]
 
@@ -51,6 +53,21 @@ resource "terraform_data" "node" {
     scripts = abspath("${path.module}/scripts")
     pubkey  = "${terraform_data.client_key.output.key}.pub"
   })
+
+  provisioner "local-exec" {
+    when    = destroy
+    command = "${self.input.scripts}/node-down.sh"
+    environment = {
+      NS        = self.input.name
+      VETH_HOST = self.input.veth_host
+      NODE_DIR  = self.input.node_dir
+    }
+  }
+}
+
+resource "terraform_data" "node" {
+  count = var.node_count
+  input = terraform_data.node_teardown[count.index].output
 
   provisioner "local-exec" {
     command = "${self.input.scripts}/node-up.sh"
@@ -64,16 +81,6 @@ resource "terraform_data" "node" {
       PUBKEY    = self.input.pubkey
       SSHD      = var.sshd
       SSHD_WAIT = var.sshd_wait_seconds
-    }
-  }
-
-  provisioner "local-exec" {
-    when    = destroy
-    command = "${self.input.scripts}/node-down.sh"
-    environment = {
-      NS        = self.input.name
-      VETH_HOST = self.input.veth_host
-      NODE_DIR  = self.input.node_dir
     }
   }
 }

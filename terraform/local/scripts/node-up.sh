@@ -22,6 +22,8 @@ if ip -o -4 addr show | grep -qF " ${HOST_ADDR}/"; then
   fail "address $HOST_ADDR is already in use on this machine (another run?); pick another run_id"
 fi
 
+# From here on a failure removes whatever was made, so a re-apply starts clean.
+trap 'rc=$?; [ $rc -eq 0 ] || "$(dirname "$0")/node-down.sh"; exit $rc' EXIT
 mkdir -p "$NODE_DIR"
 rm -f "$NODE_DIR/ssh_host_ed25519_key" "$NODE_DIR/ssh_host_ed25519_key.pub"
 ssh-keygen -q -t ed25519 -N '' -C "$NS" -f "$NODE_DIR/ssh_host_ed25519_key"
