@@ -130,7 +130,17 @@ class StormRun:
             titles[report.title] = titles.get(report.title, 0) + 1
         summary = self._summary(t0, storm, findings, titles, crash_dirs)
         self.run_dir.write_json("summary.json", summary)
+        self._write_report()
         return RunOutcome(self.run_dir.path, summary, titles, crash_dirs, findings, storm)
+
+    def _write_report(self) -> None:
+        """report.html beside summary.json; a report that cannot be drawn is a note, never a lost run."""
+        from harness.report.html import write_report_html
+
+        try:
+            write_report_html(self.run_dir.path)
+        except Exception as exc:  # the run's verdict and files stand without the page
+            self.announce(f"report.html not written: {type(exc).__name__}: {exc}")
 
     def _start_watchdog(self, target: Target) -> Watchdog:
         cfg = self.config.watch

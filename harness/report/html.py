@@ -1,0 +1,423 @@
+"""report.html: one self-contained page per run directory (inline CSS, JS and SVG; nothing fetched).
+
+It must open from a CI artefact, a mail attachment or a lab box with no network, and be valid at any moment
+(a soak rewrites it every minute): everything is derived from the files in the run directory, the history is
+streamed through `Timeline` (memory stays flat), and the file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.report.timeline import Timeline
+
+SKIP_DIRS = frozenset({"crashes", "cores", "terraform", ".pytest_cache"})
+MAX_DEPTH = 3
+MAX_TABLE_ROWS = 500
+
+PANEL_W, PANEL_H, LEFT, RIGHT, TOP, BOTTOM = 960, 124, 70, 20, 18, 22
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def history_sources(run_dir: Path) -> list[tuple[str, Path]]:
+    """Every history.jsonl of the run: its own, and those of sub-runs (tests, incarnations, nodes)."""
+    found: list[tuple[str, Path]] = []
+    base_depth = len(run_dir.parts)
+    for root, dirs, files in os.walk(run_dir):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        if len(here.parts) - base_depth >= MAX_DEPTH:
+            dirs[:] = []
+        if "history.jsonl" in files:
+            rel = here.relative_to(run_dir).as_posix()
+            found.append((rel if rel != "." else ".", here / "history.jsonl"))
+    return found
+
+
+def run_summaries(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """summary.json of each leaf run (a directory with a history), relative path first."""
+    out = []
+    for rel, hist in history_sources(run_dir):
+        data = _load_json(hist.parent / "summary.json")
+        if isinstance(data, dict):
+            out.append((rel, data))
+    return out
+
+
+def crash_bundles(run_dir: Path) -> list[dict[str, Any]]:
+    """crash.json of every crash directory under the run, with its path relative to the run directory."""
+    out = []
+    for path in sorted(run_dir.rglob("crashes/*/crash.json")):
+        if len(path.relative_to(run_dir).parts) > MAX_DEPTH + 3:
+            continue
+        data = _load_json(path)
+        if isinstance(data, dict):
+            out.append({"title": data.get("title", "?"), "time": data.get("time"), "kind": data.get("kind"),
+                        "href": path.relative_to(run_dir).as_posix(),
+                        "dir": path.parent.relative_to(run_dir).as_posix(),
+                        "duplicate_of": data.get("duplicate_of")})
+    out.sort(key=lambda c: c.get("time") or 0)
+    return out
+
+
+def collect_findings(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    leaves = run_summaries(run_dir)
+    findings: list[dict[str, Any]] = []
+    for rel, data in leaves:
+        for f in data.get("findings") or []:
+            if isinstance(f, dict):
+                findings.append({**f, "run": rel})
+    if not leaves:
+        findings = [f for f in summary.get("findings") or [] if isinstance(f, dict)]
+    return findings
+
+
+def reproducer_commands(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """How to run this again: the same seed and profile, and a replay of the recorded operations."""
+    if summary.get("reproducer"):
+        given = summary["reproducer"]
+        return list(given) if isinstance(given, list) else [str(given)]
+    cfg = summary.get("config")
+    if not isinstance(cfg, dict):
+        loaded = None
+        try:
+            loaded = yaml.safe_load((run_dir / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            pass
+        cfg = loaded if isinstance(loaded, dict) else {}
+    target = cfg.get("target") or {}
+    storm = cfg.get("storm") or {}
+    argv = ["lvol-storm", "run", "--profile", str(cfg.get("profile") or summary.get("profile") or "default")]
+    if target.get("kind"):
+        argv += ["--target", str(target["kind"])]
+    if target.get("sim_fault"):
+        argv += ["--sim-fault", str(target["sim_fault"])]
+    seed = storm.get("seed", summary.get("seed"))
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if storm.get("duration") is not None:
+        argv += ["--duration", f"{storm['duration']:g}s" if isinstance(storm["duration"], int | float)
+                 else str(storm["duration"])]
+    strategies = storm.get("strategies")
+    if isinstance(strategies, dict) and strategies:
+        argv += ["--set", "storm.strategies=[" + ",".join(strategies) + "]"]
+    cmds = [shlex.join(argv)]
+    for _rel, hist in history_sources(run_dir):
+        cmds.append(shlex.join(["lvol-storm", "replay", str(hist), "--target", str(target.get("kind") or "auto")]))
+        if len(cmds) > 4:
+            break
+    return cmds
+
+
+# -- SVG ------------------------------------------------------------------------------------------------
+
+
+def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(s * mag for s in (1, 2, 5, 10) if s * mag >= raw)
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step) + 1)]
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v / 1000:g}k"
+    if abs(v) < 0.01:
+        return f"{v:.0e}"
+    return f"{v:g}"
+
+
+def _panel(title: str, series: list[tuple[str, str, list[tuple[float, float | None]]]], t0: float, t1: float,
+           markers: list[dict[str, Any]], log_y: bool = False, unit: str = "") -> str:
+    """One chart: polylines for each (name, colour, points), a y axis, and vertical crash/finding markers."""
+    w, h = PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM
+    values = [v for _, _, pts in series for _, v in pts if v is not None and (v > 0 or not log_y)]
+    lo = 0.0
+    hi = max(values) if values else 1.0
+    if log_y and values:
+        lo, hi = math.log10(min(values)), math.log10(hi)
+        if hi - lo < 1:
+            lo, hi = lo - 0.5, hi + 0.5
+    if hi <= lo:
+        hi = lo + 1.0
+    span = max(t1 - t0, 1e-9)
+
+    def x(t: float) -> float:
+        return LEFT + (t - t0) / span * w
+
+    def y(v: float) -> float:
+        vv = math.log10(v) if log_y else v
+        return TOP + h - (vv - lo) / (hi - lo) * h
+
+    parts = [f'<svg class="panel" data-panel="{_e(title)}" viewBox="0 0 {PANEL_W} {PANEL_H}" '
+             f'width="{PANEL_W}" height="{PANEL_H}" xmlns="http://www.w3.org/2000/svg" role="img">',
+             f'<text x="{LEFT}" y="12" class="ptitle">{_e(title)}</text>',
+             f'<rect x="{LEFT}" y="{TOP}" width="{w}" height="{h}" class="frame"/>']
+    ticks = ([10 ** k for k in range(math.ceil(lo), math.floor(hi) + 1)] if log_y else _ticks(lo, hi))
+    for tv in ticks:
+        yy = y(tv)
+        if TOP - 0.5 <= yy <= TOP + h + 0.5:
+            parts.append(f'<line x1="{LEFT}" x2="{LEFT + w}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid"/>'
+                         f'<text x="{LEFT - 4}" y="{yy + 3:.1f}" class="ytick">{_e(_fmt(tv))}{_e(unit)}</text>')
+    for _, colour, pts in series:
+        runs: list[list[str]] = [[]]
+        for t, v in pts:
+            if v is None or (log_y and v <= 0):
+                if runs[-1]:
+                    runs.append([])
+                continue
+            runs[-1].append(f"{x(t):.1f},{y(v):.1f}")
+        for run in runs:
+            if len(run) == 1:
+                cx, cy = run[0].split(",")
+                parts.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{colour}" class="pt"/>')
+            elif run:
+                parts.append(f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="1.5" '
+                             f'data-n="{len(run)}" points="{" ".join(run)}"/>')
+    for m in markers:
+        if m.get("t") is None:
+            continue
+        mx = x(float(m["t"]))
+        if LEFT <= mx <= LEFT + w:
+            parts.append(f'<line class="marker {m["kind"]}" x1="{mx:.1f}" x2="{mx:.1f}" y1="{TOP}" '
+                         f'y2="{TOP + h}"><title>{_e(m["label"])}</title></line>')
+    legend_x = LEFT + w - 8
+    for name, colour, _ in reversed(series):
+        parts.append(f'<text x="{legend_x}" y="12" text-anchor="end" fill="{colour}" '
+                     f'class="legend">{_e(name)}</text>')
+        legend_x -= 8 + 7 * len(name)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def timeline_svg(points: list[dict[str, Any]], markers: list[dict[str, Any]], width_s: float) -> str:
+    if not points:
+        return '<p class="empty">No operations recorded (history.jsonl is empty or missing).</p>'
+    t0, t1 = points[0]["t"], points[-1]["t"] + width_s
+    mid = [(p["t"] + width_s / 2, p) for p in points]
+
+    def col(key: str) -> list[tuple[float, float | None]]:
+        return [(t, p[key]) for t, p in mid]
+
+    panels = [
+        _panel("operations/s", [("ops/s", "#2b6cb0", col("ops_per_s")), ("errors/s", "#c05621",
+               [(t, p["errors"] / width_s) for t, p in mid])], t0, t1, markers),
+        _panel("RPC latency", [("p50", "#2f855a", col("p50_ms")), ("p99", "#9b2c2c", col("p99_ms"))],
+               t0, t1, markers, log_y=True, unit=" ms"),
+        _panel("live lvols", [("lvols + snapshots + clones", "#6b46c1", col("live_lvols"))], t0, t1, markers),
+        _panel("free clusters", [("free clusters", "#2c7a7b", col("free_clusters"))], t0, t1, markers),
+    ]
+    axis = [f'<svg class="axis" viewBox="0 0 {PANEL_W} 18" width="{PANEL_W}" height="18" '
+            'xmlns="http://www.w3.org/2000/svg">']
+    for tv in _ticks(0.0, t1 - t0, 8):
+        xx = LEFT + tv / max(t1 - t0, 1e-9) * (PANEL_W - LEFT - RIGHT)
+        axis.append(f'<text x="{xx:.1f}" y="12" text-anchor="middle" class="xtick">+{_e(_dur(tv))}</text>')
+    axis.append("</svg>")
+    return "\n".join(panels) + "".join(axis)
+
+
+def _dur(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _when(t: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(t))) + " UTC"
+    except (TypeError, ValueError):
+        return "-"
+
+
+# -- the page -------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a202c;max-width:1000px}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px;border-bottom:1px solid #e2e8f0}
+table{border-collapse:collapse;width:100%;font-size:13px} td,th{border-bottom:1px solid #edf2f7;padding:3px 6px;
+text-align:left;vertical-align:top} th{background:#f7fafc} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600}
+.v-clean{background:#2f855a}.v-findings{background:#c05621}.v-crash{background:#9b2c2c}.v-running{background:#2b6cb0}
+.banner{background:#fefcbf;border:1px solid #ecc94b;padding:6px 10px;margin:8px 0}
+code,pre{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;background:#f7fafc} pre{padding:8px;overflow:auto}
+svg.panel{display:block} .ptitle{font-size:11px;font-weight:600;fill:#4a5568}
+.frame{fill:none;stroke:#cbd5e0} .grid{stroke:#edf2f7} .ytick,.xtick{font-size:10px;fill:#718096}
+.ytick{text-anchor:end} .legend{font-size:11px}
+.marker{stroke-width:2;stroke-dasharray:3 2} .marker.crash{stroke:#e53e3e} .marker.finding{stroke:#dd6b20}
+#readout{font:12px ui-monospace,monospace;min-height:1.4em;color:#2d3748}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;margin:0} dt{color:#718096}
+"""
+
+_JS = """
+(function(){
+  var el=document.getElementById('timeline-data'); if(!el){return;}
+  var data=JSON.parse(el.textContent); var pts=data.points||[]; var out=document.getElementById('readout');
+  if(!pts.length||!out){return;}
+  var L=%(left)d, W=%(w)d, t0=pts[0].t, t1=pts[pts.length-1].t+data.width_s;
+  document.querySelectorAll('svg.panel').forEach(function(svg){
+    svg.addEventListener('mousemove',function(ev){
+      var r=svg.getBoundingClientRect(); var x=(ev.clientX-r.left)*(svg.viewBox.baseVal.width/r.width);
+      var t=t0+(x-L)/W*(t1-t0); var i=Math.max(0,Math.min(pts.length-1,Math.floor((t-t0)/data.width_s)));
+      var p=pts[i];
+      out.textContent='+'+Math.round(p.t-t0)+'s  ops/s '+p.ops_per_s+'  errors '+p.errors+'  p50 '+
+        (p.p50_ms===null?'-':p.p50_ms+' ms')+'  p99 '+(p.p99_ms===null?'-':p.p99_ms+' ms')+'  live lvols '+
+        (p.live_lvols===null?'-':p.live_lvols)+'  free clusters '+(p.free_clusters===null?'-':p.free_clusters);
+    });
+  });
+  document.body.setAttribute('data-timeline-ready', String(pts.length));
+})();
+"""
+
+
+def _table(headers: list[str], rows: list[list[str]], cls: str, empty: str) -> str:
+    if not rows:
+        return f'<p class="empty {cls}-empty">{_e(empty)}</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join(f'<tr class="{cls}-row">' + "".join(rows[i]) + "</tr>" for i in range(len(rows)))
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _td(value: Any, num: bool = False) -> str:
+    return f'<td class="n">{_e(value)}</td>' if num else f"<td>{_e(value)}</td>"
+
+
+def _verdict(summary: dict[str, Any], crashes: list[dict[str, Any]], findings: list[dict[str, Any]]) -> str:
+    if summary.get("running"):
+        return "running"
+    if crashes or summary.get("crashes"):
+        return "crash"
+    return "findings" if findings else "clean"
+
+
+def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool = False) -> str:
+    """The page as a string; `timeline` may be a long-lived one fed incrementally (soak)."""
+    summary = _load_json(run_dir / "summary.json")
+    summary = summary if isinstance(summary, dict) else {}
+    if timeline is None:
+        timeline = Timeline()
+    sources = history_sources(run_dir)
+    for rel, path in sources:
+        timeline.feed_file(path, source=rel)
+    points = timeline.points()
+    crashes = crash_bundles(run_dir)
+    findings = collect_findings(run_dir, summary)
+    markers = ([{"t": c["time"], "kind": "crash", "label": f"crash: {c['title']}"} for c in crashes]
+               + [{"t": f.get("t"), "kind": "finding", "label": f"{f.get('kind')}: {f.get('message')}"}
+                  for f in findings[:MAX_TABLE_ROWS]])
+    verdict = _verdict(summary, crashes, findings)
+    target = summary.get("target") or {}
+    title = f"lvol-storm {summary.get('suite') or summary.get('profile') or 'run'}: {run_dir.name}"
+
+    facts: list[tuple[str, Any]] = [
+        ("run directory", run_dir),
+        ("suite", summary.get("suite")),
+        ("profile", summary.get("profile")),
+        ("seed", summary.get("seed")),
+        ("harness", summary.get("harness_version")),
+        ("target", " ".join(str(target.get(k)) for k in ("kind", "version") if target.get(k))),
+        ("kernel log", summary.get("kernel_log")),
+        ("wall time", f"{summary['wall_s']:.1f} s" if isinstance(summary.get("wall_s"), int | float) else None),
+        ("operations", timeline.records),
+        ("span", f"{_when(timeline.span[0])} .. {_when(timeline.span[1])}" if timeline.span else None),
+        ("incarnations", summary.get("incarnations")),
+        ("generated", _when(time.time())),
+    ]
+    fact_html = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts if v not in (None, ""))
+
+    crash_counts: dict[str, int] = {}
+    for c in crashes:
+        crash_counts[c["title"]] = crash_counts.get(c["title"], 0) + 1
+    crash_rows = [[_td(c["title"]), _td(crash_counts[c["title"]], num=True), _td(_when(c["time"])),
+                   f'<td><a class="bundle" href="{_e(c["href"])}">{_e(c["dir"])}</a></td>']
+                  for c in crashes[:MAX_TABLE_ROWS]]
+    finding_rows = [[_td(f.get("kind")), _td(f.get("message")), _td(_when(f.get("t"))),
+                     _td((f.get("op") or {}).get("method", "") if isinstance(f.get("op"), dict) else ""),
+                     _td(f.get("run", ""))] for f in findings[:MAX_TABLE_ROWS]]
+    ops_by_method = summary.get("ops_by_method") or {}
+    op_rows = [[_td(m), _td(n, num=True)] for m, n in sorted(ops_by_method.items(), key=lambda kv: -kv[1])]
+    errs = summary.get("errors_by_errno") or {}
+    err_rows = [[_td(k), _td(n, num=True)] for k, n in sorted(errs.items(), key=lambda kv: -kv[1])]
+    breakdown = summary.get("breakdown") or []
+    breakdown_rows = [[_td(b.get("name")), _td(b.get("node", "")), _td(b.get("outcome", "")),
+                       _td(b.get("ops", 0), num=True), _td(len(b.get("findings") or []), num=True),
+                       _td("; ".join(f"{c['title']} x{c['count']}" for c in b.get("crashes") or []))]
+                      for b in breakdown if isinstance(b, dict)]
+    repro = reproducer_commands(run_dir, summary)
+    crash_repro = [f"python3 {c['dir']}/repro.py /var/tmp/spdk.sock   # {c['title']}"
+                   for c in crashes[:5] if not c.get("duplicate_of")]
+    notes = summary.get("notes") or []
+
+    data = {"points": points, "width_s": timeline.width, "markers": markers}
+    data_json = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    js = _JS % {"left": LEFT, "w": PANEL_W - LEFT - RIGHT}
+    banner = (f'<div class="banner">{_e("REFERENCE TARGET (spdk-sim): not a real spdk_tgt")}</div>'
+              if target.get("reference_target") or target.get("kind") == "sim" else "")
+    refresh = '<meta http-equiv="refresh" content="60">' if live else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">{refresh}
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; \
+script-src 'unsafe-inline'; img-src data:">
+<title>{_e(title)}</title><style>{_CSS}</style></head>
+<body data-verdict="{verdict}">
+<h1>{_e(title)} <span class="verdict v-{verdict}" id="verdict">{_e(verdict)}</span></h1>
+{banner}
+<dl id="facts">{fact_html}</dl>
+<h2>Timeline</h2>
+<div id="timeline">{timeline_svg(points, markers, timeline.width)}</div>
+<div id="readout"></div>
+<h2>Crashes ({len(crashes)})</h2>
+{_table(["title", "count", "time", "bundle"], crash_rows, "crashes", "No crashes.")}
+<h2>Findings ({len(findings)})</h2>
+{_table(["kind", "message", "time", "operation", "run"], finding_rows, "findings", "No findings.")}
+{"<h2>Breakdown</h2>" + _table(["run", "node", "outcome", "ops", "findings", "crashes"], breakdown_rows,
+                                "breakdown", "") if breakdown_rows else ""}
+<h2>Reproduce</h2>
+<pre id="reproducer">{_e(chr(10).join(repro + crash_repro))}</pre>
+<h2>Operations by method</h2>
+{_table(["method", "ops"], op_rows, "ops", "No operations.")}
+<h2>Errors by errno</h2>
+{_table(["errno", "count"], err_rows, "errors", "No errors.")}
+{"<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else ""}
+<script type="application/json" id="timeline-data">{data_json}</script>
+<script>{js}</script>
+</body></html>
+"""
+
+
+def write_report_html(run_dir: str | os.PathLike[str], timeline: Timeline | None = None, *,
+                      live: bool = False) -> Path:
+    """Write `run_dir/report.html` atomically (a reader never sees half a page) and return its path."""
+    path = Path(run_dir).absolute()
+    page = render_report(path, timeline, live=live)
+    dest = path / "report.html"
+    tmp = path / ".report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, dest)
+    return dest
