@@ -496,3 +496,56 @@ def test_random_sequences_with_forced_removal_are_flagged() -> None:
                 flagged += 1
                 break
     assert flagged > 0
+
+
+# ---- details taken from SPDK's source (lib/blob/blobstore.c, lib/lvol/lvol.c @1975133e9) -------------------------
+
+
+def test_a_job_locks_its_snapshot_against_clone_inflate_and_a_second_job() -> None:
+    s = store(clusters=509)
+    s.create("B", 200)
+    s.snapshot("B", "BS")
+    s.start_shallow_copy("BS", 200 * MIB)
+    assert refusal(s.clone, "BS", "C") == errno.EBUSY
+    assert refusal(s.inflate, "BS") == errno.EBUSY
+    assert refusal(s.register_snapshot_checksum, "BS") == errno.EBUSY
+    assert s.start_shallow_copy("BS", 200 * MIB).error == errno.EBUSY
+    s.tick(4)
+    s.clone("BS", "C")  # the copy finished: unlocked
+    assert s.check_invariants() == []
+
+
+def test_set_parent_checks_in_spdk_order() -> None:
+    s = store()
+    s.create("X", 8, thin_provision=True)
+    s.snapshot("X", "P1")
+    s.create("K", 8)
+    assert refusal(s.set_parent, "X", "P1") == errno.EEXIST  # already the parent, checked before anything else
+    assert refusal(s.set_parent, "K", "K") == errno.EINVAL
+    assert refusal(s.set_parent, "K", "P1") == errno.EINVAL  # thick
+
+
+def test_detach_of_a_thick_lvol_without_parent_is_einval_and_inflate_drops_a_checksum() -> None:
+    s = store()
+    s.create("K", 8)
+    assert refusal(s.detach_parent, "K") == errno.EINVAL
+    ks = s.snapshot("K", "KS")
+    s.register_snapshot_checksum("KS")
+    s.tick()
+    assert ks.checksum is not None
+    s.inflate("KS")  # thick already: nothing to do, but the checksum is gone
+    assert refusal(s.get_snapshot_checksum, "KS") == errno.ENODEV
+
+
+def test_rename_keeps_255_in_the_name_all_256_in_the_alias_until_the_store_is_renamed() -> None:
+    s = store()
+    lv = s.create("T", 8, thin_provision=True)
+    s.snapshot("T", "S")
+    s.rename("S", "S2")  # snapshots can be renamed
+    s.rename(lv.uuid, "y" * 256)
+    assert lv.name == "y" * 255 and s.bdev_alias(lv) == "lvs0/" + "y" * 256
+    assert s.find("lvs0/" + "y" * 256) is lv and s.find("lvs0/" + "y" * 255) is None
+    s.rename_store("lvs9")
+    assert s.bdev_alias(lv) == "lvs9/" + "y" * 255 and s.find("lvs9/" + "y" * 255) is lv
+    assert refusal(s.rename, "S2", "S2") == errno.EEXIST
+    assert s.check_invariants() == []

@@ -95,8 +95,12 @@ class Lvol:
     clones: dict[int, None] = field(default_factory=dict)
     xattrs: dict[str, str] = field(default_factory=dict)
     open_refs: int = 0
+    locks: int = 0
     checksum: int | None = None
     removed: bool = False
+    alias_tail: str = ""
+    """What the bdev alias says after `lvs_name/`: the name, except after a rename to 256 characters
+    (SPDK keeps 255 in the lvol's name but the full string in the alias) or before an lvstore rename."""
 
     @property
     def is_clone(self) -> bool:
@@ -108,7 +112,14 @@ class Lvol:
 
     @property
     def busy(self) -> bool:
+        """Held open by someone else (a checksum or shallow copy): delete answers EBUSY."""
         return self.open_refs > 0
+
+    @property
+    def locked(self) -> bool:
+        """blob->locked_operation_in_progress: clone, inflate, decouple, detach, set_parent, another
+        checksum or shallow copy answer EBUSY."""
+        return self.locks > 0
 
 
 @dataclass(eq=False)
@@ -169,6 +180,7 @@ class LvolStore:
         """Every blob in creation order (the order SPDK lists lvols), removed ones included."""
         self._by_name: dict[str, int] = {}
         self._by_uuid: dict[str, int] = {}
+        self._by_alias: dict[str, int] = {}
         self.jobs: list[Job] = []
         self.leaked_by_fault = 0
         """Clusters the `leak-cluster` fault kept from being returned (for invariant messages)."""
@@ -198,11 +210,16 @@ class LvolStore:
         bid = self._by_name.get(name)
         return None if bid is None else self.blobs[bid]
 
+    def find_by_alias_tail(self, tail: str) -> Lvol | None:
+        """The lvol whose bdev alias is `lvs_name/tail` (what spdk_bdev_get_by_name matches)."""
+        bid = self._by_alias.get(tail)
+        return None if bid is None else self.blobs[bid]
+
     def find(self, ref: str) -> Lvol | None:
         """An lvol by UUID, by alias `lvs_name/lvol_name`, or by bare name (in that order)."""
         lv = self.find_by_uuid(ref)
         if lv is None and ref.startswith(self.name + "/"):
-            lv = self.find_by_name(ref[len(self.name) + 1 :])
+            lv = self.find_by_alias_tail(ref[len(self.name) + 1 :])
         if lv is None:
             lv = self.find_by_name(ref)
         return lv
@@ -219,7 +236,21 @@ class LvolStore:
         return [b for b in self.blobs.values() if not b.removed]
 
     def alias(self, lv: Lvol) -> str:
+        """`lvs_name/lvol_name`, as bdev_lvol_get_lvols prints it."""
         return f"{self.name}/{lv.name}"
+
+    def bdev_alias(self, lv: Lvol) -> str:
+        """The lvol bdev's alias, as bdev_get_bdevs prints it (differs from alias() only after odd renames)."""
+        return f"{self.name}/{lv.alias_tail}"
+
+    def rename_store(self, new_name: str) -> None:
+        """The lvstore's new name; SPDK rebuilds every lvol's alias from its (255-character) name."""
+        self.name = new_name
+        self._by_alias = {}
+        for lv in self.blobs.values():
+            if not lv.removed:
+                lv.alias_tail = lv.name
+                self._by_alias[lv.name] = lv.blob_id
 
     def parent_of(self, lv: Lvol) -> Lvol | None:
         return None if lv.parent is None else self.blobs.get(lv.parent)
@@ -266,9 +297,11 @@ class LvolStore:
             thin=thin,
             creation_time=self._clock(),
         )
+        lv.alias_tail = name
         self.blobs[lv.blob_id] = lv
         self._by_name[name] = lv.blob_id
         self._by_uuid[lv.uuid] = lv.blob_id
+        self._by_alias[name] = lv.blob_id
         return lv
 
     def _unlink_from_parent(self, lv: Lvol) -> None:
@@ -286,6 +319,8 @@ class LvolStore:
         """Drop the lvol's names (the blob may stay, see forced removal)."""
         if self._by_name.get(lv.name) == lv.blob_id:
             del self._by_name[lv.name]
+        if self._by_alias.get(lv.alias_tail) == lv.blob_id:
+            del self._by_alias[lv.alias_tail]
         self._by_uuid.pop(lv.uuid, None)
 
     def _ancestors_alloc(self, lv: Lvol) -> int:
@@ -330,6 +365,8 @@ class LvolStore:
         name = self._check_new_name(clone_name)
         if not snap.read_only:
             raise ModelError(errno.EINVAL, "clone source must be read-only (a snapshot)")
+        if snap.locked:
+            raise ModelError(errno.EBUSY, f"{snap.name}: another operation in progress")
         if ABORT_MALLOC in self.faults and len(snap.clones) >= 2:
             raise ModelCrash("abort", ABORT_MALLOC)
         lv = self._new_blob(name, snap.num_clusters, True)
@@ -354,6 +391,8 @@ class LvolStore:
                 raise ModelError(errno.EBUSY, f"{lv.name} is open (forced removal)", forced_removal=True)
             raise ModelError(errno.EBUSY, f"{lv.name} is open")
         if only is not None:
+            if only.is_snapshot:
+                only.checksum = None  # spdk_lvol_destroy: the clone's data changes, its checksum goes
             if ABORT_ASSERT in self.faults:
                 raise ModelCrash("abort", ABORT_ASSERT)
             self._merge_into_clone(lv, only)
@@ -391,21 +430,29 @@ class LvolStore:
         lv.num_clusters = n
 
     def rename(self, old_name: str, new_name: str) -> None:
+        """vbdev_lvol_rename: the new alias must be free (so the same name is EEXIST), then the name must be
+        free in the lvstore; the name keeps 255 characters, the alias all of them. Snapshots can be renamed."""
         lv = self.lookup(old_name)
-        new = (new_name or "")[:NAME_MAX]
-        if not new:
-            raise ModelError(errno.EINVAL, "empty name")
-        if new in self._by_name:
-            raise ModelError(errno.EEXIST, f"lvol {new!r} exists")
+        if new_name in self._by_alias or new_name in self._by_name:
+            raise ModelError(errno.EEXIST, f"lvol {new_name!r} exists")
+        del self._by_alias[lv.alias_tail]
         del self._by_name[lv.name]
-        lv.name = new
-        self._by_name[new] = lv.blob_id
+        lv.name, lv.alias_tail = new_name[:NAME_MAX], new_name
+        self._by_name[lv.name] = lv.blob_id
+        self._by_alias[lv.alias_tail] = lv.blob_id
 
     def set_read_only(self, name: str) -> None:
         self.lookup(name).read_only = True
 
+    def _begin_inflate(self, lv: Lvol) -> None:
+        if lv.is_snapshot:
+            lv.checksum = None  # spdk_lvol_inflate/decouple drop a snapshot's checksum up front
+        if lv.locked:
+            raise ModelError(errno.EBUSY, f"{lv.name}: another operation in progress")
+
     def inflate(self, name: str) -> None:
         lv = self.lookup(name)
+        self._begin_inflate(lv)
         if not lv.thin:
             return
         missing = _mask(lv.num_clusters) & ~lv.alloc
@@ -416,6 +463,7 @@ class LvolStore:
 
     def decouple_parent(self, name: str) -> None:
         lv = self.lookup(name)
+        self._begin_inflate(lv)
         if lv.parent is None:
             raise ModelError(errno.EINVAL, f"{lv.name} has no parent")
         need = self._ancestors_alloc(lv) & _mask(lv.num_clusters) & ~lv.alloc
@@ -424,25 +472,33 @@ class LvolStore:
         self._unlink_from_parent(lv)
 
     def detach_parent(self, name: str) -> None:
-        """Longhorn's detach: drop the parent link without copying its clusters (the lvol stays thin)."""
+        """Longhorn's detach (bs_inflate_blob with ALLOCATE_NONE): drop the parent link, copy nothing."""
         lv = self.lookup(name)
-        if not lv.thin or lv.parent is None:
-            raise ModelError(errno.EINVAL, f"{lv.name} is not a thin clone")
+        if lv.locked:
+            raise ModelError(errno.EBUSY, f"{lv.name}: another operation in progress")
+        if lv.parent is None:
+            raise ModelError(errno.EINVAL, f"{lv.name} has no parent")
+        if not lv.thin:
+            return
         self._unlink_from_parent(lv)
 
     def set_parent(self, lvol_name: str, parent_name: str) -> None:
+        """spdk_bs_blob_set_parent's checks in its order. SPDK has no cycle check; the model refuses a cycle
+        (EINVAL) so that a target accepting one shows up as a finding."""
         lv = self.lookup(lvol_name)
         snap = self.lookup(parent_name)
         if lv is snap:
             raise ModelError(errno.EINVAL, "lvol and parent are the same")
+        if lv.parent == snap.blob_id:
+            raise ModelError(errno.EEXIST, f"{snap.name} already is the parent")
         if not lv.thin:
             raise ModelError(errno.EINVAL, f"{lv.name} is not thin provisioned")
         if not snap.is_snapshot:
             raise ModelError(errno.EINVAL, f"{snap.name} is not a snapshot")
         if lv.num_clusters != snap.num_clusters:
             raise ModelError(errno.EINVAL, "sizes differ")
-        if lv.parent == snap.blob_id:
-            raise ModelError(errno.EEXIST, f"{snap.name} already is the parent")
+        if lv.locked or snap.locked:
+            raise ModelError(errno.EBUSY, "another operation in progress")
         p: Lvol | None = snap
         for _ in range(len(self.blobs) + 1):  # bounded walk up: refuse a cycle
             if p is None:
@@ -501,10 +557,13 @@ class LvolStore:
         lv.open_refs = max(0, lv.open_refs - 1)
 
     def _start_job(self, kind: str, lv: Lvol, total: int, error: int = 0) -> Job:
+        if not error and lv.locked:
+            error = errno.EBUSY
         job = Job(kind=kind, blob_id=lv.blob_id, total_clusters=total, error=error)
         if not job.done:
             job.holding = True
             lv.open_refs += 1
+            lv.locks += 1
             self.jobs.append(job)
         else:
             self._finish(job)
@@ -514,6 +573,7 @@ class LvolStore:
         lv = self.blobs.get(job.blob_id)
         if job.holding and lv is not None:
             lv.open_refs = max(0, lv.open_refs - 1)
+            lv.locks = max(0, lv.locks - 1)
         job.holding = False
         if job.kind == "checksum" and job.error == 0 and lv is not None:
             lv.checksum = self._checksum_of(lv)
@@ -542,6 +602,8 @@ class LvolStore:
         lv = self.lookup(name)
         if not lv.is_snapshot:
             raise ModelError(errno.EPERM, f"{lv.name} is not a snapshot")
+        if lv.locked:
+            raise ModelError(errno.EBUSY, f"{lv.name}: another operation in progress")
         return self._start_job("checksum", lv, lv.num_allocated_clusters)
 
     def get_snapshot_checksum(self, name: str) -> int:
@@ -553,11 +615,11 @@ class LvolStore:
     def start_shallow_copy(self, src_lvol_name: str, dst_size_bytes: int) -> Job:
         """Copy the lvol's own clusters to a bdev; a failure is reported by the job, as SPDK's status does."""
         lv = self.lookup(src_lvol_name)
-        total = lv.num_allocated_clusters
+        total = lv.num_allocated_clusters  # the RPC's status counts these before the copy even starts
         if not lv.read_only:
-            return self._start_job("shallow_copy", lv, 0, error=errno.EPERM)
+            return self._start_job("shallow_copy", lv, total, error=errno.EPERM)
         if dst_size_bytes < self.size_bytes(lv):
-            return self._start_job("shallow_copy", lv, 0, error=errno.EINVAL)
+            return self._start_job("shallow_copy", lv, total, error=errno.EINVAL)
         return self._start_job("shallow_copy", lv, total)
 
     # ---- the store -----------------------------------------------------------------------------------------------
@@ -584,7 +646,11 @@ class LvolStore:
                     f"{lv.num_allocated_clusters} clusters leaked, {len(lv.clones)} clones"
                 )
             else:
-                if self._by_name.get(lv.name) != lv.blob_id or self._by_uuid.get(lv.uuid) != lv.blob_id:
+                if (
+                    self._by_name.get(lv.name) != lv.blob_id
+                    or self._by_uuid.get(lv.uuid) != lv.blob_id
+                    or self._by_alias.get(lv.alias_tail) != lv.blob_id
+                ):
                     problems.append(f"{lv.name}: name/uuid index out of date")
             if lv.parent is not None:
                 parent = self.blobs.get(lv.parent)

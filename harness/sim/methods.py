@@ -311,7 +311,7 @@ class Dispatcher:
             if ch == "/":
                 store = self._store_by_name(name[:i])
                 if store is not None:
-                    lv = store.find_by_name(name[i + 1 :])
+                    lv = store.find_by_alias_tail(name[i + 1 :])
                     if lv is not None:
                         return store, lv
         return None
@@ -382,7 +382,7 @@ class Dispatcher:
         info["esnap_clone"] = False
         return {
             "name": lv.uuid,
-            "aliases": [store.alias(lv)],
+            "aliases": [store.bdev_alias(lv)],
             "product_name": "Logical Volume",
             "block_size": store.block_size,
             "num_blocks": store.size_bytes(lv) // store.block_size,
@@ -618,7 +618,7 @@ class Dispatcher:
             raise _fault(errno.EINVAL, ERROR_INVALID_PARAMS)
         if self._store_by_name(new) is not None:
             raise _fault(errno.EEXIST, ERROR_INVALID_PARAMS)
-        store.name = new
+        store.rename_store(new)
         return True
 
     def _m_bdev_lvol_delete_lvstore(self, params: object) -> object:
@@ -686,6 +686,8 @@ class Dispatcher:
     def _m_bdev_lvol_rename(self, params: object) -> object:
         p = decode(params, (("old_name", STR, True), ("new_name", STR, True)))
         store, lv = self._lvol(p["old_name"])
+        if f"{store.name}/{p['new_name']}" in self.bdevs:  # bdev names and aliases share one namespace
+            raise _fault(errno.EEXIST, ERROR_INVALID_PARAMS)
         self._model_call(lambda: store.rename(lv.uuid, str(p["new_name"])), ERROR_INVALID_PARAMS)
         return True
 
