@@ -74,7 +74,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     base = tmp_path_factory.mktemp("sshnode")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "id")], check=True)
     run = f"t{os.getpid() % 100000}"
-    octet = 200 + os.getpid() % 50  # tests use 10.213.200-249.x; terraform/local picks by hash of the run id
+    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    octet = next(o for o in range(200, 250) if f" 10.213.{o}." not in used)  # a /24 nobody here uses now
     env = {**os.environ, "NS": f"lvs-{run}-0", "VETH_HOST": f"lvh{run}-0", "VETH_NODE": f"lvn{run}-0",
            "HOST_ADDR": f"10.213.{octet}.1", "NODE_ADDR": f"10.213.{octet}.2", "NODE_DIR": str(base / "n0"),
            "PUBKEY": str(base / "id.pub")}

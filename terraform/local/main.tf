@@ -11,7 +11,7 @@ terraform {
 locals {
   # A /24 inside 10.213.0.0/16 chosen from the run id, one /30 per node: concurrent runs rarely collide, and
   # node-up.sh refuses an address already in use instead of stealing it.
-  octet    = parseint(substr(md5(var.run_id), 0, 2), 16)
+  octet    = coalesce(var.subnet_octet, parseint(substr(md5(var.run_id), 0, 2), 16))
   work_dir = abspath(coalesce(var.work_dir, "${path.root}/nodes-${var.run_id}"))
   nodes = [
     for i in range(var.node_count) : {

@@ -40,3 +40,13 @@ variable "sshd_wait_seconds" {
   type        = number
   default     = 10
 }
+
+variable "subnet_octet" {
+  description = "Third octet of the 10.213.<octet>.0/24 this run's /30s come from (default: derived from run_id)."
+  type        = number
+  default     = null
+  validation {
+    condition     = var.subnet_octet == null || (var.subnet_octet >= 0 && var.subnet_octet <= 255)
+    error_message = "subnet_octet must be 0-255."
+  }
+}
