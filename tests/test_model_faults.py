@@ -217,3 +217,18 @@ def test_deleting_the_base_bdev_unloads_its_lvstore() -> None:
     assert base["claimed"] is True and base["product_name"] == "Malloc disk"
     assert call(d, "bdev_malloc_delete", name="Malloc0") is True
     assert call(d, "bdev_lvol_get_lvstores") == [] and call(d, "bdev_get_bdevs") == []
+
+
+def test_a_shallow_copy_claims_its_destination_until_it_completes() -> None:
+    d = target()
+    call(d, "bdev_malloc_create", name="Dst", num_blocks=200 * 256, block_size=4096)
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="B", size_in_mib=200)
+    call(d, "bdev_lvol_snapshot", lvol_name="lvs0/B", snapshot_name="BS")
+    op = call(d, "bdev_lvol_start_shallow_copy", src_lvol_name="lvs0/BS", dst_bdev_name="Dst")["operation_id"]
+    assert error_of(d, "bdev_lvol_start_shallow_copy", src_lvol_name="lvs0/BS",
+                    dst_bdev_name="Dst") == (-32602, "Operation not permitted")
+    assert error_of(d, "bdev_lvol_create_lvstore", bdev_name="Dst", lvs_name="x") == (-1, "Operation not permitted")
+    states = [call(d, "bdev_lvol_check_shallow_copy", operation_id=op)["state"] for _ in range(2)]
+    assert states == ["in progress", "complete"]
+    assert error_of(d, "bdev_lvol_check_shallow_copy", operation_id=op) == (-19, "No such device")  # reported once
+    assert isinstance(call(d, "bdev_lvol_create_lvstore", bdev_name="Dst", lvs_name="x"), str)

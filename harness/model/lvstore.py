@@ -532,11 +532,12 @@ class LvolStore:
         lv = self.lookup(name)
         cs = self.cluster_size
         total = self.size_bytes(lv)
-        if size == 0:
-            size = total - offset if offset <= total else 0
-        if offset % cs or size % cs or offset + size > total:
-            raise ModelError(errno.EINVAL, "offset/size must be cluster aligned and inside the lvol")
-        first, n = offset // cs, size // cs
+        if offset + size > total:
+            raise ModelError(errno.EINVAL, "offset + size beyond the lvol")
+        segment = size or total  # vbdev_lvol_get_fragmap: size 0 means the lvol's size (even with an offset)
+        if offset % cs or segment % cs:
+            raise ModelError(errno.EINVAL, "offset and size must be multiples of the cluster size")
+        first, n = offset // cs, segment // cs
         bits = (lv.alloc >> first) & _mask(n)
         data = bits.to_bytes((n + 7) // 8, "little")
         return {

@@ -193,8 +193,11 @@ def blobstore_layout(bdev_bytes: int, cluster_sz: int, md_ratio: int = DEFAULT_M
 
 @dataclass(eq=False)
 class _Copy:
+    """A shallow copy's status entry; while its job runs it claims the destination bdev."""
+
     store: LvolStore
     job: Job
+    dst: str
 
 
 class Dispatcher:
@@ -321,6 +324,10 @@ class Dispatcher:
         if found is None:
             raise _no_device()
         return found
+
+    def _copy_target(self, name: str) -> bool:
+        """A shallow copy in progress claims its destination (vbdev_lvol_shallow_copy's spdk_bs_bdev_claim)."""
+        return any(cp.dst == name and not cp.job.done for cp in self._copies.values())
 
     def _bdev_size(self, name: str) -> int | None:
         if name in self.bdevs:
@@ -583,23 +590,26 @@ class Dispatcher:
         ))  # fmt: skip
         if p["clear_method"] is not None and str(p["clear_method"]).lower() not in ("none", "unmap", "write_zeroes"):
             raise RpcFault(-errno.EINVAL, "Invalid clear_method parameter")
+        # vbdev_lvs_create, then spdk_lvs_init (both answer -errno), then spdk_bs_init (its callback: -32602).
         name = str(p["lvs_name"])
         cluster_sz = int(p["cluster_sz"] or DEFAULT_CLUSTER_SZ)  # type: ignore[call-overload]
-        if not name or len(name) > LVS_NAME_MAX or cluster_sz < BS_PAGE_SIZE or cluster_sz % BS_PAGE_SIZE:
+        if not name or len(name) > LVS_NAME_MAX:
             raise _fault(errno.EINVAL)  # recorded: an empty name is -22 even on a claimed bdev
         bdev = self.bdevs.get(str(p["bdev_name"]))
         if bdev is None:
             raise _no_device()
-        if bdev.lvs_uuid is not None:
-            raise _fault(errno.EPERM)
+        if bdev.lvs_uuid is not None or self._copy_target(bdev.name):
+            raise _fault(errno.EPERM)  # claimed: cannot be opened for writing
+        if cluster_sz < bdev.block_size:
+            raise _fault(errno.EINVAL)
         if self._store_by_name(name) is not None:
             raise _fault(errno.EEXIST)
         ratio = int(p["num_md_pages_per_cluster_ratio"] or DEFAULT_MD_PAGES_RATIO)  # type: ignore[call-overload]
         total, md = blobstore_layout(bdev.size_bytes, cluster_sz, ratio)
-        if total == 0:
-            raise _fault(errno.EINVAL, ERROR_INVALID_PARAMS)
-        if md >= total:
-            raise _fault(errno.ENOSPC, ERROR_INVALID_PARAMS)
+        if total == 0 or total * ratio // 100 == 0 or cluster_sz < BS_PAGE_SIZE:
+            raise _fault(errno.EINVAL, ERROR_INVALID_PARAMS)  # no md pages, or cluster below a page
+        if md > total:
+            raise _fault(errno.ENOMEM, ERROR_INVALID_PARAMS)  # "metadata cannot use more clusters than..."
         uuid = self._new_uuid()
         self.stores[uuid] = self._new_store(name, uuid, bdev, total - md, cluster_sz)
         self._md_clusters[uuid] = md
@@ -774,11 +784,11 @@ class Dispatcher:
         size = self._bdev_size(dst)
         if size is None:
             raise _fault(errno.ENODEV, ERROR_INVALID_PARAMS)
-        if dst in self.bdevs and self.bdevs[dst].lvs_uuid is not None:
-            raise _fault(errno.EPERM, ERROR_INVALID_PARAMS)  # claimed: cannot be opened for writing
+        if (dst in self.bdevs and self.bdevs[dst].lvs_uuid is not None) or self._copy_target(dst):
+            raise _fault(errno.EPERM, ERROR_INVALID_PARAMS)  # claimed (an lvstore, or a copy in progress)
         job = self._model_call(lambda: store.start_shallow_copy(lv.uuid, size), ERROR_INVALID_PARAMS)
         assert isinstance(job, Job)
-        self._copies[op_id] = _Copy(store=store, job=job)
+        self._copies[op_id] = _Copy(store=store, job=job, dst=dst)
         return {"operation_id": op_id}
 
     def _m_bdev_lvol_check_shallow_copy(self, params: object) -> object:
