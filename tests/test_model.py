@@ -549,3 +549,21 @@ def test_rename_keeps_255_in_the_name_all_256_in_the_alias_until_the_store_is_re
     assert s.bdev_alias(lv) == "lvs9/" + "y" * 255 and s.find("lvs9/" + "y" * 255) is lv
     assert refusal(s.rename, "S2", "S2") == errno.EEXIST
     assert s.check_invariants() == []
+
+
+def test_checksum_is_spdks_crc64_of_the_zeroed_clusters() -> None:
+    from harness.model.lvstore import crc64_iso_of_zeroes
+
+    s = store()
+    s.create("K", 8)
+    s.snapshot("K", "KS")
+    s.register_snapshot_checksum("KS")
+    s.tick()
+    assert s.get_snapshot_checksum("KS") == 13859014760662026744  # recorded in transcript 05, step 24
+    assert crc64_iso_of_zeroes(0) == 0
+    # chaining per cluster (as bs_snapshot_checksum does) equals one pass: compare with a bytewise CRC of 3 bytes
+    reg = (1 << 64) - 1
+    for _ in range(3):
+        for _ in range(8):
+            reg = (reg >> 1) ^ (0xD800000000000000 if reg & 1 else 0)
+    assert crc64_iso_of_zeroes(3) == reg ^ ((1 << 64) - 1)

@@ -624,8 +624,8 @@ class Dispatcher:
             raise RpcFault(-errno.ENOENT, f"Lvol store {old} not found")
         if new == old:
             return True
-        if not new or len(new) > LVS_NAME_MAX:
-            raise _fault(errno.EINVAL, ERROR_INVALID_PARAMS)
+        # spdk_lvs_rename checks only for a clash; the name is truncated to fit (no length or empty check).
+        new = new[:LVS_NAME_MAX]
         if self._store_by_name(new) is not None:
             raise _fault(errno.EEXIST, ERROR_INVALID_PARAMS)
         store.rename_store(new)
