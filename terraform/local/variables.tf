@@ -46,7 +46,7 @@ variable "subnet_octet" {
   type        = number
   default     = null
   validation {
-    condition     = var.subnet_octet == null || (var.subnet_octet >= 0 && var.subnet_octet <= 255)
+    condition     = coalesce(var.subnet_octet, 0) >= 0 && coalesce(var.subnet_octet, 0) <= 255
     error_message = "subnet_octet must be 0-255."
   }
 }

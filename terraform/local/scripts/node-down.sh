@@ -18,8 +18,10 @@ if ip netns list | awk '{print $1}' | grep -qxF "$NS"; then
   fi
   ip netns del "$NS" || echo "node-down $NS: could not delete namespace $NS" >&2
 fi
+# Deleting the namespace takes the veth pair with it, asynchronously; only what is still there needs removing.
 if ip link show "$VETH_HOST" >/dev/null 2>&1; then
-  ip link del "$VETH_HOST" || echo "node-down $NS: could not delete link $VETH_HOST" >&2
+  ip link del "$VETH_HOST" 2>/dev/null || ! ip link show "$VETH_HOST" >/dev/null 2>&1 \
+    || echo "node-down $NS: could not delete link $VETH_HOST" >&2
 fi
 rm -rf -- "$NODE_DIR"
 exit 0
