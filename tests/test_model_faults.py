@@ -232,3 +232,81 @@ def test_a_shallow_copy_claims_its_destination_until_it_completes() -> None:
     assert states == ["in progress", "complete"]
     assert error_of(d, "bdev_lvol_check_shallow_copy", operation_id=op) == (-19, "No such device")  # reported once
     assert isinstance(call(d, "bdev_lvol_create_lvstore", bdev_name="Dst", lvs_name="x"), str)
+
+
+SHAPES: dict[str, tuple[str, ...]] = {
+    "bdev_lvol_create": ("lvs_name", "lvol_name", "size_in_mib", "thin_provision"),
+    "bdev_lvol_snapshot": ("lvol_name", "snapshot_name"),
+    "bdev_lvol_clone": ("snapshot_name", "clone_name"),
+    "bdev_lvol_delete": ("name",),
+    "bdev_lvol_resize": ("name", "size_in_mib"),
+    "bdev_lvol_rename": ("old_name", "new_name"),
+    "bdev_lvol_set_read_only": ("name",),
+    "bdev_lvol_inflate": ("name",),
+    "bdev_lvol_decouple_parent": ("name",),
+    "bdev_lvol_detach_parent": ("name",),
+    "bdev_lvol_set_parent": ("lvol_name", "parent_name"),
+    "bdev_lvol_set_xattr": ("name", "xattr_name", "xattr_value"),
+    "bdev_lvol_get_xattr": ("name", "xattr_name"),
+    "bdev_lvol_get_fragmap": ("name", "offset", "size"),
+    "bdev_lvol_register_snapshot_checksum": ("name",),
+    "bdev_lvol_get_snapshot_checksum": ("name",),
+    "bdev_lvol_start_shallow_copy": ("src_lvol_name", "dst_bdev_name"),
+    "bdev_lvol_check_shallow_copy": ("operation_id",),
+    "bdev_get_bdevs": ("name",),
+    "bdev_lvol_get_lvols": ("lvs_name",),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("faults", ["", "forced-removal", "abort-assert,abort-malloc", "leak-cluster",
+                                    "delete-snapshot-with-clones"])
+def test_random_rpc_sequences_only_answer_results_or_spdk_errors_and_keep_invariants(faults: str) -> None:
+    """Fuzz the dispatch glue: every call is a result, an RpcFault or (with a crash fault) a SimulatedCrash,
+    never a Python error; in healthy mode the lvstores stay consistent."""
+    import random
+    import time
+
+    methods = [m for m in Dispatcher().method_names() if m not in ("spdk_kill_instance", "bdev_malloc_delete",
+                                                                   "bdev_lvol_delete_lvstore", "bdev_aio_delete")]
+    deadline = time.monotonic() + 8
+    for seed in range(30):
+        rng = random.Random(seed)
+        d = target(parse_faults(faults))
+        call(d, "bdev_malloc_create", name="Dst", num_blocks=64 * 256, block_size=4096)
+        names: list[str] = ["lvs0/nope", "Malloc0"]
+        answered = refused = 0
+        def ref(rng: random.Random = rng, names: list[str] = names) -> str:
+            return rng.choice(names)
+
+        for step in range(200):
+            pool: dict[str, Any] = {
+                "lvs_name": "lvs0", "lvol_name": f"v{step}" if rng.random() < 0.7 else ref(),
+                "size_in_mib": rng.randrange(0, 16), "thin_provision": rng.random() < 0.5, "name": ref(),
+                "snapshot_name": f"s{step}" if rng.random() < 0.5 else ref(), "clone_name": f"c{step}",
+                "old_name": ref(), "new_name": f"r{step}", "parent_name": ref(), "xattr_name": "k",
+                "xattr_value": "v", "src_lvol_name": ref(), "dst_bdev_name": rng.choice(["Malloc0", "Dst"]),
+                "operation_id": step % 5, "offset": 0, "size": 0,
+            }
+            method = rng.choice(list(SHAPES)) if rng.random() < 0.9 else rng.choice(methods)
+            if rng.random() < 0.9 and method in SHAPES:
+                params: Any = {k: pool[k] for k in SHAPES[method]}
+            else:
+                params = rng.choice([None, [], {"x": 1}, {k: pool[k] for k in pool if rng.random() < 0.3}])
+            try:
+                result = d.handle(method, params)
+            except RpcFault:
+                refused += 1
+                continue
+            except SimulatedCrash:
+                assert faults and faults != "leak-cluster" and faults != "delete-snapshot-with-clones"
+                break
+            answered += 1
+            if isinstance(result, str) and method in ("bdev_lvol_create", "bdev_lvol_snapshot", "bdev_lvol_clone"):
+                names.append(result)
+        if not faults:
+            for store in d.stores.values():
+                assert store.check_invariants() == [], (seed, store.check_invariants())
+            assert answered > 20 and refused > 20, (answered, refused)  # the fuzz reaches both outcomes
+        if time.monotonic() > deadline:
+            break

@@ -106,8 +106,8 @@ def _io_types(supported: set[str]) -> dict[str, bool]:
 
 LVOL_IO_RW = _io_types({"read", "write", "unmap", "flush", "reset", "write_zeroes", "seek_hole", "seek_data"})
 LVOL_IO_RO = _io_types({"read", "flush", "reset", "seek_hole", "seek_data"})
-MALLOC_IO = _io_types({"read", "write", "unmap", "flush", "reset", "write_zeroes", "zcopy", "compare", "copy", "abort"})
-AIO_IO = _io_types({"read", "write", "flush", "reset", "unmap", "write_zeroes"})
+MALLOC_IO = _io_types({"read", "write", "flush", "reset", "unmap", "write_zeroes", "zcopy", "abort", "copy"})
+AIO_IO = _io_types({"read", "write", "flush", "reset"})  # unmap/write_zeroes only with fallocate
 
 # ---- parameter decoding (spdk_json_decode_object) -----------------------------------------------------------------
 
@@ -170,7 +170,9 @@ class BaseBdev:
     driver: str  # "malloc" | "aio"
     block_size: int
     num_blocks: int
+    creation_time: str = ""
     filename: str | None = None
+    block_size_override: bool = False
     lvs_uuid: str | None = None
 
     @property
@@ -405,25 +407,30 @@ class Dispatcher:
 
     @staticmethod
     def _base_bdev_json(bdev: BaseBdev) -> dict[str, object]:
+        """rpc_dump_bdev_info's layout for a malloc or aio bdev (key order as SPDK writes it)."""
+        malloc = bdev.driver == "malloc"
         out: dict[str, object] = {
             "name": bdev.name,
             "aliases": [],
-            "product_name": "Malloc disk" if bdev.driver == "malloc" else "AIO disk",
+            "product_name": "Malloc disk" if malloc else "AIO disk",
             "block_size": bdev.block_size,
             "num_blocks": bdev.num_blocks,
             "uuid": bdev.uuid,
+            "creation_time": bdev.creation_time,
             "assigned_rate_limits": dict(RATE_LIMITS),
             "claimed": bdev.lvs_uuid is not None,
-            "zoned": False,
-            "supported_io_types": dict(MALLOC_IO if bdev.driver == "malloc" else AIO_IO),
-            "driver_specific": {},
         }
         if bdev.lvs_uuid is not None:
-            out["claim_type"] = "exclusive_write"
-            out["claimed"] = True
-        if bdev.driver == "aio":
-            out["driver_specific"] = {"aio": {"filename": bdev.filename, "block_size_override": False,
-                                              "readonly": False, "fallocate": False}}
+            out["claim_type"] = "exclusive_write"  # spdk_bs_bdev_claim: a v1 module claim
+        out["zoned"] = False
+        out["supported_io_types"] = dict(MALLOC_IO if malloc else AIO_IO)
+        if malloc:
+            out["memory_domains"] = [dict(d) for d in MEMORY_DOMAINS]
+            out["driver_specific"] = {}
+        else:
+            aio = {"filename": bdev.filename, "block_size_override": bdev.block_size_override,
+                   "readonly": False, "fallocate": False}
+            out["driver_specific"] = {"aio": aio}
         return out
 
     @staticmethod
@@ -499,10 +506,8 @@ class Dispatcher:
             ("dif_pi_format", U32, False),
         ))  # fmt: skip
         block_size, num_blocks = int(p["block_size"]), int(p["num_blocks"])  # type: ignore[call-overload]
-        if block_size % 512:
-            raise RpcFault(-errno.EINVAL, f"Data block size {block_size} is not a multiple of 512")
-        if num_blocks == 0:
-            raise _fault(errno.EINVAL)
+        if num_blocks == 0 or block_size == 0 or block_size % 512:
+            raise _fault(errno.EINVAL)  # create_malloc_disk
         name = p["name"] if p["name"] is not None else f"Malloc{self._malloc_count}"
         assert isinstance(name, str)
         if not name or self._name_taken(name):
@@ -510,7 +515,7 @@ class Dispatcher:
         self._malloc_count += 1
         uuid = str(p["uuid"]) if p["uuid"] is not None else self._new_uuid()
         self.bdevs[name] = BaseBdev(name=name, uuid=uuid, driver="malloc", block_size=block_size,
-                                    num_blocks=num_blocks)
+                                    num_blocks=num_blocks, creation_time=self._now())
         return name
 
     def _delete_base(self, name: str, driver: str) -> object:
@@ -546,7 +551,8 @@ class Dispatcher:
         except OSError as exc:
             raise _fault(exc.errno or errno.ENOENT) from None
         self.bdevs[name] = BaseBdev(name=name, uuid=self._new_uuid(), driver="aio", block_size=block_size,
-                                    num_blocks=size // block_size, filename=filename)
+                                    num_blocks=size // block_size, filename=filename, creation_time=self._now(),
+                                    block_size_override=p["block_size"] is not None)
         return name
 
     def _m_bdev_aio_rescan(self, params: object) -> object:
