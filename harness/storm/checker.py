@@ -93,6 +93,9 @@ class Checker:
         self.check_busy_delete = check_busy_delete
         self.copy_dst_bytes = copy_dst_bytes
         self.findings: list[Finding] = []
+        self._seen: set[tuple[Any, ...]] = set()
+        self.repeats: dict[tuple[Any, ...], int] = {}
+        self.space_margin = 0
         self.races = 0
         self.judged = 0
         self.model: LvolStore | None = None
@@ -158,7 +161,20 @@ class Checker:
         self.model.name = name
 
     def add(self, finding: Finding) -> None:
+        """Keep the first finding of each kind and method (with the same outcome); count the repeats."""
+        op = finding.op or {}
+        err = op.get("error") or {}
+        key = (finding.kind, op.get("method"), err.get("errno") if err else "ok") if op else (
+            finding.kind, finding.message)
+        if key in self._seen:
+            self.repeats[key] = self.repeats.get(key, 0) + 1
+            return
+        self._seen.add(key)
         self.findings.append(finding)
+
+    @property
+    def repeat_count(self) -> int:
+        return sum(self.repeats.values())
 
     # -- keys and groups --------------------------------------------------------------------------------
 
@@ -253,6 +269,8 @@ class Checker:
 
     def on_reply(self, op: Op) -> None:
         self._unregister(op)
+        if op.group is None and op.ok and op.method in CREATES and isinstance(op.result, str):
+            op.keys = (*op.keys, op.result)
         if op.method in ("bdev_lvol_register_snapshot_checksum", "bdev_lvol_start_shallow_copy"):
             for k in op.keys:
                 self._busy_until[k] = time.monotonic() + BUSY_LINGER_S
@@ -391,10 +409,15 @@ class Checker:
 
     def _judge_exact(self, op: Op) -> None:
         self.judged += 1
+        free_before = self.model.free_clusters
         expected, value = self._apply(op)
         actual = op.outcome
         if expected != actual:
             self._taint(op)
+            if "ENOSPC" in (expected, actual) and free_before <= self.space_margin:
+                # Allocations in other trees overlapped this one: near full, who got the space is a race.
+                self.races += 1
+                return
             self.add(Finding("unexpected-reply",
                              f"{op.describe()}: the model expects {expected}"
                              f"{self._context(op)}", op.record()))
@@ -436,26 +459,43 @@ class Checker:
         return ""
 
     def _taint(self, op: Op) -> None:
-        self._tainted.update(op.keys)
+        self._taint_trees([op])
+
+    def _taint_trees(self, ops: list[Op]) -> None:
+        """Taint the ops' keys and every lvol in their trees as the view sees them now (bounded walk)."""
+        view = self.view
+        todo = [k for o in ops for k in o.keys]
+        seen = self._tainted
+        budget = 256
+        while todo and budget > 0:
+            k = todo.pop()
+            budget -= 1
+            if k in seen:
+                continue
+            seen.add(k)
+            node = view.nodes.get(k)
+            if node is not None:
+                todo.extend(node.children)
+                if node.parent is not None:
+                    todo.append(node.parent)
 
     # -- groups -----------------------------------------------------------------------------------------
 
     def _checkpoint(self) -> Any:
+        """The model's state as shallow copies of its containers and of each blob's fields (no deepcopy)."""
         model = self.model
-        objs = {bid: (lv, dict(vars(lv)), dict(lv.clones), dict(lv.xattrs)) for bid, lv in model.blobs.items()}
-        return (model._free, model._next_blob, dict(model.blobs), dict(model._by_name), dict(model._by_uuid),
-                objs, model.leaked_by_fault)
+        top = {k: (v.copy() if isinstance(v, dict | list | set) else v) for k, v in vars(model).items()}
+        objs = [(lv, {k: (v.copy() if isinstance(v, dict | list | set) else v) for k, v in vars(lv).items()})
+                for lv in model.blobs.values()]
+        return top, objs
 
     def _restore(self, cp: Any) -> None:
+        top, objs = cp
         model = self.model
-        free, next_blob, blobs, by_name, by_uuid, objs, leaked = cp
-        model._free, model._next_blob, model.leaked_by_fault = free, next_blob, leaked
-        model.blobs, model._by_name, model._by_uuid = dict(blobs), dict(by_name), dict(by_uuid)
-        for lv, state, clones, xattrs in objs.values():
-            lv.__dict__.update(state)
-            lv.clones = dict(clones)
-            lv.xattrs = dict(xattrs)
-        model.jobs = []
+        model.__dict__.update({k: (v.copy() if isinstance(v, dict | list | set) else v) for k, v in top.items()})
+        for lv, state in objs:
+            lv.__dict__.update({k: (v.copy() if isinstance(v, dict | list | set) else v)
+                                for k, v in state.items()})
 
     def _try_order(self, ops: list[Op]) -> list[Op]:
         """Apply successes greedily in this order, retrying refused ones after each success; the leftovers."""
@@ -471,6 +511,16 @@ class Checker:
         return pending
 
     def _judge_group(self, members: list[Op]) -> None:
+        # Who got the last free clusters among overlapping allocations is a race the model cannot see
+        # (allocations in different trees do not share keys): space is not judged inside a group.
+        bump = self.model.total_data_clusters * 4
+        self.model._free += bump
+        try:
+            self._judge_group_ops(members)
+        finally:
+            self.model._free -= bump
+
+    def _judge_group_ops(self, members: list[Op]) -> None:
         ops = [o for o in members if o.done]
         self.judged += len(ops)
         failed = [o for o in ops if not o.ok]
@@ -482,15 +532,13 @@ class Checker:
         if len(writes) == 1:
             expected, _ = self._apply(writes[0])
             if expected != "ok":
-                for o in ops:
-                    self._tainted.update(o.keys)
+                self._taint_trees(ops)
                 if not lenient:
                     self._no_order(writes[0], ops, expected)
             return
         # Two or more writes overlapped: which order the target chose is not known for sure, so the trees
         # they touched are judged leniently until the next quiesce point re-reads them.
-        for o in ops:
-            self._tainted.update(o.keys)
+        self._taint_trees(ops)
         # The checkpoint holds the blob dicts: cost scales with the store, so it is only taken for groups
         # with two or more successful writes (the only case where order matters).
         cp = self._checkpoint()

@@ -15,6 +15,7 @@ import random
 import signal
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -174,7 +175,10 @@ class Storm:
             mix.pop("bdev_lvol_start_shallow_copy")
         self.sched.lvs_name = self.lvs_name
         self.sched.copy_dst = self.copy_dst
-        self.checker = Checker(self.view, self.lvs, check_busy_delete=cfg.check_busy_delete)
+        self.checker = Checker(self.view, self.lvs, check_busy_delete=cfg.check_busy_delete,
+                               copy_dst_bytes=cfg.lvol_size_mib[1] * 1024 * 1024)
+        hi_clusters = -(-cfg.lvol_size_mib[1] * 1024 * 1024 // self.lvs.cluster_size)
+        self.checker.space_margin = 2 * hi_clusters * cfg.workers * cfg.depth
         await self._resync(initial=True)
         self.result.free_clusters_start = self.lvs.free_clusters if not self.view.nodes else None
         if self.view.nodes:
@@ -257,7 +261,9 @@ class Storm:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
-                    self.result.notes.append(f"lane failed: {type(exc).__name__}: {exc}")
+                    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+                    at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+                    self.result.notes.append(f"lane failed: {type(exc).__name__}: {exc}{at}")
             if self.progress is not None:
                 self.progress.close()
         self.result.wall_s = time.monotonic() - self.t0
@@ -518,6 +524,8 @@ class Storm:
         res.errors_by_errno = dict(self.errors_by_errno)
         res.findings = list(checker.findings)
         res.races = checker.races
+        if checker.repeat_count:
+            res.notes.append(f"{checker.repeat_count} repeats of the findings above were not listed again")
         res.ops_per_s = res.ops / res.wall_s if res.wall_s > 0 else 0.0
         res.lvols_live = len(self.view.nodes)
 
@@ -624,6 +632,15 @@ class _Episode:
     def size_mib(self) -> int:
         lo, hi = self.storm.cfg.lvol_size_mib
         return self.rng.randint(lo, hi)
+
+    def busy_size_mib(self) -> int:
+        """Big enough that a checksum outlasts a few calls (> 64 clusters), small enough for two copies to
+        fit in a fifth of the lvstore each."""
+        lvs = self.storm.lvs
+        assert lvs is not None
+        mib_per_cluster = max(1, lvs.cluster_size // (1024 * 1024))
+        fifth = lvs.total_data_clusters * mib_per_cluster // 10
+        return max(self.storm.cfg.lvol_size_mib[1], min(256, fifth))
 
     def has(self, method: str) -> bool:
         return method not in OPTIONAL_METHODS or method in self.storm.capabilities

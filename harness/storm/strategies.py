@@ -28,6 +28,8 @@ class EpisodeContext(Protocol):
 
     def size_mib(self) -> int: ...
 
+    def busy_size_mib(self) -> int: ...
+
     def has(self, method: str) -> bool: ...
 
     async def do(self, method: str, params: dict[str, Any], *, peer: bool = False) -> Op: ...
@@ -181,29 +183,46 @@ async def purge_chain(ctx: EpisodeContext) -> None:
 
 async def busy_delete(ctx: EpisodeContext) -> None:
     """Make a snapshot busy (checksum or shallow copy) on one connection, delete it from another, then delete
-    its child and its parent: the sequence that exposes SPDK's forced removal of a busy lvol."""
-    lvol = await _create(ctx, thin=False)
+    its child and its parent: the sequence that exposes SPDK's forced removal of a busy lvol.
+
+    The busy snapshot S needs its own clusters (so the job outlasts a few calls) and a parent X, built
+    without I/O: thick L -> snapshot P -> decouple L (L keeps P's clusters, stays thin) -> set_parent(L, X)
+    -> snapshot S of L (S takes L's clusters, under X)."""
+    big = ctx.busy_size_mib()
+    lvol = await _create(ctx, thin=False, size=big)
     if not lvol.ok:
         return
-    parent = await _snapshot(ctx, lvol.result)
+    made = [lvol]
+    p = await _snapshot(ctx, lvol.result)
+    made.append(p)
+    other = await _create(ctx, thin=True, size=big)
+    made.append(other)
+    x = await _snapshot(ctx, other.result) if other.ok else other
+    made.append(x)
+    if not (p.ok and x.ok):
+        await ctx.cleanup(_uuids(*made))
+        return
+    await ctx.do("bdev_lvol_decouple_parent", {"name": lvol.result})
+    await ctx.do("bdev_lvol_set_parent", {"lvol_name": lvol.result, "parent_name": x.result})
+    await ctx.do("bdev_lvol_delete", {"name": other.result})
     snap = await _snapshot(ctx, lvol.result)
-    if not (parent.ok and snap.ok):
-        await ctx.cleanup(_uuids(lvol, snap, parent))
+    made.append(snap)
+    if not snap.ok:
+        await ctx.cleanup(_uuids(*made))
         return
     use_copy = ctx.has("bdev_lvol_start_shallow_copy") and ctx.copy_dst and ctx.rng.random() < 0.3
     if use_copy:
         busy = ctx.do("bdev_lvol_start_shallow_copy", {"src_lvol_name": snap.result,
-                                                               "dst_bdev_name": ctx.copy_dst},
-                      peer=True)
+                                                       "dst_bdev_name": ctx.copy_dst}, peer=True)
     elif ctx.has("bdev_lvol_register_snapshot_checksum"):
         busy = ctx.do("bdev_lvol_register_snapshot_checksum", {"name": snap.result}, peer=True)
     else:
-        await ctx.cleanup(_uuids(lvol, snap, parent))
+        await ctx.cleanup(_uuids(*made))
         return
     await _race(busy, ctx.do("bdev_lvol_delete", {"name": snap.result}))
     await ctx.do("bdev_lvol_delete", {"name": lvol.result})
-    await ctx.do("bdev_lvol_delete", {"name": parent.result})
-    await ctx.cleanup(_uuids(snap, parent))
+    await ctx.do("bdev_lvol_delete", {"name": x.result})
+    await ctx.cleanup(_uuids(snap, x, p, other, lvol))
 
 
 async def clone_fanout_delete(ctx: EpisodeContext) -> None:
