@@ -6,6 +6,7 @@ Each section's schema lives with its concept (target, bdev, storm); this module 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,18 @@ def _format_validation(source: str, exc: ValidationError, data: dict[str, Any]) 
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             lines.append(f"{source}: {path}: unknown field (check its spelling; see profiles/smoke.yaml)")
+            continue
+        if err["type"] == "value_error":
+            # Our own validators say "field: what is wrong, got X"; fold the field into the path.
+            m = re.match(r"^([\w.\[\]-]+): (.*)$", msg, re.S)
+            if m:
+                field = m.group(1)
+                if path == "(top level)":
+                    path = field
+                elif not (path == field or path.endswith("." + field)):
+                    path = f"{path}.{field}"
+                msg = m.group(2)
+            lines.append(f"{source}: {path}: {msg}")
             continue
         got = err.get("input")
         got_text = "" if err["type"] == "missing" else f", got {got!r}"

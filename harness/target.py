@@ -316,8 +316,11 @@ class Target:
             self.info.exit = describe_returncode(rc)
 
     def _release(self) -> None:
-        if self.host.exists(self.sock_path) and not self.alive():
-            self.host.remove(self.sock_path)
+        if not self.alive():
+            # A target that died cannot remove its socket, nor the `<socket>.lock` SPDK takes beside it.
+            for path in (self.sock_path, self.sock_path + ".lock"):
+                if self.host.exists(path):
+                    self.host.remove(path)
         if self.hugepages is not None:
             self.hugepages.release()
             self.hugepages = None
