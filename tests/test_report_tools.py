@@ -100,3 +100,37 @@ def test_locate_file_prefers_recorded_maps() -> None:
     assert locate_file(static, [], ["/usr/local/bin/spdk_tgt"]) == ("/usr/local/bin/spdk_tgt", 0x4DE88)
     missing = symbolize(LocalHost(), "/nonexistent/spdk_tgt", 0x4DE88)
     assert missing.symbol is None and missing.hint is not None and "no longer exists" in missing.hint
+
+
+class FakeProcSys(LocalHost):
+    """A remote-like host whose core_pattern lives in memory, so restore rules are tested without touching ours."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__("fake")
+        self.value = value
+
+    @property
+    def is_local(self) -> bool:
+        return False
+
+    def run(self, argv, **kw):  # type: ignore[no-untyped-def, override]
+        if argv == ["cat", CORE_PATTERN]:
+            return CommandResult("cat", 0, self.value + "\n", "")
+        if isinstance(argv, list) and argv[:2] == ["sh", "-c"] and CORE_PATTERN in argv[2]:
+            import shlex
+
+            self.value = shlex.split(argv[2])[2]
+            return CommandResult(argv[2], 0, "", "")
+        return super().run(argv, **kw)
+
+
+def test_core_pattern_restored_only_while_ours(tmp_path: Path) -> None:
+    host = FakeProcSys("|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h")
+    with CorePattern(host, str(tmp_path / "a")) as a:
+        assert a.active and host.value == f"{tmp_path}/a/core.%p.%e" and a.still_ours()
+    assert host.value.startswith("|/usr/lib/systemd/systemd-coredump")
+    with CorePattern(host, str(tmp_path / "b")) as b:
+        host.value = "/elsewhere/core.%p"  # another run took over the machine-wide setting
+        assert not b.still_ours()
+    assert host.value == "/elsewhere/core.%p", "must not pull the pattern from under another run"
+    assert b.reason is not None and "someone else" in b.reason

@@ -73,10 +73,21 @@ class CorePattern:
         return self
 
     def _restore(self) -> None:
-        if self.previous is not None and self._read() != self.previous:
-            error = self._write(self.previous)
-            if error is not None:
-                raise OSError(f"could not restore {CORE_PATTERN} to '{self.previous}': {error}")
+        """Put the previous value back, but only while the pattern is still ours: if another run changed it
+        meanwhile, that run is using it now (the setting is machine-wide; SPDK CI runs one job per machine)."""
+        current = self._read()
+        if self.previous is None or current == self.previous:
+            return
+        if current != self.pattern:
+            self.reason = f"{CORE_PATTERN} was changed to '{current}' by someone else during the run; left as is"
+            return
+        error = self._write(self.previous)
+        if error is not None:
+            raise OSError(f"could not restore {CORE_PATTERN} to '{self.previous}': {error}")
+
+    def still_ours(self) -> bool:
+        """False when another run changed the machine-wide pattern after we set it (cores then go there)."""
+        return self.active and self._read() == self.pattern
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

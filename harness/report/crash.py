@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.hosts.base import Host
 from harness.report.backtrace import Backtrace, parse_gdb_backtrace
-from harness.report.core import CorePattern, compress_core, gdb_backtrace
+from harness.report.core import CORE_PATTERN, CorePattern, compress_core, gdb_backtrace
 from harness.report.reproducer import SPDK_RPC_NOTE, last_operations, reproducer_script
 from harness.report.symbolize import Symbolization, locate_file, symbolize
 from harness.report.title import crash_title, primary_evidence, title_slug
@@ -91,8 +91,10 @@ class CrashReport:
         else:
             found = cores.find_core(int(pid), timeout=10.0 if _died_by_signal(evidence) else 1.0)
             if found is None:
+                changed = "" if cores.still_ours() else (
+                    f"; {CORE_PATTERN} no longer points there: another run changed it")
                 report_notes.append(f"core: no core for pid {pid} in {cores.core_dir} (ulimit -c 0 for the "
-                                    "target? spawn it with core_unlimited=True)")
+                                    f"target? spawn it with core_unlimited=True){changed}")
             else:
                 backtrace_text, how = gdb_backtrace(host, executable, found)
                 if backtrace_text is None or "#0" not in backtrace_text:

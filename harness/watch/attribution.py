@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -143,25 +144,39 @@ class TargetIdentity:
             return Verdict(True, f"tid {fault.tid} belongs to the target (Tgid {tgid})")
         if tgid is not None:
             return Verdict(False, f"tid {fault.tid} belongs to pid {tgid}, not the target ({self.pid})")
-        if fault.mapping and fault.ip is not None:
-            hit = next((m for m in maps if m.basename == fault.mapping and m.contains(fault.ip)), None)
+        if fault.ip is not None and maps:
+            hit = next((m for m in maps if m.contains(fault.ip)), None)
             if hit is not None:
-                return Verdict(None, f"ip {fault.ip:#x} is in the target's mapping of {hit.path}")
-            if fault.map_base is not None and fault.mapping in self._file_names() and any(
-                m.basename == fault.mapping and m.start == fault.map_base for m in maps
-            ):
-                return Verdict(None, f"{fault.mapping} at {fault.map_base:#x} is the target's binary")
+                if fault.mapping is None or hit.basename == fault.mapping:
+                    return Verdict(None, f"ip {fault.ip:#x} is in the target's mapping of {hit.path}")
+                return Verdict(False, f"ip {fault.ip:#x} is in {fault.mapping}, but the target has {hit.path} there")
+            if fault.mapping is not None:
+                # Libraries land at random addresses in every process: another process faulted.
+                return Verdict(False, f"ip {fault.ip:#x} in {fault.mapping} is outside every executable mapping "
+                                      f"of the target")
+        elif fault.mapping and fault.mapping in self._file_names():
+            return Verdict(None, f"{fault.mapping} is the target's binary (its mappings were not recorded)")
         if SPDK_THREAD_NAMES.match(fault.comm):
             return Verdict(None, f"comm {fault.comm} is an SPDK thread name")
         return Verdict(False, f"{fault.comm}[{fault.tid}] is not a thread of the target and faulted outside it")
 
 
 def confirm_by_death(
-    verdict: Verdict, died: Callable[[float], bool], grace_s: float
+    verdict: Verdict, died: Callable[[float], bool], grace_s: float, *,
+    fault_signal: str | None = None, exit_rc: Callable[[], int | None] = lambda: None,
 ) -> Verdict:
-    """Settle an undecided verdict: a fatal fault in the target kills it, so it must die within `grace_s`."""
+    """Settle an undecided verdict: a fatal fault in the target kills it, so it must die within `grace_s`,
+    and by the fault's signal when its exit code is known (a SIGABRT death is not this SIGSEGV line's)."""
     if verdict.ours is not None:
         return verdict
-    if died(grace_s):
-        return Verdict(True, f"{verdict.reason}, and the target died at that moment")
-    return Verdict(False, f"{verdict.reason}, but the target lived on for {grace_s:g} s: not its fault")
+    if not died(grace_s):
+        return Verdict(False, f"{verdict.reason}, but the target lived on for {grace_s:g} s: not its fault")
+    rc = exit_rc()
+    if rc is not None and fault_signal is not None:
+        try:
+            expected = -int(signal.Signals[fault_signal])
+        except KeyError:
+            expected = None
+        if expected is not None and rc != expected:
+            return Verdict(False, f"{verdict.reason}, but the target died of {rc}, not {fault_signal}")
+    return Verdict(True, f"{verdict.reason}, and the target died at that moment")

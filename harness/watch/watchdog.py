@@ -153,7 +153,17 @@ class Watchdog:
         if self.kernel is not None and self.kernel.source != "none" and self.process.exit_rc in _KERNEL_SIGNALS:
             while left() > 0 and not any(ev.kind in {"fault", "oom"} for ev in self.evidence):
                 time.sleep(0.01)
-        time.sleep(min(0.1, left()))  # a `Code:` line, the last target log lines
+        if self.target_log is not None:
+            # the follower (tail -F) may lag the death by a few ms: wait for the log to go quiet, and for
+            # the message a SIGABRT death printed
+            quiet_since = time.time()
+            while left() > 0:
+                last = self.target_log.last_line_at or 0.0
+                want_abort = self.process.exit_rc == -6 and not any(ev.kind == "abort" for ev in self.evidence)
+                if time.time() - max(last, quiet_since) >= (1.0 if want_abort else 0.2):
+                    break
+                time.sleep(0.02)
+        time.sleep(min(0.05, left()))  # a `Code:` line
         kernel = self.kernel.lines()[-50:] if self.kernel is not None else []
         tail = self.target_log.tail(100) if self.target_log is not None else []
         with self._lock:
@@ -176,6 +186,8 @@ class Watchdog:
     # --- evidence ---------------------------------------------------------------------------------
 
     def _add(self, ev: CrashEvidence) -> None:
+        if self._stopped:
+            return  # a late verdict or line after a deliberate stop is no crash
         ev.maps = self.identity.snapshot_maps()
         if self.kernel is not None:
             ev.kernel_lines = self.kernel.lines()[-50:]
@@ -215,7 +227,13 @@ class Watchdog:
         self._judged(fault, verdict)
 
     def _settle(self, fault: UserFault, verdict: Verdict) -> None:
-        self._judged(fault, confirm_by_death(verdict, self.process.wait_exit, self.death_grace_s))
+        def exit_rc() -> int | None:
+            # the exit code follows the death by a few ms (pidfd, then waitpid)
+            self.process.exited.wait(0.5)
+            return self.process.exit_rc
+
+        self._judged(fault, confirm_by_death(verdict, self.process.wait_exit, self.death_grace_s,
+                                             fault_signal=fault.signal, exit_rc=exit_rc))
 
     def _judged(self, fault: UserFault, verdict: Verdict) -> None:
         if not verdict.ours:
