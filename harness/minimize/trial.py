@@ -1,0 +1,131 @@
+"""`TargetTrials`: one try = a fresh target, a watchdog, the plan replayed, the crash title (or survival).
+
+Every try starts its own target in its own work directory (a fresh log, so the previous try's lines can never
+count as this one's evidence) and titles the death with the same `CrashReport` code a storm run uses, so a
+title from a try compares equal to the title in crash.json. The reference target starts in a fraction of a
+second, so hundreds of tries fit a minimization budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.errors import TargetError
+from harness.history import History
+from harness.hosts.base import Host
+from harness.minimize.config import MinimizeConfig
+from harness.minimize.plan import ReplayPlan
+from harness.minimize.replayer import ReplayOutcome, replay_plan_sync
+from harness.minimize.search import TrialResult
+from harness.report.core import CorePattern
+from harness.report.crash import CrashReport
+from harness.rpc.errors import RpcConnectError
+from harness.rpc.sync import SyncRpc
+from harness.target import Target, TargetConfig
+from harness.watch.watchdog import Watchdog
+
+DEFAULT_HANG_AFTER_S = 30.0
+
+
+class TargetTrials:
+    """Runs plans against fresh targets on `host`; `last` keeps the newest try's details for reports."""
+
+    def __init__(
+        self,
+        host: Host,
+        target_config: TargetConfig,
+        config: MinimizeConfig,
+        *,
+        work_root: str | None = None,
+        cores: CorePattern | None = None,
+        kernel_log: bool = True,
+        hang_after_s: float = DEFAULT_HANG_AFTER_S,
+        history_path: Callable[[int], Path | None] | None = None,
+    ) -> None:
+        self.host = host
+        self.target_config = target_config
+        self.config = config
+        # Short and private: the socket path must fit AF_UNIX's 107 bytes wherever the crash dir lives.
+        self.work_root = work_root or tempfile.mkdtemp(prefix="lvs-min-")
+        self.cores = cores
+        self.kernel_log = kernel_log
+        self.hang_after_s = hang_after_s
+        self.history_path = history_path
+        self._count = itertools.count(1)
+        self.count = 0
+        self.last_outcome: ReplayOutcome | None = None
+        self.last_target_log: str = ""
+
+    def run(self, plan: ReplayPlan) -> TrialResult:
+        n = self.count = next(self._count)
+        work_dir = f"{self.work_root}/t{n}"
+        t0 = time.monotonic()
+        target = Target(self.host, self.target_config, work_dir, announce=lambda _msg: None)
+        target.start()
+        assert target.process is not None
+        info = target.info
+        watchdog = Watchdog(
+            self.host, pid=target.process.pid, log_path=target.log_path,
+            binary_paths=[info.binary] if info.binary else [], probe=self._probe(target),
+            hang_after_s=self.hang_after_s, kmsg=self.kernel_log, process=target.process,
+        ).start()
+        hist_path = self.history_path(n) if self.history_path else None
+        history = History(hist_path) if hist_path is not None else None
+        title: str | None = None
+        detail = ""
+        try:
+            try:
+                outcome = replay_plan_sync(self.host, target.sock_path, plan, history=history,
+                                           op_timeout_s=self.config.op_timeout_s, crashed=watchdog.crashed)
+            except RpcConnectError as exc:
+                outcome = ReplayOutcome(lost=str(exc))
+            self.last_outcome = outcome
+            if not watchdog.crashed.is_set():
+                # A death may follow the last reply (or the target may be dying as it closed our socket).
+                watchdog.wait(self.config.settle_s if target.alive() else watchdog.death_grace_s + 1.0)
+            if watchdog.crashed.is_set():
+                evidence = watchdog.settle(5.0)
+                report = CrashReport.build(
+                    evidence, self.host, work_dir, [],
+                    {**info.to_dict(), "pid": info.pid, "executable": info.binary or None},
+                    cores=self.cores, binary_paths=[info.binary] if info.binary else [],
+                )
+                title = report.title
+            detail = (f"{len(outcome.answers)} of {len(plan)} operations answered"
+                      + (f"; connection lost: {outcome.lost}" if outcome.lost else "")
+                      + ("; a call timed out" if outcome.timed_out else ""))
+            return TrialResult(title, time.monotonic() - t0, len(outcome.answers), detail)
+        finally:
+            if history is not None:
+                history.close()
+            watchdog.stop()
+            try:
+                target.stop()
+            except TargetError:
+                pass
+            self.last_target_log = target.log_tail(30)
+            self.host.run(["rm", "-rf", work_dir], timeout=30)
+
+    def _probe(self, target: Target) -> Callable[[], bool]:
+        """The hang probe a storm run uses: `spdk_get_version` on a connection of its own."""
+        held: list[SyncRpc] = []
+
+        def probe() -> bool:
+            try:
+                if not held:
+                    held.append(SyncRpc(self.host, target.sock_path, timeout=5.0, connect_timeout=2.0))
+                held[0].call("spdk_get_version")
+                return True
+            except Exception:
+                if held:
+                    held.pop().close()
+                return False
+
+        return probe
+
+    def close(self) -> None:
+        self.host.run(["rm", "-rf", self.work_root], timeout=30)

@@ -1,0 +1,416 @@
+"""ddmin, the dependency closure, in-flight groups and the whole search, on synthetic histories.
+
+The histories are recorded from the reference target's own dispatcher (in process, no sockets), so results and
+UUIDs are real; the runners replay plans onto a fresh dispatcher with random UUIDs, so remapping matters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from harness.minimize.config import MinimizeConfig
+from harness.minimize.ddmin import Budget, BudgetExhausted, CachedTest, ddmin
+from harness.minimize.deps import Dependencies, produces, references
+from harness.minimize.operations import Operation, assign_in_flight_groups, before, groups_of
+from harness.minimize.plan import ReplayPlan, grouped_plan, plan_from_operations, serial_plan
+from harness.minimize.remap import Remap
+from harness.minimize.search import TrialResult, search, windows
+from harness.sim.methods import Dispatcher
+from harness.sim.protocol import RpcFault, SimulatedCrash
+
+pytestmark = pytest.mark.timeout(60)
+
+SEGV_TITLE = "SIGSEGV at 0x8 (fake)"
+LVS = "lvs0"
+
+
+# ---- a recorder and a runner around the in-process reference target ---------------------------------------
+
+
+class Recorder:
+    """Sends calls to an in-process Dispatcher and writes history records the way `History` does."""
+
+    def __init__(self, faults: frozenset[str] = frozenset({"forced-removal"})) -> None:
+        self.d = Dispatcher(faults=faults, seed=3)
+        self.t = 1000.0
+        self.records: list[dict[str, Any]] = []
+        self.seq: dict[int, itertools.count[int]] = {}
+        self.crashed_at: float | None = None
+
+    def call(self, worker: int, method: str, params: dict[str, Any] | None, *, conn: int | None = None,
+             t_start: float | None = None, t_end: float | None = None) -> Any:
+        start = self.t if t_start is None else t_start
+        end = start + 0.5 if t_end is None else t_end
+        if t_start is None:
+            self.t += 1.0
+        rec: dict[str, Any] = {"v": 1, "worker": worker, "conn": worker if conn is None else conn,
+                               "seq": next(self.seq.setdefault(worker, itertools.count(1))), "method": method,
+                               "params": params, "t_start": start, "t_end": end}
+        result: Any = None
+        try:
+            if self.crashed_at is not None:
+                raise SimulatedCrash("segv")
+            result = self.d.handle(method, params)
+            rec["result"] = result
+        except RpcFault as exc:
+            rec["error"] = {"code": exc.code, "message": exc.message, "errno": None}
+        except SimulatedCrash:
+            rec["error"] = {"code": None, "message": "connection lost", "errno": "ECONNRESET"}
+            if self.crashed_at is None:
+                self.crashed_at = end
+        self.records.append(rec)
+        return result
+
+    def ops(self) -> list[Operation]:
+        ops = [Operation.from_record(i, r) for i, r in enumerate(self.records)]
+        return assign_in_flight_groups(ops)
+
+
+def setup(rec: Recorder) -> None:
+    rec.call(-1, "bdev_malloc_create", {"name": "Malloc0", "num_blocks": 512 * 256, "block_size": 4096})
+    rec.call(-1, "bdev_lvol_create_lvstore", {"bdev_name": "Malloc0", "lvs_name": LVS, "cluster_sz": 1 << 20})
+
+
+def busy_delete_crash(rec: Recorder, worker: int, noise: Callable[[], None] = lambda: None) -> list[int]:
+    """The 8 calls that crash the forced-removal target, with `noise` between them; returns their positions."""
+    positions = []
+
+    def call(method: str, params: dict[str, Any]) -> Any:
+        positions.append(len(rec.records))
+        out = rec.call(worker, method, params)
+        noise()
+        return out
+
+    a = call("bdev_lvol_create", {"lvs_name": LVS, "lvol_name": "big", "size_in_mib": 200})
+    p = call("bdev_lvol_snapshot", {"lvol_name": a, "snapshot_name": "P"})
+    call("bdev_lvol_decouple_parent", {"name": f"{LVS}/big"})
+    call("bdev_lvol_set_parent", {"lvol_name": a, "parent_name": p})
+    x = call("bdev_lvol_snapshot", {"lvol_name": f"{LVS}/big", "snapshot_name": "X"})
+    call("bdev_lvol_register_snapshot_checksum", {"name": x})
+    call("bdev_lvol_delete", {"name": x})
+    call("bdev_lvol_delete", {"name": f"{LVS}/P"})
+    return positions
+
+
+class Noise:
+    """Other workers doing ordinary work (creates, snapshots, reads, deletes) between the crash's calls."""
+
+    def __init__(self, rec: Recorder, workers: tuple[int, ...] = (1, 2, 3), seed: int = 5) -> None:
+        self.rec = rec
+        self.workers = workers
+        self.rng = random.Random(seed)
+        self.n = 0
+        self.live: dict[int, list[str]] = {w: [] for w in workers}
+
+    def __call__(self) -> None:
+        for _ in range(self.rng.randint(1, 3)):
+            w = self.rng.choice(self.workers)
+            self.n += 1
+            mine = self.live[w]
+            roll = self.rng.random()
+            if roll < 0.35 or not mine:
+                uuid = self.rec.call(w, "bdev_lvol_create", {"lvs_name": LVS, "lvol_name": f"n{w}_{self.n}",
+                                                              "size_in_mib": 4, "thin_provision": True})
+                if isinstance(uuid, str):
+                    mine.append(uuid)
+            elif roll < 0.55:
+                snap = self.rec.call(w, "bdev_lvol_snapshot", {"lvol_name": self.rng.choice(mine),
+                                                                "snapshot_name": f"s{w}_{self.n}"})
+                if isinstance(snap, str):
+                    mine.append(snap)
+            elif roll < 0.8:
+                self.rec.call(w, "bdev_get_bdevs", {"name": self.rng.choice(mine)})
+            else:
+                self.rec.call(w, "bdev_lvol_delete", {"name": mine.pop(self.rng.randrange(len(mine)))})
+
+
+class DispatcherRunner:
+    """Replays a plan onto a fresh in-process target with random UUIDs; steps run in order, calls in order."""
+
+    def __init__(self, faults: frozenset[str] = frozenset({"forced-removal"}),
+                 crash_if: Callable[[ReplayPlan], str | None] | None = None) -> None:
+        self.faults = faults
+        self.crash_if = crash_if
+        self.runs = 0
+        self.plans: list[ReplayPlan] = []
+
+    def run(self, plan: ReplayPlan) -> TrialResult:
+        self.runs += 1
+        self.plans.append(plan)
+        d = Dispatcher(faults=self.faults)
+        remap = Remap()
+        for step in plan.steps:
+            for op in step:
+                try:
+                    result = d.handle(op.method, remap.apply(op.params))
+                except RpcFault:
+                    continue
+                except SimulatedCrash as crash:
+                    return TrialResult(SEGV_TITLE if crash.kind == "segv" else f"{crash.kind} (fake)")
+                if op.ok:
+                    remap.learn(op.result, result)
+        if self.crash_if is not None:
+            return TrialResult(self.crash_if(plan))
+        return TrialResult(None)
+
+
+def fast_config(**kw: Any) -> MinimizeConfig:
+    return MinimizeConfig(**{"budget_s": 50.0, "max_tries": 2000, **kw})
+
+
+# ---- deps ---------------------------------------------------------------------------------------------------
+
+
+def op(i: int, method: str, params: Any, result: Any = True, error: Any = None, worker: int = 0,
+       t: float | None = None, t_end: float | None = None, conn: int | None = None) -> Operation:
+    start = float(i) if t is None else t
+    return Operation(i, worker, worker if conn is None else conn, i, method, params, start,
+                     start + 0.5 if t_end is None else t_end, result, error)
+
+
+def test_references_and_products_follow_spdk_param_names() -> None:
+    create = op(0, "bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "A", "size_in_mib": 4}, "u-1")
+    assert produces(create) == {"u-1", "A", "lvs0/A"}
+    assert references(create) == {"lvs0"}  # the new name is not a reference
+    snap = op(1, "bdev_lvol_snapshot", {"lvol_name": "lvs0/A", "snapshot_name": "S"}, "u-2")
+    assert references(snap) == {"lvs0/A", "lvs0", "A"} and produces(snap) == {"u-2", "S"}
+    refused = op(2, "bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "B", "size_in_mib": 4}, None,
+                 {"code": -17, "message": "File exists", "errno": "EEXIST"})
+    assert produces(refused) == set()
+    copy = op(3, "bdev_lvol_start_shallow_copy", {"src_lvol_name": "u-2", "dst_bdev_name": "D"},
+              {"operation_id": 7})
+    check = op(4, "bdev_lvol_check_shallow_copy", {"operation_id": 7}, {"state": "complete"})
+    assert "#7" in produces(copy) and references(check) == {"#7"}
+
+
+def test_closure_keeps_creates_renames_and_the_latest_producer() -> None:
+    ops = [
+        op(0, "bdev_lvol_create_lvstore", {"bdev_name": "M", "lvs_name": "lvs0"}, "lvs-u"),
+        op(1, "bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "A", "size_in_mib": 4}, "u-a1"),
+        op(2, "bdev_lvol_delete", {"name": "u-a1"}),
+        op(3, "bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "A", "size_in_mib": 4}, "u-a2"),
+        op(4, "bdev_lvol_rename", {"old_name": "lvs0/A", "new_name": "B"}),
+        op(5, "bdev_lvol_snapshot", {"lvol_name": "lvs0/B", "snapshot_name": "S"}, "u-s"),
+        op(6, "bdev_get_bdevs", {"name": "u-s"}, [{}]),
+        op(7, "bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "C", "size_in_mib": 4}, "u-c"),
+    ]
+    deps = Dependencies(ops)
+    assert deps.closure([6]) == [0, 3, 4, 5, 6]  # the second create of A (latest producer), not the first
+    assert deps.closure([2]) == [0, 1, 2]
+    assert deps.closure([7]) == [0, 7]
+    assert deps.direct(5) == frozenset({0, 4})
+
+
+# ---- in-flight groups and plans ---------------------------------------------------------------------------
+
+
+def test_in_flight_groups_need_a_common_instant_not_a_chain() -> None:
+    ops = [
+        op(0, "m", None, t=0.0, t_end=1.0, worker=0),
+        op(1, "m", None, t=0.2, t_end=0.6, worker=1),
+        op(2, "m", None, t=0.5, t_end=2.0, worker=2),   # overlaps 0 and 1: same instant 0.5
+        op(3, "m", None, t=0.8, t_end=3.0, worker=3),   # 1 ended at 0.6 before it started: new group
+        op(4, "m", None, t=1.5, t_end=2.5, worker=0),   # overlaps 3 (and 2): same group as 3
+        op(5, "m", None, t=3.5, t_end=4.0, worker=1),
+    ]
+    grouped = assign_in_flight_groups(ops)
+    assert [o.group for o in grouped] == [0, 0, 0, 1, 1, 2]
+    plan = grouped_plan(grouped)
+    assert [len(s) for s in plan.steps] == [3, 2, 1] and plan.concurrent_steps == 2
+    assert [len(s) for s in grouped_plan(grouped, frozenset({1})).steps] == [3, 1, 1, 1]
+    serial = serial_plan(grouped)
+    assert serial.mode == "serial" and [o.index for o in serial.ops] == [0, 1, 2, 3, 4, 5]
+    assert [[o.index for o in g] for g in groups_of(grouped)] == [[0, 1, 2], [3, 4], [5]]
+    # A run's history has no groups: they are derived from the times.
+    assert [len(s) for s in plan_from_operations(ops).steps] == [3, 2, 1]
+    assert before(ops, 1.5) == ops[:5]
+
+
+def test_pipelined_calls_on_one_connection_are_one_group() -> None:
+    ops = [op(i, "m", None, t=10.0 + i * 0.001, t_end=10.01, worker=4, conn=12) for i in range(5)]
+    ops.append(op(5, "m", None, t=10.02, t_end=10.03, worker=4, conn=12))
+    plan = grouped_plan(assign_in_flight_groups(ops))
+    assert [len(s) for s in plan.steps] == [5, 1]
+    assert {o.conn_key for o in plan.ops} == {(4, 12)}
+
+
+def test_remap_replaces_uuids_aliases_and_ids_without_touching_the_input() -> None:
+    remap = Remap()
+    remap.learn("old-u", "new-u")
+    remap.learn({"operation_id": 3}, {"operation_id": 0})
+    remap.learn(True, True)
+    params = {"name": "old-u", "alias": "lvs0/old-u", "operation_id": 3, "size_in_mib": 3, "list": ["old-u"]}
+    assert remap.apply(params) == {"name": "new-u", "alias": "lvs0/new-u", "operation_id": 0, "size_in_mib": 3,
+                                   "list": ["new-u"]}
+    assert params["name"] == "old-u"
+
+
+# ---- ddmin --------------------------------------------------------------------------------------------------
+
+
+def test_ddmin_finds_the_two_needed_items() -> None:
+    test = CachedTest(lambda c: {13, 71} <= set(c))
+    assert ddmin(list(range(100)), test) == [13, 71]
+    assert test.runs < 100
+
+
+def test_ddmin_keeps_what_kept_items_depend_on() -> None:
+    needs = {71: {40}, 40: {2}}
+
+    def closure(items: list[int]) -> list[int]:
+        out = set(items)
+        stack = list(items)
+        while stack:
+            for d in needs.get(stack.pop(), ()):
+                if d not in out:
+                    out.add(d)
+                    stack.append(d)
+        return sorted(out)
+
+    tried: list[list[int]] = []
+
+    def test(c: list[int]) -> bool:
+        tried.append(c)
+        return {13, 71} <= set(c)
+
+    assert ddmin(list(range(100)), CachedTest(test), closure=closure) == [2, 13, 40, 71]
+    assert all(set(closure(c)) == set(c) for c in tried)  # never a candidate missing a dependency
+
+
+def test_ddmin_stops_on_budget_with_a_passing_candidate() -> None:
+    budget = Budget(max_tries=10, seconds=60)
+
+    def test(c: list[int]) -> bool:
+        budget.spend()
+        return {13, 71} <= set(c)
+
+    out = ddmin(list(range(100)), test)
+    assert {13, 71} <= set(out) and len(out) < 100
+    assert budget.tries == 10 and budget.exhausted
+    with pytest.raises(BudgetExhausted):
+        budget.spend()
+
+
+def test_windows_grow_to_the_whole_history() -> None:
+    assert windows(10) == [10]
+    assert windows(1000) == [16, 64, 256, 1000]
+
+
+# ---- the whole search ------------------------------------------------------------------------------------
+
+
+def crashing_history(noise_workers: tuple[int, ...] = (1, 2, 3)) -> tuple[list[Operation], float, list[int]]:
+    rec = Recorder()
+    setup(rec)
+    noise = Noise(rec, noise_workers)
+    for _ in range(10):
+        noise()
+    positions = busy_delete_crash(rec, 0, noise)
+    assert rec.crashed_at is not None
+    for _ in range(5):
+        noise()  # after the crash: must be cut away
+    ops = rec.ops()
+    return before(ops, rec.crashed_at), rec.crashed_at, positions
+
+
+def test_search_cuts_a_noisy_history_to_the_crash_and_its_setup() -> None:
+    ops, _, positions = crashing_history()
+    assert len(ops) > 40
+    runner = DispatcherRunner()
+    progress: list[str] = []
+    out = search(ops, SEGV_TITLE, runner, fast_config(), progress=progress.append)
+    assert out.reproduced and out.stop_reason == "done"
+    kept = [o.index for o in out.plan.ops]
+    assert kept == [0, 1, *positions]  # malloc, lvstore, then exactly the 8 crash calls
+    assert out.plan.mode == "serial"
+    assert out.rate == (3, 3) and out.ops_before == len(ops) and out.ops_after == 10
+    assert any("ddmin" in p for p in progress) and any("rate 3/3" in p for p in progress)
+    assert [p.name for p in out.phases][:3] == ["reproduce", "drop workers and reads", "ddmin"]
+
+
+def test_search_keeps_two_operations_in_flight_when_the_crash_needs_them() -> None:
+    """A failure that needs two calls in flight at once: serial never crashes, the group must survive."""
+    rec = Recorder(frozenset())
+    setup(rec)
+    rec.call(0, "bdev_lvol_create", {"lvs_name": LVS, "lvol_name": "A", "size_in_mib": 4})
+    for i in range(6):
+        rec.call(1, "bdev_lvol_create", {"lvs_name": LVS, "lvol_name": f"n{i}", "size_in_mib": 4})
+    t = rec.t
+    rec.call(0, "bdev_lvol_delete", {"name": f"{LVS}/A"}, t_start=t, t_end=t + 0.3)
+    rec.call(1, "bdev_get_bdevs", {"name": f"{LVS}/n1"}, t_start=t + 0.01, t_end=t + 0.2)  # in flight too
+    rec.call(2, "bdev_lvol_snapshot", {"lvol_name": f"{LVS}/A", "snapshot_name": "S"}, t_start=t + 0.1,
+             t_end=t + 0.4)
+    rec.t = t + 1
+    for i in range(4):
+        rec.call(1, "bdev_get_bdevs", {"name": f"{LVS}/n{i}"})
+    ops = assign_in_flight_groups([Operation.from_record(i, r) for i, r in enumerate(rec.records)])
+    delete, snap = (o for o in ops if o.method in ("bdev_lvol_delete", "bdev_lvol_snapshot"))
+    assert delete.group == snap.group
+
+    def race(plan: ReplayPlan) -> str | None:
+        for step in plan.steps:
+            methods = {o.index for o in step}
+            if {delete.index, snap.index} <= methods:
+                return "SIGSEGV in race (fake)"
+        return None
+
+    runner = DispatcherRunner(frozenset(), crash_if=race)
+    out = search(ops, "SIGSEGV in race (fake)", runner, fast_config())
+    assert out.reproduced and out.rate == (3, 3)
+    assert out.plan.mode == "grouped"
+    together = [s for s in out.plan.steps if len(s) > 1]
+    assert [sorted(o.index for o in s) for s in together] == [sorted([delete.index, snap.index])]
+    # The create of A stays (both racers name it), the bystander in the group and the noise go.
+    assert sorted(o.method for o in out.plan.ops) == ["bdev_lvol_create", "bdev_lvol_create_lvstore",
+                                                      "bdev_lvol_delete", "bdev_lvol_snapshot",
+                                                      "bdev_malloc_create"]
+    assert any(p.mode == "serial" for p in runner.plans)  # serial was tried first
+
+
+def test_flaky_candidates_count_only_with_k_of_n() -> None:
+    ops, _, _ = crashing_history(noise_workers=(1,))
+    flips = itertools.cycle([True, False, False])  # the crash shows once in three tries
+
+    class Flaky(DispatcherRunner):
+        def run(self, plan: ReplayPlan) -> TrialResult:
+            result = super().run(plan)
+            return result if next(flips) else TrialResult(None)
+
+    out = search(ops, SEGV_TITLE, Flaky(), fast_config(max_tries=60))
+    assert not out.reproduced  # 1 of 3 never reaches k=2
+    out1 = search(ops, SEGV_TITLE, Flaky(), fast_config(k=1, max_tries=400, final_runs=6))
+    assert out1.reproduced and out1.ops_after == 10 and out1.rate == (2, 6)
+
+
+def test_another_title_is_reported_and_the_search_keeps_the_original() -> None:
+    ops, _, positions = crashing_history(noise_workers=(1,))
+    checksum = positions[5]
+
+    def other(plan: ReplayPlan) -> str | None:
+        # Without the checksum call the fake target dies another way (after replaying everything).
+        return None if any(o.index == checksum for o in plan.ops) else "SIGABRT: other bug (fake)"
+
+    out = search(ops, SEGV_TITLE, DispatcherRunner(crash_if=other), fast_config())
+    assert out.reproduced and out.ops_after == 10
+    assert out.other_titles.get("SIGABRT: other bug (fake)", 0) >= 1
+
+
+def test_a_history_that_does_not_crash_on_replay_keeps_the_full_reproducer() -> None:
+    ops, _, _ = crashing_history(noise_workers=(1,))
+    out = search(ops, SEGV_TITLE, DispatcherRunner(frozenset()), fast_config())
+    assert not out.reproduced and len(out.plan) == len(ops)
+    assert "timing" in out.stop_reason and out.rate == (0, 0)
+
+
+def test_budget_bounds_the_search_and_keeps_a_reproducing_result() -> None:
+    ops, _, positions = crashing_history()
+    runner = DispatcherRunner()
+    out = search(ops, SEGV_TITLE, runner, fast_config(max_tries=12))
+    assert out.reproduced and "try budget" in out.stop_reason
+    assert set(positions) <= {o.index for o in out.plan.ops}
+    assert runner.runs <= 12 + 3  # the rate runs come on top of the budget
