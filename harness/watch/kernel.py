@@ -50,6 +50,8 @@ class KernelLogWatch:
         self._thread: threading.Thread | None = None
         self._stream: LineStream | None = None
         self._fd: int | None = None
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
         self._min_seq: int | None = None
         self._min_usec: int | None = None
         self.source = "none"
@@ -96,6 +98,7 @@ class KernelLogWatch:
             return False
         os.lseek(fd, 0, os.SEEK_END)
         self._fd = fd
+        self._wake_r, self._wake_w = os.pipe()  # stop() writes here so the poll returns at once
         return True
 
     def _open_kmsg_command(self) -> bool:
@@ -167,8 +170,9 @@ class KernelLogWatch:
     def _run_fd(self, fd: int) -> None:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while not self._stop.is_set():
-            if not poller.poll(500):
+            if not poller.poll(5000):
                 continue
             while True:
                 try:
@@ -190,6 +194,8 @@ class KernelLogWatch:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake_w is not None:
+            os.write(self._wake_w, b"x")
         if self._stream is not None:
             self._stream.close()
         if self._thread is not None:
@@ -197,3 +203,7 @@ class KernelLogWatch:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                os.close(fd)
+        self._wake_r = self._wake_w = None

@@ -52,9 +52,12 @@ class ProcessWatch:
         self._threads: list[threading.Thread] = []
         self._stream: LineStream | None = None
         self._pidfd: int | None = None
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
 
     def start(self) -> None:
         self.last_answer = time.time()
+        self._wake_r, self._wake_w = os.pipe()  # stop() writes here so a blocked select returns at once
         if self.host.is_local:
             try:
                 self._pidfd = os.pidfd_open(self.pid)
@@ -84,8 +87,8 @@ class ProcessWatch:
     def _wait_exit_once(self, timeout: float) -> bool:
         """Block up to `timeout` s; True once the process has ended."""
         if self._pidfd is not None:
-            ready, _, _ = select.select([self._pidfd], [], [], timeout)
-            return bool(ready)
+            ready, _, _ = select.select([self._pidfd, self._wake_r], [], [], timeout)
+            return self._pidfd in ready
         if self._stream is not None:
             line = self._stream.get(timeout=timeout)
             return line == "exited" or self._stream.eof
@@ -95,7 +98,8 @@ class ProcessWatch:
     def _watch_exit(self) -> None:
         while not self._stop.is_set():
             if self._wait_exit_once(0.25):
-                self._exited()
+                if not self._stop.is_set():  # a closed follower on stop() is not an exit
+                    self._exited()
                 return
             if self.probe is not None and not self._hang_reported:
                 silent = time.time() - self.last_answer
@@ -152,10 +156,13 @@ class ProcessWatch:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake_w is not None:
+            os.write(self._wake_w, b"x")
         if self._stream is not None:
             self._stream.close()
         for t in self._threads:
             t.join(timeout=2)
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        for fd in (self._pidfd, self._wake_r, self._wake_w):
+            if fd is not None:
+                os.close(fd)
+        self._pidfd = self._wake_r = self._wake_w = None

@@ -105,6 +105,7 @@ class Watchdog:
         """Stop observing (before a deliberate shutdown, or after a crash was handled)."""
         self._stopped = True
         self._stop.set()
+        # each stop wakes its own thread at once (wake pipes, closed streams), so this takes milliseconds
         self.process.stop()
         if self.target_log is not None:
             self.target_log.stop()
