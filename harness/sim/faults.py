@@ -51,9 +51,10 @@ SEGV_ADDRESS = 8  # req->clone_lvol->blob with clone_lvol == NULL (lvol.c:1884)
 SEGV_THREAD = "reactor_0"
 
 # glibc's assert(3) layout: "prog: file:line: function: Assertion `expr' failed."
+# A real assertion on that path in longhorn-v24.09 @1975133e9 (lib/blob/blobstore.c).
 ABORT_ASSERT_STDERR = (
-    "spdk_tgt: blobstore.c:8529: delete_snapshot_update_extent_pages: "
-    "Assertion `ctx->snapshot->active.num_clusters == ctx->clone->active.num_clusters' failed.\n"
+    "spdk_tgt: blobstore.c:8602: delete_snapshot_open_clone_cb: "
+    "Assertion `snapshot_entry->clone_count == 1' failed.\n"
 )
 ABORT_MALLOC_STDERR = "malloc(): unsorted double linked list corrupted\n"
 EXIT_CODE = 1

@@ -379,12 +379,15 @@ class Dispatcher:
             if parent is not None and not parent.removed:
                 info["base_snapshot"] = parent.name
             else:
-                self._log.append("vbdev_lvol.c:1222:vbdev_lvol_dump_info_json: *ERROR*: Cannot obtain snapshots name")
+                self._log.append(
+                    "vbdev_lvol.c: 864:vbdev_lvol_dump_info_json: *ERROR*: "
+                    f"Cannot obtain parent snapshots name for lvol {lv.name}"
+                )
         if lv.is_snapshot and lv.clones:
             names = []
             for clone in store.clones_of(lv):
                 if clone.removed:
-                    self._log.append("vbdev_lvol.c:1245:vbdev_lvol_dump_info_json: *ERROR*: Cannot obtain clone name")
+                    self._log.append("vbdev_lvol.c: 888:vbdev_lvol_dump_info_json: *ERROR*: Cannot obtain clone name")
                 else:
                     names.append(clone.name)
             info["clones"] = names
@@ -583,8 +586,7 @@ class Dispatcher:
             return [self._base_bdev_json(self.bdevs[str(name)])]
         store_lv = self._find_lvol(str(name))
         if store_lv is None:
-            self._log.append(f"bdev_rpc.c: 783:rpc_bdev_get_bdevs: *ERROR*: bdev '{name}' does not exist")
-            raise _no_device()
+            raise _no_device()  # with a timeout SPDK would wait for the bdev first; nothing appears here later
         return [self._lvol_bdev_json(*store_lv)]
 
     # ---- lvstores ---------------------------------------------------------------------------------------------
