@@ -379,3 +379,37 @@ def test_exit_code_supplied_later_by_the_owner(host: LocalHost, tmp_path: Path, 
         assert wd.evidence[0].summary == "target exited: signal SIGTERM"
     finally:
         wd.stop()
+
+
+class RemoteLike(LocalHost):
+    """This machine driven only through run/follow_command, as an SSH host would be (no /proc or fd access)."""
+
+    @property
+    def is_local(self) -> bool:
+        return False
+
+
+@needs_kernel_log
+def test_remote_style_host_paths(tmp_path: Path, helpers: list[Helper]) -> None:
+    """`cat /dev/kmsg` after the last sequence number, `ls /proc/PID/task`, a shell exit loop, `tail -F`."""
+    host = RemoteLike("remote-like")
+    target = Helper(host, tmp_path, "segv-thread")
+    helpers.append(target)
+    time.sleep(0.3)
+    wd = Watchdog(host, pid=target.proc.pid, log_path=str(target.log), process=target.proc,
+                  track_interval_s=0.2).start()
+    try:
+        assert wd.kernel is not None and wd.kernel.source == "kmsg-command"
+        assert len(wd.identity.tids) >= 2, "threads read through `ls /proc/PID/task`"
+        time.sleep(0.3)
+        target.fire()
+        assert wd.crashed.wait(5)
+        evidence = wd.settle(5)
+        before = target.stamp("fault")
+        fault_ev = next(ev for ev in evidence if ev.kind == "fault")
+        print(f"\nremote-like: kernel line attributed {(fault_ev.t - before) * 1000:.1f} ms after the fault")
+        assert fault_ev.t - before < 1.0
+        assert fault_ev.fault is not None and fault_ev.fault.comm == "reactor_1"
+        assert any(ev.kind == "exit" and ev.exit_rc == -11 for ev in evidence)
+    finally:
+        wd.stop()
