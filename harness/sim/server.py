@@ -103,11 +103,11 @@ COMPLETE = "complete"
 _TOKEN = re.compile(
     rb"[ \t\n\r]*(?:"
     rb"(?P<punct>[{}\[\]:,])"
-    rb'|(?P<str>"(?:[^"\\\x00-\x1f]+|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")'
+    rb'|(?P<str>"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+")'
     rb"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
     rb"|(?P<lit>true|false|null))"
 )
-_STRING_PREFIX = re.compile(rb'"(?:[^"\\\x00-\x1f]+|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*(?:\\(?:u[0-9a-fA-F]{0,3})?)?')
+_STRING_PREFIX = re.compile(rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+(?:\\(?:u[0-9a-fA-F]{0,3})?)?')
 _NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.(?:[0-9]+(?:[eE][+-]?[0-9]*)?)?|[eE][+-]?[0-9]*)?)?")
 _WHITESPACE = b" \t\n\r"
 
@@ -642,10 +642,12 @@ class RpcServer:
         self._close_if_finished(conn)
 
     def _queue_reply(self, conn: Connection, reply: bytes) -> None:
+        """Queue a reply; it goes out on the next poll (so a parse error later in the same read drops it,
+        as SPDK's connection close frees its send queue)."""
         if conn.dead or not reply:
             return
         conn.send_buf += reply
-        self._send(conn)
+        self._set_interest(conn)
 
     def _complete_later(self, conn: Connection, reply: bytes) -> None:
         delay = self.latency_s + (self.random.uniform(0.0, self.jitter_s) if self.jitter_s else 0.0)
