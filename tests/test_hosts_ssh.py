@@ -355,3 +355,38 @@ def test_sudo_path_runs_commands(node: Node) -> None:
     with node.host(sudo=True) as host:
         assert host.run(["id", "-u"]).stdout.strip() == "0"
         assert host.read_file("/proc/self/status").startswith(b"Name:")
+
+
+def test_rpc_clients_work_unchanged_over_ssh(host: SshHost, node: Node) -> None:
+    """The reference target on the node, driven by both RPC clients through connect_unix, then killed."""
+    from harness.rpc.client import RpcConnection
+    from harness.rpc.errors import RpcConnectionLost
+    from harness.rpc.sync import SyncRpc
+
+    sock = str(node.dir / "sim.sock")
+    proc = host.spawn([sys.executable, "-m", "harness.sim", "-r", sock], log_path=str(node.dir / "logs" / "sim.log"),
+                      cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        sync = SyncRpc(host, sock, connect_timeout=20)
+        assert "bdev_lvol_create" in sync.methods()
+        sync.close()
+
+        async def pipelined() -> list[object]:
+            conn = await RpcConnection.open(host, sock, connect_timeout=20)
+            try:
+                return await asyncio.gather(*(conn.call("bdev_get_bdevs", timeout=20) for _ in range(50)))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(pipelined()) == [[]] * 50
+
+        async def sees_the_target_die() -> None:
+            conn = await RpcConnection.open(host, sock, connect_timeout=20)
+            proc.send_signal(signal.SIGKILL)
+            with pytest.raises(RpcConnectionLost):
+                await conn.call("rpc_get_methods", timeout=20)
+
+        asyncio.run(sees_the_target_die())
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        proc.send_signal(signal.SIGKILL)
