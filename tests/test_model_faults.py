@@ -310,3 +310,33 @@ def test_random_rpc_sequences_only_answer_results_or_spdk_errors_and_keep_invari
             assert answered > 20 and refused > 20, (answered, refused)  # the fuzz reaches both outcomes
         if time.monotonic() > deadline:
             break
+
+
+def test_blobstore_layout_reproduces_the_recorded_cluster_counts() -> None:
+    from harness.sim.methods import blobstore_layout
+
+    mib = 1024 * 1024
+    for size, cluster, data in [(256, 1, 254), (256, 4, 63), (512, 1, 509), (64, 1, 63)]:
+        layout = blobstore_layout(size * mib, cluster * mib)
+        assert layout.total_clusters - layout.md_clusters == data, (size, cluster)
+
+
+def test_grow_lvstore_follows_the_aio_file_within_the_cluster_mask(tmp_path: Any) -> None:
+    img = tmp_path / "aio.img"
+    img.write_bytes(b"")
+    with img.open("r+b") as f:
+        f.truncate(64 * 1024 * 1024)
+    d = Dispatcher(seed=5)
+    call(d, "bdev_aio_create", filename=str(img), name="AIO0", block_size=4096)
+    call(d, "bdev_lvol_create_lvstore", bdev_name="AIO0", lvs_name="g", cluster_sz=1024 * 1024)
+    with img.open("r+b") as f:
+        f.truncate(128 * 1024 * 1024)
+    assert call(d, "bdev_lvol_grow_lvstore", lvs_name="g") is True  # no rescan yet: the bdev has not grown
+    assert call(d, "bdev_lvol_get_lvstores", lvs_name="g")[0]["total_data_clusters"] == 63
+    call(d, "bdev_aio_rescan", name="AIO0")
+    call(d, "bdev_lvol_grow_lvstore", lvs_name="g")
+    assert call(d, "bdev_lvol_get_lvstores", lvs_name="g")[0]["free_clusters"] == 127
+    with img.open("r+b") as f:
+        f.truncate(40 * 1024 * 1024 * 1024)  # 40960 clusters: more than one mask page holds
+    call(d, "bdev_aio_rescan", name="AIO0")
+    assert error_of(d, "bdev_lvol_grow_lvstore", lvs_name="g") == (-32602, "No space left on device")

@@ -180,17 +180,30 @@ class BaseBdev:
         return self.block_size * self.num_blocks
 
 
-def blobstore_layout(bdev_bytes: int, cluster_sz: int, md_ratio: int = DEFAULT_MD_PAGES_RATIO) -> tuple[int, int]:
-    """(total clusters, clusters the metadata takes) as spdk_bs_init lays them out: super block, three
-    bit masks (md pages, clusters, blob ids; each with a small header) and one md page per cluster x ratio%."""
+def mask_pages(bits: int) -> int:
+    """Pages a blobstore bit mask of `bits` takes (a small header, then one bit each)."""
+    return -(-(8 + -(-bits // 8)) // BS_PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class BlobstoreLayout:
+    """What spdk_bs_init decided: clusters in all, clusters the metadata takes, pages reserved for the
+    used-cluster mask (which bounds how far bdev_lvol_grow_lvstore can grow), and the device size."""
+
+    total_clusters: int
+    md_clusters: int
+    cluster_mask_pages: int
+    size_bytes: int
+
+
+def blobstore_layout(bdev_bytes: int, cluster_sz: int, md_ratio: int = DEFAULT_MD_PAGES_RATIO) -> BlobstoreLayout:
+    """spdk_bs_init's layout: super block, three bit masks (md pages, clusters sized for growth, blob ids)
+    and one md page per cluster x ratio%. Reproduces the recorded total_data_clusters (254, 63, 509, 127)."""
     total = bdev_bytes // cluster_sz
     md_len = total * md_ratio // 100
-
-    def mask_pages(bits: int) -> int:
-        return -(-(8 + -(-bits // 8)) // BS_PAGE_SIZE)
-
-    pages = 1 + mask_pages(md_len) + mask_pages(total) + mask_pages(md_len) + md_len
-    return total, -(-pages * BS_PAGE_SIZE // cluster_sz)
+    cluster_mask = max(mask_pages(md_len), mask_pages(total))
+    pages = 1 + mask_pages(md_len) + cluster_mask + mask_pages(md_len) + md_len
+    return BlobstoreLayout(total, -(-pages * BS_PAGE_SIZE // cluster_sz), cluster_mask, bdev_bytes)
 
 
 @dataclass(eq=False)
@@ -214,7 +227,7 @@ class Dispatcher:
         self._rng = random.Random(seed) if seed is not None else None
         self.bdevs: dict[str, BaseBdev] = {}
         self.stores: dict[str, LvolStore] = {}  # by lvstore uuid, in creation order
-        self._md_clusters: dict[str, int] = {}
+        self._layouts: dict[str, BlobstoreLayout] = {}
         self._copies: dict[int, _Copy] = {}
         self._copy_count = 0
         self._malloc_count = 0
@@ -355,7 +368,7 @@ class Dispatcher:
 
     def _drop_store(self, store: LvolStore) -> None:
         del self.stores[store.uuid]
-        self._md_clusters.pop(store.uuid, None)
+        self._layouts.pop(store.uuid, None)
         bdev = self.bdevs.get(store.base_bdev)
         if bdev is not None and bdev.lvs_uuid == store.uuid:
             bdev.lvs_uuid = None
@@ -613,14 +626,15 @@ class Dispatcher:
         if self._store_by_name(name) is not None:
             raise _fault(errno.EEXIST)
         ratio = int(p["num_md_pages_per_cluster_ratio"] or DEFAULT_MD_PAGES_RATIO)  # type: ignore[call-overload]
-        total, md = blobstore_layout(bdev.size_bytes, cluster_sz, ratio)
+        layout = blobstore_layout(bdev.size_bytes, cluster_sz, ratio)
+        total, md = layout.total_clusters, layout.md_clusters
         if total == 0 or total * ratio // 100 == 0 or cluster_sz < BS_PAGE_SIZE:
             raise _fault(errno.EINVAL, ERROR_INVALID_PARAMS)  # no md pages, or cluster below a page
         if md > total:
             raise _fault(errno.ENOMEM, ERROR_INVALID_PARAMS)  # "metadata cannot use more clusters than..."
         uuid = self._new_uuid()
         self.stores[uuid] = self._new_store(name, uuid, bdev, total - md, cluster_sz)
-        self._md_clusters[uuid] = md
+        self._layouts[uuid] = layout
         bdev.lvs_uuid = uuid
         return uuid
 
@@ -647,10 +661,15 @@ class Dispatcher:
     def _m_bdev_lvol_grow_lvstore(self, params: object) -> object:
         p = decode(params, (("uuid", STR, False), ("lvs_name", STR, False)))
         store = self._store_xor(p["uuid"], p["lvs_name"])
-        bdev = self.bdevs.get(store.base_bdev)
-        if bdev is not None:
-            total = bdev.size_bytes // store.cluster_size - self._md_clusters.get(store.uuid, 0)
-            store.grow(total)
+        bdev, layout = self.bdevs.get(store.base_bdev), self._layouts.get(store.uuid)
+        if bdev is None or layout is None or bdev.size_bytes == layout.size_bytes:
+            return True  # bs_grow_live: same device size, nothing to do
+        total = bdev.size_bytes // store.cluster_size
+        if bdev.size_bytes < layout.size_bytes or mask_pages(total) > layout.cluster_mask_pages:
+            raise _fault(errno.ENOSPC, ERROR_INVALID_PARAMS)  # cannot shrink; mask has no room
+        store.grow(total - layout.md_clusters)
+        self._layouts[store.uuid] = BlobstoreLayout(total, layout.md_clusters, layout.cluster_mask_pages,
+                                                    bdev.size_bytes)
         return True
 
     def _m_bdev_lvol_get_lvstores(self, params: object) -> object:
