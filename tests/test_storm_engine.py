@@ -175,11 +175,13 @@ def test_same_seed_same_per_worker_sequence(sim_factory, tmp_path: Path) -> None
     for run in ("r1", "r2"):
         sim = sim_factory(sub=run)
         hist = History(tmp_path / f"{run}.jsonl")
+        # No lvol ceiling and no follow-up lookups: nothing state-dependent changes which method comes next.
         sim.storm({"duration": 0, "max_ops": 400, "workers": 3, "depth": 2, "seed": 11, "quiesce_every": 0,
-                   "final_cleanup": False}, hist)
+                   "final_cleanup": False, "max_lvols": 10_000, "check_busy_delete": False}, hist)
         hist.close()
         per_worker: dict[int, list[tuple[str, str]]] = defaultdict(list)
-        for r in History.read(tmp_path / f"{run}.jsonl"):
+        records = sorted(History.read(tmp_path / f"{run}.jsonl"), key=lambda r: (r["worker"], r["seq"]))
+        for r in records:
             if r["worker"] >= 0:
                 name = next((str(v) for k, v in (r["params"] or {}).items()
                              if k in ("lvol_name", "snapshot_name", "clone_name", "new_name")
@@ -188,9 +190,9 @@ def test_same_seed_same_per_worker_sequence(sim_factory, tmp_path: Path) -> None
         seqs.append(per_worker)
     # Methods and new names per worker, in send order: the same in both runs (targets may differ).
     for w in range(3):
-        n = min(len(seqs[0][w]), len(seqs[1][w]), 100)
-        assert n > 50
-        assert [m for m, _ in seqs[0][w][:n]] == [m for m, _ in seqs[1][w][:n]]
+        n = min(len(seqs[0][w]), len(seqs[1][w]))
+        assert n > 100
+        assert seqs[0][w][:n] == seqs[1][w][:n]
 
 
 def test_leak_cluster_fault_is_found_and_names_a_delete(sim_factory) -> None:
@@ -213,18 +215,19 @@ def test_forced_removal_is_found_and_the_crash_stops_the_storm(sim_factory, tmp_
     sim = sim_factory("--fault", "forced-removal", mib=1024)
     hist = History(tmp_path / "h.jsonl")
     t0 = time.monotonic()
-    res = sim.storm({"duration": "15s", "workers": 4, "strategies": {"busy-delete": 1}, "strategy_share": 0.6},
-                    hist)
+    res = sim.storm({"duration": "15s", "workers": 2, "depth": 2, "strategies": {"busy-delete": 1},
+                     "strategy_share": 1.0}, hist)
+    done_at = time.time()
     hist.close()
     busy = [f for f in res.findings if f.kind == "busy-delete-removed"]
     assert busy and "delete answered EBUSY but the lvol is gone" in busy[0].message
     assert busy[0].op["method"] == "bdev_lvol_delete" and busy[0].op["error"]["errno"] == "EBUSY"
     assert res.stop_reason in ("connection_lost", "crash")
     assert sim.proc.wait(5) == -signal.SIGSEGV
-    # The storm stopped within a second of the death: the last reply came before it, nothing after + 1 s.
+    # The storm returned within a second of the death (the last history line is the lost connection).
     last = max(r["t_end"] for r in History.read(tmp_path / "h.jsonl"))
+    assert done_at - last < 1.0, done_at - last
     assert time.monotonic() - t0 < 15
-    assert res.wall_s < 15 and last > 0
 
 
 def test_stop_event_stops_within_a_second(sim_factory) -> None:
@@ -261,3 +264,52 @@ def test_replay_remaps_uuids(sim_factory, tmp_path: Path) -> None:
     assert all(old != new for old, new in res.uuid_map.items())
     # One worker, one in flight: the replay must reproduce every outcome.
     assert res.differences == [], res.differences[:3]
+
+
+async def _raw_pipelined(host: LocalHost, sock: str, seconds: float, workers: int = 8, depth: int = 4) -> float:
+    """The yardstick: the same connections and depth, create/delete pairs, no history, no checks."""
+    import asyncio
+
+    from harness.rpc.client import RpcConnection
+    from harness.rpc.errors import RpcError
+
+    conns = [await RpcConnection.open(host, sock) for _ in range(workers)]
+    n = 0
+    t0 = time.monotonic()
+    end = t0 + seconds
+
+    async def lane(c: Any, i: int) -> None:
+        nonlocal n
+        k = 0
+        while time.monotonic() < end:
+            k += 1
+            try:
+                u = await c.call("bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": f"r{id(c)}_{i}_{k}",
+                                                      "size_in_mib": 4, "thin_provision": True})
+                n += 1
+                await c.call("bdev_lvol_delete", {"name": u})
+                n += 1
+            except RpcError:
+                n += 1
+
+    await asyncio.gather(*(lane(c, i) for c in conns for i in range(depth)))
+    rate = n / (time.monotonic() - t0)
+    for c in conns:
+        await c.close()
+    return rate
+
+
+def test_storm_keeps_up_with_a_raw_pipelined_client(sim_factory, tmp_path: Path) -> None:
+    """8 connections x depth 4 against spdk-sim polling every 8 ms like spdk_tgt: the storm, with history
+    and model checks on, must get close to a bare client (measured ~0.96; asserted with CI slack)."""
+    import asyncio
+
+    raw_sim = sim_factory("--poll-interval-ms", "8", sub="raw")
+    raw = asyncio.run(_raw_pipelined(raw_sim.host, raw_sim.sock, 2.5))
+    storm_sim = sim_factory("--poll-interval-ms", "8", sub="storm")
+    hist = History(tmp_path / "h.jsonl")
+    res = storm_sim.storm({"duration": "2.5s", "quiesce_every": 0, "final_cleanup": False, "thin_ratio": 1.0,
+                           "lvol_size_mib": [4, 4], "mix": {"bdev_lvol_create": 1, "bdev_lvol_delete": 1}}, hist)
+    hist.close()
+    assert res.findings == []
+    assert res.ops_per_s >= 0.85 * raw, (res.ops_per_s, raw)

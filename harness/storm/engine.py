@@ -634,12 +634,12 @@ class _Episode:
         return self.rng.randint(lo, hi)
 
     def busy_size_mib(self) -> int:
-        """Big enough that a checksum outlasts a few calls (> 64 clusters), small enough for two copies to
-        fit in a fifth of the lvstore each."""
+        """Big enough that a checksum outlasts a few calls (> 64 clusters), at most a fifth of the lvstore
+        (an episode holds two copies of it)."""
         lvs = self.storm.lvs
         assert lvs is not None
         mib_per_cluster = max(1, lvs.cluster_size // (1024 * 1024))
-        fifth = lvs.total_data_clusters * mib_per_cluster // 10
+        fifth = lvs.total_data_clusters * mib_per_cluster // 5
         return max(self.storm.cfg.lvol_size_mib[1], min(256, fifth))
 
     def has(self, method: str) -> bool:
