@@ -340,3 +340,24 @@ def test_grow_lvstore_follows_the_aio_file_within_the_cluster_mask(tmp_path: Any
         f.truncate(40 * 1024 * 1024 * 1024)  # 40960 clusters: more than one mask page holds
     call(d, "bdev_aio_rescan", name="AIO0")
     assert error_of(d, "bdev_lvol_grow_lvstore", lvs_name="g") == (-32602, "No space left on device")
+
+
+def test_deleting_the_lvstore_deletes_leaves_first_and_busy_ones_too() -> None:
+    d = target()
+    busy_snapshot_with_parent(d)  # P <- X (busy) <- D
+    assert call(d, "bdev_lvol_delete_lvstore", lvs_name="lvs0") is True
+    assert call(d, "bdev_lvol_get_lvstores") == [] and call(d, "bdev_lvol_get_lvols") == []
+    assert call(d, "bdev_get_bdevs", name="Malloc0")[0]["claimed"] is False
+
+
+def test_forced_removal_then_lvstore_delete_hits_the_assert_in_lvs_remove() -> None:
+    d = target(frozenset({"forced-removal"}))
+    busy_snapshot_with_parent(d)
+    error_of(d, "bdev_lvol_delete", name="lvs0/X")  # the forced removal: P keeps X's blob as its clone
+    with pytest.raises(SimulatedCrash) as crash:
+        call(d, "bdev_lvol_delete_lvstore", lvs_name="lvs0")
+    c = crash.value
+    assert c.kind == "abort"
+    assert "vbdev_lvol.c:490: _vbdev_lvs_remove_lvol_cb: Assertion `false' failed." in c.stderr_text
+    assert c.log_lines == ["vbdev_lvol.c: 489:_vbdev_lvs_remove_lvol_cb: *ERROR*: Lvols left in lvs, but unable "
+                           "to delete."]

@@ -663,6 +663,28 @@ class LvolStore:
 
     # ---- the store -----------------------------------------------------------------------------------------------
 
+    def destroy(self) -> None:
+        """bdev_lvol_delete_lvstore (_vbdev_lvs_remove_lvol_cb): delete an lvol without clones, again and again
+        until none is left. A busy one goes too: the blob delete fails and the lvol is removed regardless (with
+        `forced-removal` its blob then stays behind). If lvols remain and none is deletable - a forced removal
+        left a blob in some lvol's clone list - the debug build hits `assert(false)`: ModelCrash("abort")."""
+        for _ in range(len(self.blobs) + 1):
+            live = [lv for lv in self.blobs.values() if not lv.removed]
+            if not live:
+                return
+            victim = next((lv for lv in live if not lv.clones), None)
+            if victim is None:
+                raise ModelCrash("abort", "lvs-remove-assert")
+            if victim.busy and FORCED_REMOVAL in self.faults:
+                self._forget(victim)
+                victim.removed = True
+                continue
+            self._unlink_from_parent(victim)
+            self._give(victim.num_allocated_clusters)
+            self._forget(victim)
+            del self.blobs[victim.blob_id]
+        raise AssertionError("destroy did not converge")  # unreachable: each round removes one lvol
+
     def grow(self, total_data_clusters: int) -> None:
         """The base bdev grew: new clusters are free."""
         if total_data_clusters > self.total_data_clusters:

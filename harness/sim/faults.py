@@ -23,7 +23,8 @@ FAULT_MODES: dict[str, str] = {
     FORCED_REMOVAL: (
         "Longhorn's lvol destroy bug: deleting a snapshot held open (checksum / shallow copy in progress) answers "
         "EBUSY but removes the lvol, leaving its blob and clusters; deleting a snapshot whose only clone is that "
-        "blob then segfaults at address 8 in spdk_lvol_destroy"
+        "blob then segfaults at address 8 in spdk_lvol_destroy (deleting the lvstore instead aborts on "
+        "vbdev_lvol.c:490's assert)"
     ),
     ABORT_ASSERT: (
         "deleting a snapshot that has exactly one clone fails a blobstore assertion (SIGABRT, message on stderr)"
@@ -57,6 +58,10 @@ ABORT_ASSERT_STDERR = (
     "Assertion `snapshot_entry->clone_count == 1' failed.\n"
 )
 ABORT_MALLOC_STDERR = "malloc(): unsorted double linked list corrupted\n"
+# forced-removal, second signature: deleting the lvstore after a forced removal left a blob in an lvol's clone
+# list (module/bdev/lvol/vbdev_lvol.c:489-490, _vbdev_lvs_remove_lvol_cb).
+LVS_REMOVE_LOG_LINE = "vbdev_lvol.c: 489:_vbdev_lvs_remove_lvol_cb: *ERROR*: Lvols left in lvs, but unable to delete."
+LVS_REMOVE_STDERR = "spdk_tgt: vbdev_lvol.c:490: _vbdev_lvs_remove_lvol_cb: Assertion `false' failed.\n"
 EXIT_CODE = 1
 
 MUTATING_LVOL_METHODS = frozenset(

@@ -299,6 +299,8 @@ class Dispatcher:
         if exc.kind == "segv":
             # The forced removal's log lines were written when it happened; a SIGSEGV adds none.
             return SimulatedCrash(kind="segv", address=exc.address or fm.SEGV_ADDRESS, thread_name=fm.SEGV_THREAD)
+        if exc.detail == "lvs-remove-assert":
+            return SimulatedCrash(kind="abort", stderr_text=fm.LVS_REMOVE_STDERR, log_lines=[fm.LVS_REMOVE_LOG_LINE])
         text = fm.ABORT_MALLOC_STDERR if exc.detail == fm.ABORT_MALLOC else fm.ABORT_ASSERT_STDERR
         return SimulatedCrash(kind="abort", stderr_text=text)
 
@@ -655,7 +657,9 @@ class Dispatcher:
 
     def _m_bdev_lvol_delete_lvstore(self, params: object) -> object:
         p = decode(params, (("uuid", STR, False), ("lvs_name", STR, False)))
-        self._drop_store(self._store_xor(p["uuid"], p["lvs_name"]))
+        store = self._store_xor(p["uuid"], p["lvs_name"])
+        self._model_call(store.destroy, ERROR_INVALID_PARAMS)
+        self._drop_store(store)
         return True
 
     def _m_bdev_lvol_grow_lvstore(self, params: object) -> object:
