@@ -1,19 +1,25 @@
-"""Pure semantics of one SPDK lvol store, as Longhorn's fork (longhorn-v24.09) behaves.
+"""Pure semantics of one SPDK lvol store, as Longhorn's fork (longhorn-v24.09 @1975133e9) behaves.
 
 The reference target serves RPCs from it and the storm's checker predicts replies with it, so it imports no
 socket, process or storm code, is deterministic (UUIDs and timestamps come from injected factories), and every
-operation costs O(1) or O(parent-chain depth) in the number of lvols (cluster maps are Python ints used as bit sets).
+operation costs O(1) or O(parent-chain depth) in the number of lvols (cluster maps are Python ints used as bit
+sets; lookups are dicts). `copy()` snapshots the whole state.
 
-Facts it encodes come from the recordings in /work/shared/spdk/transcripts (ground truth) and, where they are
-silent, from SPDK's lib/lvol/lvol.c and lib/blob/blobstore.c:
+Ground truth is the recordings in /work/shared/spdk/transcripts; where they are silent, the fork's
+lib/lvol/lvol.c, lib/blob/blobstore.c and module/bdev/lvol/vbdev_lvol.c:
 - a snapshot takes its origin's clusters and thin flag; the origin becomes a thin clone of it; the snapshot
   replaces the origin at the tail of the old parent's clone list;
-- "is_snapshot" means "has a snapshot entry" (someone was cloned from it), so it stays true with 0 clones,
-  and a read-only lvol that was cloned reports is_snapshot;
-- delete: 2+ clones -> EPERM; busy (open by a checksum / shallow copy) -> EBUSY; exactly one clone -> the
-  clone takes the snapshot's clusters it lacks and moves to the snapshot's parent (tail of its clone list);
-- background jobs (checksum, shallow copy) progress CLUSTERS_PER_TICK clusters per `tick()`; the reference
-  target ticks once per RPC, so a job on a large snapshot holds it open across the next few calls.
+- "is_snapshot" means "has a snapshot entry" (someone was cloned from it): it stays true with 0 clones, and a
+  read-only lvol that was cloned reports it;
+- delete: 2+ clones -> EPERM; exactly one clone -> the clone takes the snapshot's clusters it lacks and moves
+  to the snapshot's parent (tail of its clone list); held open -> EBUSY;
+- background jobs (snapshot checksum, shallow copy) hold their blob open and locked (clone, inflate, decouple,
+  detach, set_parent and another job answer EBUSY) and progress CLUSTERS_PER_TICK clusters per `tick()`; the
+  reference target ticks once per RPC, so a job on a large snapshot holds it across the next few calls;
+- the checksum is SPDK's CRC-64 of the snapshot's own clusters, which hold zeroes (no I/O is modelled);
+- deliberate deviation: set_parent refuses a cycle (EINVAL); SPDK has no such check, so a target that
+  accepts one shows up as a finding.
+Fault modes the model acts on are MODEL_FAULTS (see harness/sim/faults.py for what each does).
 """
 
 from __future__ import annotations
