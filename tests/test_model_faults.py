@@ -361,3 +361,13 @@ def test_forced_removal_then_lvstore_delete_hits_the_assert_in_lvs_remove() -> N
     assert "vbdev_lvol.c:490: _vbdev_lvs_remove_lvol_cb: Assertion `false' failed." in c.stderr_text
     assert c.log_lines == ["vbdev_lvol.c: 489:_vbdev_lvs_remove_lvol_cb: *ERROR*: Lvols left in lvs, but unable "
                            "to delete."]
+
+
+def test_lvol_alias_and_bdev_names_share_one_namespace() -> None:
+    d = target()
+    call(d, "bdev_malloc_create", name="lvs0/taken", num_blocks=256, block_size=4096)
+    assert error_of(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="taken", size_in_mib=1) == (
+        -32602, "File exists")
+    call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="v", size_in_mib=1)
+    assert error_of(d, "bdev_lvol_rename", old_name="lvs0/v", new_name="taken") == (-32602, "File exists")
+    assert error_of(d, "bdev_malloc_create", name="lvs0/v", num_blocks=256, block_size=4096) == (-17, "File exists")

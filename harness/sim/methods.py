@@ -27,7 +27,7 @@ import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.model.lvstore import MODEL_FAULTS, Job, Lvol, LvolStore, ModelCrash, ModelError
+from harness.model.lvstore import MODEL_FAULTS, NAME_MAX, Job, Lvol, LvolStore, ModelCrash, ModelError
 from harness.sim import faults as fm
 from harness.sim.protocol import RpcFault, SimulatedCrash
 
@@ -222,6 +222,8 @@ class Dispatcher:
         unknown = set(faults) - set(fm.FAULT_MODES)
         if unknown:
             raise ValueError(f"unknown fault modes {sorted(unknown)}; valid: {sorted(fm.FAULT_MODES)}")
+        if fault_after < 1:
+            raise ValueError(f"fault_after must be >= 1, got {fault_after}")
         self.faults = frozenset(faults)
         self.fault_after = fault_after
         self._rng = random.Random(seed) if seed is not None else None
@@ -354,6 +356,13 @@ class Dispatcher:
 
     def _name_taken(self, name: str) -> bool:
         return name in self.bdevs or self._find_lvol(name) is not None
+
+    def _check_alias_free(self, store: LvolStore, name: object) -> None:
+        """A new lvol's bdev alias `lvs/name` must not be another bdev's name (spdk_bdev_register: EEXIST,
+        reported by the create callback). Names the model refuses anyway are left to it."""
+        if (isinstance(name, str) and 0 < len(name) <= NAME_MAX and store.find_by_name(name) is None
+                and f"{store.name}/{name}" in self.bdevs):
+            raise _fault(errno.EEXIST, ERROR_INVALID_PARAMS)
 
     def _new_store(self, name: str, uuid: str, bdev: BaseBdev, total: int, cluster_sz: int) -> LvolStore:
         return LvolStore(
@@ -699,6 +708,7 @@ class Dispatcher:
         store = self._store_xor(p["uuid"], p["lvs_name"])
         if p["clear_method"] is not None and str(p["clear_method"]).lower() not in ("none", "unmap", "write_zeroes"):
             raise RpcFault(-errno.EINVAL, "Invalid clean_method option")
+        self._check_alias_free(store, p["lvol_name"])
         lv = self._model_call(
             lambda: store.create(str(p["lvol_name"]), int(p["size_in_mib"]), bool(p["thin_provision"])),  # type: ignore[call-overload]
             ERROR_INVALID_PARAMS,
@@ -711,6 +721,7 @@ class Dispatcher:
         p = decode(params, (("lvol_name", STR, True), ("snapshot_name", STR, True), ("xattrs", XATTRS, False)))
         store, origin = self._lvol(p["lvol_name"])
         xattrs = p["xattrs"] if isinstance(p["xattrs"], dict) else None
+        self._check_alias_free(store, p["snapshot_name"])
         snap = self._model_call(lambda: store.snapshot(origin.uuid, str(p["snapshot_name"]), xattrs),
                                 ERROR_INVALID_PARAMS)
         assert isinstance(snap, Lvol)
@@ -720,6 +731,7 @@ class Dispatcher:
         p = decode(params, (("snapshot_name", STR, True), ("clone_name", STR, False)))
         store, snap = self._lvol(p["snapshot_name"])
         clone_name = p["clone_name"] if isinstance(p["clone_name"], str) else None
+        self._check_alias_free(store, clone_name)
         lv = self._model_call(lambda: store.clone(snap.uuid, clone_name), ERROR_INVALID_PARAMS)
         assert isinstance(lv, Lvol)
         return lv.uuid
