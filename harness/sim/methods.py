@@ -26,6 +26,7 @@ import time
 import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from harness.model.lvstore import MODEL_FAULTS, NAME_MAX, Job, Lvol, LvolStore, ModelCrash, ModelError
 from harness.sim import faults as fm
@@ -271,7 +272,8 @@ class Dispatcher:
 
     # ---- helpers ----------------------------------------------------------------------------------------------
 
-    def _die(self, crash: SimulatedCrash) -> None:
+    def _die(self, crash: SimulatedCrash) -> NoReturn:
+        """The target dies here and stays dead: later calls raise the same crash."""
         self.dead = crash
         raise crash
 
@@ -294,7 +296,6 @@ class Dispatcher:
             raise _fault(exc.errno, None if (code is None or exc.errno in sync) else code) from None
         except ModelCrash as exc:
             self._die(self._crash_for(exc))
-            raise AssertionError("unreachable") from None
 
     @staticmethod
     def _crash_for(exc: ModelCrash) -> SimulatedCrash:
