@@ -371,3 +371,13 @@ def test_lvol_alias_and_bdev_names_share_one_namespace() -> None:
     call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="v", size_in_mib=1)
     assert error_of(d, "bdev_lvol_rename", old_name="lvs0/v", new_name="taken") == (-32602, "File exists")
     assert error_of(d, "bdev_malloc_create", name="lvs0/v", num_blocks=256, block_size=4096) == (-17, "File exists")
+
+
+def test_a_256_character_rename_splits_alias_and_name_as_spdk_does() -> None:
+    d = target()
+    uuid = call(d, "bdev_lvol_create", lvs_name="lvs0", lvol_name="v", size_in_mib=1, thin_provision=True)
+    call(d, "bdev_lvol_rename", old_name=uuid, new_name="x" * 256)
+    assert call(d, "bdev_get_bdevs", name=uuid)[0]["aliases"] == ["lvs0/" + "x" * 256]
+    assert call(d, "bdev_lvol_get_lvols")[0]["alias"] == "lvs0/" + "x" * 255
+    assert error_of(d, "bdev_get_bdevs", name="lvs0/" + "x" * 255)[0] == -19  # not a bdev alias ...
+    assert call(d, "bdev_lvol_delete", name="lvs0/" + "x" * 255) is True  # ... but delete finds it by names

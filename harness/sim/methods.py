@@ -761,7 +761,17 @@ class Dispatcher:
         return True
 
     def _m_bdev_lvol_delete(self, params: object) -> object:
-        store, lv = self._name_only(params)
+        p = decode(params, (("name", STR, True),))
+        name = str(p["name"])
+        found = self._find_lvol(name)
+        if found is None:  # rpc_bdev_lvol_delete's last resort: spdk_lvol_get_by_names(lvs_name, lvol_name)
+            lvs_name, sep, lvol_name = name.partition("/")
+            store_by_name = self._store_by_name(lvs_name) if sep else None
+            lv_by_name = store_by_name.find_by_name(lvol_name) if store_by_name is not None else None
+            if store_by_name is None or lv_by_name is None:
+                raise _no_device()
+            found = (store_by_name, lv_by_name)
+        store, lv = found
         self._model_call(lambda: store.delete(lv.uuid), ERROR_INTERNAL)
         return True
 
