@@ -567,3 +567,13 @@ def test_checksum_is_spdks_crc64_of_the_zeroed_clusters() -> None:
         for _ in range(8):
             reg = (reg >> 1) ^ (0xD800000000000000 if reg & 1 else 0)
     assert crc64_iso_of_zeroes(3) == reg ^ ((1 << 64) - 1)
+
+
+def test_internal_xattrs_live_in_the_blob_like_any_other() -> None:
+    s = store()
+    lv = s.create("T", 8, thin_provision=True)
+    assert s.get_xattr("T", "creation_time") == lv.creation_time
+    s.rename("T", "z" * 256)
+    assert s.get_xattr(lv.uuid, "name") == "z" * 256 and lv.name == "z" * 255
+    s.set_xattr(lv.uuid, "name", "other")  # SPDK lets a user overwrite it; the lvol keeps its name
+    assert s.get_xattr(lv.uuid, "name") == "other" and lv.name == "z" * 255

@@ -341,6 +341,7 @@ class LvolStore:
             creation_time=self._clock(),
         )
         lv.alias_tail = name
+        lv.xattrs = {"name": name, "uuid": lv.uuid, "creation_time": lv.creation_time}  # lvol.c's blob xattrs
         self.blobs[lv.blob_id] = lv
         self._by_name[name] = lv.blob_id
         self._by_uuid[lv.uuid] = lv.blob_id
@@ -395,7 +396,7 @@ class LvolStore:
         snap = self._new_blob(name, origin.num_clusters, origin.thin)
         snap.alloc, origin.alloc = origin.alloc, 0
         snap.read_only = True
-        snap.xattrs = dict(xattrs or {})
+        snap.xattrs = {**(xattrs or {}), **snap.xattrs}
         origin.thin = True
         if old_parent is not None:
             self._unlink_from_parent(origin)
@@ -481,6 +482,7 @@ class LvolStore:
         del self._by_alias[lv.alias_tail]
         del self._by_name[lv.name]
         lv.name, lv.alias_tail = new_name[:NAME_MAX], new_name
+        lv.xattrs["name"] = new_name  # spdk_lvol_rename stores the whole string
         self._by_name[lv.name] = lv.blob_id
         self._by_alias[lv.alias_tail] = lv.blob_id
 
@@ -559,13 +561,8 @@ class LvolStore:
         lv.xattrs[xattr_name] = xattr_value
 
     def get_xattr(self, name: str, xattr_name: str) -> str:
+        """A blob xattr: user ones, plus lvol.c's `name`, `uuid` and `creation_time`."""
         lv = self.lookup(name)
-        if xattr_name == "name":
-            return lv.name
-        if xattr_name == "uuid":
-            return lv.uuid
-        if xattr_name == "creation_time":
-            return lv.creation_time
         if xattr_name not in lv.xattrs:
             raise ModelError(errno.ENOENT, f"{lv.name} has no xattr {xattr_name!r}")
         return lv.xattrs[xattr_name]
