@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -81,18 +82,25 @@ def real_dispatcher_available() -> bool:
 _LOG_NUMBERS = itertools.count(1)
 
 
+def _unlimited_core() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
 class SimProcess:
     """One running `spdk-sim` with its log; a tiny raw client for tests."""
 
-    def __init__(self, tmp: Path, *args: str, real: bool = False, name: str = "t.sock") -> None:
+    def __init__(self, tmp: Path, *args: str, real: bool = False, name: str = "t.sock",
+                 cwd: Path = REPO, core_unlimited: bool = False) -> None:
         self.sock_path = str(tmp / name)
         self.log_path = tmp / f"{name}.{next(_LOG_NUMBERS)}.log"
         argv = [sys.executable, "-m", "harness.sim"] if real else [sys.executable, "-c", FAKE_MAIN]
         self.argv = [*argv, "-r", self.sock_path, *args]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                self.argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                preexec_fn=_unlimited_core if core_unlimited else None,
             )
 
     def wait_ready(self, timeout: float = 15.0) -> SimProcess:
@@ -540,3 +548,67 @@ def test_real_dispatcher_serves_concurrent_clients(tmp_path: Path) -> None:
         assert sim.wait() == 0
     finally:
         sim.kill()
+
+
+def _lvstore_setup(sim: SimProcess) -> None:
+    assert sim.call("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 65536, "block_size": 4096}).get(
+        "result") == "Malloc0"
+    assert "result" in sim.call("bdev_lvol_create_lvstore", {"bdev_name": "Malloc0", "lvs_name": "lvs0"})
+
+
+@needs_real
+def test_real_fault_exit_ends_the_process_mid_run(tmp_path: Path) -> None:
+    sim = SimProcess(tmp_path, "--fault", "exit", "--fault-after", "2", real=True).wait_ready()
+    try:
+        _lvstore_setup(sim)
+        assert "result" in sim.call("bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "a", "size_in_mib": 4})
+        with sim.connect() as s:
+            s.sendall(json.dumps({"jsonrpc": "2.0", "method": "bdev_lvol_create", "id": 2,
+                                  "params": {"lvs_name": "lvs0", "lvol_name": "b", "size_in_mib": 4}}).encode())
+            assert read_raw(s, quiet=1.0) == (b"", True)
+        assert sim.wait() == 1
+        assert os.path.exists(sim.sock_path)
+    finally:
+        sim.kill()
+
+
+@needs_real
+def test_real_fault_hang_stops_answering_everyone(tmp_path: Path) -> None:
+    sim = SimProcess(tmp_path, "--fault", "hang", "--fault-after", "1", real=True).wait_ready()
+    try:
+        _lvstore_setup(sim)
+        with sim.connect() as s, sim.connect() as other:
+            s.sendall(json.dumps({"jsonrpc": "2.0", "method": "bdev_lvol_create", "id": 1,
+                                  "params": {"lvs_name": "lvs0", "lvol_name": "a", "size_in_mib": 4}}).encode())
+            other.sendall(b'{"jsonrpc": "2.0", "method": "spdk_get_version", "id": 2}')
+            assert read_raw(s, quiet=0.5) == (b"", False)
+            assert read_raw(other, quiet=0.3) == (b"", False)
+        assert sim.proc.poll() is None
+    finally:
+        sim.kill()
+
+
+@needs_real
+def test_unknown_fault_mode_is_one_line_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sim", "-r", str(tmp_path / "s"), "--fault", "forced-removal,nope"],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "'nope'" in proc.stderr, proc.stderr
+
+
+def test_segv_leaves_a_core_when_the_limit_allows(tmp_path: Path) -> None:
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if pattern.startswith("|") or "/" in pattern:
+        pytest.skip(f"core_pattern is {pattern!r}: cores do not land in the target's cwd here")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    sim = SimProcess(tmp_path, cwd=workdir, core_unlimited=True).wait_ready()
+    try:
+        crash(sim, kind="segv")
+        assert sim.wait(30) == -signal.SIGSEGV
+    finally:
+        sim.kill()
+    cores = [p.name for p in workdir.iterdir() if p.name.startswith(pattern.split("%")[0] or "core")]
+    assert cores, f"no core file in the target's cwd with core_pattern {pattern!r} and RLIMIT_CORE unlimited"

@@ -74,8 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     spdk.add_argument("--no-huge", action="store_true", help="ignored")
     spdk.add_argument("-L", "--logflag", action="append", default=[], metavar="FLAG", help="ignored")
     sim = parser.add_argument_group("reference target")
+    try:
+        from harness.sim.faults import FAULT_MODES
+
+        modes = ", ".join(sorted(FAULT_MODES))
+    except ImportError:
+        modes = "see harness/sim/faults.py"
     sim.add_argument("--fault", default="", metavar="MODE[,MODE]",
-                     help="fault modes to inject (see harness/sim/faults.py FAULT_MODES)")
+                     help=f"fault modes to inject ({modes}; 'none' for a healthy target)")
     sim.add_argument("--fault-after", type=_positive_int, default=40, metavar="N",
                      help="calls before a fault mode may trigger (default 40)")
     sim.add_argument("--seed", type=int, default=None, metavar="N", help="seed for faults and latency jitter")
