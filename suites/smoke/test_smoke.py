@@ -16,8 +16,8 @@ from harness.storm.operations import KNOWN_METHODS
 from harness.storm.strategies import STRATEGIES
 from harness.suite import storm_failure_message, with_storm
 
-# Strategies that reach methods the plain mix does not send (the lvstore rename).
-COVERAGE_STRATEGIES = ("delete-during-lvstore-rename",)
+# Strategies that reach methods the plain mix does not send (lvstore rename, shallow copy).
+COVERAGE_STRATEGIES = ("delete-during-lvstore-rename", "busy-delete")
 
 
 def test_every_operation(run_config: RunConfig, run_dir: RunDir, host: Host, request: pytest.FixtureRequest) -> None:
