@@ -23,6 +23,21 @@ test: venv
 	$(VENV)/bin/ruff check harness suites tests bench conftest.py
 	$(PY) -m pytest tests -q $(ARGS)
 
+# The suites (docs/SUITES.md). Each writes runs/<time>-<suite>/ with junit.xml, summary.json, report.html.
+# regression, nightly and soak refuse the reference target unless ARGS has --target sim.
+INVENTORY ?=
+regression: venv
+	$(PY) -m pytest suites/regression $(ARGS)
+
+nightly: venv
+	$(PY) -m pytest suites/nightly $(if $(INVENTORY),--inventory $(INVENTORY)) $(ARGS)
+
+soak: venv
+	$(PY) -m pytest suites/soak $(if $(INVENTORY),--inventory $(INVENTORY)) $(ARGS)
+
+smoke: venv
+	$(PY) -m pytest suites/smoke $(ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check harness suites tests bench conftest.py
 
