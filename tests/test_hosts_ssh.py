@@ -79,7 +79,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     octet = next(o for o in range(200, 250) if f" 10.213.{o}." not in used)  # a /24 nobody here uses now
     env = {**os.environ, "NS": f"lvs-{run}-0", "VETH_HOST": f"lvh{run}-0", "VETH_NODE": f"lvn{run}-0",
            "HOST_ADDR": f"10.213.{octet}.1", "NODE_ADDR": f"10.213.{octet}.2", "NODE_DIR": str(base / "n0"),
-           "PUBKEY": str(base / "id.pub")}
+           "PUBKEY": str(base / "id.pub"), "MAX_SESSIONS": "3"}  # small, so every test also uses the pool
     try:
         subprocess.run([str(SCRIPTS / "node-up.sh")], env=env, check=True, timeout=30, capture_output=True)
         yield Node(env["NODE_ADDR"], base / "id", base / "n0" / "known_hosts", base, env["NS"])
@@ -390,3 +390,21 @@ def test_rpc_clients_work_unchanged_over_ssh(host: SshHost, node: Node) -> None:
         assert proc.wait(10) == -signal.SIGKILL
     finally:
         proc.send_signal(signal.SIGKILL)
+
+
+def test_channels_spread_over_connections_at_the_max_sessions_limit(node: Node) -> None:
+    with node.host(max_connections=4) as host:
+        streams = [host.follow_command(["sh", "-c", f"echo s{i}; sleep 30"]) for i in range(7)]
+        try:
+            assert [s.get(10) for s in streams] == [f"s{i}" for i in range(7)]
+            assert host.run(["echo", "x"]).stdout == "x\n"
+            assert len(host._clients) == 3  # MaxSessions 3 on the node: 7 followers + 1 command need 3 connections
+            more = [host.follow_command(["sleep", "30"]) for _ in range(5)]  # 12 channels: 4 connections full
+            with pytest.raises(HostError, match=r"at the node.s MaxSessions limit.*raise MaxSessions"):
+                host.follow_command(["sleep", "30"])
+            for s in more:
+                s.close()
+        finally:
+            for s in streams:
+                s.close()
+        assert _wait_for(lambda: host.run(["true"]).ok)

@@ -28,6 +28,17 @@ from harness.hosts.base import Argv, CommandResult, Host, HostProcess, LineStrea
 
 log = logging.getLogger(__name__)
 
+
+class _QuietSessionRefusals(logging.Filter):
+    """paramiko logs every refused channel open as an error; at sshd's MaxSessions that refusal is expected
+    (`_open_session` moves on to another connection) and would only bury real errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open FAILED: open failed: Connect failed" not in record.getMessage()
+
+
+logging.getLogger("paramiko.transport").addFilter(_QuietSessionRefusals())
+
 # Runs on the node inside `setsid -f`, so it is not a child of the SSH session: the command gets its own session
 # (`setsid` without fork keeps the pid we record), output appended to the log, and its exit status is written
 # next to the log by the shell that waited for it. A shell reports death by signal N as 128+N.
@@ -210,6 +221,7 @@ class SshHost(Host):
         connect_timeout: float = 10.0,
         retry_for: float = 30.0,
         keepalive: float = 15.0,
+        max_connections: int = 8,
     ) -> None:
         self.name = name
         self.address = address
@@ -222,7 +234,8 @@ class SshHost(Host):
         self.connect_timeout = connect_timeout
         self.retry_for = retry_for
         self.keepalive = keepalive
-        self._client: paramiko.SSHClient | None = None
+        self.max_connections = max_connections
+        self._clients: list[paramiko.SSHClient] = []
         self._lock = threading.Lock()
         if known_hosts is None and not insecure_host_keys:
             raise HostError(f"{self.where}: no known_hosts file given; pass known_hosts= (Terraform writes one) "
@@ -325,28 +338,35 @@ class SshHost(Host):
                 f"is the node up and is port {self.port} reachable from this machine?"
             ) from exc.cause
         if self.sudo:
-            self._client = client
             res = self._exec_on(client, "sudo -n true", timeout=30, input=None)
             if res[0] != 0:
                 client.close()
-                self._client = None
                 raise HostError(
                     f"{self.where}: sudo: `sudo -n true` failed: {res[2].decode(errors='replace').strip()}; give "
                     f"{self.user} passwordless sudo ({self.user} ALL=(ALL) NOPASSWD: ALL) or log in as root"
                 )
         return client
 
+    def _live_clients(self) -> list[paramiko.SSHClient]:
+        """Drop connections that died (their channels are gone anyway); call with the lock held."""
+        alive = []
+        for client in self._clients:
+            transport = client.get_transport()
+            if transport is not None and transport.is_active():
+                alive.append(client)
+            else:
+                log.info("%s: an SSH connection dropped; the next channel opens on another", self.where)
+                client.close()
+        self._clients = alive
+        return alive
+
     def _transport(self) -> paramiko.Transport:
+        """The first live connection's transport, connecting if there is none."""
         with self._lock:
-            client = self._client
-            transport = client.get_transport() if client else None
-            if transport is None or not transport.is_active():
-                if client is not None:
-                    log.info("%s: SSH connection dropped; reconnecting", self.where)
-                    client.close()
-                self._client = None
-                self._client = self._connect()
-                transport = self._client.get_transport()
+            clients = self._live_clients()
+            if not clients:
+                clients.append(self._connect())
+            transport = clients[0].get_transport()
             assert transport is not None
             return transport
 
@@ -357,9 +377,9 @@ class SshHost(Host):
 
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in self._clients:
+                client.close()
+            self._clients = []
 
     def __enter__(self) -> SshHost:
         return self.connect()
@@ -368,19 +388,34 @@ class SshHost(Host):
         self.close()
 
     def _open_session(self) -> paramiko.Channel:
-        """A fresh session channel; reconnects once if the transport died (nothing was sent yet, so it's safe)."""
-        for attempt in range(2):
-            transport = self._transport()
-            try:
-                return transport.open_session(timeout=self.connect_timeout)
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                if attempt == 1:
-                    raise HostError(f"{self.where}: open session: {type(exc).__name__}: {exc}") from exc
-                with self._lock:
-                    if self._client is not None:
-                        self._client.close()
-                        self._client = None
-        raise AssertionError("unreachable")  # pragma: no cover
+        """A fresh session channel on any live connection with room, else on a new connection.
+
+        sshd allows MaxSessions (default 10) channels per connection, and a storm keeps one per RPC connection
+        plus followers open, so channels spread over a small pool of connections. Opening a channel sends no
+        command, so moving on to another connection after a refusal or a dead transport is always safe.
+        """
+        tried: set[int] = set()
+        last: BaseException | None = None
+        while True:
+            with self._lock:
+                clients = [c for c in self._live_clients() if id(c) not in tried]
+                if not clients:
+                    if len(self._clients) >= self.max_connections:
+                        raise HostError(
+                            f"{self.where}: open session: all {len(self._clients)} SSH connections are at the "
+                            f"node's MaxSessions limit ({last}); raise MaxSessions in the node's sshd_config"
+                        )
+                    self._clients.append(self._connect())
+                    clients = [self._clients[-1]]
+            for client in reversed(clients):  # the newest connection is the likeliest to have room
+                tried.add(id(client))
+                transport = client.get_transport()
+                if transport is None:
+                    continue
+                try:
+                    return transport.open_session(timeout=self.connect_timeout)
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    last = exc  # refused (MaxSessions) or the connection just died: try the next one
 
     # ---- commands ----
 
@@ -473,8 +508,9 @@ class SshHost(Host):
     def fetch_file(self, path: str, local_path: str) -> None:
         Path(local_path).parent.mkdir(parents=True, exist_ok=True)
         if not self.sudo:
-            sftp = paramiko.SFTPClient.from_transport(self._transport())
-            assert sftp is not None
+            chan = self._open_session()
+            chan.invoke_subsystem("sftp")
+            sftp = paramiko.SFTPClient(chan)
             try:
                 sftp.get(path, local_path)
                 return
@@ -524,7 +560,7 @@ class SshHost(Host):
         words = ["sh", "-c", argv] if isinstance(argv, str) else list(argv)
         chan = self._open_session()
         chan.exec_command(self._command_line(["sh", "-c", _FOLLOW, "lvol-storm-follow", *words]))
-        reader = chan.makefile("rb")
+        reader = _ChannelLines(chan)
 
         def stop() -> None:
             try:
@@ -572,6 +608,35 @@ class SshHost(Host):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         _SocketPump(theirs, chan, f"{self.name}:{path}").start()
         return ours
+
+
+class _ChannelLines:
+    """Just enough of a binary file over a channel's stdout for LineStream (readline, close); paramiko's own
+    ChannelFile flushes a write buffer from __del__, which fails noisily when collected after close."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+        self._buf = bytearray()
+
+    def readline(self) -> bytes:
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[:end + 1])
+                del self._buf[:end + 1]
+                return line
+            try:
+                data = self.chan.recv(1 << 16)
+            except (OSError, EOFError, paramiko.SSHException):
+                data = b""
+            if not data:
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+            self._buf += data
+
+    def close(self) -> None:
+        self.chan.close()
 
 
 class _SocketPump:

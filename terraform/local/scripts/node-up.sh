@@ -2,6 +2,7 @@
 # Bring up one throwaway test node on this machine: a network namespace joined to the root namespace by a
 # veth pair (a /30 of its own), running its own sshd with its own host key; root logs in with the run's key.
 # Inputs (environment): NS VETH_HOST VETH_NODE HOST_ADDR NODE_ADDR NODE_DIR PUBKEY [SSHD] [SSHD_WAIT seconds]
+#                       [MAX_SESSIONS per connection, default 64]
 # Leaves NODE_DIR/known_hosts (one line for this node). node-down.sh undoes all of it.
 set -euo pipefail
 : "${NS:?}" "${VETH_HOST:?}" "${VETH_NODE:?}" "${HOST_ADDR:?}" "${NODE_ADDR:?}" "${NODE_DIR:?}" "${PUBKEY:?}"
@@ -45,7 +46,7 @@ StrictModes no
 AllowTcpForwarding no
 AllowStreamLocalForwarding yes
 X11Forwarding no
-MaxSessions 64
+MaxSessions ${MAX_SESSIONS:-64}
 MaxStartups 64:30:128
 Subsystem sftp internal-sftp
 CONF
