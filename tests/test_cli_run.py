@@ -45,7 +45,8 @@ def test_healthy_run_exits_0_and_leaves_every_artefact(tmp_path: Path) -> None:
 
 def test_crashing_target_exits_3_with_a_crash_report(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    res = _run(["run", "--target", "sim", "--sim-fault", "forced-removal", "--duration", "30s",
+    res = _run(["run", "--target", "sim", "--sim-fault", "forced-removal", "--duration", "45s",
+                "--set", "storm.strategies=[busy-delete]", "--set", "storm.strategy_share=0.5",
                 "--run-dir", str(run_dir)])
     assert res.returncode == 3, res.stdout + res.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
