@@ -408,3 +408,13 @@ def test_channels_spread_over_connections_at_the_max_sessions_limit(node: Node) 
             for s in streams:
                 s.close()
         assert _wait_for(lambda: host.run(["true"]).ok)
+
+
+def test_connection_lost_mid_command_is_a_host_error_not_an_exit_code(node: Node) -> None:
+    with node.host() as host:
+        killer = threading.Timer(0.5, lambda: host._transport().close())
+        killer.start()
+        with pytest.raises(HostError, match="connection was lost while `sleep 5` ran; it may or may not"):
+            host.run(["sleep", "5"], timeout=20)
+        killer.join()
+        assert host.run(["echo", "again"]).stdout == "again\n"  # the next command reconnects

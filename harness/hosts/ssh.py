@@ -462,6 +462,9 @@ class SshHost(Host):
             if feeder is not None:
                 feeder.join(timeout=1)
             rc = chan.recv_exit_status()
+            if rc < 0 and not chan.get_transport().is_active():
+                raise HostError(f"{self.where}: the SSH connection was lost while `{line.removesuffix('; exit $?')}` "
+                                "ran; it may or may not have taken effect")
             return (255 if rc < 0 else rc), bytes(out), bytes(err)
         finally:
             chan.close()
