@@ -592,12 +592,17 @@ class LvolStore:
     # ---- busy blobs and background jobs ------------------------------------------------------------------------
 
     def open_blob(self, name: str) -> None:
-        """Hold a blob open (what a checksum or shallow copy in progress does): delete then answers EBUSY."""
-        self.lookup(name).open_refs += 1
+        """Hold a blob open and locked, as a checksum or shallow copy in progress does (for a caller that
+        tracks such an operation itself): delete, clone, inflate, ... then answer EBUSY."""
+        lv = self.lookup(name)
+        lv.open_refs += 1
+        lv.locks += 1
 
     def close_blob(self, name: str) -> None:
+        """Undo one open_blob()."""
         lv = self.lookup(name)
         lv.open_refs = max(0, lv.open_refs - 1)
+        lv.locks = max(0, lv.locks - 1)
 
     def _start_job(self, kind: str, lv: Lvol, total: int, error: int = 0) -> Job:
         if not error and lv.locked:
