@@ -71,7 +71,8 @@ def crash_bundles(run_dir: Path) -> list[dict[str, Any]]:
             continue
         data = _load_json(path)
         if isinstance(data, dict):
-            out.append({"title": data.get("title", "?"), "time": data.get("time"), "kind": data.get("kind"),
+            out.append({"title": data.get("title", "?"), "time": data.get("detected_at") or data.get("time"),
+                        "kind": data.get("kind"),
                         "href": path.relative_to(run_dir).as_posix(),
                         "dir": path.parent.relative_to(run_dir).as_posix(),
                         "duplicate_of": data.get("duplicate_of")})
@@ -218,6 +219,8 @@ def timeline_svg(points: list[dict[str, Any]], markers: list[dict[str, Any]], wi
     if not points:
         return '<p class="empty">No operations recorded (history.jsonl is empty or missing).</p>'
     t0, t1 = points[0]["t"], points[-1]["t"] + width_s
+    late = [float(m["t"]) for m in markers if m.get("t") is not None and t1 < float(m["t"]) <= t1 + 60.0]
+    t1 = max([t1, *late])  # a crash detected just after the last reply still gets its marker
     mid = [(p["t"] + width_s / 2, p) for p in points]
 
     def col(key: str) -> list[tuple[float, float | None]]:
@@ -242,6 +245,8 @@ def timeline_svg(points: list[dict[str, Any]], markers: list[dict[str, Any]], wi
 
 def _dur(seconds: float) -> str:
     seconds = float(seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:

@@ -84,7 +84,7 @@ class Timeline:
     """Buckets keyed by floor(t / width) on absolute time, so files from several nodes merge without a common
     start; when there are more than `max_points` buckets the width doubles and neighbours merge."""
 
-    def __init__(self, max_points: int = 600, width_s: float = 1.0) -> None:
+    def __init__(self, max_points: int = 600, width_s: float = 0.25) -> None:
         self.max_points = max_points
         self.width = width_s
         self.buckets: dict[int, _Bucket] = {}
