@@ -341,6 +341,8 @@ def test_healthy_busy_delete_changes_nothing_and_parent_delete_is_fine() -> None
     _busy_chain(s)
     assert refusal(s.delete, "X") == errno.EBUSY
     assert s.find("X") is not None and s.check_invariants() == []
+    assert refusal(s.delete, "P") == errno.EBUSY  # its only clone X is locked by the checksum
+    s.tick(4)
     s.delete("P")  # one clone (X): merged, no crash
     assert s.check_invariants() == []
 

@@ -71,6 +71,14 @@ def test_parse_faults_unknown_name_is_one_line_listing_valid_ones() -> None:
 # ---- forced-removal -------------------------------------------------------------------------------------------
 
 
+def test_forced_removal_when_the_only_clone_is_busy_logs_two_lines() -> None:
+    d = target(frozenset({"forced-removal"}))
+    busy_snapshot_with_parent(d)
+    assert error_of(d, "bdev_lvol_delete", name="lvs0/P") == (-32603, "Device or resource busy")
+    assert d.drain_log_lines() == RECORDED_FORCED_REMOVAL[1:]
+    assert error_of(d, "bdev_get_bdevs", name="lvs0/P") == (-19, "No such device")
+
+
 def test_forced_removal_answers_ebusy_logs_then_parent_delete_segfaults() -> None:
     d = target(frozenset({"forced-removal"}))
     busy_snapshot_with_parent(d)
@@ -91,6 +99,8 @@ def test_healthy_target_keeps_the_busy_snapshot_and_survives_the_parent_delete()
     assert error_of(d, "bdev_lvol_delete", name="lvs0/X") == (-32603, "Device or resource busy")
     assert d.drain_log_lines() == []
     assert call(d, "bdev_get_bdevs", name="lvs0/X")[0]["aliases"] == ["lvs0/X"]
+    assert error_of(d, "bdev_lvol_delete", name="lvs0/P") == (-32603, "Device or resource busy")  # X locked
+    call(d, "bdev_lvol_get_lvstores")  # the fourth call since the checksum started: it is done now
     assert call(d, "bdev_lvol_delete", name="lvs0/P") is True
     free = call(d, "bdev_lvol_get_lvstores", lvs_name="lvs0")[0]["free_clusters"]
     assert free == 509 - 200  # only D's copy (now X's clusters) remains

@@ -30,6 +30,7 @@ import functools
 import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 MIB = 1024 * 1024
 NAME_MAX = 255
@@ -50,14 +51,16 @@ MODEL_FAULTS = frozenset({FORCED_REMOVAL, LEAK_CLUSTER, DELETE_SNAPSHOT_WITH_CLO
 class ModelError(Exception):
     """SPDK refused the operation with `errno` (e.g. errno.EBUSY).
 
-    `forced_removal` is set when the (faulty) target answered the error but removed the lvol anyway.
+    `forced_removal` is set when the (faulty) target answered the error but removed the lvol anyway; `cause`
+    says why a blob delete failed (`open`: held open; `clone-locked`: the only clone is busy).
     """
 
-    def __init__(self, err: int, detail: str = "", forced_removal: bool = False) -> None:
+    def __init__(self, err: int, detail: str = "", forced_removal: bool = False, cause: str = "") -> None:
         super().__init__(f"{errno.errorcode.get(err, err)}: {detail}" if detail else errno.errorcode.get(err, str(err)))
         self.errno = err
         self.detail = detail
         self.forced_removal = forced_removal
+        self.cause = cause
 
 
 class ModelCrash(Exception):
@@ -427,13 +430,9 @@ class LvolStore:
             # spdk_lvol_destroy looks the only clone's lvol up before deleting the blob: NULL -> blob at +8.
             raise ModelCrash("segv", f"spdk_lvol_destroy: the only clone of {lv.name} has no lvol", address=8)
         if lv.busy:
-            if FORCED_REMOVAL in self.faults:
-                # Recorded bug: the blob delete fails, the lvol goes anyway; the blob stays in its parent's
-                # clone list (and keeps its clusters and its own clones).
-                self._forget(lv)
-                lv.removed = True
-                raise ModelError(errno.EBUSY, f"{lv.name} is open (forced removal)", forced_removal=True)
-            raise ModelError(errno.EBUSY, f"{lv.name} is open")
+            self._blob_delete_failed(lv, errno.EBUSY, "open", f"{lv.name} is open")
+        if only is not None and only.locked:  # delete_snapshot_open_clone_cb
+            self._blob_delete_failed(lv, errno.EBUSY, "clone-locked", f"{lv.name}'s clone {only.name} is busy")
         if only is not None:
             if only.is_snapshot:
                 only.checksum = None  # spdk_lvol_destroy: the clone's data changes, its checksum goes
@@ -446,6 +445,15 @@ class LvolStore:
         self._give(lv.num_allocated_clusters)
         self._forget(lv)
         del self.blobs[lv.blob_id]
+
+    def _blob_delete_failed(self, lv: Lvol, err: int, cause: str, detail: str) -> NoReturn:
+        """spdk_bs_delete_blob failed. With `forced-removal` (the recorded bug, lvol_delete_blob_cb) the lvol goes
+        anyway: its blob stays in its parent's clone list, keeps its clusters and its own clones."""
+        if FORCED_REMOVAL in self.faults:
+            self._forget(lv)
+            lv.removed = True
+            raise ModelError(err, detail + " (forced removal)", forced_removal=True, cause=cause)
+        raise ModelError(err, detail, cause=cause)
 
     def _merge_into_clone(self, snap: Lvol, clone: Lvol) -> None:
         moved = snap.alloc & ~clone.alloc & _mask(clone.num_clusters)

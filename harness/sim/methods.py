@@ -292,7 +292,9 @@ class Dispatcher:
             return fn()
         except ModelError as exc:
             if exc.forced_removal:
-                self._log.extend(fm.FORCED_REMOVAL_LOG_LINES)
+                # bs_is_blob_deletable's line only when the blob itself was open; the other two always.
+                lines = fm.FORCED_REMOVAL_LOG_LINES
+                self._log.extend(lines if exc.cause == "open" else lines[1:])
             raise _fault(exc.errno, None if (code is None or exc.errno in sync) else code) from None
         except ModelCrash as exc:
             self._die(self._crash_for(exc))
