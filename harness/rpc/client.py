@@ -22,7 +22,7 @@ from harness.history import History
 from harness.hosts.base import Host
 from harness.rpc.connect import connect_unix_retrying_async
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
-from harness.rpc.framing import FramingError, ReplyParser, encode_request
+from harness.rpc.framing import FramingError, ReplyParser, encode_json, encode_request_json
 
 # What a pending call's future resolves to besides a reply object: (marker, time.time() when it happened).
 _TIMED_OUT = "timed out"
@@ -142,7 +142,8 @@ class RpcConnection(asyncio.Protocol):
         self._pending[rid] = fut
         history = self._history
         seq = history.next_seq(self.worker) if history is not None else 0
-        data = encode_request(method, params, rid)
+        params_json = None if params is None else encode_json(params)
+        data = encode_request_json(method, params_json, rid)
         t_start = time.time()
         if self._flush_scheduled:
             self._out.append(data)
@@ -178,7 +179,7 @@ class RpcConnection(asyncio.Protocol):
                 result = outcome.get("result")
                 if history is not None:
                     history.record(self.worker, self.conn, method, params, t_start, t_end, result=result,
-                                   seq=seq)
+                                   seq=seq, params_json=params_json)
                 return result
             err = outcome["error"]
             if isinstance(err, dict):
@@ -190,7 +191,8 @@ class RpcConnection(asyncio.Protocol):
         else:
             exc = RpcConnectionLost(method, None, f"{self._lost_reason or 'connection lost'} ({self._where()})")
         if history is not None:
-            history.record(self.worker, self.conn, method, params, t_start, t_end, error=exc, seq=seq)
+            history.record(self.worker, self.conn, method, params, t_start, t_end, error=exc, seq=seq,
+                           params_json=params_json)
         raise exc
 
     def _where(self) -> str:
