@@ -203,8 +203,13 @@ class SshProcess(HostProcess):
 class SshHost(Host):
     """A node over SSH: key auth only, host keys checked against `known_hosts`, `sudo -n` when not root.
 
-    One paramiko transport per host (keepalive on), reopened when it dropped; only connecting is retried,
-    never a command, because a command may have run before the connection broke.
+    Every command, file, process and stream is an exec channel; channels spread over up to `max_connections`
+    SSH connections (keepalive on) because sshd caps channels per connection. A dropped connection is
+    replaced on the next use. Only connecting is retried (tenacity, for `retry_for` s), never a command:
+    a command may have run before the connection broke.
+
+    `run(..., timeout=)` stops waiting at the deadline but cannot stop the command on the node (paramiko has
+    no way to signal it); long-lived work belongs in `spawn`.
     """
 
     def __init__(
