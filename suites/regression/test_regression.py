@@ -18,7 +18,7 @@ from harness.suite import storm_failure_message, with_storm
 def test_delete_race(strategy: str, run_config: RunConfig, run_dir: RunDir, host: Host,
                      request: pytest.FixtureRequest) -> None:
     """One strategy as the only episode kind (the profile's mix runs beside it); crash or finding = fail."""
-    cfg = with_storm(run_config, strategies={strategy: 1.0})
+    cfg = with_storm(run_config, strategies={strategy: 1.0}, strategy_share=1.0)
     outcome = StormRun(cfg, run_dir, host, progress=False).execute()
     request.node.user_properties.append(("run_dir", str(run_dir.path)))
     request.node.user_properties.append(("strategy", strategy))
