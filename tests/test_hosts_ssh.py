@@ -418,3 +418,19 @@ def test_connection_lost_mid_command_is_a_host_error_not_an_exit_code(node: Node
             host.run(["sleep", "5"], timeout=20)
         killer.join()
         assert host.run(["echo", "again"]).stdout == "again\n"  # the next command reconnects
+
+
+def test_target_lifecycle_runs_through_ssh_host(host: SshHost, node: Node) -> None:
+    """harness.target written only against Host: start, answer, stop and exit status over SSH."""
+    from harness.target import Target, TargetConfig
+
+    target = Target(host, TargetConfig(kind="sim", start_timeout_s=30), str(node.dir / "target"),
+                    announce=lambda msg: None)
+    info = target.start()
+    try:
+        assert info.pid and "bdev_lvol_create" in info.methods
+        assert target.alive()
+    finally:
+        exit_text = target.stop()
+    assert not target.alive() and exit_text
+    assert host.exists(target.log_path)
