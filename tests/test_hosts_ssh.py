@@ -76,7 +76,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "id")], check=True)
     run = f"t{os.getpid() % 100000}"
     used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
-    octet = next(o for o in range(200, 250) if f" 10.213.{o}." not in used)  # a /24 nobody here uses now
+    # A /24 nobody here uses now; starting at a pid-chosen place keeps concurrent test runs apart.
+    octet = next(o for o in (200 + (os.getpid() + k) % 50 for k in range(50)) if f" 10.213.{o}." not in used)
     env = {**os.environ, "NS": f"lvs-{run}-0", "VETH_HOST": f"lvh{run}-0", "VETH_NODE": f"lvn{run}-0",
            "HOST_ADDR": f"10.213.{octet}.1", "NODE_ADDR": f"10.213.{octet}.2", "NODE_DIR": str(base / "n0"),
            "PUBKEY": str(base / "id.pub"), "MAX_SESSIONS": "3"}  # small, so every test also uses the pool

@@ -58,7 +58,7 @@ def _run_id(tag: str) -> str:
 def _free_octet() -> int:
     """A 10.213.<octet>.0/24 nothing on this machine uses now, so concurrent runs cannot collide."""
     used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
-    for octet in range(100, 200):
+    for octet in (100 + (os.getpid() + k) % 100 for k in range(100)):  # pid-chosen start: runs stay apart
         if f" 10.213.{octet}." not in used:
             return octet
     raise AssertionError("no free 10.213.x.0/24 between 100 and 199")
