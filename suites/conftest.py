@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
+import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 
@@ -48,6 +48,7 @@ WHERE_KEY = pytest.StashKey[str]()
 CONFIG_KEY = pytest.StashKey[RunConfig]()
 RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 PROVISION_KEY = pytest.StashKey[contextlib.ExitStack]()
+TERMINAL_KEY = pytest.StashKey[TextIO]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -122,6 +123,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"{spec.name}: {exc}" if not str(exc).startswith(spec.name) else str(exc)) from None
     config.stash[WHERE_KEY] = where
     config.stash[CONFIG_KEY] = cfg
+    if spec.long_run and TERMINAL_KEY not in config.stash:
+        # pytest captures fd 2 during a test; configure runs with capture suspended, so this is the real one.
+        config.stash[TERMINAL_KEY] = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -136,13 +140,19 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto` is one worker per node: the inventory's nodes, or `--nodes` for Terraform."""
-    if SUITE_KEY not in config.stash:
-        return None
-    where = config.stash.get(WHERE_KEY, "local")
-    if where == "inventory":
-        return len(load_nodes(config.getoption("inventory")))
-    if where == "terraform":
+    """`-n auto` is one worker per node: the inventory's nodes, or `--nodes` for Terraform, else one.
+
+    xdist asks before pytest_configure, so this reads the command line itself."""
+    try:
+        spec = suite_of_paths(config.args, SUITES_DIR)
+        if spec is None:
+            return None
+        inventory = config.getoption("inventory")
+        if inventory:
+            return len(load_nodes(inventory))
+    except HarnessError:
+        return None  # pytest_configure reports it in one line
+    if spec.where == "terraform" and config.getoption("target") is None:
         return max(1, config.getoption("nodes"))
     return 1
 
@@ -172,6 +182,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     stack = config.stash.get(PROVISION_KEY, None)
     if stack is not None:
         stack.close()
+    terminal = config.stash.get(TERMINAL_KEY, None)
+    if terminal is not None:
+        terminal.close()
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
@@ -231,7 +244,10 @@ def long_run(pytestconfig: pytest.Config, suite_spec: SuiteSpec, node: Node, nod
 
         def announce(msg: str) -> None:
             """Past pytest's capture (a soak is watched live), and into health.log for later."""
-            print(msg, file=sys.__stderr__, flush=True)
+            terminal = pytestconfig.stash.get(TERMINAL_KEY, None)
+            if terminal is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    terminal.write(msg + "\n")
             with open(log, "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}\n")
 

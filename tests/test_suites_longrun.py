@@ -1,0 +1,191 @@
+"""Nightly and soak against the reference target: restarts after crashes (inc-NNN), crash counts by title,
+known-issue policies, the rolling report during a soak and Ctrl-C, and xdist: one worker per node, one run dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import load_config
+from harness.hosts.local import LocalHost
+from harness.known_issues import KnownIssues
+from harness.suite import LongRun, long_run_failure
+
+REPO = Path(__file__).resolve().parent.parent
+EXIT_TITLE = "exit: target exited 1 unexpectedly"
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+
+
+def _pytest(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider", "-o", "timeout=0"]
+
+
+def _known(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "known-issues.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.timeout(90)
+def test_nightly_restarts_after_each_crash_and_a_known_xfail_passes(tmp_path: Path) -> None:
+    known = _known(tmp_path, "issues:\n  - id: sim-exit\n    crash: '^exit: target exited'\n"
+                             "    link: https://example.invalid/sim-exit\n    policy: xfail\n")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(_pytest("suites/nightly", "--target", "sim", "--bdev", "malloc", "--sim-fault", "exit",
+                                  "--set", "target.sim_fault_after=300", "--set", "storm.workers=2",
+                                  "--duration", "8s", "--known-issues", str(known), "--run-dir", str(run_dir)),
+                          cwd=REPO, capture_output=True, text=True, timeout=80, env=_env())
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    node = run_dir / "local"
+    summary = json.loads((node / "summary.json").read_text())
+    incs = sorted(p.name for p in node.glob("inc-*"))
+    assert len(incs) >= 2 and incs[:2] == ["inc-001", "inc-002"], incs
+    assert summary["incarnations"] == len(incs) and summary["running"] is False
+    crashed = [b for b in summary["breakdown"] if b["outcome"] == "crash"]
+    assert crashed and summary["crash_counts"] == {EXIT_TITLE: len(crashed)}
+    assert summary["crashes"][0] == {"title": EXIT_TITLE, "count": len(crashed), "known": "sim-exit",
+                                     "policy": "xfail", "link": "https://example.invalid/sim-exit"}
+    assert summary["known_issues"]["hits"] == {"sim-exit": len(crashed)}
+    for inc in crashed:  # every incarnation has its own target, lvstore and crash bundle
+        assert (node / inc["name"] / "crashes" / "index.json").exists()
+        assert (node / inc["name"] / "target.log").exists()
+    assert summary["verdict"] == "pass" and summary["failing"] == []
+    session = json.loads((run_dir / "summary.json").read_text())
+    assert session["nodes"]["local"]["crashes"] == len(crashed)
+    assert (run_dir / "report.html").exists() and (node / "report.html").exists()
+
+
+@pytest.mark.timeout(60)
+def test_unknown_crashes_fail_the_long_run_with_counts_by_title(tmp_path: Path) -> None:
+    cfg = load_config("nightly", overrides=["target.sim_fault_after=250", "storm.workers=2"],
+                      cli={"target.kind": "sim", "target.sim_fault": "exit", "bdev.kind": "malloc",
+                           "storm.duration": "5s"})
+    said: list[str] = []
+    outcome = LongRun("nightly", cfg, tmp_path / "run", LocalHost(), known=KnownIssues(),
+                      announce=said.append, health_every_s=1.0, report_every_s=1.0).execute()
+    assert not outcome.passed
+    n = outcome.crash_counts[EXIT_TITLE]
+    assert n >= 2 and n == len([i for i in outcome.incarnations if i.outcome == "crash"])
+    message = long_run_failure(outcome)
+    assert message is not None and message.startswith(f"crashes by title: {EXIT_TITLE} x{n}; ")
+    assert "inc-001" in message and "inc-002" in message
+    assert any("restarting the target on a fresh lvstore" in s for s in said)
+    assert any(s.startswith("nightly [local] 00:00:0") and " ops " in s for s in said), said
+
+
+@pytest.mark.timeout(60)
+def test_avoid_policy_stops_issuing_the_named_strategy_and_method(tmp_path: Path) -> None:
+    known = KnownIssues.load(_known(tmp_path, (
+        "issues:\n  - id: no-resize\n    finding: '^never-matches'\n    link: https://example.invalid/2\n"
+        "    policy: avoid\n    avoid: {strategies: [busy-delete], methods: [bdev_lvol_resize]}\n")))
+    cfg = load_config("nightly", overrides=["storm.workers=2"],
+                      cli={"target.kind": "sim", "bdev.kind": "malloc", "storm.duration": "3s"})
+    assert "busy-delete" in cfg.storm.strategies and cfg.storm.mix["bdev_lvol_resize"] > 0
+    outcome = LongRun("nightly", cfg, tmp_path / "run", LocalHost(), known=known,
+                      announce=lambda _m: None).execute()
+    assert outcome.passed, outcome.failing
+    inc_cfg = yaml.safe_load((tmp_path / "run" / "inc-001" / "config.yaml").read_text())
+    assert "busy-delete" not in inc_cfg["storm"]["strategies"]
+    assert "bdev_lvol_resize" not in inc_cfg["storm"]["mix"]
+    ops = outcome.incarnations[0].summary["ops_by_method"]
+    assert "bdev_lvol_resize" not in ops and ops.get("bdev_lvol_create", 0) > 0
+    assert outcome.summary["known_issues"]["avoided"] == {"strategies": ["busy-delete"],
+                                                          "methods": ["bdev_lvol_resize"]}
+
+
+@pytest.mark.timeout(90)
+def test_soak_runs_until_ctrl_c_with_a_rolling_report(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_pytest("suites/soak", "--target", "sim", "--set", "storm.workers=2",
+                                    "--report-every", "1s", "--health-every", "1s", "--run-dir", str(run_dir)),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        node = run_dir / "local"
+        seen: list[dict[str, object]] = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and len(seen) < 3:
+            try:  # a reader may open these at any moment: always whole, valid files
+                data = json.loads((node / "summary.json").read_text())
+                page = (node / "report.html").read_text()
+            except FileNotFoundError:
+                time.sleep(0.2)
+                continue
+            assert page.rstrip().endswith("</html>")
+            if data["running"] and (not seen or data["updated"] > seen[-1]["updated"]):
+                seen.append(data)
+            time.sleep(0.3)
+        assert len(seen) >= 3, "summary.json was not rewritten every second while the soak ran"
+        assert 'http-equiv="refresh"' in (node / "report.html").read_text()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (out + err)[-3000:]
+    final = json.loads((node / "summary.json").read_text())
+    assert final["running"] is False and final["verdict"] == "pass" and final["incarnations"] == 1
+    assert final["breakdown"][0]["ops"] > 0
+    health = (node / "health.log").read_text().splitlines()
+    assert sum(" soak [local] " in line and " ops " in line for line in health) >= 2, health
+    assert "soak [local]" in err
+
+
+def _inventory(tmp_path: Path, names: list[str]) -> Path:
+    (tmp_path / "key").write_text("not a real key\n")
+    (tmp_path / "known_hosts").write_text("")
+    nodes = [{"name": n, "address": f"192.0.2.{i + 10}", "key": "key", "known_hosts": "known_hosts",
+              "bdevs": [{"kind": "aio", "aio_path": f"/dev/disk{i}"}]} for i, n in enumerate(names)]
+    path = tmp_path / "lab.yaml"
+    path.write_text(yaml.safe_dump({"nodes": nodes}))
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_inventory_nodes_are_one_test_and_one_xdist_worker_each(tmp_path: Path) -> None:
+    pytest.importorskip("xdist", reason="pytest-xdist not installed (.venv/bin/pip install pytest-xdist)")
+    inv = _inventory(tmp_path, ["lab1", "lab2", "lab3"])
+    collect = subprocess.run(_pytest("suites/soak", "--inventory", str(inv), "--collect-only",
+                                     "--run-dir", str(tmp_path / "run")),
+                             cwd=REPO, capture_output=True, text=True, timeout=50, env=_env())
+    assert collect.returncode == 0, (collect.stdout + collect.stderr)[-3000:]
+    assert [ln for ln in collect.stdout.splitlines() if "::test_soak[" in ln] == [
+        f"suites/soak/test_soak.py::test_soak[{n}]" for n in ("lab1", "lab2", "lab3")]
+    # -n auto: one worker per node (deselect everything: nothing is contacted, the workers still start)
+    workers = subprocess.run([sys.executable, "-m", "pytest", "suites/soak", "--inventory", str(inv), "-n", "auto",
+                              "-k", "no-such-test", "-p", "no:cacheprovider", "--run-dir", str(tmp_path / "run2")],
+                             cwd=REPO, capture_output=True, text=True, timeout=50, env=_env())
+    assert "created: 3/3 workers" in workers.stdout, workers.stdout[-2000:]
+
+
+@pytest.mark.timeout(90)
+def test_xdist_workers_merge_into_one_run_directory(tmp_path: Path) -> None:
+    pytest.importorskip("xdist", reason="pytest-xdist not installed (.venv/bin/pip install pytest-xdist)")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(_pytest("suites/regression", "--target", "sim", "-n", "2", "--workers", "2",
+                                  "-k", "double-delete or purge-chain", "--duration", "3s", "--run-dir", str(run_dir)),
+                          cwd=REPO, capture_output=True, text=True, timeout=80, env=_env())
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    cases = [c.get("name") for c in ET.parse(run_dir / "junit.xml").getroot().iter("testcase")]
+    assert sorted(cases) == ["test_delete_race[double-delete]", "test_delete_race[purge-chain]"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["test_delete_race-double-delete",
+                                                                       "test_delete_race-purge-chain"]
+    session = json.loads((run_dir / "summary.json").read_text())
+    assert session["tests"] == 2 and len(session["breakdown"]) == 2
+    assert {b["name"] for b in session["breakdown"]} == set(cases)
+    assert all(b["ops"] > 0 for b in session["breakdown"])
+    assert session["ops_by_method"]["bdev_lvol_delete"] == sum(
+        json.loads((run_dir / d / "summary.json").read_text())["ops_by_method"]["bdev_lvol_delete"]
+        for d in ("test_delete_race-double-delete", "test_delete_race-purge-chain"))
