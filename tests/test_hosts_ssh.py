@@ -291,6 +291,12 @@ def test_changed_host_key_is_refused_naming_the_known_hosts_line(node: Node, tmp
     assert f"{known}:3" in msg and "REFUSED" in msg and f"ssh-keygen -f {known} -R '{node.address}'" in msg
     assert other.fingerprint in msg
 
+    hashed = tmp_path / "known_hosts_hashed"  # what `ssh-keygen -H` leaves: names as |1|salt|hash
+    hashed.write_text(f"{paramiko.HostKeys.hash_host(node.address)} ssh-ed25519 {other.get_base64()}\n")
+    host = SshHost("node0", node.address, key_path=node.key, known_hosts=hashed, connect_timeout=5, retry_for=5)
+    with pytest.raises(HostKeyRefused, match=f"{re.escape(str(hashed))}:1 expects"):
+        host.run(["true"])
+
 
 def test_unknown_host_is_refused_with_its_fingerprint(node: Node, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"

@@ -293,18 +293,22 @@ class SshHost(Host):
             )
         except paramiko.BadHostKeyException as exc:
             client.close()
+            sock.close()
             raise self._bad_host_key(exc) from exc
         except HostKeyRefused:
             client.close()
+            sock.close()
             raise
         except paramiko.AuthenticationException as exc:
             client.close()
+            sock.close()
             raise HostError(
                 f"{self.where}: authentication: the node refused key {self.key_path} ({exc}); check that its "
                 f"public half is in ~{self.user}/.ssh/authorized_keys on the node and the user name is right"
             ) from exc
         except (paramiko.SSHException, EOFError, OSError) as exc:
             client.close()
+            sock.close()
             raise _ConnectStep("ssh handshake", exc, transient=True) from exc
         transport = client.get_transport()
         assert transport is not None
