@@ -117,7 +117,7 @@ def history(t_crash: float) -> list[dict[str, Any]]:
                          "t_start": t_crash - 30 + seq + worker * 0.5, "t_end": t_crash - 29.9 + seq,
                          "result": f"uuid-{worker}-{seq}"})
     recs.append({"v": 1, "worker": 0, "conn": 0, "seq": 25, "method": "bdev_lvol_delete",
-                 "params": {"name": "lvs0/snap"}, "t_start": t_crash - 0.5, "t_end": t_crash - 0.4,
+                 "params": {"name": "uuid-0-24"}, "t_start": t_crash - 0.5, "t_end": t_crash - 0.4,
                  "error": {"code": -32603, "message": "Device or resource busy", "errno": "EBUSY"}})
     recs.append({"v": 1, "worker": 1, "conn": 1, "seq": 25, "method": "bdev_get_bdevs", "params": None,
                  "t_start": t_crash + 5, "t_end": t_crash + 5.1, "result": []})
@@ -309,7 +309,9 @@ class FakeRpcServer:
                         break
                     buf = buf.lstrip()[end:]
                     self.calls.append((req["method"], req.get("params")))
-                    if req["method"] == "bdev_lvol_delete":
+                    if req["method"] == "bdev_lvol_create":  # a fresh target hands out fresh UUIDs
+                        reply = {"jsonrpc": "2.0", "id": req["id"], "result": f"fresh-{len(self.calls)}"}
+                    elif req["method"] == "bdev_lvol_delete":
                         reply = {"jsonrpc": "2.0", "id": req["id"],
                                  "error": {"code": -32603, "message": "Device or resource busy"}}
                     else:
@@ -330,5 +332,53 @@ def test_reproducer_replays_operations_in_order(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(script), server.path], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [m for m, _ in server.calls] == [op["method"] for op in ops]
-    assert [p for _, p in server.calls] == [op["params"] or {} for op in ops]
-    assert "Device or resource busy" in done.stdout
+    assert [p for _, p in server.calls[:-1]] == [op["params"] or {} for op in ops[:-1]]
+    # the delete named the UUID worker 0's last create returned when recorded; the replay names the fresh one
+    create_at = next(i for i, op in enumerate(ops) if (op["worker"], op["seq"]) == (0, 24))
+    assert server.calls[-1] == ("bdev_lvol_delete", {"name": f"fresh-{create_at + 1}"})
+    assert "-32603 Device or resource busy" in done.stdout
+
+
+def test_operations_bring_the_calls_that_made_their_objects() -> None:
+    """A clone of a snapshot made long ago: the snapshot and the lvol under it come along, nothing else."""
+    t = 100.0
+    recs: list[dict[str, Any]] = [
+        {"worker": -1, "seq": 0, "method": "bdev_lvol_create_lvstore",
+         "params": {"bdev_name": "Malloc0", "lvs_name": "lvs0"}, "t_start": 1.0, "result": "lvs-uuid"},
+        {"worker": 1, "seq": 0, "method": "bdev_lvol_create", "params": {"lvs_name": "lvs0", "lvol_name": "base"},
+         "t_start": 2.0, "result": "u-base"},
+        {"worker": 1, "seq": 1, "method": "bdev_lvol_snapshot",
+         "params": {"lvol_name": "u-base", "snapshot_name": "snap"}, "t_start": 3.0, "result": "u-snap"},
+    ]
+    recs += [{"worker": 1, "seq": 2 + i, "method": "bdev_lvol_create",
+              "params": {"lvs_name": "lvs0", "lvol_name": f"x{i}"}, "t_start": 4.0 + i, "result": f"u-x{i}"}
+             for i in range(10)]
+    recs += [{"worker": 0, "seq": 0, "method": "bdev_lvol_clone",
+              "params": {"snapshot_name": "lvs0/snap", "clone_name": "c"}, "t_start": t - 1, "result": "u-c"},
+             {"worker": 0, "seq": 1, "method": "bdev_lvol_delete", "params": {"name": "u-snap"}, "t_start": t,
+              "error": {"code": -32603, "message": "Device or resource busy", "errno": "EBUSY"}}]
+    recs += [  # worker 2: an older clone of the same snapshot (changes what deleting it does), a read of it
+        {"worker": 2, "seq": 0, "method": "bdev_lvol_clone", "params": {"snapshot_name": "u-snap", "clone_name": "o"},
+         "t_start": 3.5, "result": "u-o"},
+        {"worker": 2, "seq": 1, "method": "bdev_get_bdevs", "params": {"name": "u-snap"}, "t_start": 3.6, "result": []},
+    ]
+    recs += [{"worker": 2, "seq": 2 + i, "method": "bdev_lvol_create",
+              "params": {"lvs_name": "lvs0", "lvol_name": f"y{i}"}, "t_start": 20.0 + i, "result": f"u-y{i}"}
+             for i in range(2)]
+    ops = last_operations(recs, before=t, per_worker=2)
+    assert [(op["worker"], op["seq"]) for op in ops] == [
+        (-1, 0), (1, 0), (1, 1), (2, 0), (1, 10), (1, 11), (2, 2), (2, 3), (0, 0), (0, 1)]
+    plain = last_operations(recs, before=t, per_worker=2, dependencies=False)
+    assert [(op["worker"], op["seq"]) for op in plain] == [(-1, 0), (1, 10), (1, 11), (2, 2), (2, 3), (0, 0), (0, 1)]
+
+
+def test_replay_order_is_answer_order_then_calls_in_flight() -> None:
+    recs = [
+        {"worker": 0, "seq": 0, "method": "a", "t_start": 1.0, "t_end": 5.0, "result": True},
+        {"worker": 1, "seq": 0, "method": "b", "t_start": 2.0, "t_end": 3.0, "result": True},
+        {"worker": 2, "seq": 0, "method": "killer", "t_start": 2.5, "t_end": 9.0,
+         "error": {"code": None, "message": "connection lost", "errno": "ECONNRESET"}},
+        {"worker": 1, "seq": 1, "method": "c", "t_start": 4.0, "t_end": 6.0,
+         "error": {"code": -16, "message": "Device or resource busy", "errno": "EBUSY"}},
+    ]
+    assert [op["method"] for op in last_operations(recs)] == ["b", "a", "c", "killer"]

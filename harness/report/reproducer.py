@@ -34,28 +34,138 @@ def as_record(item: Any) -> dict[str, Any]:
     return dict(vars(item))
 
 
+# Which parameter of a successful call names the object it made (SPDK's own parameter names).
+_PRODUCED_NAME = {
+    "bdev_malloc_create": "name",
+    "bdev_aio_create": "name",
+    "bdev_lvol_create_lvstore": "lvs_name",
+    "bdev_lvol_create": "lvol_name",
+    "bdev_lvol_snapshot": "snapshot_name",
+    "bdev_lvol_clone": "clone_name",
+    "bdev_lvol_clone_bdev": "clone_name",
+    "bdev_lvol_rename": "new_name",
+    "bdev_lvol_rename_lvstore": "new_name",
+}
+
+
+_SETUP_METHODS = {"bdev_malloc_create", "bdev_aio_create", "bdev_lvol_create_lvstore", "bdev_nvme_attach_controller"}
+
+
+def _produced(rec: dict[str, Any]) -> set[str]:
+    """Names and UUIDs a successful call created (the values later calls refer to)."""
+    if rec.get("error") is not None:
+        return set()
+    out: set[str] = set()
+    if isinstance(rec.get("result"), str) and rec["result"]:
+        out.add(rec["result"])
+    key = _PRODUCED_NAME.get(str(rec.get("method")))
+    params = rec.get("params") or {}
+    if key and isinstance(params, Mapping) and isinstance(params.get(key), str):
+        out.add(params[key])
+    return out
+
+
+def _mutating(rec: Mapping[str, Any]) -> bool:
+    method = str(rec.get("method", ""))
+    return not ("_get_" in method or method.startswith(("bdev_get", "rpc_get", "spdk_get")) or
+                method.startswith("bdev_lvol_check"))
+
+
+def _consumed(rec: dict[str, Any]) -> set[str]:
+    """Every string in the parameters, and both halves of `lvs/lvol` names."""
+    out: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            out.add(value)
+            if "/" in value:
+                out.update(part for part in value.split("/", 1) if part)
+        elif isinstance(value, Mapping):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(rec.get("params"))
+    key = _PRODUCED_NAME.get(str(rec.get("method")))
+    params = rec.get("params") or {}
+    if key and isinstance(params, Mapping) and params.get(key) in out:
+        out.discard(params[key])  # the name it is about to create is not a reference
+    return out
+
+
 def last_operations(history: Iterable[Any], *, before: float | None = None, per_worker: int = 20,
-                    setup_limit: int = 200) -> list[dict[str, Any]]:
-    """The last `per_worker` operations of every worker started before `before`, in start order.
+                    setup_limit: int = 200, dependencies: bool = True, limit: int = 2000) -> list[dict[str, Any]]:
+    """The last `per_worker` operations of every worker started before `before`, in replay order.
 
     Setup calls (worker -1) are kept whole up to `setup_limit`: a fresh target needs its bdev and lvstore.
+    With `dependencies`, the calls that created what those operations name (an lvol's create, the snapshot
+    a clone is made of, recursively) and the successful changes to those objects since (other clones of
+    that snapshot) are added from the rest of the history, so a replay on a fresh target finds the objects
+    it acts on in the state they were in.
     """
     records = [as_record(r) for r in history]
     if before is not None:
         records = [r for r in records if float(r.get("t_start", 0.0)) <= before]
-    by_worker: dict[int, list[dict[str, Any]]] = {}
-    for rec in records:
-        by_worker.setdefault(int(rec.get("worker", 0)), []).append(rec)
-    kept: list[dict[str, Any]] = []
-    for worker, recs in by_worker.items():
-        recs.sort(key=lambda r: (float(r.get("t_start", 0.0)), int(r.get("seq", 0))))
-        kept.extend(recs[-setup_limit:] if worker == -1 else recs[-per_worker:])
-    kept.sort(key=lambda r: (float(r.get("t_start", 0.0)), int(r.get("worker", 0)), int(r.get("seq", 0))))
-    return kept
+
+    def order(r: dict[str, Any]) -> tuple[float, int, int]:
+        return (float(r.get("t_start", 0.0)), int(r.get("worker", 0)), int(r.get("seq", 0)))
+
+    records.sort(key=order)
+    by_worker: dict[int, list[int]] = {}
+    for index, rec in enumerate(records):
+        by_worker.setdefault(int(rec.get("worker", 0)), []).append(index)
+    chosen: set[int] = set()
+    for worker, indexes in by_worker.items():
+        chosen.update(indexes[-setup_limit:] if worker == -1 else indexes[-per_worker:])
+    if dependencies:
+        # the lvstore and base bdev are named by every call: a change "to" them is no dependency
+        shared = set().union(*(_produced(r) for r in records
+                               if int(r.get("worker", 0)) == -1 or r.get("method") in _SETUP_METHODS))
+        pending = sorted(chosen)
+        while pending and len(chosen) < limit:
+            index = pending.pop()
+            wanted = _consumed(records[index])
+            for earlier in range(index - 1, -1, -1):
+                if not wanted:
+                    break
+                rec = records[earlier]
+                made = _produced(rec) & wanted
+                # what made an object, and every successful change to it since (another clone of the same
+                # snapshot changes what a delete of it does)
+                touched = made or (_mutating(rec) and answered(rec) and rec.get("error") is None
+                                   and bool(_consumed(rec) & (wanted - shared)))
+                wanted -= made
+                if touched and earlier not in chosen and len(chosen) < limit:
+                    chosen.add(earlier)
+                    pending.append(earlier)
+    return sorted((records[i] for i in chosen), key=replay_order)
+
+
+def answered(rec: Mapping[str, Any]) -> bool:
+    """Did the target answer this call (a result, or an error with a JSON-RPC code)?"""
+    if "result" in rec and rec.get("error") is None:
+        return True
+    error = rec.get("error")
+    return isinstance(error, Mapping) and error.get("code") is not None
+
+
+def replay_order(rec: Mapping[str, Any]) -> tuple[int, float, float]:
+    """SPDK's reactor applies calls in the order it answers them, so answered calls go by `t_end`; calls
+    still in flight when it died (one of them killed it) come last, in the order they were sent."""
+    t_start = float(rec.get("t_start", 0.0))
+    if answered(rec):
+        return (0, float(rec.get("t_end") or t_start), t_start)
+    return (1, t_start, t_start)
 
 
 def reproducer_script(operations: list[dict[str, Any]], title: str) -> str:
-    """A standalone Python script: `python3 repro.py /var/tmp/spdk.sock` replays `operations` in order."""
+    """A standalone Python script: `python3 repro.py /var/tmp/spdk.sock` replays `operations` in order.
+
+    UUIDs differ on a fresh target, so each string a call returned (an lvol's or lvstore's UUID) is
+    remembered and replaced by the fresh target's answer wherever later parameters use it.
+    """
     ops = [
         {"worker": op.get("worker"), "seq": op.get("seq"), "method": op["method"], "params": op.get("params"),
          "recorded": {"error": op["error"]} if op.get("error") is not None else {"result": op.get("result")}}
@@ -67,7 +177,10 @@ def reproducer_script(operations: list[dict[str, Any]], title: str) -> str:
 
 Replays the {len(ops)} operations recorded before the crash, one at a time and in their recorded start
 order, against a FRESH target (start spdk_tgt, then: python3 repro.py /var/tmp/spdk.sock).
-Operations that ran concurrently in the storm run sequentially here; a race may need several runs.
+Operations that ran concurrently in the storm run sequentially here, in the order the target answered
+them; the calls at the end got no answer (in flight when it died, one of them killed it) and their order
+is unknown: if the replay survives, reorder those (`lvol-storm minimize` does this).
+UUIDs returned by the recorded calls are mapped to the ones the fresh target returns.
 Needs SPDK's Python client: pip install spdk (or PYTHONPATH=<spdk>/python).
 """
 
@@ -78,24 +191,56 @@ from spdk.rpc.client import JSONRPCClient, JSONRPCException
 
 OPERATIONS = {body}
 
+RENAMED = {{}}  # recorded answer (a UUID) -> the fresh target's answer
 
-def main() -> int:
+
+def renamed(value):
+    if isinstance(value, str):
+        for old, new in RENAMED.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, list):
+        return [renamed(v) for v in value]
+    if isinstance(value, dict):
+        return {{k: renamed(v) for k, v in value.items()}}
+    return value
+
+
+def error_text(exc):
+    text = exc.message or str(exc)
+    if "response:" in text:
+        try:
+            err = json.loads(text.split("response:", 1)[1])
+            return f"{{err.get('code')}} {{err.get('message')}}"
+        except ValueError:
+            pass
+    return text.strip().splitlines()[-1] if text.strip() else repr(exc)
+
+
+def main():
     if len(sys.argv) != 2:
         print(f"usage: {{sys.argv[0]}} RPC_SOCKET_PATH", file=sys.stderr)
         return 2
     client = JSONRPCClient(sys.argv[1], timeout=60.0)
     for i, op in enumerate(OPERATIONS):
-        params = json.loads(json.dumps(op["params"])) if op["params"] is not None else None
+        params = renamed(op["params"]) if op["params"] is not None else None
         print(f"[{{i}}] worker {{op['worker']}} {{op['method']}} {{json.dumps(params)}}", flush=True)
+        recorded = json.dumps(op["recorded"])[:200]
         try:
             result = client.call(op["method"], params)
-            print(f"    -> {{json.dumps(result)[:200]}}   (recorded: {{json.dumps(op['recorded'])[:200]}})")
         except JSONRPCException as exc:
-            print(f"    -> error {{exc.message.splitlines()[-1] if exc.message else exc}}"
-                  f"   (recorded: {{json.dumps(op['recorded'])[:200]}})")
+            print(f"    -> error {{error_text(exc)}}   (recorded: {{recorded}})")
+            if not client.sock:
+                print(f"target closed the connection at operation {{i}} ({{op['method']}})")
+                return 1
+            continue
         except (OSError, ValueError) as exc:
             print(f"target stopped answering at operation {{i}} ({{op['method']}}): {{exc}}")
             return 1
+        old = op["recorded"].get("result")
+        if isinstance(old, str) and isinstance(result, str) and old and old != result:
+            RENAMED[old] = result
+        print(f"    -> {{json.dumps(result)[:200]}}   (recorded: {{recorded}})")
     print("all operations replayed; check whether the target is still alive")
     return 0
 
