@@ -143,8 +143,9 @@ def resolve_where(spec: SuiteSpec, *, inventory: str | None, target_flag: str | 
     return spec.where
 
 
-def check_terraform_ready(spec: SuiteSpec, module: str, environ: Mapping[str, str] | None = None) -> Path:
-    """Before provisioning anything: the module exists and AWS credentials are there."""
+def check_terraform_ready(spec: SuiteSpec, module: str, variables: Mapping[str, Any] | None = None,
+                          environ: Mapping[str, str] | None = None) -> Path:
+    """Before provisioning anything: the module exists, AWS credentials are there, required variables set."""
     path = terraform_module_dir(module)
     if not (path / "main.tf").exists() and not any(path.glob("*.tf")):
         raise ConfigError(f"{spec.name}: Terraform module {path} not found; pass --inventory FILE or "
@@ -154,6 +155,9 @@ def check_terraform_ready(spec: SuiteSpec, module: str, environ: Mapping[str, st
             raise ConfigError(f"{spec.name}: provisioning {path.name} needs AWS credentials: set "
                               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run on your own "
                               "machines with --inventory FILE, or on this one with --target spdk|sim")
+        if not (variables or {}).get("runner_cidr"):
+            raise ConfigError(f"{spec.name}: terraform/{path.name} opens SSH only to your address: pass "
+                              "--tf-var runner_cidr=<your public IP>/32")
     return path
 
 

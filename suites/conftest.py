@@ -9,6 +9,7 @@ a target is started or a node provisioned.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
+import yaml
 
 from harness.config import RunConfig, load_config
 from harness.errors import ConfigError, HarnessError
@@ -57,6 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--terraform-module", default="aws-sles", help="module under terraform/ for nightly (aws-sles)")
     g.addoption("--nodes", type=int, default=1, help="how many Terraform nodes to provision (nightly)")
     g.addoption("--keep-nodes", action="store_true", help="do not destroy Terraform nodes at the end")
+    g.addoption("--tf-var", action="append", default=[], metavar="NAME=VALUE",
+                help="Terraform variable for the node module, e.g. --tf-var runner_cidr=203.0.113.7/32 (repeatable)")
     g.addoption("--known-issues", default=None, help="known-issues YAML (default: known-issues.yaml at the repo "
                                                      "root); nightly and soak only")
     g.addoption("--health-every", default="60s", help="soak/nightly: health line period")
@@ -103,7 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if where == "inventory":
             load_nodes(config.getoption("inventory"))
         elif where == "terraform" and worker is None:
-            check_terraform_ready(spec, config.getoption("terraform_module"))
+            check_terraform_ready(spec, config.getoption("terraform_module"), tf_vars(config))
         found = True
         if where == "local" and spec.refuses_sim and target_flag != "sim":
             try:
@@ -171,11 +175,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     stack = contextlib.ExitStack()
     config.stash[PROVISION_KEY] = stack
-    tf = Terraform(config.getoption("terraform_module"), run_dir / "terraform",
-                   {"node_count": config.getoption("nodes")}, run_dir / "terraform.log")
+    variables = {"run_id": hashlib.sha1(str(run_dir).encode()).hexdigest()[:8],
+                 "node_count": config.getoption("nodes"), **tf_vars(config)}
+    tf = Terraform(config.getoption("terraform_module"), run_dir / "terraform", variables,
+                   run_dir / "terraform.log")
     outputs = stack.enter_context(TerraformSession(tf, keep=config.getoption("keep_nodes")).active())
     config.option.inventory = str(inventory_from_terraform(outputs, run_dir))
     config.stash[WHERE_KEY] = "inventory"
+
+
+def tf_vars(config: pytest.Config) -> dict[str, Any]:
+    """`--tf-var name=value` (values parsed as YAML, so numbers stay numbers)."""
+    out: dict[str, Any] = {}
+    for item in config.getoption("tf_var"):
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--tf-var {item}: expected NAME=VALUE, e.g. runner_cidr=203.0.113.7/32")
+        out[name.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -39,6 +39,7 @@ def error_line(out: str) -> str:
                                                              "add --target sim"),
     (["suites/nightly"], "nightly: provisioning aws-sles needs AWS credentials: set AWS_ACCESS_KEY_ID"),
     (["suites/soak"], "soak: needs an inventory of lab machines: --inventory FILE"),
+    (["suites/nightly", "--tf-var", "region"], "--tf-var region: expected NAME=VALUE"),
     (["suites/soak", "--inventory", "missing-lab.yaml"], "soak: --inventory: missing-lab.yaml does not exist"),
     (["suites/smoke", "--target", "sim", "--set", "storm.bogus=1"], "storm.bogus: unknown field"),
     (["suites/smoke", "--target", "sim", "--set", "storm.workers=many"], "storm.workers: Input should be a valid "
@@ -59,6 +60,15 @@ def test_unknown_suite_is_an_error(tmp_path: Path) -> None:
     rc, out, _ = run(tmp_path, "suites/bogus")
     assert rc == pytest.ExitCode.USAGE_ERROR
     assert "suites/bogus" in error_line(out)
+
+
+def test_nightly_with_credentials_still_needs_the_runner_address(tmp_path: Path) -> None:
+    (tmp_path / ".aws").mkdir()
+    (tmp_path / ".aws" / "credentials").write_text("[default]\naws_access_key_id = AKIAEXAMPLE\n")
+    rc, out, run_dir = run(tmp_path, "suites/nightly")
+    assert rc == pytest.ExitCode.USAGE_ERROR
+    assert "--tf-var runner_cidr=<your public IP>/32" in error_line(out)
+    assert not (run_dir / "terraform").exists()
 
 
 def test_bad_known_issues_file_is_refused(tmp_path: Path) -> None:
