@@ -137,22 +137,27 @@ class ProcessWatch:
         """True when the process ended within `timeout` s or is already dumping core (it is dead then)."""
         deadline = time.time() + timeout
         while True:
-            if self.exited.is_set():
-                return True
-            if self.host.is_local and self._dumping_locally():
+            if self.exited.is_set() or self._dying():
                 return True
             left = deadline - time.time()
             if left <= 0:
                 return False
-            self.exited.wait(min(left, 0.02))
+            self.exited.wait(min(left, 0.02 if self.host.is_local else 0.1))
 
-    def _dumping_locally(self) -> bool:
-        try:
-            with open(f"/proc/{self.pid}/status", encoding="utf-8") as f:
-                text = f.read()
-        except OSError:
-            return True
-        return "CoreDumping:\t1" in text
+    def _dying(self) -> bool:
+        """Gone, a zombie, or dumping core (writing a big core takes seconds before the exit is visible)."""
+        if self.host.is_local:
+            try:
+                with open(f"/proc/{self.pid}/status", encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                return True
+        else:
+            result = self.host.run(["cat", f"/proc/{self.pid}/status"], timeout=10)
+            if not result.ok:
+                return True
+            text = result.stdout
+        return "CoreDumping:\t1" in text or "\nState:\tZ" in text
 
     def stop(self) -> None:
         self._stop.set()
