@@ -221,8 +221,9 @@ class Target:
         argv = self.argv()
         self.info.argv = shlex.join(argv)
         try:
+            # cwd = the work dir: with a relative core_pattern ("core"), a core lands in the run, not in the repo.
             self.process = self.host.spawn(
-                argv, log_path=self.log_path, env=self.environment(), core_unlimited=True
+                argv, log_path=self.log_path, env=self.environment(), cwd=self.work_dir, core_unlimited=True
             )
         except Exception:
             self._release()
