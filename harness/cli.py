@@ -39,12 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", default=None, help="e.g. 30s, 5m, 1h")
     run.add_argument("--workers", type=int, default=None)
     run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--no-minimize", action="store_true",
+                     help="do not minimize new crashes (default: each new crash title is minimized)")
 
     replay = sub.add_parser("replay", help="re-issue a history.jsonl against a fresh target")
     replay.add_argument("history", help="history.jsonl of an earlier run (or a crash directory's repro.jsonl)")
     _target_flags(replay)
-    replay.add_argument("--mode", choices=["serial", "workers"], default="workers",
-                        help="serial: one connection, in order; workers: each worker on its own connection")
+    replay.add_argument("--mode", choices=["grouped", "serial", "workers"], default="grouped",
+                        help="grouped (default): each call on its recorded connection, calls that were in flight "
+                             "together sent together, and says whether the crash title is the same; serial: one "
+                             "connection, in order; workers: each worker on its own connection")
+    replay.add_argument("--expect-title", default=None,
+                        help="crash title to compare with (default: the crash.json next to HISTORY, or the run's)")
+
+    from harness.minimize.command import add_minimize_parser
+
+    add_minimize_parser(sub, _target_flags)
 
     sub.add_parser("profiles", help="list the profiles under profiles/")
     return parser
@@ -69,7 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if not Path(args.history).exists():
                 raise ConfigError(f"replay: {args.history} does not exist")
+            if args.mode == "grouped":
+                from harness.minimize.command import main_replay_grouped
+
+                return main_replay_grouped(args)
             return main_replay(args)
+        if args.command == "minimize":
+            from harness.minimize.command import main_minimize
+
+            return main_minimize(args)
     except ConfigError as exc:
         print(f"lvol-storm: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -15,7 +15,7 @@ import pytest
 
 from harness.minimize.config import MinimizeConfig
 from harness.minimize.ddmin import Budget, BudgetExhausted, CachedTest, ddmin
-from harness.minimize.deps import Dependencies, produces, references
+from harness.minimize.deps import Dependencies, object_units, produces, references
 from harness.minimize.operations import Operation, assign_in_flight_groups, before, groups_of
 from harness.minimize.plan import ReplayPlan, grouped_plan, plan_from_operations, serial_plan
 from harness.minimize.remap import Remap
@@ -206,6 +206,20 @@ def test_closure_keeps_creates_renames_and_the_latest_producer() -> None:
     assert deps.direct(5) == frozenset({0, 4})
 
 
+def test_object_units_gather_an_lvols_whole_life() -> None:
+    ops = [
+        op(0, "bdev_lvol_create_lvstore", {"bdev_name": "M", "lvs_name": "lvs0"}, "lvs-u"),
+        op(1, "bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "A", "size_in_mib": 4}, "u-a"),
+        op(2, "bdev_lvol_resize", {"name": "u-a", "size_in_mib": 8}),
+        op(3, "bdev_lvol_snapshot", {"lvol_name": "lvs0/A", "snapshot_name": "S"}, "u-s"),
+        op(4, "bdev_get_bdevs", {"name": "lvs0/S"}, [{}]),
+        op(5, "bdev_lvol_delete", {"name": "lvs0/A"}),
+        op(6, "bdev_lvol_get_lvols", {"lvs_name": "lvs0"}, []),
+    ]
+    units = object_units(ops)
+    assert units == {0: 0, 1: 1, 2: 1, 3: 3, 4: 3, 5: 1, 6: 0}
+
+
 # ---- in-flight groups and plans ---------------------------------------------------------------------------
 
 
@@ -298,7 +312,8 @@ def test_ddmin_stops_on_budget_with_a_passing_candidate() -> None:
 
 def test_windows_grow_to_the_whole_history() -> None:
     assert windows(10) == [10]
-    assert windows(1000) == [16, 64, 256, 1000]
+    assert windows(1000, first=16) == [16, 64, 256, 1000]
+    assert windows(100_000) == [4096, 16384, 65536, 100_000]
 
 
 # ---- the whole search ------------------------------------------------------------------------------------
@@ -330,7 +345,8 @@ def test_search_cuts_a_noisy_history_to_the_crash_and_its_setup() -> None:
     assert out.plan.mode == "serial"
     assert out.rate == (3, 3) and out.ops_before == len(ops) and out.ops_after == 10
     assert any("ddmin" in p for p in progress) and any("rate 3/3" in p for p in progress)
-    assert [p.name for p in out.phases][:3] == ["reproduce", "drop workers and reads", "ddmin"]
+    assert [p.name for p in out.phases][:4] == ["reproduce", "drop workers and reads", "ddmin over objects",
+                                                "ddmin"]
 
 
 def test_search_keeps_two_operations_in_flight_when_the_crash_needs_them() -> None:
@@ -398,6 +414,25 @@ def test_another_title_is_reported_and_the_search_keeps_the_original() -> None:
     out = search(ops, SEGV_TITLE, DispatcherRunner(crash_if=other), fast_config())
     assert out.reproduced and out.ops_after == 10
     assert out.other_titles.get("SIGABRT: other bug (fake)", 0) >= 1
+
+
+def test_a_ratelimited_fault_line_neither_confirms_nor_refutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.minimize.search as search_module
+
+    monkeypatch.setattr(search_module, "RATELIMIT_PAUSE_S", 0.0)
+    ops, _, _ = crashing_history(noise_workers=(1,))
+    thin = itertools.cycle([False, False, True])  # every third death lost its kernel line
+
+    class Ratelimited(DispatcherRunner):
+        def run(self, plan: ReplayPlan) -> TrialResult:
+            result = super().run(plan)
+            if result.title is not None and next(thin):
+                return TrialResult("SIGSEGV: no kernel line (kernel log unavailable or ratelimited)")
+            return result
+
+    out = search(ops, SEGV_TITLE, Ratelimited(), fast_config())
+    assert out.reproduced and out.ops_after == 10
+    assert out.other_titles == {}
 
 
 def test_a_history_that_does_not_crash_on_replay_keeps_the_full_reproducer() -> None:

@@ -19,6 +19,7 @@ class MinimizeConfig(BaseModel):
                                    description="runs of the final reproducer for its rate (default: tries)")
     op_timeout_s: float = Field(10.0, gt=0, description="deadline of one replayed call")
     settle_s: float = Field(0.3, ge=0, description="wait after the last reply for a late death")
+    parallel: int = Field(2, ge=1, le=16, description="fresh targets run at once for one candidate")
     cores: bool = Field(False, description="collect a core per try (slower; only if titles need the backtrace)")
 
     @model_validator(mode="after")

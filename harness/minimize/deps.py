@@ -145,3 +145,63 @@ class Dependencies:
 
     def direct(self, index: int) -> frozenset[int]:
         return self.needs.get(index, frozenset())
+
+
+def object_units(ops: Sequence[Operation], deps: Dependencies | None = None) -> dict[int, int]:
+    """Each operation's object: the index of the operation that made what it acts on (its own index if it
+    makes something). Dropping an lvol's whole life at once (create, resizes, renames, reads, delete) is one
+    try where dropping each call is many: the search cuts whole objects before single operations."""
+    latest: dict[str, int] = {}
+    units: dict[int, int] = {}
+    for op in ops:
+        made = produces(op)
+        unit = op.index
+        if not made and isinstance(op.params, dict):
+            for key, value in op.params.items():
+                if key in produced_params(op.method):
+                    continue
+                hits = [latest[t] for t in sorted(_tokens_of(value, key)) if t in latest]
+                if hits:
+                    unit = units.get(max(hits), max(hits))
+                    break
+        units[op.index] = unit
+        for token in made:
+            latest[token] = op.index
+    return units
+
+
+def _tokens_of(value: Any, key: str) -> set[str]:
+    out: set[str] = set()
+    _strings(value, key, out)
+    return out
+
+
+class ObjectLives:
+    """Whole lives of the objects a candidate touches: every call on each lvol it keeps (its deletes too).
+
+    The name closure keeps an lvol's create but not the delete another worker sent later, so a worker replayed
+    alone leaks the space others freed and diverges (ENOSPC where the storm had room). Completing lives keeps
+    the state the crash grew in; it seeds the search, and ddmin then cuts what is not needed. Setup objects
+    (worker -1: base bdevs, the lvstore) are not completed: their lives are the whole history."""
+
+    def __init__(self, ops: Sequence[Operation], deps: Dependencies) -> None:
+        self.deps = deps
+        self.units = object_units(ops, deps)
+        setup = {op.index for op in ops if op.worker < 0}
+        self.members: dict[int, list[int]] = {}
+        for op in ops:
+            unit = self.units[op.index]
+            if unit not in setup:
+                self.members.setdefault(unit, []).append(op.index)
+
+    def complete(self, indices: Iterable[int]) -> list[int]:
+        current = set(self.deps.closure(indices))
+        for _ in range(len(self.units) + 1):  # bounded fixpoint: each round only adds
+            more = set(current)
+            for i in current:
+                more.update(self.members.get(self.units.get(i, i), ()))
+            grown = set(self.deps.closure(more))
+            if grown == current:
+                break
+            current = grown
+        return sorted(current, key=self.deps.order.__getitem__)

@@ -1,10 +1,11 @@
 """The search for a minimal reproducer: phases from cheap and coarse to fine, every candidate on fresh targets.
 
-1. Reproduce at all: the last 16, 64, 256, ... operations before the crash (with what they depend on), each
-   tried serially first and then with the recorded in-flight groups; the smallest window that reproduces
-   wins, the whole history last. None reproduces: the crash may need timing a replay cannot give.
-2. Drop whole workers, then every read-only call at once.
-3. ddmin over what is left, closed under dependencies.
+1. Reproduce at all: everything before the crash (a huge history: its last 4096, 16384, ... operations
+   first, with what they depend on), serially first and then with the recorded in-flight groups. Nothing
+   reproduces: the crash may need timing a replay cannot give, and the full reproducer is kept.
+2. Whole workers: each alone (the one cut off by the crash first), then each dropped; then all reads.
+3. ddmin over objects (every call on one lvol at once), then over single operations, closed under
+   dependencies.
 4. Concurrency only where it matters: a grouped result is tried serially, then each group dissolved in turn.
 5. The result runs `rate_runs` more times: its reproduction rate.
 
@@ -14,6 +15,7 @@ are counted and reported, and the search keeps looking for the original one.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,7 +24,7 @@ from typing import Any, Protocol
 
 from harness.minimize.config import MinimizeConfig
 from harness.minimize.ddmin import Budget, BudgetExhausted, ddmin
-from harness.minimize.deps import Dependencies
+from harness.minimize.deps import Dependencies, ObjectLives, object_units
 from harness.minimize.operations import Operation, workers_of
 from harness.minimize.plan import Mode, ReplayPlan, plan_for
 from harness.rpc.sync import READ_METHODS
@@ -46,6 +48,30 @@ class TrialRunner(Protocol):
     def run(self, plan: ReplayPlan) -> TrialResult: ...
 
 
+def run_many(runner: TrialRunner, plan: ReplayPlan, count: int) -> list[TrialResult]:
+    """`count` tries of one plan, at once when the runner can (`run_many`), else one after the other."""
+    many = getattr(runner, "run_many", None)
+    if count > 1 and callable(many):
+        return list(many(plan, count))
+    return [runner.run(plan) for _ in range(count)]
+
+
+RATELIMIT_PAUSE_S = 1.0
+"""After a try whose fault line the kernel dropped: printk_ratelimit (5 s, burst 10) recovers in seconds."""
+_INDETERMINATE = ("no kernel line", "exit code unknown")
+
+
+def indeterminate(title: str) -> bool:
+    """A title that says the evidence was incomplete (the kernel's show_signal_msg ratelimit dropped the fault
+    line), not that the crash differs: it neither confirms nor refutes a candidate."""
+    return any(text in title for text in _INDETERMINATE)
+
+
+def signal_of(title: str) -> str:
+    match = re.match(r"(SIG[A-Z]+)", title)
+    return match.group(1) if match else title
+
+
 class Oracle:
     """k-of-n reproduction of one title, cached per candidate, spending the shared budget per target start."""
 
@@ -60,41 +86,71 @@ class Oracle:
         self.other_titles: Counter[str] = Counter()
         self.survived = 0
         self.candidates = 0
+        self.indeterminate = 0
 
     def reproduces(self, plan: ReplayPlan, key: tuple[frozenset[int], str, frozenset[int]] | None = None) -> bool:
         if key is not None and key in self.cache:
             return self.cache[key]
         cfg = self.config
-        hits = misses = 0
+        hits = misses = unsure = 0
         self.candidates += 1
         while hits < cfg.k and misses <= cfg.tries - cfg.k:
-            self.budget.spend()
-            result = self.runner.run(plan)
-            if result.title == self.title:
-                hits += 1
-            else:
-                misses += 1
-                if result.title is None:
-                    self.survived += 1
+            # As many at once as could still all be needed: k at first, fewer once some are in.
+            batch = max(1, min(cfg.parallel, cfg.k - hits, cfg.tries - hits - misses))
+            self.budget.spend(batch)
+            for result in run_many(self.runner, plan, batch):
+                verdict = self.verdict(result.title)
+                if verdict is None and unsure < cfg.tries:
+                    unsure += 1  # say nothing either way: run it again (bounded), after a pause
+                    self.indeterminate += 1
+                    time.sleep(RATELIMIT_PAUSE_S)
+                elif verdict:
+                    hits += 1
                 else:
-                    if result.title not in self.other_titles:
-                        self.say(f"minimize: a candidate crashed with another title: {result.title!r} "
-                                 f"(still looking for {self.title!r})")
-                    self.other_titles[result.title] += 1
+                    misses += 1
+                    self._note(result)
         ok = hits >= cfg.k
         if key is not None:
             self.cache[key] = ok
         return ok
 
+    def verdict(self, got: str | None) -> bool | None:
+        """Same crash? None when the try's evidence was too thin to tell (the kernel dropped its fault line)."""
+        if got == self.title:
+            return True
+        if got is None:
+            return False
+        if indeterminate(got):
+            return signal_of(got) == signal_of(self.title) if indeterminate(self.title) else None
+        return False
+
+    def _note(self, result: TrialResult) -> None:
+        if result.title is None:
+            self.survived += 1
+            return
+        if result.title not in self.other_titles:
+            self.say(f"minimize: a candidate crashed with another title: {result.title!r} "
+                     f"(still looking for {self.title!r})")
+        self.other_titles[result.title] += 1
+
     def rate(self, plan: ReplayPlan, runs: int) -> tuple[int, int]:
-        """(same-title crashes, runs) over `runs` fresh targets; not bounded by the search budget."""
-        hits = 0
-        for _ in range(runs):
-            result = self.runner.run(plan)
-            if result.title == self.title:
-                hits += 1
-            elif result.title is not None:
-                self.other_titles[result.title] += 1
+        """(same-title crashes, runs) over `runs` fresh targets; not bounded by the search budget. A try whose
+        evidence was too thin to tell is run again (at most `runs` times in all)."""
+        hits = done = unsure = 0
+        while done < runs:
+            batch = min(self.config.parallel, runs - done)
+            for result in run_many(self.runner, plan, batch):
+                verdict = self.verdict(result.title)
+                if verdict is None and unsure < runs:
+                    unsure += 1
+                    self.indeterminate += 1
+                    time.sleep(RATELIMIT_PAUSE_S)
+                    continue
+                done += 1
+                if verdict:
+                    hits += 1
+                else:
+                    self._note(result)
         return hits, runs
 
 
@@ -130,8 +186,12 @@ class SearchOutcome:
         return len(self.plan)
 
 
-def windows(total: int, first: int = 16, factor: int = 4) -> list[int]:
-    """Tail window sizes to try: 16, 64, 256, ... and finally everything."""
+def windows(total: int, first: int = 4096, factor: int = 4) -> list[int]:
+    """Tail window sizes to try: everything when short, else the last 4096, 16384, ... and finally everything.
+
+    Small windows rarely help: a storm interleaves one episode's calls with thousands of others, and state
+    changes (a decouple, a set_parent) are not pulled in by the name closure. They only keep a huge history
+    from costing a full replay per try."""
     out: list[int] = []
     w = first
     while w < total:
@@ -141,6 +201,17 @@ def windows(total: int, first: int = 16, factor: int = 4) -> list[int]:
     return out
 
 
+def worker_order(ops: Sequence[Operation]) -> list[int]:
+    """Workers most likely to hold the crash first: one whose call was cut off by the death, then the latest."""
+    last: dict[int, float] = {}
+    lost: set[int] = set()
+    for op in ops:
+        last[op.worker] = max(last.get(op.worker, 0.0), op.t_start)
+        if op.error is not None and op.error.get("errno") in ("ECONNRESET", "ETIMEDOUT"):
+            lost.add(op.worker)
+    return sorted(last, key=lambda w: (w not in lost, -last[w]))
+
+
 def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: MinimizeConfig, *,
            budget: Budget | None = None, progress: Progress | None = None) -> SearchOutcome:
     """Minimize `ops` (issue order, in-flight groups assigned, nothing after the crash) for `title`."""
@@ -148,6 +219,7 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
     budget = budget or Budget(config.max_tries, config.budget_s)
     oracle = Oracle(runner, title, config, budget, say)
     deps = Dependencies(ops)
+    lives = ObjectLives(ops, deps)
     by_index = {op.index: op for op in ops}
     order = [op.index for op in ops]
     t0 = time.monotonic()
@@ -172,7 +244,7 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
     seen: set[frozenset[int]] = set()
     try:
         for w in windows(len(order)):
-            candidate = deps.closure(order[-w:])
+            candidate = lives.complete(order[-w:])
             if frozenset(candidate) in seen:
                 continue
             seen.add(frozenset(candidate))
@@ -198,18 +270,44 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
     dissolved: frozenset[int] = frozenset()
 
     try:
-        # 2. Whole workers, then all reads.
+        # 2. Whole workers (one alone first: a storm episode runs on one worker), then all reads.
         tries0, ts, before = budget.tries, time.monotonic(), len(current)
-        for worker in workers_of(by_index[i] for i in current):
-            candidate = deps.closure([i for i in current if by_index[i].worker != worker])
-            if len(candidate) < len(current) and test(candidate, mode):
-                current = candidate
+        workers = worker_order([by_index[i] for i in current])
+        if len(workers) > 1:
+            for worker in workers:
+                kept = set(current)
+                candidate = [i for i in lives.complete(i for i in current if by_index[i].worker == worker)
+                             if i in kept]
+                if len(candidate) < len(current) and test(candidate, mode):
+                    say(f"minimize: worker {worker} alone (with the lives of what it touched) reproduces: "
+                        f"{len(candidate)} operations")
+                    current = candidate
+                    break
+            for worker in workers_of(by_index[i] for i in current):
+                candidate = deps.closure([i for i in current if by_index[i].worker != worker])
+                if len(candidate) < len(current) and test(candidate, mode):
+                    current = candidate
         candidate = deps.closure([i for i in current if by_index[i].method not in READ_METHODS])
         if len(candidate) < len(current) and test(candidate, mode):
             current = candidate
         phase("drop workers and reads", before, len(current), tries0, ts)
 
-        # 3. ddmin.
+        # 3. ddmin over objects (an lvol's whole life at once), then over single operations.
+        tries0, ts, before = budget.tries, time.monotonic(), len(current)
+        unit_of = object_units([by_index[i] for i in current])
+
+        def ops_of(units: Sequence[int]) -> list[int]:
+            wanted = set(units)
+            return deps.closure([i for i in current if unit_of[i] in wanted])
+
+        def unit_closure(units: list[int]) -> list[int]:
+            return list(dict.fromkeys(unit_of[i] for i in ops_of(units)))
+
+        units = list(dict.fromkeys(unit_of[i] for i in current))
+        kept_units = ddmin(units, lambda us: test(ops_of(us), mode), closure=unit_closure,
+                           progress=lambda m: say(m.replace("operations", "objects")))
+        current = ops_of(kept_units)
+        phase("ddmin over objects", before, len(current), tries0, ts)
         tries0, ts, before = budget.tries, time.monotonic(), len(current)
         current = ddmin(current, lambda c: test(c, mode), closure=deps.closure, progress=say)
         phase("ddmin", before, len(current), tries0, ts)

@@ -9,9 +9,12 @@ second, so hundreds of tries fit a minimization budget.
 from __future__ import annotations
 
 import itertools
+import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import TargetError
@@ -29,6 +32,19 @@ from harness.target import Target, TargetConfig
 from harness.watch.watchdog import Watchdog
 
 DEFAULT_HANG_AFTER_S = 30.0
+
+
+@contextmanager
+def quiet_watchdogs() -> Iterator[None]:
+    """Hundreds of tries each end in a crash the watchdog logs as an error: keep them out of the user's terminal
+    while a search runs (each try's title is what the search reports)."""
+    logger = logging.getLogger("harness.watch")
+    old = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 class TargetTrials:
@@ -109,6 +125,11 @@ class TargetTrials:
                 pass
             self.last_target_log = target.log_tail(30)
             self.host.run(["rm", "-rf", work_dir], timeout=30)
+
+    def run_many(self, plan: ReplayPlan, count: int) -> list[TrialResult]:
+        """`count` tries of `plan` at once, each on its own fresh target (the k of k-of-n in one round)."""
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="minimize-try") as pool:
+            return list(pool.map(lambda _i: self.run(plan), range(count)))
 
     def _probe(self, target: Target) -> Callable[[], bool]:
         """The hang probe a storm run uses: `spdk_get_version` on a connection of its own."""

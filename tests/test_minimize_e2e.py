@@ -1,0 +1,237 @@
+"""End to end on the reference target: a crashing multi-connection history -> crash dir -> minimize -> the
+minimal reproducer (repro.min.py, and `lvol-storm replay` of repro.min.jsonl) crashes a fresh target.
+
+The crashing history is made the way a storm makes one: noise workers pipelining calls on their own
+connections, one worker running the forced-removal sequence with the busy checksum and the delete in flight
+together on two connections, the watchdog noticing the SIGSEGV, a CrashReport written by the report code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.cli import main as cli_main
+from harness.errors import ConfigError
+from harness.history import History
+from harness.hosts.local import LocalHost
+from harness.minimize.config import MinimizeConfig
+from harness.minimize.crash import minimize_crash
+from harness.minimize.operations import load_operations
+from harness.minimize.plan import plan_from_operations
+from harness.minimize.replayer import replay_plan
+from harness.report.crash import CrashReport
+from harness.rpc.client import RpcConnection
+from harness.rpc.errors import RpcError
+from harness.rpc.sync import SyncRpc
+from harness.target import Target, TargetConfig
+from harness.watch.watchdog import Watchdog
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parent.parent
+LVS = "lvs0"
+SIM = TargetConfig(kind="sim", sim_fault="forced-removal")
+
+
+async def _noise(host: LocalHost, sock: str, history: History, worker: int, stop: asyncio.Event) -> None:
+    """Ordinary work, a few calls pipelined at a time, until the crash."""
+    rng = random.Random(worker)
+    conn = await RpcConnection.open(host, sock, history=history, worker=worker, conn=worker)
+    mine: list[str] = []
+    n = 0
+    try:
+        while not stop.is_set() and n < 400:
+            n += 1
+            calls = []
+            for _ in range(rng.randint(1, 4)):
+                roll = rng.random()
+                name = f"{worker}_{n}_{len(calls)}"
+                if roll < 0.4 or not mine:
+                    calls.append(conn.call("bdev_lvol_create", {"lvs_name": LVS, "lvol_name": f"n{name}",
+                                                                "size_in_mib": 4, "thin_provision": True}, timeout=5))
+                elif roll < 0.6:
+                    calls.append(conn.call("bdev_lvol_snapshot", {"lvol_name": rng.choice(mine),
+                                                                  "snapshot_name": f"s{name}"}, timeout=5))
+                elif roll < 0.85:
+                    calls.append(conn.call("bdev_get_bdevs", {"name": rng.choice(mine)}, timeout=5))
+                else:
+                    calls.append(conn.call("bdev_lvol_delete", {"name": mine.pop(rng.randrange(len(mine)))}, timeout=5))
+            for res in await asyncio.gather(*calls, return_exceptions=True):
+                if isinstance(res, str):
+                    mine.append(res)
+                elif isinstance(res, RpcError) and res.errno_name == "ECONNRESET":
+                    return
+            await asyncio.sleep(0.002)
+    finally:
+        await conn.close()
+
+
+async def _crasher(host: LocalHost, sock: str, history: History, stop: asyncio.Event) -> None:
+    """The forced-removal sequence; the checksum (on a peer connection) and the busy delete race."""
+    conn = await RpcConnection.open(host, sock, history=history, worker=0, conn=0)
+    peer = await RpcConnection.open(host, sock, history=history, worker=0, conn=8)
+    try:
+        await asyncio.sleep(0.15)
+        a = await conn.call("bdev_lvol_create", {"lvs_name": LVS, "lvol_name": "big", "size_in_mib": 200})
+        await asyncio.sleep(0.03)
+        p = await conn.call("bdev_lvol_snapshot", {"lvol_name": a, "snapshot_name": "P"})
+        await asyncio.sleep(0.03)
+        await conn.call("bdev_lvol_decouple_parent", {"name": f"{LVS}/big"})
+        await conn.call("bdev_lvol_set_parent", {"lvol_name": a, "parent_name": p})
+        await asyncio.sleep(0.03)
+        x = await conn.call("bdev_lvol_snapshot", {"lvol_name": f"{LVS}/big", "snapshot_name": "X"})
+        await asyncio.sleep(0.03)
+        await asyncio.gather(peer.call("bdev_lvol_register_snapshot_checksum", {"name": x}),
+                             conn.call("bdev_lvol_delete", {"name": x}), return_exceptions=True)
+        await asyncio.sleep(0.05)
+        try:
+            await conn.call("bdev_lvol_delete", {"name": f"{LVS}/P"}, timeout=5)
+        except RpcError:
+            pass
+    finally:
+        stop.set()
+        await conn.close()
+        await peer.close()
+
+
+def make_crash(run_dir: Path) -> Path:
+    """A run directory with history.jsonl, config.yaml and crashes/001-*/ from a real crash of spdk-sim."""
+    host = LocalHost()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text("target:\n  kind: sim\n  sim_fault: forced-removal\n")
+    target = Target(host, SIM, str(run_dir / "t"), announce=lambda _m: None)
+    info = target.start()
+    assert target.process is not None
+    watchdog = Watchdog(host, pid=target.process.pid, log_path=target.log_path, process=target.process).start()
+    history = History(run_dir / "history.jsonl")
+    try:
+        with SyncRpc(host, target.sock_path, history=history) as rpc:
+            rpc.call("bdev_malloc_create", name="Malloc0", num_blocks=512 * 256, block_size=4096)
+            rpc.call("bdev_lvol_create_lvstore", bdev_name="Malloc0", lvs_name=LVS, cluster_sz=1 << 20)
+
+        async def storm() -> None:
+            stop = asyncio.Event()
+            await asyncio.gather(_crasher(host, target.sock_path, history, stop),
+                                 *(_noise(host, target.sock_path, history, w, stop) for w in (1, 2, 3)))
+
+        asyncio.run(storm())
+        assert watchdog.wait(10), "the reference target did not crash"
+        evidence = watchdog.settle(5)
+        history.flush()
+        report = CrashReport.build(evidence, host, run_dir, history.tail(),
+                                   {**info.to_dict(), "pid": info.pid})
+        return report.write(run_dir / "crashes")
+    finally:
+        history.close()
+        watchdog.stop()
+        target.stop()
+
+
+@pytest.fixture(scope="module")
+def minimized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, int]:
+    run_dir = tmp_path_factory.mktemp("m") / "run"
+    crash_dir = make_crash(run_dir)
+    ops_recorded = len(load_operations(run_dir / "history.jsonl"))
+    messages: list[str] = []
+    result = minimize_crash(crash_dir, SIM, budget_s=45, config=MinimizeConfig(k=2, tries=3),
+                            progress=messages.append)
+    assert any("ddmin" in m for m in messages)
+    return crash_dir, result, ops_recorded
+
+
+def test_minimized_to_the_crash_sequence_and_reproduces_every_time(minimized: tuple[Path, Any, int]) -> None:
+    crash_dir, result, ops_recorded = minimized
+    title = json.loads((crash_dir / "crash.json").read_text())["title"]
+    assert title.startswith("SIGSEGV")
+    assert result.reproduced and result.title == title
+    assert ops_recorded > 100 and result.ops_before > 100
+    # 2 setup calls + the 8 lvol calls the reference target needs (fewer cannot reach the forced removal).
+    assert result.ops_after <= 10
+    assert result.rate == (3, 3)
+    section = json.loads((crash_dir / "crash.json").read_text())["minimized"]
+    assert section["ops_after"] == result.ops_after and section["rate"]["crashed"] == 3
+    text = (crash_dir / "repro.min.txt").read_text()
+    assert "reproduction rate: 3/3" in text
+    lines = [json.loads(x) for x in (crash_dir / "repro.min.jsonl").read_text().splitlines()]
+    assert len(lines) == result.ops_after
+    methods = [x["method"] for x in lines]
+    assert methods.count("bdev_lvol_delete") == 2 and "bdev_lvol_register_snapshot_checksum" in methods
+    sh = (crash_dir / "repro.min.sh").read_text()
+    assert "bdev_lvol_register_snapshot_checksum" in sh and "repro.min.py" in sh  # said it cannot send it
+
+
+def _fresh_sim(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    sock = str(tmp / "s.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "harness.sim", "-r", sock, "--fault", "forced-removal"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not Path(sock).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc, sock
+
+
+def test_repro_min_py_crashes_a_fresh_reference_target(minimized: tuple[Path, Any, int], tmp_path: Path) -> None:
+    crash_dir, _, _ = minimized
+    proc, sock = _fresh_sim(tmp_path)
+    try:
+        run = subprocess.run([sys.executable, str(crash_dir / "repro.min.py"), sock], capture_output=True,
+                             text=True, timeout=30)
+        assert run.returncode == 3, run.stdout + run.stderr
+        assert "REPRODUCED" in run.stdout
+        assert proc.wait(5) == -11  # a genuine SIGSEGV
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_lvol_storm_replay_of_the_minimal_reproducer_reports_the_same_title(
+        minimized: tuple[Path, Any, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    crash_dir, result, _ = minimized
+    rc = cli_main(["replay", str(crash_dir / "repro.min.jsonl"), "--target", "sim", "--sim-fault",
+                   "forced-removal", "--run-dir", str(tmp_path / "r")])
+    out = capsys.readouterr()
+    assert rc == 3, out.out + out.err
+    assert "same crash title" in (out.out + out.err) and result.title in (out.out + out.err)
+
+
+def test_grouped_replay_sends_the_recorded_overlaps_and_remaps_uuids(minimized: tuple[Path, Any, int]) -> None:
+    crash_dir, _, _ = minimized
+    history = crash_dir.parent.parent / "history.jsonl"
+    plan = plan_from_operations(load_operations(history))
+    assert plan.concurrent_steps > 0  # the noise workers pipelined
+    host = LocalHost()
+    target = Target(host, SIM, str(crash_dir.parent.parent / "g"), announce=lambda _m: None)
+    target.start()
+    try:
+        outcome = asyncio.run(replay_plan(host, target.sock_path, plan, op_timeout_s=5))
+    finally:
+        target.stop()
+    assert outcome.lost is not None  # the full history crashes the target too
+    assert len(outcome.remap) > 10  # every create answered a new UUID, later calls used it
+    ok_then = [a for a in outcome.answers if a.op.ok and a.op.method == "bdev_lvol_snapshot"]
+    assert ok_then and all(a.ok for a in ok_then)
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no crash\.json"):
+        minimize_crash(tmp_path, SIM, budget_s=1)
+    crash = tmp_path / "run" / "crashes" / "001-x"
+    crash.mkdir(parents=True)
+    (crash / "crash.json").write_text(json.dumps({"title": "SIGSEGV x", "detected_at": 5.0}))
+    with pytest.raises(ConfigError, match="no history"):
+        minimize_crash(crash, SIM, budget_s=1)
+    (tmp_path / "run" / "history.jsonl").write_text(json.dumps({"v": 99, "worker": 0}) + "\n")
+    with pytest.raises(ConfigError, match="history version 99"):
+        minimize_crash(crash, SIM, budget_s=1)
+    rc = cli_main(["minimize", str(tmp_path / "nowhere")])
+    assert rc == 2
