@@ -1,0 +1,140 @@
+"""Throughput: the storm (history, model checks, watchdog on) against a raw pipelined client doing the same calls.
+
+One target per setting, several rounds: the storm runs for `seconds`, then the raw client replays exactly the
+calls the storm sent (bench.rawclient), same connections and depth, on the same target after the lvstore was
+wiped. Both rates count the calls storm workers put on the wire (busy checks included, quiesce reads not),
+from the first send to the last reply. The peers show what slower clients get on the same target: SPDK's
+`JSONRPCClient` (one call at a time per connection) and `spdk-rpc` spawned per call, as shell suites do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.figures import Figure
+from bench.rawclient import ReplayPlan, replay_history, replay_one_at_a_time
+from bench.session import BenchTarget, short_work_dir
+from harness.history import History
+from harness.hosts.local import LocalHost
+from harness.storm.config import StormConfig
+from harness.storm.engine import run_storm_sync
+
+GOAL_RATIO = 0.9
+
+
+def storm_config(seconds: float, workers: int = 8, depth: int = 4, seed: int = 1, **more: object) -> StormConfig:
+    """The default profile's mix, without strategy episodes (they add peer connections), quiesce every 5 s."""
+    data: dict[str, object] = {"workers": workers, "depth": depth, "duration": seconds, "seed": seed,
+                               "quiesce_every": min(5.0, max(seconds / 2, 0.5)), "final_cleanup": False}
+    data.update(more)
+    return StormConfig.model_validate(data)
+
+
+@dataclass
+class RoundPair:
+    storm_calls: int
+    storm_wall_s: float
+    storm_ops_per_s: float
+    raw_calls: int
+    raw_wall_s: float
+    agreement: float
+    findings: int
+
+
+def run_storm_on(target: BenchTarget, cfg: StormConfig, history_path: Path) -> tuple[ReplayPlan, float, int]:
+    """One storm with history and the target's watchdog; returns its calls (as a replay plan), ops/s, findings."""
+    history = History(history_path)
+    try:
+        res = run_storm_sync(cfg, host=LocalHost(), sock_path=target.sock_path, lvs_name=target.lvs_name,
+                             history=history, capabilities=target.methods, progress=False,
+                             crashed=target.watchdog.crashed if target.watchdog else None)
+    finally:
+        history.close()
+    return ReplayPlan.from_history(history_path), res.ops_per_s, len(res.findings)
+
+
+def spdk_rpc_per_call(sock_path: str, seconds: float, max_calls: int = 200) -> tuple[int, float]:
+    """`spdk-rpc` spawned once per call (a read, so the target does almost nothing): calls, wall seconds."""
+    exe = Path(sys.executable).with_name("spdk-rpc")
+    argv = [str(exe) if exe.exists() else "spdk-rpc", "-s", sock_path, "bdev_lvol_get_lvstores", "-l", "lvs0"]
+    n = 0
+    t0 = time.monotonic()
+    while n < max_calls and time.monotonic() - t0 < seconds:
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=30)
+        n += 1
+    return n, time.monotonic() - t0
+
+
+def measure(label: str, *, kind: str = "sim", poll_interval_ms: float = 0.0, seconds: float = 8.0,
+            rounds: int = 2, peer_seconds: float = 4.0, workers: int = 8, depth: int = 4,
+            log: object = print) -> list[Figure]:
+    """Figures for one target setting: storm and raw rates, their ratio, the peers."""
+    work = short_work_dir()
+    pairs: list[RoundPair] = []
+    section = f"throughput {label}"
+    figures: list[Figure] = []
+    with BenchTarget(work, kind=kind, poll_interval_ms=poll_interval_ms) as target:
+        plan: ReplayPlan | None = None
+        for r in range(rounds):
+            cfg = storm_config(seconds, workers, depth, seed=r + 1)
+            plan, ops_per_s, findings = run_storm_on(target, cfg, Path(work) / f"storm-{r}.jsonl")
+            target.wipe()
+            raw = asyncio.run(replay_history(plan, target.sock_path, depth))
+            target.wipe()
+            pairs.append(RoundPair(plan.storm_calls, plan.storm_wall_s, ops_per_s, raw.calls, raw.wall_s,
+                                   raw.agreement, findings))
+            log(f"  {label} round {r + 1}: storm {plan.storm_calls_per_s:,.0f} calls/s, raw replay "
+                f"{raw.calls_per_s:,.0f} calls/s (outcomes agree {raw.agreement:.0%}), findings {findings}")
+        storm_rate = sum(p.storm_calls for p in pairs) / sum(p.storm_wall_s for p in pairs)
+        raw_rate = sum(p.raw_calls for p in pairs) / sum(p.raw_wall_s for p in pairs)
+        ratio = storm_rate / raw_rate if raw_rate else 0.0
+        agreement = sum(p.agreement for p in pairs) / len(pairs)
+        conf = f"{workers} conn x depth {depth}"
+        figures.append(Figure(section, f"storm calls/s ({conf})", storm_rate, "calls/s",
+                              note=f"ops/s {sum(p.storm_ops_per_s for p in pairs) / len(pairs):,.0f}; "
+                                   f"findings {sum(p.findings for p in pairs)}"))
+        figures.append(Figure(section, "raw pipelined client, same calls", raw_rate, "calls/s",
+                              note=f"outcomes agree with the storm's: {agreement:.0%}"))
+        figures.append(Figure.judged(section, "storm / raw", ratio, "", f">= {GOAL_RATIO}",
+                                     lambda v: v >= GOAL_RATIO, note=f"{rounds} rounds x {seconds:g} s"))
+        if peer_seconds > 0 and plan is not None:
+            calls, wall, conns = replay_one_at_a_time(plan, target.sock_path, peer_seconds)
+            target.wipe()
+            rate = calls / wall if wall else 0.0
+            figures.append(Figure(section, f"peer: JSONRPCClient, 1 call at a time x {conns} conn", rate,
+                                  "calls/s", note=f"{rate / max(conns, 1):,.0f} calls/s per connection; "
+                                                  f"{rate / raw_rate if raw_rate else 0:.2f} of raw"))
+            n, wall = spdk_rpc_per_call(target.sock_path, peer_seconds)
+            figures.append(Figure(section, "peer: spdk-rpc spawned per call", n / wall if wall else 0.0,
+                                  "calls/s", note=f"{n} calls, sequential"))
+    _remove_tree(work)
+    return figures
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run(seconds: float = 8.0, rounds: int = 2, peer_seconds: float = 4.0, log: object = print) -> list[Figure]:
+    """The reference target without and with spdk_tgt's 8 ms poll, and a real spdk_tgt when $SPDK_TGT is set."""
+    from bench.session import spdk_tgt_path
+
+    figures = measure("sim", seconds=seconds, rounds=rounds, peer_seconds=peer_seconds, log=log)
+    figures += measure("sim poll 8 ms", poll_interval_ms=8.0, seconds=seconds, rounds=rounds,
+                       peer_seconds=peer_seconds, log=log)
+    if spdk_tgt_path():
+        figures += measure("spdk_tgt", kind="spdk", seconds=seconds, rounds=rounds, peer_seconds=peer_seconds,
+                           log=log)
+    else:
+        figures.append(Figure("throughput spdk_tgt", "storm / raw", None, goal=f">= {GOAL_RATIO}",
+                              note="SPDK_TGT not set: no real spdk_tgt on this machine"))
+    return figures
