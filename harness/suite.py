@@ -131,10 +131,16 @@ def terraform_module_dir(name: str) -> Path:
     return path
 
 
-def resolve_where(spec: SuiteSpec, *, inventory: str | None, target_flag: str | None) -> Where:
-    """Where the suite's targets run: `--inventory` wins; an explicit `--target` means this machine."""
+def resolve_where(spec: SuiteSpec, *, inventory: str | None, target_flag: str | None,
+                  terraform_module: str | None = None) -> Where:
+    """Where the suite's targets run: `--inventory` wins, then an explicit `--terraform-module`; an explicit
+    `--target` alone means this machine."""
     if inventory:
+        if terraform_module:
+            raise ConfigError(f"{spec.name}: --inventory and --terraform-module exclude each other: pick one")
         return "inventory"
+    if terraform_module:
+        return "terraform"
     if target_flag is not None:
         return "local"
     if spec.where == "inventory":

@@ -32,6 +32,7 @@ from harness.sim.faults import parse_faults
 from harness.storm.config import parse_duration
 from harness.suite import (
     LOCAL_NODE,
+    TERRAFORM_MODULE,
     LongRun,
     Node,
     SuiteSpec,
@@ -56,7 +57,9 @@ TERMINAL_KEY = pytest.StashKey[TextIO]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("lvol-storm suites", "lvol-storm suites: nodes, known issues, long runs")
     g.addoption("--inventory", default=None, help="YAML list of lab nodes (see docs/SUITES.md); one xdist worker each")
-    g.addoption("--terraform-module", default="aws-sles", help="module under terraform/ for nightly (aws-sles)")
+    g.addoption("--terraform-module", default=None,
+                help=f"module under terraform/ to provision nodes from (nightly's default: {TERRAFORM_MODULE}); "
+                     "given explicitly, it wins over --target")
     g.addoption("--nodes", type=int, default=1, help="how many Terraform nodes to provision (nightly)")
     g.addoption("--keep-nodes", action="store_true", help="do not destroy Terraform nodes at the end")
     g.addoption("--tf-var", action="append", default=[], metavar="NAME=VALUE",
@@ -92,8 +95,9 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = getattr(config, "workerinput", None)
     if worker is not None:
         config.option.run_dir = worker["lvs_run_dir"]
-        if worker.get("lvs_inventory"):
+        if worker.get("lvs_inventory"):  # nodes the controller provisioned (or was given): use those
             config.option.inventory = worker["lvs_inventory"]
+            config.option.terraform_module = None
     else:
         if config.getoption("run_dir") is None:
             config.option.run_dir = str(default_run_dir(spec.name).absolute())
@@ -103,11 +107,12 @@ def pytest_configure(config: pytest.Config) -> None:
         cfg = _effective_config(config)
         parse_faults(cfg.target.sim_fault)
         target_flag = config.getoption("target")
-        where = resolve_where(spec, inventory=config.getoption("inventory"), target_flag=target_flag)
+        where = resolve_where(spec, inventory=config.getoption("inventory"), target_flag=target_flag,
+                              terraform_module=config.getoption("terraform_module"))
         if where == "inventory":
             load_nodes(config.getoption("inventory"))
         elif where == "terraform" and worker is None:
-            check_terraform_ready(spec, config.getoption("terraform_module"), tf_vars(config))
+            check_terraform_ready(spec, config.getoption("terraform_module") or TERRAFORM_MODULE, tf_vars(config))
         found = True
         if where == "local" and spec.refuses_sim and target_flag != "sim":
             try:
@@ -156,7 +161,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
             return len(load_nodes(inventory))
     except HarnessError:
         return None  # pytest_configure reports it in one line
-    if spec.where == "terraform" and config.getoption("target") is None:
+    if config.getoption("terraform_module") or (spec.where == "terraform" and config.getoption("target") is None):
         return max(1, config.getoption("nodes"))
     return 1
 
@@ -177,7 +182,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config.stash[PROVISION_KEY] = stack
     variables = {"run_id": hashlib.sha1(str(run_dir).encode()).hexdigest()[:8],
                  "node_count": config.getoption("nodes"), **tf_vars(config)}
-    tf = Terraform(config.getoption("terraform_module"), run_dir / "terraform", variables,
+    tf = Terraform(config.getoption("terraform_module") or TERRAFORM_MODULE, run_dir / "terraform", variables,
                    run_dir / "terraform.log")
     outputs = stack.enter_context(TerraformSession(tf, keep=config.getoption("keep_nodes")).active())
     config.option.inventory = str(inventory_from_terraform(outputs, run_dir))
@@ -283,6 +288,7 @@ def long_run(pytestconfig: pytest.Config, suite_spec: SuiteSpec, node: Node, nod
                 close()
         request.node.user_properties.append(("run_dir", str(run_dir)))
         request.node.user_properties.append(("node", node.name))
+        request.node.user_properties.append(("worker", os.environ.get("PYTEST_XDIST_WORKER", "main")))
         return outcome
 
     yield run
@@ -305,7 +311,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     props = dict(report.user_properties)
     config.stash[RESULTS_KEY].append({
         "nodeid": report.nodeid, "outcome": report.outcome, "duration_s": round(report.duration, 3),
-        "run_dir": props.get("run_dir"), "node": props.get("node", "local"),
+        "run_dir": props.get("run_dir"), "node": props.get("node", "local"), "worker": props.get("worker"),
         "message": str(report.longrepr.reprcrash.message) if report.failed and hasattr(report.longrepr, "reprcrash")
         and report.longrepr.reprcrash is not None else None,
     })
@@ -343,7 +349,7 @@ def write_session_report(run_dir: Path, spec: SuiteSpec, results: list[dict[str,
                           "outcome": res["outcome"], "ops": sum((sub.get("ops_by_method") or {}).values()),
                           "findings": sub.get("findings") or [],
                           "crashes": [{"title": c["title"], "count": c.get("count", 1)} for c in sub_crashes],
-                          "message": res.get("message"), "run_dir": res.get("run_dir"),
+                          "message": res.get("message"), "run_dir": res.get("run_dir"), "worker": res.get("worker"),
                           "incarnations": sub.get("incarnations")})
     nodes: dict[str, dict[str, Any]] = {}
     for b in breakdown:

