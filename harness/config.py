@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.bdev import BdevConfig, LvstoreConfig
 from harness.errors import ConfigError
+from harness.minimize.config import MinimizeConfig
 from harness.storm.config import StormConfig
 from harness.target import TargetConfig
 
@@ -43,6 +44,7 @@ class RunConfig(BaseModel):
     lvstore: LvstoreConfig = Field(default_factory=LvstoreConfig)
     storm: StormConfig = Field(default_factory=StormConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    minimize: MinimizeConfig = Field(default_factory=MinimizeConfig)
 
     def dump_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -7,6 +7,7 @@ before anything is torn down, and teardown never hides a dead target by cleaning
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -74,6 +75,7 @@ class StormRun:
         announce: Announce = _stderr,
         progress: bool | None = None,
         work_dir: str | None = None,
+        minimized_titles: set[str] | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -86,6 +88,8 @@ class StormRun:
         self.watchdog: Watchdog | None = None
         self.history: History | None = None
         self.notes: list[str] = []
+        self.minimized_titles = minimized_titles if minimized_titles is not None else set()
+        """Titles already minimized (share one set across incarnations: each title is minimized once)."""
 
     # -- the run ----------------------------------------------------------------------------------------
 
@@ -128,10 +132,41 @@ class StormRun:
         titles: dict[str, int] = {}
         for report in crashes:
             titles[report.title] = titles.get(report.title, 0) + 1
+        minimized = self._minimize(crash_dirs)
         summary = self._summary(t0, storm, findings, titles, crash_dirs)
+        if minimized:
+            summary["minimized"] = minimized
         self.run_dir.write_json("summary.json", summary)
         self._write_report()
         return RunOutcome(self.run_dir.path, summary, titles, crash_dirs, findings, storm)
+
+    def _minimize(self, crash_dirs: list[Path]) -> list[dict[str, Any]]:
+        """Cut each NEW crash title's history to a minimal reproducer (harness.minimize), after the evidence is
+        saved and the run's target is gone; `minimize.enabled: false` (or --no-minimize) skips it."""
+        cfg = self.config.minimize
+        if not crash_dirs or not cfg.enabled:
+            return []
+        from harness.minimize.crash import minimize_crash
+
+        done: list[dict[str, Any]] = []
+        for path in crash_dirs:
+            crash = json.loads((path / "crash.json").read_text())
+            title = crash.get("title")
+            if not title or crash.get("duplicate_of") or title in self.minimized_titles:
+                continue
+            self.minimized_titles.add(title)
+            self.announce(f"minimizing {path.name} (budget {cfg.budget_s:g} s; --no-minimize to skip)")
+            try:
+                result = minimize_crash(path, self.config.target, cfg.budget_s, config=cfg, host=self.host,
+                                        progress=self.announce, kernel_log=self.config.watch.kernel_log,
+                                        hang_after_s=self.config.watch.hang_after_s, stop=self.stop_event)
+            except HarnessError as exc:
+                self.notes.append(f"minimize {path.name}: {exc}")
+                continue
+            done.append({"crash_dir": str(path), "ops_before": result.ops_before, "ops_after": result.ops_after,
+                         "rate": f"{result.rate[0]}/{result.rate[1]}", "reproduced": result.reproduced,
+                         "seconds": round(result.seconds, 1)})
+        return done
 
     def _write_report(self) -> None:
         """report.html beside summary.json; a report that cannot be drawn is a note, never a lost run."""
@@ -327,6 +362,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def main_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if getattr(args, "no_minimize", False):
+        config = config.model_copy(update={"minimize": config.minimize.model_copy(update={"enabled": False})})
     run_dir = RunDir(args.run_dir or default_run_dir(config.profile))
     stop = threading.Event()
     with interrupt_sets(stop):

@@ -21,7 +21,7 @@ from harness.minimize.config import MinimizeConfig
 from harness.minimize.crash import minimize_crash
 from harness.minimize.operations import load_operations
 from harness.minimize.plan import plan_from_operations
-from harness.minimize.trial import TargetTrials
+from harness.minimize.trial import TargetTrials, quiet_watchdogs
 
 EXIT_OK, EXIT_NOT_REPRODUCED, EXIT_CRASH = 0, 1, 3
 
@@ -123,7 +123,8 @@ def main_replay_grouped(args: argparse.Namespace) -> int:
                           kernel_log=config.watch.kernel_log, hang_after_s=config.watch.hang_after_s,
                           history_path=(lambda _n: run_dir / "history.jsonl") if run_dir else None)
     try:
-        result = trials.run(plan)
+        with quiet_watchdogs():
+            result = trials.run(plan)
     finally:
         trials.close()
     outcome = trials.last_outcome

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -147,12 +148,14 @@ def minimize_crash(
     runner: TrialRunner | None = None,
     kernel_log: bool = True,
     hang_after_s: float = 30.0,
+    stop: threading.Event | None = None,
 ) -> MinimizeResult:
     """Minimize one crash directory's history; write the reproducer files and crash.json's `minimized`.
 
     `budget_s` bounds the search (the final rate runs come on top); `config` gives k-of-n and the try cap
-    (its budget_s is replaced by `budget_s`). Raises ConfigError for a directory without crash.json or
-    history, or a history from another harness version; TargetError if the target cannot be started.
+    (its budget_s is replaced by `budget_s`); setting `stop` ends the search early with what it has.
+    Raises ConfigError for a directory without crash.json or history, or a history from another harness
+    version; TargetError if the target cannot be started.
     """
     cfg = (config or MinimizeConfig()).model_copy(update={"budget_s": budget_s})
     crash_path = Path(crash_dir).absolute()
@@ -180,7 +183,7 @@ def minimize_crash(
             if cfg.cores:
                 trials.cores = stack.enter_context(CorePattern(host, f"{trials.work_root}/cores"))
             runner = trials
-        outcome: SearchOutcome = search(ops, title, runner, cfg, budget=Budget(cfg.max_tries, budget_s),
+        outcome: SearchOutcome = search(ops, title, runner, cfg, budget=Budget(cfg.max_tries, budget_s, cancel=stop),
                                         progress=log)
     plan = outcome.plan
     result = MinimizeResult(

@@ -8,6 +8,7 @@ count and a deadline) runs out, returning the smallest candidate that reproduced
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ class Budget:
     seconds: float
     started: float = field(default_factory=time.monotonic)
     tries: int = 0
+    cancel: threading.Event | None = None
+    """Set from outside (Ctrl-C in a run): the search stops as if the budget were spent."""
 
     @property
     def deadline(self) -> float:
@@ -41,9 +44,12 @@ class Budget:
 
     @property
     def exhausted(self) -> bool:
-        return self.tries >= self.max_tries or time.monotonic() >= self.deadline
+        return (self.tries >= self.max_tries or time.monotonic() >= self.deadline
+                or (self.cancel is not None and self.cancel.is_set()))
 
     def why_exhausted(self) -> str:
+        if self.cancel is not None and self.cancel.is_set():
+            return f"interrupted after {self.tries} tries"
         if self.tries >= self.max_tries:
             return f"try budget spent ({self.tries} of {self.max_tries} tries)"
         return f"time budget spent ({self.seconds:g} s)"

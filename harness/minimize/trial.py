@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -66,7 +67,10 @@ class TargetTrials:
         self.target_config = target_config
         self.config = config
         # Short and private: the socket path must fit AF_UNIX's 107 bytes wherever the crash dir lives.
-        self.work_root = work_root or tempfile.mkdtemp(prefix="lvs-min-")
+        if work_root is None:
+            work_root = (tempfile.mkdtemp(prefix="lvs-min-") if host.is_local
+                         else f"/tmp/lvs-min-{os.getpid()}-{int(time.time() * 1000)}")
+        self.work_root = work_root
         self.cores = cores
         self.kernel_log = kernel_log
         self.hang_after_s = hang_after_s
