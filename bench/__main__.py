@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.figures import Figure, markdown_table, table_text, to_json
 
-ORDER = ("throughput", "detection", "scaling", "memory", "first_op")
+ORDER = ("throughput", "detection", "scaling", "memory", "watchdog", "first_op")
 
 
 def _log(msg: str) -> None:
@@ -73,13 +73,18 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
             marks = [0.1, 0.2, 0.3]
         return m.run(marks, log=_log)
 
+    def watchdog() -> list[Figure]:
+        from bench import watchdog_cpu as m
+
+        return m.run(seconds=5.0 if quick else 60.0, log=_log)
+
     def first_op() -> list[Figure]:
         from bench import first_op as m
 
         return m.run(log=_log)
 
     return {"throughput": throughput, "detection": detection, "scaling": scaling, "memory": memory,
-            "first_op": first_op}
+            "watchdog": watchdog, "first_op": first_op}
 
 
 def main(argv: list[str] | None = None) -> int:
