@@ -38,6 +38,10 @@ soak: venv
 smoke: venv
 	$(PY) -m pytest suites/smoke $(ARGS)
 
+# Benchmarks (docs/BENCHMARKS.md): one table of figures against their goals, ~15 min; ARGS="--quick" for seconds.
+bench: venv
+	$(PY) -m bench $(ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check harness suites tests bench conftest.py
 
