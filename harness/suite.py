@@ -302,6 +302,7 @@ class LongRun:
         self.crash_counts: Counter[str] = Counter()
         self.failing: list[str] = []
         self.known_hits: Counter[str] = Counter()
+        self.minimized_titles: set[str] = set()  # each crash title is minimized once per long run
         self.avoid_strategies, self.avoid_methods = self.known.avoided()
         self.started = time.time()
         self._lock = threading.Lock()
@@ -334,7 +335,8 @@ class LongRun:
                 work = f"{self.work_dir}/{inc.name}" if self.work_dir else None
                 try:
                     outcome = StormRun(cfg, inc_dir, self.host, stop_event=self.stop_event,
-                                       announce=self.announce, progress=False, work_dir=work).execute()
+                                       announce=self.announce, progress=False, work_dir=work,
+                                       minimized_titles=self.minimized_titles).execute()
                 except TargetError as exc:
                     self._end(inc, "target did not start", {})
                     self.failing.append(f"{inc.name}: {exc}")

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import threading
 import time
 from collections.abc import Iterator
@@ -322,12 +323,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if SUITE_KEY not in config.stash or hasattr(config, "workerinput"):
         return
+    argv = [str(a) for a in config.invocation_params.args]
+    if not any(a == "--seed" or a.startswith("--seed=") for a in argv) and CONFIG_KEY in config.stash:
+        argv += ["--seed", str(config.stash[CONFIG_KEY].storm.seed)]
     write_session_report(Path(config.option.run_dir), config.stash[SUITE_KEY], config.stash[RESULTS_KEY],
-                         config.stash.get(CONFIG_KEY, None), exitstatus)
+                         config.stash.get(CONFIG_KEY, None), exitstatus, argv)
 
 
 def write_session_report(run_dir: Path, spec: SuiteSpec, results: list[dict[str, Any]],
-                         cfg: RunConfig | None, exitstatus: int) -> Path:
+                         cfg: RunConfig | None, exitstatus: int, argv: list[str] | None = None) -> Path:
     """One summary.json and report.html for the whole session: tests (and nodes) merged, crashes counted."""
     rd = RunDir(run_dir)
     breakdown: list[dict[str, Any]] = []
@@ -373,10 +377,32 @@ def write_session_report(run_dir: Path, spec: SuiteSpec, results: list[dict[str,
         "nodes": nodes,
         "breakdown": breakdown,
         "junit": str(run_dir / "junit.xml"),
+        "reproducer": _rerun_commands(argv or [], results),
         "config": cfg.model_dump(mode="json") if cfg else None,
     }
     rd.write_json("summary.json", summary)
     return write_report_html(run_dir)
+
+
+def _rerun_commands(argv: list[str], results: list[dict[str, Any]]) -> list[str]:
+    """The session's own command (same seed), then each failed test alone (`-k`), into a new run directory."""
+    base: list[str] = []
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg in ("--run-dir", "--junitxml", "-k"):
+            skip_next = True
+        elif not arg.startswith(("--run-dir=", "--junitxml=", "-k=")):
+            base.append(arg)
+    head = [".venv/bin/python", "-m", "pytest", *base]
+    cmds = [shlex.join([*head, *(["-k", argv[argv.index("-k") + 1]] if "-k" in argv[:-1] else [])])]
+    for res in results:
+        if res["outcome"] == "failed":
+            node = res["nodeid"]
+            ident = node.split("[", 1)[1].rstrip("]") if "[" in node else node.split("::")[-1]
+            cmds.append(shlex.join([*head, "-k", ident]))
+    return list(dict.fromkeys(cmds))[:6]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

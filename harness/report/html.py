@@ -75,7 +75,8 @@ def crash_bundles(run_dir: Path) -> list[dict[str, Any]]:
                         "kind": data.get("kind"),
                         "href": path.relative_to(run_dir).as_posix(),
                         "dir": path.parent.relative_to(run_dir).as_posix(),
-                        "duplicate_of": data.get("duplicate_of")})
+                        "duplicate_of": data.get("duplicate_of"),
+                        "minimized": (path.parent / "repro.min.py").exists()})
     out.sort(key=lambda c: c.get("time") or 0)
     return out
 
@@ -123,7 +124,10 @@ def reproducer_commands(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         argv += ["--set", "storm.strategies=[" + ",".join(strategies) + "]"]
     cmds = [shlex.join(argv)]
     for _rel, hist in history_sources(run_dir):
-        cmds.append(shlex.join(["lvol-storm", "replay", str(hist), "--target", str(target.get("kind") or "auto")]))
+        replay = ["lvol-storm", "replay", str(hist), "--target", str(target.get("kind") or "auto")]
+        if target.get("sim_fault"):
+            replay += ["--sim-fault", str(target["sim_fault"])]
+        cmds.append(shlex.join(replay))
         if len(cmds) > 4:
             break
     return cmds
@@ -375,8 +379,8 @@ def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool
                        _td("; ".join(f"{c['title']} x{c['count']}" for c in b.get("crashes") or []))]
                       for b in breakdown if isinstance(b, dict)]
     repro = reproducer_commands(run_dir, summary)
-    crash_repro = [f"python3 {c['dir']}/repro.py /var/tmp/spdk.sock   # {c['title']}"
-                   for c in crashes[:5] if not c.get("duplicate_of")]
+    crash_repro = [f"python3 {c['dir']}/{'repro.min.py' if c.get('minimized') else 'repro.py'} /var/tmp/spdk.sock"
+                   f"   # {c['title']}" for c in crashes[:5] if not c.get("duplicate_of")]
     notes = summary.get("notes") or []
 
     data = {"points": points, "width_s": timeline.width, "markers": markers}
