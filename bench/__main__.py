@@ -52,8 +52,8 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
     def throughput() -> list[Figure]:
         from bench import throughput as m
 
-        secs = args.seconds or (2.0 if quick else 8.0)
-        return m.run(seconds=secs, rounds=1 if quick else 2, peer_seconds=1.0 if quick else 4.0, log=_log)
+        secs = args.seconds or (2.0 if quick else 6.0)
+        return m.run(seconds=secs, rounds=1 if quick else 3, peer_seconds=1.0 if quick else 4.0, log=_log)
 
     def detection() -> list[Figure]:
         from bench import detection as m

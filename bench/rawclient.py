@@ -132,6 +132,8 @@ class ReplayResult:
     calls: int
     wall_s: float
     agree: int
+    errors: int = 0
+    storm_errors: int = 0
 
     @property
     def calls_per_s(self) -> float:
@@ -185,22 +187,23 @@ async def replay_history(plan: ReplayPlan, sock_path: str, depth: int, *, wait_s
     """Send the plan's calls, `depth` in flight per connection, one connection per storm connection."""
     uuids = _UuidMap(plan)
     conns = {c: await RawConnection.open(sock_path) for c in plan.by_conn}
-    agree = 0
+    agree = errors = 0
 
     async def one_conn(conn_id: int) -> None:
-        nonlocal agree
+        nonlocal agree, errors
         conn = conns[conn_id]
         slots = asyncio.Semaphore(depth)
         inflight: set[asyncio.Future[dict[str, Any]]] = set()
 
         def done(call: Call, fut: asyncio.Future[dict[str, Any]]) -> None:
-            nonlocal agree
+            nonlocal agree, errors
             slots.release()
             inflight.discard(fut)
             if fut.cancelled() or fut.exception() is not None:
                 return
             reply = fut.result()
             agree += ("error" not in reply) == call.ok
+            errors += "error" in reply
             uuids.answered_by(call, reply)
 
         for call in plan.by_conn[conn_id]:
@@ -217,7 +220,8 @@ async def replay_history(plan: ReplayPlan, sock_path: str, depth: int, *, wait_s
     wall = time.monotonic() - t0
     for conn in conns.values():
         await conn.close()
-    return ReplayResult(plan.calls, wall, agree)
+    storm_errors = sum(1 for calls in plan.by_conn.values() for c in calls if not c.ok)
+    return ReplayResult(plan.calls, wall, agree, errors, storm_errors)
 
 
 def replay_one_at_a_time(plan: ReplayPlan, sock_path: str, seconds: float) -> tuple[int, float, int]:

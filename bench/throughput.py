@@ -45,6 +45,10 @@ class RoundPair:
     raw_wall_s: float
     agreement: float
     findings: int
+    storm_errors: int = 0
+    raw_errors: int = 0
+    storm_cpu_s: float = 0.0
+    raw_cpu_s: float = 0.0
 
 
 def run_storm_on(target: BenchTarget, cfg: StormConfig, history_path: Path) -> tuple[ReplayPlan, float, int]:
@@ -83,12 +87,16 @@ def measure(label: str, *, kind: str = "sim", poll_interval_ms: float = 0.0, sec
         plan: ReplayPlan | None = None
         for r in range(rounds):
             cfg = storm_config(seconds, workers, depth, seed=r + 1)
+            cpu = time.process_time()
             plan, ops_per_s, findings = run_storm_on(target, cfg, Path(work) / f"storm-{r}.jsonl")
+            storm_cpu = time.process_time() - cpu
             target.wipe()
+            cpu = time.process_time()
             raw = asyncio.run(replay_history(plan, target.sock_path, depth))
+            raw_cpu = time.process_time() - cpu
             target.wipe()
             pairs.append(RoundPair(plan.storm_calls, plan.storm_wall_s, ops_per_s, raw.calls, raw.wall_s,
-                                   raw.agreement, findings))
+                                   raw.agreement, findings, raw.storm_errors, raw.errors, storm_cpu, raw_cpu))
             log(f"  {label} round {r + 1}: storm {plan.storm_calls_per_s:,.0f} calls/s, raw replay "
                 f"{raw.calls_per_s:,.0f} calls/s (outcomes agree {raw.agreement:.0%}), findings {findings}")
         storm_rate = sum(p.storm_calls for p in pairs) / sum(p.storm_wall_s for p in pairs)
@@ -96,11 +104,17 @@ def measure(label: str, *, kind: str = "sim", poll_interval_ms: float = 0.0, sec
         ratio = storm_rate / raw_rate if raw_rate else 0.0
         agreement = sum(p.agreement for p in pairs) / len(pairs)
         conf = f"{workers} conn x depth {depth}"
+        storm_us = sum(p.storm_cpu_s for p in pairs) / max(1, sum(p.storm_calls for p in pairs)) * 1e6
+        raw_us = sum(p.raw_cpu_s for p in pairs) / max(1, sum(p.raw_calls for p in pairs)) * 1e6
         figures.append(Figure(section, f"storm calls/s ({conf})", storm_rate, "calls/s",
                               note=f"ops/s {sum(p.storm_ops_per_s for p in pairs) / len(pairs):,.0f}; "
-                                   f"findings {sum(p.findings for p in pairs)}"))
+                                   f"findings {sum(p.findings for p in pairs)}; "
+                                   f"harness CPU {storm_us:,.0f} µs/call (setup, quiesce, checks included)"))
+        storm_err = sum(p.storm_errors for p in pairs) / max(1, sum(p.storm_calls for p in pairs))
+        raw_err = sum(p.raw_errors for p in pairs) / max(1, sum(p.raw_calls for p in pairs))
         figures.append(Figure(section, "raw pipelined client, same calls", raw_rate, "calls/s",
-                              note=f"outcomes agree with the storm's: {agreement:.0%}"))
+                              note=f"outcomes agree with the storm's: {agreement:.0%}; error replies "
+                                   f"{raw_err:.0%} (storm {storm_err:.0%}); client CPU {raw_us:,.0f} µs/call"))
         figures.append(Figure.judged(section, "storm / raw", ratio, "", f">= {GOAL_RATIO}",
                                      lambda v: v >= GOAL_RATIO, note=f"{rounds} rounds x {seconds:g} s"))
         if peer_seconds > 0 and plan is not None:
