@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,35 +105,66 @@ def test_locate_file_prefers_recorded_maps() -> None:
     assert missing.symbol is None and missing.hint is not None and "no longer exists" in missing.hint
 
 
-class FakeProcSys(LocalHost):
-    """A remote-like host whose core_pattern lives in memory, so restore rules are tested without touching ours."""
-
-    def __init__(self, value: str) -> None:
-        super().__init__("fake")
-        self.value = value
-
-    @property
-    def is_local(self) -> bool:
-        return False
-
-    def run(self, argv, **kw):  # type: ignore[no-untyped-def, override]
-        if argv == ["cat", CORE_PATTERN]:
-            return CommandResult("cat", 0, self.value + "\n", "")
-        if isinstance(argv, list) and argv[:2] == ["sh", "-c"] and CORE_PATTERN in argv[2]:
-            import shlex
-
-            self.value = shlex.split(argv[2])[2]
-            return CommandResult(argv[2], 0, "", "")
-        return super().run(argv, **kw)
+def _pattern_file(tmp_path: Path, value: str) -> str:
+    """A stand-in for /proc/sys/kernel/core_pattern: same commands, no machine-wide side effect."""
+    path = tmp_path / "core_pattern"
+    path.write_text(value + "\n")
+    return str(path)
 
 
-def test_core_pattern_restored_only_while_ours(tmp_path: Path) -> None:
-    host = FakeProcSys("|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h")
-    with CorePattern(host, str(tmp_path / "a")) as a:
-        assert a.active and host.value == f"{tmp_path}/a/core.%p.%e" and a.still_ours()
-    assert host.value.startswith("|/usr/lib/systemd/systemd-coredump")
-    with CorePattern(host, str(tmp_path / "b")) as b:
-        host.value = "/elsewhere/core.%p"  # another run took over the machine-wide setting
+def _cp(tmp_path: Path, proc: str, name: str) -> CorePattern:
+    return CorePattern(LocalHost(), str(tmp_path / name), proc_path=proc, registry=str(tmp_path / "reg" / "cp"))
+
+
+ORIGINAL = "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h"
+
+
+def test_core_pattern_set_and_restored(tmp_path: Path) -> None:
+    proc = _pattern_file(tmp_path, ORIGINAL)
+    with _cp(tmp_path, proc, "a") as a:
+        assert a.active and a.still_ours() and a.previous == ORIGINAL
+        assert Path(proc).read_text().strip() == f"{tmp_path}/a/core.%p.%e"
+    assert Path(proc).read_text().strip() == ORIGINAL and a.restored == "restored"
+
+
+@pytest.mark.parametrize("first_out", ["a", "b"])
+def test_overlapping_runs_hand_over_and_the_last_restores(tmp_path: Path, first_out: str) -> None:
+    """pytest-xdist workers or two storms on one host: whoever leaves first, the other keeps its cores and
+    the machine gets its own value back at the end (not a dead run's directory)."""
+    proc = _pattern_file(tmp_path, ORIGINAL)
+    a, b = _cp(tmp_path, proc, "a"), _cp(tmp_path, proc, "b")
+    a.__enter__()
+    time.sleep(0.05)
+    b.__enter__()
+    assert Path(proc).read_text().strip() == b.pattern
+    first, second = (a, b) if first_out == "a" else (b, a)
+    first.__exit__(None, None, None)
+    assert Path(proc).read_text().strip() == second.pattern, "the run still going must keep its cores"
+    second.__exit__(None, None, None)
+    assert Path(proc).read_text().strip() == ORIGINAL
+
+
+def test_external_change_is_left_alone(tmp_path: Path) -> None:
+    proc = _pattern_file(tmp_path, ORIGINAL)
+    with _cp(tmp_path, proc, "b") as b:
+        Path(proc).write_text("/elsewhere/core.%p\n")  # an admin or another tool took the setting
         assert not b.still_ours()
-    assert host.value == "/elsewhere/core.%p", "must not pull the pattern from under another run"
+    assert Path(proc).read_text().strip() == "/elsewhere/core.%p", "must not pull the pattern from under it"
     assert b.reason is not None and "someone else" in b.reason
+    with _cp(tmp_path, proc, "c"):
+        pass
+    assert Path(proc).read_text().strip() == "/elsewhere/core.%p"
+
+
+def test_a_dead_harness_does_not_keep_the_pattern(tmp_path: Path) -> None:
+    """A run killed before __exit__ left its registration and pattern; the next run restores the original."""
+    proc = _pattern_file(tmp_path, ORIGINAL)
+    ghost = _cp(tmp_path, proc, "ghost")
+    ghost.__enter__()
+    child = subprocess.Popen(["true"])
+    child.wait()
+    registry = tmp_path / "reg" / "cp" / "users"
+    (registry / ghost.token).rename(registry / f"{socket.gethostname()}-{child.pid}-dead")
+    with _cp(tmp_path, proc, "next") as nxt:
+        assert nxt.previous == ghost.pattern
+    assert Path(proc).read_text().strip() == ORIGINAL

@@ -11,89 +11,137 @@ import gzip
 import os
 import shlex
 import shutil
+import socket
 import time
 from pathlib import Path
 from types import TracebackType
 
-from harness.hosts.base import Host
+from harness.hosts.base import CommandResult, Host
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
+REGISTRY = "/run/lvol-storm/core_pattern"
+
+# Run under `flock` on the host. Users register their pattern; the first one keeps the machine's original;
+# the last one out restores it; one leaving while others run hands the pattern to the newest of them.
+_ENTER = r"""
+set -e
+R={registry}; P={pattern}; T={token}; F={proc}
+mkdir -p "$R/users"
+cur=$(cat "$F")
+touch "$R/written"
+if [ -z "$(ls -A "$R/users")" ] && ! grep -qxF -- "$cur" "$R/written"; then
+  printf '%s' "$cur" > "$R/original"
+fi
+[ -f "$R/original" ] || printf '%s' "$cur" > "$R/original"
+printf '%s' "$P" > "$F"
+printf '%s\n' "$P" >> "$R/written"
+printf '%s' "$P" > "$R/users/$T"
+printf '%s' "$cur"
+"""
+_LEAVE = r"""
+R={registry}; P={pattern}; T={token}; F={proc}
+rm -f "$R/users/$T"
+cur=$(cat "$F")
+next=$(ls -t "$R/users" 2>/dev/null | head -n 1)
+if [ "$cur" = "$P" ] || grep -qxF -- "$cur" "$R/written" 2>/dev/null; then
+  if [ -n "$next" ]; then cat "$R/users/$next" > "$F"; echo "handed to $next"
+  else cat "$R/original" > "$F" && rm -f "$R/original" "$R/written"; echo restored
+  fi
+else
+  [ -n "$next" ] || rm -f "$R/original" "$R/written"
+  echo "changed by someone else: $cur"
+fi
+"""
 
 
 class CorePattern:
-    """Context manager: `core_pattern` = `<core_dir>/core.%p.%e` inside, the previous value after.
+    """Context manager: `core_pattern` = `<core_dir>/core.%p.%e` inside, the machine's own value after.
 
-    `active` says whether cores will land in `core_dir`; `reason` says why not otherwise.
+    `active` says whether cores will land in `core_dir`; `reason` says why not otherwise. Overlapping runs
+    on one host (pytest-xdist workers, two storms) register in `registry` (under flock): the first keeps
+    the original value, one leaving early hands the pattern to a run still going, the last restores it.
+    A run whose harness died is dropped from the registry when this machine sees its pid gone.
     """
 
-    def __init__(self, host: Host, core_dir: str, name: str = "core.%p.%e") -> None:
+    def __init__(self, host: Host, core_dir: str, name: str = "core.%p.%e", *,
+                 proc_path: str = CORE_PATTERN, registry: str = REGISTRY) -> None:
         self.host = host
         self.core_dir = core_dir.rstrip("/")
         self.pattern = f"{self.core_dir}/{name}"
+        self.proc_path = proc_path
+        self.registry = registry.rstrip("/")
+        self.token = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.previous: str | None = None
         self.active = False
         self.reason: str | None = None
+        self.restored: str | None = None
 
     def _read(self) -> str | None:
-        try:
-            return self.host.read_file(CORE_PATTERN).decode().strip() if self.host.is_local else (
-                self.host.run(["cat", CORE_PATTERN]).stdout.strip() or None)
-        except OSError:
-            return None
+        res = self.host.run(["cat", self.proc_path], timeout=20)
+        return res.stdout.strip() if res.ok else None
 
-    def _write(self, value: str) -> str | None:
-        """None on success, else the error text."""
-        if self.host.is_local:
+    def _locked(self, template: str) -> CommandResult:
+        script = template.format(registry=shlex.quote(self.registry), pattern=shlex.quote(self.pattern),
+                                 token=shlex.quote(self.token), proc=shlex.quote(self.proc_path))
+        parent = self.registry.rsplit("/", 1)[0] or "/"
+        self.host.run(["mkdir", "-p", parent], timeout=20)
+        if self.host.which("flock") is None:
+            return self.host.run(["sh", "-c", script], timeout=30)
+        return self.host.run(["flock", "-w", "20", f"{self.registry}.lock", "sh", "-c", script], timeout=30)
+
+    def _prune_dead_users(self) -> None:
+        """Registrations of harness processes on this machine that are gone (killed before __exit__)."""
+        listing = self.host.run(["ls", f"{self.registry}/users"], timeout=20)
+        me = socket.gethostname()
+        for token in listing.stdout.split() if listing.ok else []:
+            host, _, rest = token.rpartition("-")[0].rpartition("-")
+            if host != me or not rest.isdigit():
+                continue
             try:
-                with open(CORE_PATTERN, "w", encoding="utf-8") as f:
-                    f.write(value)
-                return None
-            except OSError as exc:
-                return exc.strerror or str(exc)
-        res = self.host.run(["sh", "-c", f"printf %s {shlex.quote(value)} > {CORE_PATTERN}"])
-        return None if res.ok else (res.stderr.strip() or f"exit {res.rc}")
+                os.kill(int(rest), 0)
+            except ProcessLookupError:
+                self.host.run(["rm", "-f", f"{self.registry}/users/{token}"], timeout=20)
+            except PermissionError:
+                pass
 
     def __enter__(self) -> CorePattern:
-        self.previous = self._read()
-        if self.previous is None:
-            self.reason = f"{CORE_PATTERN} is not readable on {self.host.name}; cores not collected"
+        before = self._read()
+        if before is None:
+            self.reason = f"{self.proc_path} is not readable on {self.host.name}; cores not collected"
             return self
         self.host.makedirs(self.core_dir)
-        error = self._write(self.pattern)
-        if error is not None:
-            self.reason = (f"{CORE_PATTERN} is not writable on {self.host.name} ({error}; needs root outside a "
-                           f"read-only container): cores go where '{self.previous}' sends them, not to "
-                           f"{self.core_dir}")
+        self._prune_dead_users()
+        res = self._locked(_ENTER)
+        if not res.ok:
+            error = (res.stderr.strip().splitlines() or [f"exit {res.rc}"])[-1]
+            self.previous = before
+            self.reason = (f"{self.proc_path} is not writable on {self.host.name} ({error}; needs root outside a "
+                           f"read-only container): cores go where '{before}' sends them, not to {self.core_dir}")
+            self.host.run(["rm", "-f", f"{self.registry}/users/{self.token}"], timeout=20)
             return self
+        self.previous = res.stdout
         if self._read() != self.pattern:
-            self.reason = f"{CORE_PATTERN} did not take '{self.pattern}'; cores go where '{self.previous}' says"
-            self._restore()
+            self.reason = f"{self.proc_path} did not take '{self.pattern}'; cores go where '{self.previous}' says"
+            self._locked(_LEAVE)
             return self
         self.active = True
         return self
 
-    def _restore(self) -> None:
-        """Put the previous value back, but only while the pattern is still ours: if another run changed it
-        meanwhile, that run is using it now (the setting is machine-wide; SPDK CI runs one job per machine)."""
-        current = self._read()
-        if self.previous is None or current == self.previous:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self.active:
             return
-        if current != self.pattern:
-            self.reason = f"{CORE_PATTERN} was changed to '{current}' by someone else during the run; left as is"
-            return
-        error = self._write(self.previous)
-        if error is not None:
-            raise OSError(f"could not restore {CORE_PATTERN} to '{self.previous}': {error}")
+        self.active = False
+        res = self._locked(_LEAVE)
+        self.restored = res.stdout.strip() or None
+        if self.restored and self.restored.startswith("changed by someone else"):
+            self.reason = f"{self.proc_path} was {self.restored}; left as is"
+        elif not res.ok:
+            raise OSError(f"could not restore {self.proc_path}: {res.stderr.strip() or res.rc}")
 
     def still_ours(self) -> bool:
         """False when another run changed the machine-wide pattern after we set it (cores then go there)."""
         return self.active and self._read() == self.pattern
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self.active:
-            self._restore()
-            self.active = False
 
     def find_core(self, pid: int, timeout: float = 10.0) -> str | None:
         """The core of `pid` in `core_dir`, once the kernel has finished writing it (size stable)."""
