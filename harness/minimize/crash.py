@@ -24,7 +24,13 @@ from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
 from harness.minimize.config import MinimizeConfig
 from harness.minimize.ddmin import Budget
-from harness.minimize.operations import Operation, assign_in_flight_groups, before, load_operations
+from harness.minimize.operations import (
+    Operation,
+    assign_in_flight_groups,
+    before,
+    execution_order,
+    load_operations,
+)
 from harness.minimize.output import write_reproducer
 from harness.minimize.search import SearchOutcome, TrialRunner, search
 from harness.minimize.trial import TargetTrials, quiet_watchdogs
@@ -113,10 +119,12 @@ def read_crash(crash_dir: Path) -> tuple[dict[str, Any], Path]:
 
 
 def operations_before_crash(history: Path, detected_at: float | None) -> list[Operation]:
-    """The run's operations with their in-flight groups, cut at the crash's detection time."""
+    """The run's operations with their in-flight groups, cut at the crash's detection time, in the order the
+    target executed them (what a serial replay follows and the search's windows count back from)."""
     ops = assign_in_flight_groups(load_operations(history))
     if detected_at is not None:
         ops = before(ops, float(detected_at))
+    ops = execution_order(ops)
     if not ops:
         raise ConfigError(f"{history}: no operations before the crash (detected_at {detected_at}); nothing to "
                           "minimize")

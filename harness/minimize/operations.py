@@ -85,6 +85,16 @@ def start_order(ops: Iterable[Operation]) -> list[Operation]:
     return sorted(ops, key=lambda op: (op.t_start, op.worker, op.seq, op.index))
 
 
+def execution_order(ops: Iterable[Operation]) -> list[Operation]:
+    """The order the target most likely executed them in: by reply time.
+
+    SPDK serves RPCs on one reactor, so replies come back in execution order; the send order (`t_start`) of
+    calls in flight on different connections says nothing about which one the target ran first, and a serial
+    replay in send order diverges from the recording (a delete that failed ENODEV now succeeds, and so on).
+    A call that used an earlier answer was sent after that answer, so it also ends after it."""
+    return sorted(ops, key=lambda op: (op.t_end, op.t_start, op.worker, op.seq, op.index))
+
+
 def load_operations(path: str | Path) -> list[Operation]:
     """Every record of a history file (or repro.min.jsonl) in issue order; History.read checks the version."""
     ops = [Operation.from_record(i, rec) for i, rec in enumerate(History.read(path))]

@@ -13,7 +13,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.minimize.operations import Operation, assign_in_flight_groups, groups_of, start_order
+from harness.minimize.operations import (
+    Operation,
+    assign_in_flight_groups,
+    execution_order,
+    groups_of,
+    start_order,
+)
 
 Mode = Literal["serial", "grouped"]
 
@@ -48,8 +54,8 @@ class ReplayPlan:
 
 
 def serial_plan(ops: Iterable[Operation]) -> ReplayPlan:
-    """One operation at a time, in issue order, on one connection."""
-    return ReplayPlan(tuple((op,) for op in start_order(ops)), single_connection=True)
+    """One operation at a time, in the order the target executed them (reply order), on one connection."""
+    return ReplayPlan(tuple((op,) for op in execution_order(ops)), single_connection=True)
 
 
 def grouped_plan(ops: Iterable[Operation], dissolved: frozenset[int] = frozenset()) -> ReplayPlan:

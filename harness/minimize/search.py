@@ -201,6 +201,15 @@ def windows(total: int, first: int = 4096, factor: int = 4) -> list[int]:
     return out
 
 
+NO_EFFECT_ERRNOS = frozenset({"ENODEV", "ENOENT", "EEXIST", "EPERM", "EINVAL", "ENOSPC"})
+"""Refusals that change nothing in SPDK (checked before any change). Not EBUSY: the forced-removal bug answers
+EBUSY and removes the lvol anyway; not a lost or timed-out call: its effect is unknown."""
+
+
+def refused_without_effect(op: Operation) -> bool:
+    return op.error is not None and op.error.get("errno") in NO_EFFECT_ERRNOS
+
+
 def worker_order(ops: Sequence[Operation]) -> list[int]:
     """Workers most likely to hold the crash first: one whose call was cut off by the death, then the latest."""
     last: dict[int, float] = {}
@@ -242,16 +251,23 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
     stop_reason = "done"
     tries0, ts = budget.tries, time.monotonic()
     seen: set[frozenset[int]] = set()
+    refused = {op.index for op in ops if refused_without_effect(op)}
     try:
         for w in windows(len(order)):
-            candidate = lives.complete(order[-w:])
-            if frozenset(candidate) in seen:
-                continue
-            seen.add(frozenset(candidate))
-            say(f"minimize: trying the last {w} operations ({len(candidate)} with dependencies)")
-            for mode in ("serial", "grouped"):
-                if test(candidate, mode):  # type: ignore[arg-type]
-                    found = (candidate, mode)  # type: ignore[assignment]
+            window = lives.complete(order[-w:])
+            # The calls the target refused change nothing, but replayed in a slightly different order they may
+            # succeed and make the replay diverge (space taken, objects gone): try without them too.
+            for label, candidate in (("", window),
+                                     (" without refused calls", deps.closure(i for i in window if i not in refused))):
+                if frozenset(candidate) in seen:
+                    continue
+                seen.add(frozenset(candidate))
+                say(f"minimize: trying the last {w} operations{label} ({len(candidate)} with dependencies)")
+                for mode in ("serial", "grouped"):
+                    if test(candidate, mode):  # type: ignore[arg-type]
+                        found = (candidate, mode)  # type: ignore[assignment]
+                        break
+                if found is not None:
                     break
             if found is not None:
                 break
