@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
+from harness.recordings import recordings_dir
 from harness.sim.methods import REFERENCE_SUFFIX, Dispatcher
 from harness.sim.protocol import RpcFault
 
-TRANSCRIPTS = Path("/work/shared/spdk/transcripts")
+TRANSCRIPTS = recordings_dir() / "transcripts"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 IGNORED_KEYS = frozenset({"creation_time"})
 AIO_FILE = "/usr/src/spdk/aio0.img"
@@ -265,7 +266,7 @@ def test_forced_removal_logs_the_recorded_lines_at_the_removal(tmp_path: Path) -
     dispatcher.drain_log_lines()
     assert replayer.step(steps[48]) == "match"
     lines = dispatcher.drain_log_lines()
-    recorded = (Path("/work/shared/spdk/target-log") / "longhorn-v24.09-forced-removal-then-segv.log").read_text()
+    recorded = (recordings_dir() / "target-log" / "longhorn-v24.09-forced-removal-then-segv.log").read_text()
     tail = [re.sub(r"^\[[^\]]*\] ", "", line) for line in recorded.splitlines()[-3:]]
     assert lines == tail
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.recordings import recordings_dir
 from harness.report.backtrace import parse_gdb_backtrace
 from harness.report.symbolize import Symbol
 from harness.report.title import crash_title, title_slug
@@ -13,7 +14,7 @@ from harness.watch.evidence import CrashEvidence
 from harness.watch.kmsg import parse_fault
 from harness.watch.targetlog import parse_abort_line
 
-BACKTRACES = sorted(Path("/work/shared/spdk/backtraces").glob("*.txt"))
+BACKTRACES = sorted((recordings_dir() / "backtraces").glob("*.txt"))
 
 STATIC_LINE = ("reactor_0[3692273]: segfault at 8 ip 000000000044de88 sp 00007ffcc77b0860 error 4 in "
                "spdk_tgt[400000+46c000] likely on CPU 0 (core 0, socket 0)")
@@ -92,3 +93,16 @@ def test_hang_and_exit_titles() -> None:
     assert title_slug("SIGSEGV in spdk_lvol_destroy (lvol.c:1884)") == "SIGSEGV-in-spdk_lvol_destroy-lvol.c-1884"
     with pytest.raises(ValueError):
         crash_title([])
+
+
+@pytest.mark.parametrize("func", ["__memcpy_avx512_unaligned_erms", "__memmove_avx_unaligned_erms",
+                                  "__memmove_sse2_unaligned_erms"])
+def test_libc_string_routine_variants_share_one_title(func: str) -> None:
+    """glibc picks memcpy's implementation per CPU; the same crash must dedupe across machines."""
+    bt = parse_gdb_backtrace(
+        "Program terminated with signal SIGSEGV, Segmentation fault.\n"
+        f"#0  {func} () at ../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S:372\n"
+        "#1  0x00007f00000010 in PyBytes_FromStringAndSize ()\n"
+    )
+    ev = CrashEvidence("exit", "target died", "process", exit_rc=-11)
+    assert crash_title([ev], backtrace=bt) == "SIGSEGV in memcpy (libc)"

@@ -6,14 +6,14 @@ import errno
 import json
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 
 from harness.errors import HarnessError, TargetError
+from harness.recordings import recordings_dir
 from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout, errno_name_of
 
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "spdk" / "transcripts"
+TRANSCRIPTS = recordings_dir() / "transcripts"
 
 # What each recorded message means, decided by reading SPDK's source and the recordings, not by the code
 # under test. A message that appears in a new recording fails the coverage test until it is added here.

@@ -14,6 +14,7 @@ import pytest
 from harness.errors import TargetError
 from harness.history import SETUP_WORKER, History
 from harness.hosts.local import LocalHost
+from harness.recordings import recordings_dir
 from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
 from harness.rpc.methods import (
     LONGHORN_FORK_METHODS,
@@ -26,7 +27,7 @@ from tests.test_rpc_client import TunnelHost
 from tests.test_rpc_fake_server import FakeSpdkProcess
 
 HOST = LocalHost()
-RECORDED_METHODS = (Path(__file__).resolve().parents[2] / "shared" / "spdk" / "transcripts"
+RECORDED_METHODS = (recordings_dir() / "transcripts"
                     / "longhorn-v24.09-07_rpc_get_methods_and_version.json")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from harness.recordings import recordings_dir
 from harness.sim.server import (
     COMPLETE,
     INCOMPLETE,
@@ -29,7 +30,7 @@ from harness.sim.server import (
 )
 from tests.test_sim_server import VERSION, SimProcess, read_raw, read_replies, real_dispatcher_available
 
-TRANSCRIPTS = Path("/work/shared/spdk/transcripts")
+TRANSCRIPTS = recordings_dir() / "transcripts"
 T06 = TRANSCRIPTS / "longhorn-v24.09-06_malformed_requests.json"
 T07 = TRANSCRIPTS / "longhorn-v24.09-07_rpc_get_methods_and_version.json"
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from harness.recordings import recordings_dir
 from harness.watch.kmsg import (
     decode_error_bits,
     parse_code_line,
@@ -16,7 +16,7 @@ from harness.watch.kmsg import (
 )
 from harness.watch.targetlog import DEFAULT_ERROR_PATTERNS, match_finding, parse_abort_line
 
-RECORDINGS = Path("/work/shared/spdk")
+RECORDINGS = recordings_dir()
 USER_FAULTS = RECORDINGS / "kernel-log" / "user-faults.json"
 TARGET_LOG = RECORDINGS / "target-log" / "longhorn-v24.09-forced-removal-then-segv.log"
 

@@ -37,10 +37,22 @@ def signal_name(rc: int) -> str:
         return f"signal {-rc}"
 
 
+# glibc picks a string routine per CPU (`__memmove_avx_unaligned_erms`, `__memcpy_avx512_unaligned_erms`, ...):
+# the same bug must get the same title on every machine, so such frames are named by the routine alone.
+_LIBC_IFUNC = re.compile(
+    r"^__(?P<base>memcpy|memmove|memset|memcmp|memchr|strlen|strnlen|strcmp|strncmp|strchr|strrchr|strcpy|stpcpy)"
+    r"_[a-z0-9_]+$"
+)
+
+
 def _where(backtrace: Backtrace | None, symbol: Symbol | None) -> str | None:
     if backtrace is not None:
         frame = backtrace.culprit()
         if frame is not None and frame.func != "??":
+            m = _LIBC_IFUNC.match(frame.func)
+            if m:
+                base = "memcpy" if m["base"] == "memmove" else m["base"]
+                return f"{base} (libc)"
             return frame.describe()
     if symbol is not None and symbol.function:
         return symbol.describe()
