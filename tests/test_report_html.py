@@ -110,7 +110,8 @@ def crashed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("report") / "run"
     # The exit comes after a fixed number of mutating calls; quiesce checks (which see the leak) come by time,
     # several of them before that on any machine speed; the duration is only a bound.
-    cfg = load_config("smoke", overrides=["target.sim_fault_after=4000", "storm.quiesce_every=0.5s"],
+    cfg = load_config("smoke", overrides=["target.sim_fault_after=4000", "storm.quiesce_every=0.5s",
+                                          "minimize.enabled=false"],
                       cli={"target.kind": "sim", "target.sim_fault": "exit,leak-cluster", "storm.duration": "40s"})
     outcome = StormRun(cfg, RunDir(run_dir), progress=False, announce=lambda _msg: None).execute()
     assert outcome.crash_titles and outcome.findings, outcome.summary

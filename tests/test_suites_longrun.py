@@ -47,6 +47,7 @@ def test_nightly_restarts_after_each_crash_and_a_known_xfail_passes(tmp_path: Pa
     run_dir = tmp_path / "run"
     proc = subprocess.run(_pytest("suites/nightly", "--target", "sim", "--bdev", "malloc", "--sim-fault", "exit",
                                   "--set", "target.sim_fault_after=300", "--set", "storm.workers=2",
+                                  "--set", "minimize.enabled=false",
                                   "--duration", "8s", "--known-issues", str(known), "--run-dir", str(run_dir)),
                           cwd=REPO, capture_output=True, text=True, timeout=80, env=_env())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -71,7 +72,7 @@ def test_nightly_restarts_after_each_crash_and_a_known_xfail_passes(tmp_path: Pa
 
 @pytest.mark.timeout(60)
 def test_unknown_crashes_fail_the_long_run_with_counts_by_title(tmp_path: Path) -> None:
-    cfg = load_config("nightly", overrides=["target.sim_fault_after=250", "storm.workers=2"],
+    cfg = load_config("nightly", overrides=["target.sim_fault_after=250", "storm.workers=2", "minimize.enabled=false"],
                       cli={"target.kind": "sim", "target.sim_fault": "exit", "bdev.kind": "malloc",
                            "storm.duration": "5s"})
     said: list[str] = []
@@ -219,7 +220,12 @@ def test_nightly_on_two_terraform_nodes_one_xdist_worker_each(tmp_path: Path) ->
     """terraform/local (network namespaces with sshd) provisioned once by the controller; -n auto = 2 workers;
     each drives the reference target on its node over SSH; one run directory; nodes destroyed afterwards."""
     run_dir = tmp_path / "run"
+    # This test is about provisioning, workers and merging; what a storm finds is judged by the storm's own tests,
+    # so findings (not crashes) are xfail here: a checker disagreement must not hide a broken plumbing.
+    known = _known(tmp_path, "issues:\n  - id: any-finding\n    finding: '.'\n"
+                             "    link: https://example.invalid/plumbing-test\n    policy: xfail\n")
     proc = subprocess.run(_pytest("suites/nightly", "--terraform-module", "local", "--nodes", "2",
+                                  "--known-issues", str(known),
                                   "--tf-var", f"subnet_octet={_free_octet()}", "-n", "auto", "--target", "sim",
                                   "--bdev", "malloc", "--set", "storm.workers=2", "--duration", "5s",
                                   "--run-dir", str(run_dir)),

@@ -42,7 +42,8 @@ def test_forced_removal_fails_busy_delete_with_crash_title(tmp_path: Path) -> No
     # --workers 4: with the profile's 8 workers on its 1 GiB lvstore, busy-delete episodes (two copies of a
     # ~200 MiB lvol each) starve each other on ENOSPC and rarely reach the race (a storm engine issue, reported).
     proc, run_dir = run_suite(tmp_path, "suites/regression", "--target", "sim", "--sim-fault", "forced-removal",
-                              "-k", "busy-delete", "--duration", "20s", "--workers", "4")
+                              "-k", "busy-delete", "--duration", "20s", "--workers", "4",
+                              "--set", "minimize.enabled=false")  # minimizing is harness.minimize's test, and slow
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
     junit = run_dir / "junit.xml"
