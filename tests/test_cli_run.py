@@ -47,7 +47,7 @@ def test_crashing_target_exits_3_with_a_crash_report(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     res = _run(["run", "--target", "sim", "--sim-fault", "forced-removal", "--duration", "45s",
                 "--set", "storm.strategies=[busy-delete]", "--set", "storm.strategy_share=0.5",
-                "--run-dir", str(run_dir)])
+                "--no-minimize", "--run-dir", str(run_dir)])
     assert res.returncode == 3, res.stdout + res.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["crashes"][0]["title"].startswith("SIGSEGV in ")
