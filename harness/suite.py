@@ -454,6 +454,8 @@ class LongRun:
             errors.update(inc.summary.get("errors_by_errno") or {})
             findings += [{**f, "run": inc.name} for f in inc.findings]
             target = inc.summary.get("target") or target
+        if not final and sum(self.timeline.methods.values()) > sum(ops_by_method.values()):
+            ops_by_method = Counter(self.timeline.methods)  # includes the incarnation still running
         crashes = []
         for title, n in sorted(counts.items(), key=lambda kv: -kv[1]):
             issue = self.known.for_crash(title) if self.suite in ("nightly", "soak") else None
@@ -495,6 +497,8 @@ class LongRun:
 
     def write_rolling(self, final: bool) -> dict[str, Any]:
         """summary.json and report.html, each replaced atomically, so both are valid whenever someone looks."""
+        for rel, path in history_sources(self.run_dir.path):
+            self.timeline.feed_file(path, source=rel)
         summary = self.summary(final)
         self.run_dir.write_json("summary.json", summary)
         try:

@@ -28,6 +28,7 @@ from harness.hosts.local import LocalHost
 from harness.known_issues import KnownIssues
 from harness.pytest_plugin import cli_overrides
 from harness.report.html import write_report_html
+from harness.report.timeline import Timeline
 from harness.rundir import RunDir, default_run_dir
 from harness.sim.faults import parse_faults
 from harness.storm.config import parse_duration
@@ -53,6 +54,7 @@ CONFIG_KEY = pytest.StashKey[RunConfig]()
 RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 PROVISION_KEY = pytest.StashKey[contextlib.ExitStack]()
 TERMINAL_KEY = pytest.StashKey[TextIO]()
+ROLLER_KEY = pytest.StashKey[tuple[threading.Event, threading.Thread]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -169,6 +171,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
+    _provision(session)
+    _start_session_roller(session)
+
+
+def _provision(session: pytest.Session) -> None:
     """Nightly on Terraform: provision once, in the controller, before any worker starts; destroy at the end."""
     config = session.config
     if SUITE_KEY not in config.stash or hasattr(config, "workerinput"):
@@ -319,21 +326,71 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 @pytest.hookimpl(trylast=True)
+def _session_argv(config: pytest.Config) -> list[str]:
+    argv = [str(a) for a in config.invocation_params.args]
+    if not any(a == "--seed" or a.startswith("--seed=") for a in argv) and CONFIG_KEY in config.stash:
+        argv += ["--seed", str(config.stash[CONFIG_KEY].storm.seed)]
+    return argv
+
+
+def _start_session_roller(session: pytest.Session) -> None:
+    """Long runs: the main process rewrites the merged summary.json/report.html every `--report-every`, from
+    the nodes' own rolling files, so the run directory's top page is valid at any moment too."""
+    config = session.config
+    spec = config.stash.get(SUITE_KEY, None)
+    if spec is None or not spec.long_run or hasattr(config, "workerinput"):
+        return
+    stop = threading.Event()
+    period = parse_duration(config.getoption("report_every"))
+    timeline = Timeline()
+
+    def roll() -> None:
+        while not stop.wait(period):
+            with contextlib.suppress(Exception):
+                write_session_report(Path(config.option.run_dir), spec, list(config.stash[RESULTS_KEY]),
+                                     config.stash.get(CONFIG_KEY, None), None, _session_argv(config),
+                                     timeline=timeline)
+
+    thread = threading.Thread(target=roll, name="lvol-storm-session-report", daemon=True)
+    thread.start()
+    config.stash[ROLLER_KEY] = (stop, thread)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if SUITE_KEY not in config.stash or hasattr(config, "workerinput"):
         return
-    argv = [str(a) for a in config.invocation_params.args]
-    if not any(a == "--seed" or a.startswith("--seed=") for a in argv) and CONFIG_KEY in config.stash:
-        argv += ["--seed", str(config.stash[CONFIG_KEY].storm.seed)]
+    roller = config.stash.get(ROLLER_KEY, None)
+    if roller is not None:
+        roller[0].set()
+        roller[1].join(timeout=30)
     write_session_report(Path(config.option.run_dir), config.stash[SUITE_KEY], config.stash[RESULTS_KEY],
-                         config.stash.get(CONFIG_KEY, None), exitstatus, argv)
+                         config.stash.get(CONFIG_KEY, None), int(exitstatus), _session_argv(config))
+
+
+def _still_running(run_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nodes whose long run has a rolling summary.json but no test result yet."""
+    done = {str(Path(r["run_dir"])) for r in results if r.get("run_dir")}
+    out = []
+    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        data = _read_json(sub / "summary.json")
+        if data.get("running") and str(sub) not in done:
+            out.append({"nodeid": sub.name, "outcome": "running", "run_dir": str(sub),
+                        "node": data.get("node", sub.name), "worker": None, "message": None})
+    return out
 
 
 def write_session_report(run_dir: Path, spec: SuiteSpec, results: list[dict[str, Any]],
-                         cfg: RunConfig | None, exitstatus: int, argv: list[str] | None = None) -> Path:
-    """One summary.json and report.html for the whole session: tests (and nodes) merged, crashes counted."""
+                         cfg: RunConfig | None, exitstatus: int | None, argv: list[str] | None = None,
+                         timeline: Timeline | None = None) -> Path:
+    """One summary.json and report.html for the whole session: tests (and nodes) merged, crashes counted.
+
+    `exitstatus` None means the session is still running (a long run's rolling rewrite)."""
     rd = RunDir(run_dir)
+    running = exitstatus is None
+    if running:
+        results = results + _still_running(run_dir, results)
     breakdown: list[dict[str, Any]] = []
     ops: dict[str, int] = {}
     errors: dict[str, int] = {}
@@ -366,7 +423,9 @@ def write_session_report(run_dir: Path, spec: SuiteSpec, results: list[dict[str,
         "suite": spec.name,
         "profile": cfg.profile if cfg else spec.profile,
         "seed": cfg.storm.seed if cfg else None,
-        "exit_status": int(exitstatus),
+        "exit_status": exitstatus,
+        "running": running,
+        "updated": time.time(),
         "finished": time.time(),
         "target": target,
         "tests": len(results),
@@ -381,7 +440,7 @@ def write_session_report(run_dir: Path, spec: SuiteSpec, results: list[dict[str,
         "config": cfg.model_dump(mode="json") if cfg else None,
     }
     rd.write_json("summary.json", summary)
-    return write_report_html(run_dir)
+    return write_report_html(run_dir, timeline, live=running)
 
 
 def _rerun_commands(argv: list[str], results: list[dict[str, Any]]) -> list[str]:

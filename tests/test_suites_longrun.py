@@ -131,6 +131,12 @@ def test_soak_runs_until_ctrl_c_with_a_rolling_report(tmp_path: Path) -> None:
             time.sleep(0.3)
         assert len(seen) >= 3, "summary.json was not rewritten every second while the soak ran"
         assert 'http-equiv="refresh"' in (node / "report.html").read_text()
+        deadline = time.monotonic() + 10  # the merged top-level files roll too
+        while time.monotonic() < deadline and not (run_dir / "summary.json").exists():
+            time.sleep(0.2)
+        top = json.loads((run_dir / "summary.json").read_text())
+        assert top["running"] is True and top["breakdown"][0]["outcome"] == "running"
+        assert 'http-equiv="refresh"' in (run_dir / "report.html").read_text()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=40)
     finally:
@@ -141,6 +147,9 @@ def test_soak_runs_until_ctrl_c_with_a_rolling_report(tmp_path: Path) -> None:
     final = json.loads((node / "summary.json").read_text())
     assert final["running"] is False and final["verdict"] == "pass" and final["incarnations"] == 1
     assert final["breakdown"][0]["ops"] > 0
+    top = json.loads((run_dir / "summary.json").read_text())
+    assert top["running"] is False and top["exit_status"] == 0 and top["breakdown"][0]["outcome"] == "passed"
+    assert 'http-equiv="refresh"' not in (run_dir / "report.html").read_text()
     health = (node / "health.log").read_text().splitlines()
     assert sum(" soak [local] " in line and " ops " in line for line in health) >= 2, health
     assert "soak [local]" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class Timeline:
         self.sources: dict[str, _Source] = {}
         self.records = 0
         self.bad_lines = 0
+        self.methods: Counter[str] = Counter()
 
     # -- feeding ----------------------------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class Timeline:
         if bucket is None:
             bucket = self.buckets[key] = _Bucket()
         self.records += 1
+        self.methods[method] += 1
         bucket.ops += 1
         if not ok:
             bucket.errors += 1
