@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shlex
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, TextIO
 import pytest
 import yaml
 
+import harness
 from harness.config import RunConfig, load_config
 from harness.errors import ConfigError, HarnessError
 from harness.hosts.local import LocalHost
@@ -421,6 +423,9 @@ def write_session_report(run_dir: Path, spec: SuiteSpec, results: list[dict[str,
         n["crashes"] += sum(c["count"] for c in b["crashes"])
     summary = {
         "suite": spec.name,
+        "versions": {"harness": harness.__version__, "python": platform.python_version(),
+                     "pytest": pytest.__version__, "kernel": platform.release(),
+                     "target": target.get("version")},
         "profile": cfg.profile if cfg else spec.profile,
         "seed": cfg.storm.seed if cfg else None,
         "exit_status": exitstatus,
