@@ -132,12 +132,14 @@ class StormRun:
         titles: dict[str, int] = {}
         for report in crashes:
             titles[report.title] = titles.get(report.title, 0) + 1
-        minimized = self._minimize(crash_dirs)
         summary = self._summary(t0, storm, findings, titles, crash_dirs)
+        self.run_dir.write_json("summary.json", summary)  # on disk before minimizing, which may take minutes
+        self._write_report()
+        minimized = self._minimize(crash_dirs)
         if minimized:
             summary["minimized"] = minimized
-        self.run_dir.write_json("summary.json", summary)
-        self._write_report()
+            self.run_dir.write_json("summary.json", summary)
+            self._write_report()
         return RunOutcome(self.run_dir.path, summary, titles, crash_dirs, findings, storm)
 
     def _minimize(self, crash_dirs: list[Path]) -> list[dict[str, Any]]:
@@ -232,8 +234,7 @@ class StormRun:
             return [], []
         if not watchdog.crashed.is_set():
             watchdog.wait(watchdog.death_grace_s + 1.0)  # the process died: give the watchers a moment
-        time.sleep(min(watchdog.death_grace_s, 1.0))  # let late kernel lines (Code:, the fault) arrive
-        evidence = watchdog.evidence
+        evidence = watchdog.settle(timeout=5.0)  # the exit after a fault line, the Code: line, the log tail
         if not evidence:
             return [], []
         assert self.history is not None
@@ -243,7 +244,7 @@ class StormRun:
             evidence, self.host, self.run_dir.path, tail,
             {**target.info.to_dict(), "pid": target.info.pid, "executable": target.info.binary or None},
             cores=cores, binary_paths=[target.info.binary] if target.info.binary else [],
-            notes=list(self.notes),
+            notes=[*self.notes, *(w for w in watchdog.warnings if f"watchdog: {w}" not in self.notes)],
         )
         path = report.write(self.run_dir.crashes)
         self.announce(f"CRASH: {report.title}\n  report: {path}")
