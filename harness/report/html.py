@@ -254,8 +254,8 @@ def _dur(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+        return f"{round(seconds / 60, 1):g}m"
+    return f"{round(seconds / 3600, 1):g}h"
 
 
 def _when(t: Any) -> str:
