@@ -135,6 +135,9 @@ def resolve_where(spec: SuiteSpec, *, inventory: str | None, target_flag: str | 
                   terraform_module: str | None = None) -> Where:
     """Where the suite's targets run: `--inventory` wins, then an explicit `--terraform-module`; an explicit
     `--target` alone means this machine."""
+    if spec.where == "local" and (inventory or terraform_module):
+        raise ConfigError(f"{spec.name}: runs on this machine; --inventory and --terraform-module are for "
+                          "nightly and soak")
     if inventory:
         if terraform_module:
             raise ConfigError(f"{spec.name}: --inventory and --terraform-module exclude each other: pick one")

@@ -48,6 +48,7 @@ def error_line(out: str) -> str:
     (["suites/regression", "--target", "sim", "--sim-fault", "bogus"], "unknown fault mode 'bogus'"),
     (["suites/nightly", "--target", "sim"], "add --bdev malloc"),
     (["suites"], "run one suite at a time"),
+    (["suites/regression", "--target", "sim", "--inventory", "lab.yaml"], "regression: runs on this machine"),
 ])
 def test_bad_input_is_one_line_before_anything_starts(tmp_path: Path, args: list[str], expect: str) -> None:
     rc, out, run_dir = run(tmp_path, *args)
