@@ -6,6 +6,7 @@ UUIDs are real; the runners replay plans onto a fresh dispatcher with random UUI
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable
@@ -16,10 +17,10 @@ import pytest
 from harness.minimize.config import MinimizeConfig
 from harness.minimize.ddmin import Budget, BudgetExhausted, CachedTest, ddmin
 from harness.minimize.deps import Dependencies, object_units, produces, references
-from harness.minimize.operations import Operation, assign_in_flight_groups, before, groups_of
+from harness.minimize.operations import Operation, assign_in_flight_groups, before, execution_order, groups_of
 from harness.minimize.plan import ReplayPlan, grouped_plan, plan_from_operations, serial_plan
 from harness.minimize.remap import Remap
-from harness.minimize.search import TrialResult, search, windows
+from harness.minimize.search import TrialResult, search, title_key, windows
 from harness.sim.methods import Dispatcher
 from harness.sim.protocol import RpcFault, SimulatedCrash
 
@@ -237,9 +238,12 @@ def test_in_flight_groups_need_a_common_instant_not_a_chain() -> None:
     plan = grouped_plan(grouped)
     assert [len(s) for s in plan.steps] == [3, 2, 1] and plan.concurrent_steps == 2
     assert [len(s) for s in grouped_plan(grouped, frozenset({1})).steps] == [3, 1, 1, 1]
-    serial = serial_plan(grouped)
+    serial = serial_plan(execution_order(grouped))
     # Serial replay follows the reply order: the order a one-reactor target executed them in.
     assert serial.mode == "serial" and [o.index for o in serial.ops] == [1, 0, 2, 4, 3, 5]
+    # A repro.min.jsonl is read back in its step order, whatever the recorded times say.
+    steps = [dataclasses.replace(o, group=n) for n, o in enumerate(reversed(ops))]
+    assert [o.index for o in plan_from_operations(steps).ops] == [5, 4, 3, 2, 1, 0]
     assert [[o.index for o in g] for g in groups_of(grouped)] == [[0, 1, 2], [3, 4], [5]]
     # A run's history has no groups: they are derived from the times.
     assert [len(s) for s in plan_from_operations(ops).steps] == [3, 2, 1]
@@ -434,6 +438,13 @@ def test_a_ratelimited_fault_line_neither_confirms_nor_refutes(monkeypatch: pyte
     out = search(ops, SEGV_TITLE, Ratelimited(), fast_config())
     assert out.reproduced and out.ops_after == 10
     assert out.other_titles == {}
+
+
+def test_libc_routine_variants_are_one_title() -> None:
+    assert title_key("SIGSEGV in __memcpy_avx512_unaligned_erms (memmove-vec-unaligned-erms.S:372)") == \
+        title_key("SIGSEGV in memcpy (libc)") == "SIGSEGV in memcpy (libc)"
+    assert title_key("SIGSEGV in __memmove_avx_unaligned_erms") == "SIGSEGV in memcpy (libc)"
+    assert title_key("SIGSEGV in spdk_lvol_destroy (lvol.c:1884)") == "SIGSEGV in spdk_lvol_destroy (lvol.c:1884)"
 
 
 def test_a_history_that_does_not_crash_on_replay_keeps_the_full_reproducer() -> None:

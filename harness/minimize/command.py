@@ -21,6 +21,7 @@ from harness.minimize.config import MinimizeConfig
 from harness.minimize.crash import minimize_crash
 from harness.minimize.operations import load_operations
 from harness.minimize.plan import plan_from_operations
+from harness.minimize.search import title_key
 from harness.minimize.trial import TargetTrials, quiet_watchdogs
 
 EXIT_OK, EXIT_NOT_REPRODUCED, EXIT_CRASH = 0, 1, 3
@@ -138,7 +139,7 @@ def main_replay_grouped(args: argparse.Namespace) -> int:
         return EXIT_OK
     if title is None:
         print(f"replay: the target crashed: {result.title}")
-    elif result.title == title:
+    elif title_key(result.title) == title_key(title):
         print(f"replay: the target crashed with the same crash title: {result.title}")
     else:
         print(f"replay: the target crashed with a DIFFERENT title: {result.title!r}; expected {title!r} ({source})")

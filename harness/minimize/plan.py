@@ -16,9 +16,7 @@ from typing import Literal
 from harness.minimize.operations import (
     Operation,
     assign_in_flight_groups,
-    execution_order,
     groups_of,
-    start_order,
 )
 
 Mode = Literal["serial", "grouped"]
@@ -54,8 +52,9 @@ class ReplayPlan:
 
 
 def serial_plan(ops: Iterable[Operation]) -> ReplayPlan:
-    """One operation at a time, in the order the target executed them (reply order), on one connection."""
-    return ReplayPlan(tuple((op,) for op in execution_order(ops)), single_connection=True)
+    """One operation at a time, in the given order (the search passes its execution-order estimate), on one
+    connection."""
+    return ReplayPlan(tuple((op,) for op in ops), single_connection=True)
 
 
 def grouped_plan(ops: Iterable[Operation], dissolved: frozenset[int] = frozenset()) -> ReplayPlan:
@@ -74,14 +73,23 @@ def plan_for(ops: Sequence[Operation], mode: Mode, dissolved: frozenset[int] = f
 
 
 def plan_from_operations(ops: Sequence[Operation]) -> ReplayPlan:
-    """The plan a history or repro.min.jsonl describes: groups from `group` (derived from the times when the
-    lines have none, as in a run's history.jsonl); serial when every op has its own group on one connection."""
-    ordered = start_order(ops)
-    if any(op.group < 0 for op in ordered):
-        ordered = assign_in_flight_groups(ordered)
+    """The plan a history or repro.min.jsonl describes: steps from `group` (derived from the times when the
+    lines have none, as in a run's history.jsonl); serial when every op has its own group on one connection.
+    A repro.min.jsonl's groups are its step numbers, so its order is theirs, not the recorded times'."""
+    if any(op.group < 0 for op in ops):
+        ordered = assign_in_flight_groups(ops)
+    else:
+        ordered = sorted(ops, key=lambda op: (op.group, op.t_start, op.worker, op.seq, op.index))
     groups = [op.group for op in ordered]
-    if len(set(groups)) == len(groups) and len({op.conn_key for op in ordered}) <= 1:
+    unique = len(set(groups)) == len(groups)
+    if unique and len({op.conn_key for op in ordered}) <= 1:
         return serial_plan(ordered)
-    if len(set(groups)) == len(groups):
+    if unique:
         return ReplayPlan(tuple((op,) for op in ordered), single_connection=False)
-    return grouped_plan(ordered)
+    steps: list[tuple[Operation, ...]] = []
+    for op in ordered:
+        if steps and steps[-1][0].group == op.group:
+            steps[-1] = (*steps[-1], op)
+        else:
+            steps.append((op,))
+    return ReplayPlan(tuple(steps), single_connection=False)
