@@ -540,3 +540,11 @@ def long_run_failure(outcome: LongRunOutcome) -> str | None:
     reasons = unique[:5] + ([f"... {len(unique) - 5} more in summary.json"] if len(unique) > 5 else [])
     head = f"crashes by title: {counts}; " if counts else ""
     return f"{head}{len(outcome.incarnations)} incarnation(s): " + "; ".join(reasons)
+
+
+def known_issue_notice(outcome: LongRunOutcome) -> str | None:
+    """A one-line note of the known issues a passing long run met (xfail/avoid), for the test's warnings."""
+    hits = (outcome.summary.get("known_issues") or {}).get("hits") or {}
+    if not hits:
+        return None
+    return "known issues met (not failing this run): " + ", ".join(f"{k} x{n}" for k, n in sorted(hits.items()))

@@ -51,6 +51,7 @@ def test_nightly_restarts_after_each_crash_and_a_known_xfail_passes(tmp_path: Pa
                                   "--duration", "8s", "--known-issues", str(known), "--run-dir", str(run_dir)),
                           cwd=REPO, capture_output=True, text=True, timeout=80, env=_env())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "known issues met (not failing this run): sim-exit x" in proc.stdout
     node = run_dir / "local"
     summary = json.loads((node / "summary.json").read_text())
     incs = sorted(p.name for p in node.glob("inc-*"))

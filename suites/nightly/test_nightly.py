@@ -7,12 +7,13 @@ the storm goes on; known issues (known-issues.yaml) decide which crashes and fin
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from harness.suite import LongRunOutcome, long_run_failure
+from harness.suite import LongRunOutcome, known_issue_notice, long_run_failure
 
 
 def test_mixed_storm(long_run: Callable[[], LongRunOutcome]) -> None:
@@ -21,3 +22,6 @@ def test_mixed_storm(long_run: Callable[[], LongRunOutcome]) -> None:
     if message:
         pytest.fail(message, pytrace=False)
     assert outcome.incarnations, "no incarnation ran"
+    notice = known_issue_notice(outcome)
+    if notice:
+        warnings.warn(notice, UserWarning, stacklevel=1)

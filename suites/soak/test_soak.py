@@ -6,12 +6,13 @@ minute so they are valid whenever someone opens them, and the target restarted a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from harness.suite import LongRunOutcome, long_run_failure
+from harness.suite import LongRunOutcome, known_issue_notice, long_run_failure
 
 
 def test_soak(long_run: Callable[[], LongRunOutcome]) -> None:
@@ -20,3 +21,6 @@ def test_soak(long_run: Callable[[], LongRunOutcome]) -> None:
     if message:
         pytest.fail(message, pytrace=False)
     assert outcome.incarnations, "no incarnation ran"
+    notice = known_issue_notice(outcome)
+    if notice:
+        warnings.warn(notice, UserWarning, stacklevel=1)
