@@ -378,6 +378,10 @@ def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool
                        _td(b.get("ops", 0), num=True), _td(len(b.get("findings") or []), num=True),
                        _td("; ".join(f"{c['title']} x{c['count']}" for c in b.get("crashes") or []))]
                       for b in breakdown if isinstance(b, dict)]
+    nodes = summary.get("nodes") if isinstance(summary.get("nodes"), dict) else {}
+    node_rows = [[_td(name), _td(v.get("tests", 0), num=True), _td(v.get("failed", 0), num=True),
+                  _td(v.get("ops", 0), num=True), _td(v.get("crashes", 0), num=True)]
+                 for name, v in sorted(nodes.items()) if isinstance(v, dict)]
     repro = reproducer_commands(run_dir, summary)
     crash_repro = [f"python3 {c['dir']}/{'repro.min.py' if c.get('minimized') else 'repro.py'} /var/tmp/spdk.sock"
                    f"   # {c['title']}" for c in crashes[:5] if not c.get("duplicate_of")]
@@ -405,6 +409,8 @@ script-src 'unsafe-inline'; img-src data:">
 {_table(["title", "count", "time", "bundle"], crash_rows, "crashes", "No crashes.")}
 <h2>Findings ({len(findings)})</h2>
 {_table(["kind", "message", "time", "operation", "run"], finding_rows, "findings", "No findings.")}
+{"<h2>Nodes</h2>" + _table(["node", "tests", "failed", "ops", "crashes"], node_rows, "nodes", "")
+ if len(node_rows) > 1 else ""}
 {"<h2>Breakdown</h2>" + _table(["run", "node", "outcome", "ops", "findings", "crashes"], breakdown_rows,
                                 "breakdown", "") if breakdown_rows else ""}
 <h2>Reproduce</h2>
