@@ -104,7 +104,8 @@ def host() -> Host:
 
 @pytest.fixture
 def target(host: Host, run_config: RunConfig, run_dir: RunDir) -> Iterator[Target]:
-    tgt = Target(host, run_config.target, str(run_dir.path), needs_pci=run_config.bdev.kind == "nvme")
+    tgt = Target(host, run_config.target, str(run_dir.path), needs_pci=run_config.bdev.kind == "nvme",
+                 bdev_memory_mb=run_config.bdev.size_mib if run_config.bdev.kind == "malloc" else 0)
     tgt.start()
     try:
         yield tgt

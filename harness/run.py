@@ -103,6 +103,7 @@ class StormRun:
         crashes: list[CrashReport] = []
         crash_dirs: list[Path] = []
         target = self.target = Target(self.host, cfg.target, self.work_dir, needs_pci=cfg.bdev.kind == "nvme",
+                                      bdev_memory_mb=cfg.bdev.size_mib if cfg.bdev.kind == "malloc" else 0,
                                       announce=self.announce)
         cores = CorePattern(self.host, str(Path(self.work_dir) / "cores")) if cfg.watch.core_dumps else None
         try:

@@ -40,7 +40,7 @@ class TargetConfig(BaseModel):
     spdk_tgt: str | None = Field(None, description="path to spdk_tgt; else $SPDK_TGT, PATH, $SPDK_DIR/build/bin")
     cpumask: str = Field("0x1", pattern=r"^(0x[0-9a-fA-F]+|\[[0-9,\- ]+\])$")
     mem_size_mb: int | None = Field(None, ge=1, description="-s")
-    hugepages_mb: int = Field(1024, ge=0, description="hugepages to make free before start; 0 with no_huge")
+    hugepages_mb: int = Field(1024, ge=0, description="hugepages for SPDK itself; a malloc bdev's size is added")
     no_huge: bool = False
     logflags: list[str] = Field(default_factory=list)
     extra_args: list[str] = Field(default_factory=list, description="more spdk_tgt arguments")
@@ -139,12 +139,14 @@ class Target:
         work_dir: str,
         *,
         needs_pci: bool = False,
+        bdev_memory_mb: int = 0,
         announce: Any = None,
     ) -> None:
         self.host = host
         self.config = config
         self.work_dir = work_dir
         self.needs_pci = needs_pci
+        self.bdev_memory_mb = bdev_memory_mb  # a malloc bdev lives in hugepages too
         self.kind = self._resolve_kind()
         self.sock_path = str(PurePosixPath(work_dir) / "spdk.sock")
         self.log_path = str(PurePosixPath(work_dir) / "target.log")
@@ -215,7 +217,8 @@ class Target:
             self._announce(SIM_BANNER)
         elif not (self.config.no_huge or "--no-huge" in self.config.extra_args) and self.config.hugepages_mb:
             self.hugepages = HugepageReservation(
-                self.host, self.config.hugepages_mb, str(PurePosixPath(self.work_dir) / "hugepages")
+                self.host, self.config.hugepages_mb + self.bdev_memory_mb,
+                str(PurePosixPath(self.work_dir) / "hugepages"),
             )
             self.hugepages.reserve()
         argv = self.argv()
