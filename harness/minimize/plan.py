@@ -13,13 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.minimize.operations import (
-    Operation,
-    assign_in_flight_groups,
-    groups_of,
-)
+from harness.minimize.operations import Operation, assign_in_flight_groups, groups_of, start_order
 
-Mode = Literal["serial", "grouped"]
+Mode = Literal["serial", "serial-sent", "grouped"]
+"""serial: one at a time in the search's order (reply order); serial-sent: one at a time in send order (calls
+in flight together then go in the order they were sent, which the reply order can get wrong); grouped: the
+recorded in-flight groups sent together."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,11 @@ def grouped_plan(ops: Iterable[Operation], dissolved: frozenset[int] = frozenset
 
 
 def plan_for(ops: Sequence[Operation], mode: Mode, dissolved: frozenset[int] = frozenset()) -> ReplayPlan:
-    return serial_plan(ops) if mode == "serial" else grouped_plan(ops, dissolved)
+    if mode == "serial":
+        return serial_plan(ops)
+    if mode == "serial-sent":
+        return serial_plan(start_order(ops))
+    return grouped_plan(ops, dissolved)
 
 
 def plan_from_operations(ops: Sequence[Operation]) -> ReplayPlan:

@@ -223,7 +223,7 @@ def windows(total: int, first: int = 4096, factor: int = 4) -> list[int]:
 
 LOST_ERRNOS = frozenset({"ECONNRESET", "ETIMEDOUT"})
 """A call cut off by the death (or hung): its worker was in the middle of something when the target died."""
-MAX_SLICE_WORKERS = 4
+MAX_SLICE_WORKERS = 8
 
 NO_EFFECT_ERRNOS = frozenset({"ENODEV", "ENOENT", "EEXIST", "EPERM", "EINVAL", "ENOSPC"})
 """Refusals that change nothing in SPDK (checked before any change). Not EBUSY: the forced-removal bug answers
@@ -235,14 +235,16 @@ def refused_without_effect(op: Operation) -> bool:
 
 
 def worker_order(ops: Sequence[Operation]) -> list[int]:
-    """Workers most likely to hold the crash first: one whose call was cut off by the death, then the latest."""
+    """Workers most likely to hold the crash first: those whose calls the death cut off, oldest cut-off call
+    first (a target serves requests in order, so the oldest outstanding one is the one it died in), then the
+    others, latest first."""
     last: dict[int, float] = {}
-    lost: set[int] = set()
+    oldest_lost: dict[int, float] = {}
     for op in ops:
         last[op.worker] = max(last.get(op.worker, 0.0), op.t_start)
         if op.error is not None and op.error.get("errno") in LOST_ERRNOS:
-            lost.add(op.worker)
-    return sorted(last, key=lambda w: (w not in lost, -last[w]))
+            oldest_lost[op.worker] = min(oldest_lost.get(op.worker, op.t_start), op.t_start)
+    return sorted(last, key=lambda w: (w not in oldest_lost, oldest_lost.get(w, 0.0), -last[w]))
 
 
 def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: MinimizeConfig, *,
@@ -286,9 +288,13 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
         and make the replay diverge (space taken, objects gone): each candidate is also tried without them."""
         cut_off = [w for w in worker_order(ops) if any(
             op.worker == w and op.error is not None and op.error.get("errno") in LOST_ERRNOS for op in ops)]
-        for worker in cut_off[:MAX_SLICE_WORKERS]:
-            if worker >= 0 and len(set(by_index[i].worker for i in order)) > 1:
-                yield f"worker {worker}'s episode", lives.complete(op.index for op in ops if op.worker == worker)
+        several = len({op.worker for op in ops}) > 1
+        for worker in cut_off[:MAX_SLICE_WORKERS] if several else []:
+            mine = [op.index for op in ops if op.worker == worker]
+            for k in (32, 128):
+                if k < len(mine):
+                    yield f"worker {worker}'s last {k} calls", deps.closure(mine[-k:])
+            yield f"worker {worker}'s episode", lives.complete(mine)
         for w in windows(len(order)):
             yield (f"the last {w} operations" if w < len(order) else "everything"), lives.complete(order[-w:])
 
@@ -300,7 +306,7 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
                     continue
                 seen.add(frozenset(candidate))
                 say(f"minimize: trying {label}{suffix} ({len(candidate)} operations with dependencies)")
-                for mode in ("serial", "grouped"):
+                for mode in ("serial", "serial-sent", "grouped"):
                     if test(candidate, mode):  # type: ignore[arg-type]
                         found = (candidate, mode)  # type: ignore[assignment]
                         break
@@ -367,11 +373,15 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
         if budget.exhausted:
             stop_reason = budget.why_exhausted()
 
-        # 4. Concurrency only where the crash needs it.
+        # 4. Concurrency only where the crash needs it (and the plainest order that still crashes).
+        if mode == "serial-sent" and test(current, "serial"):
+            mode = "serial"
         if mode == "grouped":
             tries0, ts = budget.tries, time.monotonic()
             if test(current, "serial"):
                 mode = "serial"
+            elif test(current, "serial-sent"):
+                mode = "serial-sent"
             else:
                 for step in plan(current, "grouped").steps:
                     if len(step) > 1 and test(current, "grouped", dissolved | {step[0].group}):
