@@ -1,18 +1,26 @@
 """`python -m bench [--only NAME,...] [--quick] [--minutes 1,3,5] [--long]`: run the benchmarks, print the table.
 
 Every figure is measured in this one invocation on this machine; goals are printed beside them (met / MISSED),
-never asserted. `--markdown PATH` also writes the table as Markdown, `--json PATH` as JSON.
+never asserted. Each benchmark runs in a fresh interpreter (`--child`), so one's heap, threads and leftovers
+do not colour the next one's RSS or CPU. `--markdown PATH` also writes the table as Markdown, `--json PATH`
+as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.figures import Figure, markdown_table, table_text, to_json
+
+REPO = Path(__file__).resolve().parent.parent
 
 ORDER = ("throughput", "detection", "scaling", "memory", "watchdog", "first_op")
 
@@ -43,7 +51,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None, help="throughput/scaling: seconds per storm")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--in-process", action="store_true", help="run every benchmark in this interpreter")
     return p
+
+
+def _child_argv(args: argparse.Namespace, name: str, out: Path) -> list[str]:
+    argv = [sys.executable, "-m", "bench", "--child", "--only", name, "--json", str(out),
+            "--crashes", str(args.crashes)]
+    if args.quick:
+        argv.append("--quick")
+    if args.long:
+        argv.append("--long")
+    if args.minutes:
+        argv += ["--minutes", ",".join(f"{m:g}" for m in args.minutes)]
+    if args.seconds:
+        argv += ["--seconds", f"{args.seconds:g}"]
+    return argv
+
+
+def run_in_child(args: argparse.Namespace, name: str) -> list[Figure]:
+    """One benchmark in a fresh interpreter; its progress lines pass through, its figures come back as JSON."""
+    with tempfile.TemporaryDirectory(prefix="lsb-") as tmp:
+        out = Path(tmp) / "figures.json"
+        proc = subprocess.run(_child_argv(args, name, out), cwd=REPO, check=False)
+        if not out.exists():
+            return [Figure(name, "failed", None, note=f"benchmark process exited {proc.returncode}")]
+        return [Figure(**row) for row in json.loads(out.read_text())]
 
 
 def runners(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
@@ -81,7 +115,7 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
     def first_op() -> list[Figure]:
         from bench import first_op as m
 
-        return m.run(log=_log)
+        return m.run(repeats=1 if quick else 3, log=_log)
 
     return {"throughput": throughput, "detection": detection, "scaling": scaling, "memory": memory,
             "watchdog": watchdog, "first_op": first_op}
@@ -89,6 +123,9 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The watchdog logs each crash and target-log finding it sees; here crashes are the point, and each
+    # benchmark prints its own line per crash.
+    logging.getLogger("harness").setLevel(logging.CRITICAL)
     table = runners(args)
     chosen = [n.strip() for n in args.only.split(",") if n.strip()] or list(ORDER)
     unknown = [n for n in chosen if n not in table]
@@ -100,12 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         _log(f"bench: {name} ...")
         t = time.monotonic()
-        try:
-            got = table[name]()
-        except Exception as exc:  # one broken benchmark must not hide the others' figures
-            got = [Figure(name, "failed", None, note=f"{type(exc).__name__}: {exc}")]
+        if args.child or args.in_process:
+            try:
+                got = table[name]()
+            except Exception as exc:  # one broken benchmark must not hide the others' figures
+                got = [Figure(name, "failed", None, note=f"{type(exc).__name__}: {exc}")]
+        else:
+            got = run_in_child(args, name)
         figures += got
-        _log(f"bench: {name} done in {time.monotonic() - t:.0f} s")
+        if not args.child:
+            _log(f"bench: {name} done in {time.monotonic() - t:.0f} s")
+    if args.child:
+        if args.json:
+            args.json.write_text(to_json(figures) + "\n")
+        return 0
     print(table_text(figures))
     met = sum(1 for f in figures if f.met)
     judged = sum(1 for f in figures if f.goal is not None)
