@@ -1,0 +1,131 @@
+"""Against a real spdk_tgt (set SPDK_TGT): the same recordings, lifecycle and storm as against the reference target.
+
+These run only where a real build is installed (marker `spdk_tgt`); CI has none, so everything here also has a
+reference-target twin elsewhere in tests/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.config import load_config
+from harness.hosts.local import LocalHost
+from harness.rpc.errors import RpcError
+from harness.rpc.framing import ReplyParser, encode_request
+from harness.rpc.sync import SyncRpc
+from harness.run import StormRun
+from harness.rundir import RunDir
+from harness.target import Target, TargetConfig, find_spdk_tgt
+from tests.test_conformance import TRANSCRIPTS, Outcome, Replayer
+
+pytestmark = pytest.mark.spdk_tgt
+
+
+def _send_pair(target: Target, first: tuple[str, Any], second: tuple[str, Any]) -> list[dict[str, Any]]:
+    """Send `first` on one connection and, before reading its reply, `second` on another (as recorded)."""
+    socks = [target.host.connect_unix(target.sock_path) for _ in range(2)]
+    try:
+        for i, (sock, (method, params)) in enumerate(zip(socks, (first, second), strict=True)):
+            sock.sendall(encode_request(method, params, i + 1))
+        replies = []
+        for sock in socks:
+            sock.settimeout(30)
+            parser, got = ReplyParser(), []
+            while not got:
+                got = parser.feed(sock.recv(65536))
+            replies.append({k: v for k, v in got[0].items() if k in ("result", "error")})
+        return replies
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+class RealTargetReplayer(Replayer):
+    """The conformance replayer, sending each step to a live spdk_tgt instead of the in-process model."""
+
+    def __init__(self, rpc: SyncRpc, tmp_path: Path) -> None:
+        super().__init__(None, tmp_path)  # type: ignore[arg-type]
+        self.rpc = rpc
+
+    def call(self, method: str, params: Any) -> dict[str, Any]:
+        try:
+            return {"result": self.rpc.call_params(method, params)}
+        except RpcError as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
+
+    def judge(self, method: str, request: dict[str, Any], expected: dict[str, Any], reply: dict[str, Any]) -> str:
+        if method == "spdk_get_version" and "result" in expected:  # no reference-target suffix here
+            return "match" if reply.get("result") == expected["result"] else f"MISMATCH: spdk_get_version: {reply}"
+        if method == "rpc_get_methods" and "result" in reply:
+            # Build options add or drop unrelated methods (cuse, fsdev); the lvol ones must all be there.
+            lvol = {m for m in expected["result"] if m.startswith("bdev_lvol_")}
+            missing = lvol - set(reply["result"])
+            return f"MISMATCH: rpc_get_methods: lvol methods missing: {sorted(missing)}" if missing else "match"
+        if method == "bdev_lvol_check_shallow_copy" and isinstance(reply.get("result"), dict) and "result" in expected:
+            # How far a copy got when polled depends on this machine's speed; the shape and bounds do not.
+            got, exp = reply["result"], expected["result"]
+            total = got.get("total_clusters")
+            if isinstance(total, int) and 0 <= got.get("copied_clusters", -1) <= total:
+                reply = {"result": {**got, "copied_clusters": exp.get("copied_clusters"), "state": exp.get("state")}}
+        return super().judge(method, request, expected, reply)
+
+
+@pytest.fixture
+def real_target(tmp_path: Path):
+    binary = find_spdk_tgt(LocalHost(), os.environ.get("SPDK_TGT"))
+    tgt = Target(LocalHost(), TargetConfig(kind="spdk", spdk_tgt=binary, hugepages_mb=2048), str(tmp_path / "t"))
+    tgt.start()
+    try:
+        yield tgt
+    finally:
+        tgt.stop()
+
+
+def test_lifecycle_version_methods_and_clean_stop(real_target: Target) -> None:
+    assert real_target.info.version.startswith("SPDK v")
+    assert "bdev_lvol_create" in real_target.info.methods
+    assert real_target.stop() == "exit 0"
+    assert not Path(real_target.sock_path).exists()
+
+
+@pytest.mark.parametrize("path", sorted(TRANSCRIPTS.glob("*.json")), ids=lambda p: p.stem)
+def test_recording_replays_against_the_real_target(path: Path, real_target: Target, tmp_path: Path) -> None:
+    """The recordings were made on a real build: a real build must answer them the same way today."""
+    data = json.loads(path.read_text())
+    with SyncRpc(real_target.host, real_target.sock_path) as rpc:
+        replayer = RealTargetReplayer(rpc, tmp_path / "aio")
+        outcome = Outcome(path.stem)
+        steps = data["steps"]
+        i = 0
+        while i < len(steps) and real_target.alive():
+            nxt = steps[i + 1] if i + 1 < len(steps) else {}
+            if "concurrent" in (nxt.get("note") or ""):
+                pair = [steps[i], nxt]
+                requests = [(s["request"]["method"], replayer.substitute(s["request"].get("params"))) for s in pair]
+                replies = _send_pair(real_target, requests[0], requests[1])
+                for s, reply in zip(pair, replies, strict=True):
+                    expected = {k: v for k, v in s["response"].items() if k in ("result", "error")}
+                    outcome.results.append(replayer.judge(s["request"]["method"], s["request"], expected, reply))
+                i += 2
+                continue
+            outcome.results.append(replayer.step(steps[i]))
+            i += 1
+    print(f"{path.stem}: {outcome.matched}/{len(data['steps'])} match, {outcome.skipped} skipped")
+    assert not outcome.mismatches, "\n".join(outcome.mismatches[:10])
+
+
+def test_default_storm_runs_and_reports(tmp_path: Path) -> None:
+    """A short storm on the real target: it ends clean, with findings, or with a crash report that has a title."""
+    cfg = load_config("smoke", cli={"target.kind": "spdk", "target.spdk_tgt": os.environ.get("SPDK_TGT"),
+                                    "storm.duration": 10, "minimize.enabled": False})
+    outcome = StormRun(cfg, RunDir(tmp_path / "run"), progress=False).execute()
+    assert outcome.summary["storm"]["ops"] > 0
+    assert outcome.summary["target"]["reference_target"] is False
+    for crash_dir in outcome.crash_dirs:
+        crash = json.loads((crash_dir / "crash.json").read_text())
+        assert crash["title"] and crash["title"] != "exit: target exited unexpectedly (exit code unknown)"
