@@ -194,12 +194,15 @@ class ObjectLives:
             if unit not in setup:
                 self.members.setdefault(unit, []).append(op.index)
 
-    def complete(self, indices: Iterable[int]) -> list[int]:
+    def complete(self, indices: Iterable[int], within: set[int] | None = None) -> list[int]:
+        """`indices`, their dependencies and the whole lives of what they touch (only calls in `within`, if
+        given: one worker's calls, so a slice of its episode gets its earlier decouple but not the world)."""
         current = set(self.deps.closure(indices))
         for _ in range(len(self.units) + 1):  # bounded fixpoint: each round only adds
             more = set(current)
             for i in current:
-                more.update(self.members.get(self.units.get(i, i), ()))
+                life = self.members.get(self.units.get(i, i), ())
+                more.update(life if within is None else (j for j in life if j in within))
             grown = set(self.deps.closure(more))
             if grown == current:
                 break

@@ -289,12 +289,15 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
         cut_off = [w for w in worker_order(ops) if any(
             op.worker == w and op.error is not None and op.error.get("errno") in LOST_ERRNOS for op in ops)]
         several = len({op.worker for op in ops}) > 1
-        for worker in cut_off[:MAX_SLICE_WORKERS] if several else []:
-            mine = [op.index for op in ops if op.worker == worker]
-            for k in (32, 128):
-                if k < len(mine):
-                    yield f"worker {worker}'s last {k} calls", deps.closure(mine[-k:])
-            yield f"worker {worker}'s episode", lives.complete(mine)
+        slices = cut_off[:MAX_SLICE_WORKERS] if several else []
+        mine = {w: [op.index for op in ops if op.worker == w] for w in slices}
+        for k in (32, 128):
+            for worker in slices:
+                if k < len(mine[worker]):
+                    yield (f"worker {worker}'s last {k} calls with the lives of what they touch",
+                           lives.complete(mine[worker][-k:], within=set(mine[worker])))
+        for worker in slices:
+            yield f"worker {worker}'s episode", lives.complete(mine[worker])
         for w in windows(len(order)):
             yield (f"the last {w} operations" if w < len(order) else "everything"), lives.complete(order[-w:])
 

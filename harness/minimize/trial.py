@@ -11,7 +11,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -79,25 +81,31 @@ class TargetTrials:
         self.count = 0
         self.last_outcome: ReplayOutcome | None = None
         self.last_target_log: str = ""
+        self._lock = threading.Lock()
+        self._live: dict[int, Target] = {}
+        """Targets of tries in progress: `close()` kills any an interrupted search left behind."""
 
     def run(self, plan: ReplayPlan) -> TrialResult:
         n = self.count = next(self._count)
         work_dir = f"{self.work_root}/t{n}"
         t0 = time.monotonic()
         target = Target(self.host, self.target_config, work_dir, announce=lambda _msg: None)
-        target.start()
-        assert target.process is not None
-        info = target.info
-        watchdog = Watchdog(
-            self.host, pid=target.process.pid, log_path=target.log_path,
-            binary_paths=[info.binary] if info.binary else [], probe=self._probe(target),
-            hang_after_s=self.hang_after_s, kmsg=self.kernel_log, process=target.process,
-        ).start()
-        hist_path = self.history_path(n) if self.history_path else None
-        history = History(hist_path) if hist_path is not None else None
-        title: str | None = None
-        detail = ""
+        with self._lock:
+            self._live[n] = target
+        watchdog: Watchdog | None = None
+        history: History | None = None
         try:
+            target.start()
+            assert target.process is not None
+            info = target.info
+            watchdog = Watchdog(
+                self.host, pid=target.process.pid, log_path=target.log_path,
+                binary_paths=[info.binary] if info.binary else [], probe=self._probe(target),
+                hang_after_s=self.hang_after_s, kmsg=self.kernel_log, process=target.process,
+            ).start()
+            hist_path = self.history_path(n) if self.history_path else None
+            history = History(hist_path) if hist_path is not None else None
+            title: str | None = None
             try:
                 outcome = replay_plan_sync(self.host, target.sock_path, plan, history=history,
                                            op_timeout_s=self.config.op_timeout_s, crashed=watchdog.crashed)
@@ -120,13 +128,17 @@ class TargetTrials:
                       + ("; a call timed out" if outcome.timed_out else ""))
             return TrialResult(title, time.monotonic() - t0, len(outcome.answers), detail)
         finally:
+            # Whatever failed above (a watchdog that could not start, an interrupt), the target goes.
             if history is not None:
                 history.close()
-            watchdog.stop()
+            if watchdog is not None:
+                watchdog.stop()
             try:
                 target.stop()
             except TargetError:
                 pass
+            with self._lock:
+                self._live.pop(n, None)
             self.last_target_log = target.log_tail(30)
             self.host.run(["rm", "-rf", work_dir], timeout=30)
 
@@ -153,4 +165,12 @@ class TargetTrials:
         return probe
 
     def close(self) -> None:
+        """Kill the targets of tries still running (an interrupt mid-try), then remove the work root."""
+        with self._lock:
+            live = list(self._live.values())
+            self._live.clear()
+        for target in live:
+            if target.process is not None and target.process.poll() is None:
+                target.process.send_signal(signal.SIGKILL)
+                target.process.wait(5.0)
         self.host.run(["rm", "-rf", self.work_root], timeout=30)
