@@ -41,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--no-minimize", action="store_true",
                      help="do not minimize new crashes (default: each new crash title is minimized)")
+    nodes = run.add_argument_group("nodes (one storm per node, at once; default: this machine)")
+    nodes.add_argument("--inventory", default=None, metavar="FILE",
+                       help="YAML list of lab nodes (harness/provision/inventory.py); one storm on each")
+    nodes.add_argument("--terraform", default=None, metavar="MODULE",
+                       help="provision nodes with terraform/MODULE (local, aws-sles), storm on each, destroy")
+    nodes.add_argument("--nodes", type=int, default=None, help="with --terraform: how many nodes (default 1)")
+    nodes.add_argument("--keep-nodes", action="store_true", help="with --terraform: do not destroy the nodes")
+    nodes.add_argument("--tf-var", action="append", default=[], metavar="NAME=VALUE",
+                       help="with --terraform: a module variable, e.g. --tf-var subnet_octet=201 (repeatable)")
+    nodes.add_argument("--node-set", action="append", default=[], metavar="NODE:FIELD=VALUE",
+                       help="override a config field on one node (NODE: name or position from 0), e.g. "
+                            "--node-set 1:target.sim_fault=abort-assert (repeatable)")
 
     replay = sub.add_parser("replay", help="re-issue a history.jsonl against a fresh target")
     replay.add_argument("history", help="history.jsonl of an earlier run (or a crash directory's repro.jsonl)")
@@ -70,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in sorted(PROFILES_DIR.glob("*.yaml")):
                 print(path.stem)
             return EXIT_OK
+        if args.command == "run" and (args.inventory or args.terraform or args.nodes is not None
+                                      or args.keep_nodes or args.tf_var or args.node_set):
+            from harness.fleet import main_fleet_run
+
+            return main_fleet_run(args)
         if args.command == "run":
             from harness.run import main_run
 
