@@ -16,7 +16,7 @@ import pytest
 
 from harness.bdev import BaseBdev, Lvstore, verify_clean
 from harness.config import RunConfig, load_config
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.history import History
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
@@ -27,7 +27,7 @@ from harness.target import SIM_BANNER, Target, find_spdk_tgt
 SUITES_REFUSING_SIM = ("regression", "nightly", "soak")
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     g = parser.getgroup("lvol-storm", "lvol-storm: the target under test and the run")
     g.addoption("--target", choices=["auto", "spdk", "sim"], default=None,
                 help="spdk: a real spdk_tgt; sim: the reference target; auto: spdk if found, else sim (loudly)")
@@ -42,6 +42,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--target-arg", action="append", default=[], help="extra spdk_tgt argument (repeatable)")
     g.addoption("--set", dest="lvs_set", action="append", default=[], metavar="FIELD=VALUE",
                 help="override a config field, e.g. --set storm.depth=8 (repeatable)")
+    _add_node_options(g, pluginmanager.get_plugin("pytestconfig"))
+
+
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+
+
+def _suites_conftest_loads(config: pytest.Config | None) -> bool:
+    """Will suites/conftest.py be loaded (a path argument inside, or above, suites/)? Then its own
+    --inventory/--nodes/--keep-nodes/--tf-var are used, and defining them here too would clash."""
+    ns = getattr(config, "known_args_namespace", None)
+    paths = [str(a).split("::", 1)[0] for a in (getattr(ns, "file_or_dir", None) or []) if not str(a).startswith("-")]
+    invocation = Path(config.invocation_params.dir) if config is not None else Path.cwd()
+    for raw in paths or [str(invocation)]:
+        path = (invocation / raw).resolve()
+        if path == SUITES_DIR or SUITES_DIR in path.parents or path in SUITES_DIR.parents:
+            return True
+    return False
+
+
+def _add_node_options(g: Any, config: pytest.Config | None) -> None:
+    """Nodes to run on: `--inventory FILE` or `--terraform MODULE [--nodes N] [--keep-nodes]` (fixture `nodes`)."""
+    g.addoption("--terraform", default=None, metavar="MODULE",
+                help="provision nodes with terraform/MODULE (local, aws-sles) for the `nodes` fixture; destroyed "
+                     "at the end unless --keep-nodes")
+    if _suites_conftest_loads(config):
+        return
+    g.addoption("--inventory", default=None, help="YAML list of lab nodes for the `nodes` fixture")
+    g.addoption("--nodes", type=int, default=1, help="with --terraform: how many nodes")
+    g.addoption("--keep-nodes", action="store_true", help="with --terraform: do not destroy the nodes")
+    g.addoption("--tf-var", action="append", default=[], metavar="NAME=VALUE",
+                help="with --terraform: a module variable, e.g. --tf-var subnet_octet=201 (repeatable)")
 
 
 def cli_overrides(get: Any) -> dict[str, Any]:
@@ -100,6 +131,63 @@ def run_dir(request: pytest.FixtureRequest, session_run_dir: Path) -> RunDir:
 @pytest.fixture(scope="session")
 def host() -> Host:
     return LocalHost()
+
+
+def _option(config: pytest.Config, name: str, default: Any = None) -> Any:
+    try:
+        return config.getoption(name)
+    except ValueError:
+        return default
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A bad inventory, an unknown module or missing credentials: one line before any node is provisioned."""
+    from harness.fleet import check_terraform_module, parse_tf_vars
+
+    module, inventory = _option(config, "terraform"), _option(config, "inventory")
+    try:
+        if module and inventory:
+            raise ConfigError("--inventory and --terraform exclude each other: pick one")
+        if module:
+            check_terraform_module(module, parse_tf_vars(_option(config, "tf_var", []) or []))
+        elif inventory:
+            from harness.provision.inventory import load_inventory
+
+            if not Path(inventory).is_file():
+                raise ConfigError(f"--inventory: {inventory} does not exist")
+            load_inventory(inventory)
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def nodes(pytestconfig: pytest.Config, session_run_dir: Path) -> Iterator[list[Host]]:
+    """The machines to run on, as Hosts: `--inventory FILE`'s nodes, `--terraform MODULE`'s (provisioned
+    here, state under the session's run dir, destroyed after the session unless `--keep-nodes`), else this one.
+
+    Inside suites/, suites/conftest.py provisions `--terraform-module` itself and points `--inventory` at the
+    nodes it made, so this fixture hands back those same nodes."""
+    from harness.fleet import parse_tf_vars, terraform_hosts
+    from harness.provision.inventory import load_inventory
+
+    module, inventory = _option(pytestconfig, "terraform"), _option(pytestconfig, "inventory")
+    if module:
+        with terraform_hosts(module, session_run_dir, nodes=_option(pytestconfig, "nodes", 1) or 1,
+                             keep=bool(_option(pytestconfig, "keep_nodes", False)),
+                             tf_vars=parse_tf_vars(_option(pytestconfig, "tf_var", []) or [])) as hosts:
+            yield hosts
+        return
+    if inventory:
+        hosts: list[Host] = list(load_inventory(inventory).hosts())
+        try:
+            yield hosts
+        finally:
+            for h in hosts:
+                close = getattr(h, "close", None)
+                if close is not None:
+                    close()
+        return
+    yield [LocalHost()]
 
 
 @pytest.fixture
