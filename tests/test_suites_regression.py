@@ -70,8 +70,10 @@ def test_forced_removal_fails_busy_delete_with_crash_title(tmp_path: Path) -> No
 
 @pytest.mark.timeout(120)
 def test_healthy_reference_target_passes_busy_delete(tmp_path: Path) -> None:
+    # The profile's own 8 workers: at 2-4 workers the storm checker sometimes flags an ENOSPC create that
+    # overlapped a space-freeing delete as "the model expects ok" (a checker issue, reported), failing a healthy run.
     proc, run_dir = run_suite(tmp_path, "suites/regression", "--target", "sim", "-k", "busy-delete",
-                              "--duration", "8s", "--workers", "4")
+                              "--duration", "8s")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "1 passed" in proc.stdout
