@@ -54,6 +54,11 @@ def _suites_conftest_loads(config: pytest.Config | None) -> bool:
     ns = getattr(config, "known_args_namespace", None)
     paths = [str(a).split("::", 1)[0] for a in (getattr(ns, "file_or_dir", None) or []) if not str(a).startswith("-")]
     invocation = Path(config.invocation_params.dir) if config is not None else Path.cwd()
+    if not paths and config is not None and invocation == config.rootpath:
+        try:
+            paths = [str(p) for p in config.getini("testpaths")]  # what pytest collects without arguments
+        except (ValueError, KeyError):
+            paths = []
     for raw in paths or [str(invocation)]:
         path = (invocation / raw).resolve()
         if path == SUITES_DIR or SUITES_DIR in path.parents or path in SUITES_DIR.parents:
