@@ -194,11 +194,12 @@ class ObjectLives:
             if unit not in setup:
                 self.members.setdefault(unit, []).append(op.index)
 
-    def complete(self, indices: Iterable[int], within: set[int] | None = None) -> list[int]:
+    def complete(self, indices: Iterable[int], within: set[int] | None = None, rounds: int | None = None) -> list[int]:
         """`indices`, their dependencies and the whole lives of what they touch (only calls in `within`, if
-        given: one worker's calls, so a slice of its episode gets its earlier decouple but not the world)."""
+        given); `rounds=1` takes the lives of the objects the slice itself touches (any worker's calls on them:
+        another worker's snapshot of the episode's lvol) without growing to the objects those pull in."""
         current = set(self.deps.closure(indices))
-        for _ in range(len(self.units) + 1):  # bounded fixpoint: each round only adds
+        for _ in range(len(self.units) + 1 if rounds is None else rounds):  # bounded: each round only adds
             more = set(current)
             for i in current:
                 life = self.members.get(self.units.get(i, i), ())

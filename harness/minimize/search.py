@@ -295,7 +295,7 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
             for worker in slices:
                 if k < len(mine[worker]):
                     yield (f"worker {worker}'s last {k} calls with the lives of what they touch",
-                           lives.complete(mine[worker][-k:], within=set(mine[worker])))
+                           lives.complete(mine[worker][-k:], rounds=1))
         for worker in slices:
             yield f"worker {worker}'s episode", lives.complete(mine[worker])
         for w in windows(len(order)):
