@@ -56,6 +56,7 @@ class RpcConnection(asyncio.Protocol):
         self._next_id = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._corked = False
         # Deadlines: per timeout value a FIFO of (loop deadline, id, future); sends are in time order, so
         # each FIFO is sorted and one timer at its head serves all of it.
         self._deadlines: dict[float, deque[tuple[float, int, asyncio.Future[tuple[Any, float]]]]] = {}
@@ -198,8 +199,20 @@ class RpcConnection(asyncio.Protocol):
     def _where(self) -> str:
         return f"{self.host_name}:{self.sock_path}" if self.host_name else self.sock_path
 
+    def cork(self) -> None:
+        """Hold every request sent from now until `uncork()` and write them with one send: a pipelined batch
+        the target reads, and serves, back to back (nothing from another connection in between)."""
+        self._corked = True
+        self._flush_scheduled = True
+
+    def uncork(self) -> None:
+        self._corked = False
+        self._flush_out()
+
     def _flush_out(self) -> None:
         """Write every request queued in this loop turn with one send."""
+        if self._corked:
+            return
         self._flush_scheduled = False
         out = self._out
         if not out:

@@ -202,6 +202,9 @@ class Checker:
 
     def on_send(self, op: Op) -> None:
         keys = op.keys = self.keys_of(op)
+        if op.method == "bdev_lvol_delete":
+            # Until it answers, no other op is aimed at it (a pick would mostly meet No such device).
+            self.view.hide(str(op.params.get("name")))
         groups: set[_Group] = set()
         now = time.monotonic()
         for k in keys:
@@ -260,6 +263,8 @@ class Checker:
     def abandon(self, op: Op) -> None:
         """No reply will come (timeout, lost connection): its effect is unknown; resync before judging more."""
         self._unregister(op)
+        if op.method == "bdev_lvol_delete":
+            self.view.unhide(str(op.params.get("name")))
         self._taint_all = True
         if op.group is not None:
             g = op.group.root()
@@ -269,6 +274,8 @@ class Checker:
 
     def on_reply(self, op: Op) -> None:
         self._unregister(op)
+        if op.method == "bdev_lvol_delete":
+            self.view.unhide(str(op.params.get("name")))
         if op.group is None and op.ok and op.method in CREATES and isinstance(op.result, str):
             op.keys = (*op.keys, op.result)
         if op.method in ("bdev_lvol_register_snapshot_checksum", "bdev_lvol_start_shallow_copy"):
@@ -590,6 +597,12 @@ class Checker:
                          f"delete answered EBUSY but the lvol is gone: {op.describe()}, then bdev_get_bdevs "
                          f"{uuid} -> ENODEV (a refused delete must change nothing; SPDK's forced removal)",
                          op.record()))
+        # The target left every legal history here: ops that overlapped this delete (the job that made the
+        # lvol busy) and the rest of its tree are judged leniently until the next quiesce point re-reads it.
+        if op.group is not None:
+            for m in op.group.root().members:
+                m.lenient = True
+        self._taint(op)
         # Mirror the target so the storm goes on from what is really there.
         lv = self.model.find_by_uuid(str(uuid))
         if lv is not None:

@@ -28,13 +28,20 @@ from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
 from harness.storm.checker import Checker, Finding, LvstoreInfo
 from harness.storm.config import StormConfig, check_against_capabilities, check_against_lvstore
-from harness.storm.operations import OPTIONAL_METHODS, Op
+from harness.storm.operations import CREATES, OPTIONAL_METHODS, Op
 from harness.storm.progress import Progress
 from harness.storm.scheduler import HOT_SIZE, Scheduler, WorkerStream
 from harness.storm.strategies import STRATEGIES
 from harness.storm.view import TreeView
 
 COPY_DST = "storm_copy_dst"
+MIB = 1024 * 1024
+BUSY_MIN_CLUSTERS = 96
+"""A busy snapshot's least size: its job must outlast the call behind it (the reference target advances a job
+64 clusters per call; spdk_tgt reads 96 MiB for tens of milliseconds)."""
+BUSY_MAX_MIB = 256
+SPACE_WAIT_S = 2.0
+SPACE_TRIES = 40
 
 
 @dataclass
@@ -116,12 +123,22 @@ class Storm:
         self.checker: Checker | None = None
         self.lvs: LvstoreInfo | None = None
         self.copy_dst: str | None = None
+        self.copy_dst_mib = cfg.lvol_size_mib[1]
         self.next_send = 0.0
         self.t0 = 0.0
         self.last_reply = 0.0
         self._progress_enabled = progress
         self.progress: Progress | None = None
         self._wake: asyncio.Event | None = None
+        self.lvs_free: int | None = None
+        """free_clusters in the target's latest bdev_lvol_get_lvstores reply (any connection): the truth the
+        progress line and episode sizing use (the model's count drifts while it judges races leniently)."""
+        self.lvs_free_at = 0.0
+        self.space_reserved = 0
+        """Clusters promised to running episodes that build big thick trees (see `_Episode.reserve`)."""
+        self.space_freed: asyncio.Event | None = None
+        self.episode_counts: Counter[str] = Counter()
+        self.episode_notes: Counter[tuple[str, str]] = Counter()
 
     # -- public -----------------------------------------------------------------------------------------
 
@@ -132,6 +149,7 @@ class Storm:
         self.drained = asyncio.Event()
         self.drained.set()
         self._wake = asyncio.Event()
+        self.space_freed = asyncio.Event()
         loop = asyncio.get_running_loop()
         sigint_installed = False
         if threading.current_thread() is threading.main_thread():
@@ -176,7 +194,7 @@ class Storm:
         self.sched.lvs_name = self.lvs_name
         self.sched.copy_dst = self.copy_dst
         self.checker = Checker(self.view, self.lvs, check_busy_delete=cfg.check_busy_delete,
-                               copy_dst_bytes=cfg.lvol_size_mib[1] * 1024 * 1024)
+                               copy_dst_bytes=self.copy_dst_mib * MIB)
         hi_clusters = -(-cfg.lvol_size_mib[1] * 1024 * 1024 // self.lvs.cluster_size)
         self.checker.space_margin = 2 * hi_clusters * cfg.workers * cfg.depth
         await self._resync(initial=True)
@@ -197,16 +215,25 @@ class Storm:
             self.workers.append(_Worker(w, WorkerStream(cfg, w, methods, weights), c, peer))
 
     async def _make_copy_dst(self) -> None:
+        """The shallow copies' destination: as large as the largest mix lvol and, for busy-delete, as a busy
+        snapshot of BUSY_MIN_CLUSTERS (a smaller destination fails the copy at once: never busy)."""
         assert self.setup_conn is not None and self.lvs is not None
         hi = self.cfg.lvol_size_mib[1]
+        if "busy-delete" in self.cfg.strategies:
+            hi = max(hi, min(BUSY_MAX_MIB, -(-BUSY_MIN_CLUSTERS * self.lvs.cluster_size // MIB)))
         block = self.lvs.block_size or 4096
         try:
             self.copy_dst = await self.setup_conn.call("bdev_malloc_create", {
-                "name": COPY_DST, "num_blocks": hi * 1024 * 1024 // block, "block_size": block,
+                "name": COPY_DST, "num_blocks": hi * MIB // block, "block_size": block,
             }, timeout=self.cfg.op_timeout)
+            self.copy_dst_mib = hi
         except RpcError as exc:
             if exc.errno_name == "EEXIST":
                 self.copy_dst = COPY_DST
+                with contextlib.suppress(RpcError, TypeError, KeyError, IndexError):
+                    b = (await self.setup_conn.call("bdev_get_bdevs", {"name": COPY_DST},
+                                                    timeout=self.cfg.op_timeout))[0]
+                    self.copy_dst_mib = b["num_blocks"] * b["block_size"] // MIB
             else:
                 self.result.notes.append(f"no shallow copies: bdev_malloc_create {COPY_DST} failed: {exc}")
 
@@ -221,6 +248,7 @@ class Storm:
         bdevs = {b.get("uuid") or b.get("name"): b for b in bdevs_list or []
                  if b.get("product_name") == "Logical Volume"}
         store = LvstoreInfo.from_reply(stores[0])
+        self._saw_free(store.free_clusters)
         if initial:
             self.checker.adopt(lvols, bdevs, store)
             return []
@@ -307,7 +335,11 @@ class Storm:
                 step = worker.stream.next()
                 if step.strategy is not None:
                     ctx = _Episode(self, worker, step.strategy, step.episode_seed)
-                    await STRATEGIES[step.strategy](ctx)
+                    self.episode_counts[step.strategy] += 1
+                    try:
+                        await STRATEGIES[step.strategy](ctx)
+                    finally:
+                        ctx.release()
                     continue
                 op = self.sched.build(step, worker.index)
                 if op.method == "bdev_lvol_rename_lvstore":
@@ -375,6 +407,7 @@ class Storm:
         self.ops_by_method[op.method] += 1
         if op.error_code is not None:
             self.errors_by_errno[op.outcome] += 1
+        self._follow_space(op)
         if op.method == "bdev_lvol_start_shallow_copy" and op.ok:
             await self._follow_copy(op, conn)
         if checker.wants_busy_check(op):
@@ -383,6 +416,25 @@ class Storm:
         if op.method == "bdev_lvol_rename_lvstore" and op.ok:
             self.sched.lvs_name = op.params["new_name"]
         return op
+
+    def _saw_free(self, free: int) -> None:
+        self.lvs_free = free
+        self.lvs_free_at = time.monotonic()
+
+    def _follow_space(self, op: Op) -> None:
+        """Free space as the target reports it; a worker whose create met ENOSPC deletes until one of its
+        deletes succeeds (growth turns into deletion, as at the lvol ceiling) instead of retrying in vain."""
+        m = op.method
+        if m == "bdev_lvol_get_lvstores" and op.ok and isinstance(op.result, list):
+            for st in op.result:
+                if isinstance(st, dict) and st.get("name") == self.sched.lvs_name and "free_clusters" in st:
+                    self._saw_free(int(st["free_clusters"]))
+        elif op.errno_name == "ENOSPC" and m in ("bdev_lvol_create", "bdev_lvol_resize"):
+            self.sched.short_of_space.add(op.worker)
+        elif m == "bdev_lvol_delete" and op.ok:
+            self.sched.short_of_space.discard(op.worker)
+            if self.space_freed is not None:
+                self.space_freed.set()
 
     async def _follow_copy(self, op: Op, conn: RpcConnection) -> None:
         """Poll a shallow copy to its end: the snapshot stays open (busy) until then."""
@@ -526,8 +578,19 @@ class Storm:
         res.races = checker.races
         if checker.repeat_count:
             res.notes.append(f"{checker.repeat_count} repeats of the findings above were not listed again")
+        res.notes.extend(self.episode_summary())
         res.ops_per_s = res.ops / res.wall_s if res.wall_s > 0 else 0.0
         res.lvols_live = len(self.view.nodes)
+
+    def episode_summary(self) -> list[str]:
+        """One note per strategy whose episodes stopped short of their race or its follow-up, with why."""
+        out = []
+        for strategy, total in sorted(self.episode_counts.items()):
+            why = [(reason, n) for (s, reason), n in self.episode_notes.most_common() if s == strategy]
+            if why:
+                text = "; ".join(f"{reason} ({n})" for reason, n in why[:6])
+                out.append(f"{strategy}: {total} episodes; {text}")
+        return out
 
     async def _cleanup_all(self) -> None:
         """Delete every lvol leaf-first on one connection, checking each delete returns its clusters."""
@@ -617,6 +680,8 @@ class _Episode:
         self.label = strategy
         self.rng = random.Random(seed)
         self._exclusive = False
+        self._held: list[str] = []
+        self._reserved = 0
 
     @property
     def lvs_name(self) -> str:
@@ -626,6 +691,10 @@ class _Episode:
     def copy_dst(self) -> str | None:
         return self.storm.copy_dst
 
+    @property
+    def copy_dst_mib(self) -> int:
+        return self.storm.copy_dst_mib
+
     def name(self, kind: str) -> str:
         return self.worker.stream.name(kind)
 
@@ -633,17 +702,71 @@ class _Episode:
         lo, hi = self.storm.cfg.lvol_size_mib
         return self.rng.randint(lo, hi)
 
-    def busy_size_mib(self) -> int:
-        """Big enough that a checksum outlasts a few calls (> 64 clusters), at most a fifth of the lvstore
-        (an episode holds two copies of it)."""
-        lvs = self.storm.lvs
-        assert lvs is not None
-        mib_per_cluster = max(1, lvs.cluster_size // (1024 * 1024))
-        fifth = lvs.total_data_clusters * mib_per_cluster // 5
-        return max(self.storm.cfg.lvol_size_mib[1], min(256, fifth))
+    def note(self, reason: str) -> None:
+        """Why this episode stopped short of its race or follow-up (counted per reason into StormResult.notes)."""
+        self.storm.episode_notes[(self.label, reason)] += 1
+
+    async def free_clusters(self) -> int | None:
+        """The lvstore's free clusters as the target reports them now (a read on this worker's connection)."""
+        op = await self.do("bdev_lvol_get_lvstores", {"lvs_name": self.lvs_name})
+        if op.ok and isinstance(op.result, list) and op.result and isinstance(op.result[0], dict):
+            return int(op.result[0].get("free_clusters", 0))
+        self.note(f"bdev_lvol_get_lvstores answered {op.outcome}")
+        return None
+
+    async def reserve_busy_size(self, max_mib: int | None = None) -> int | None:
+        """MiB for the origin of a busy snapshot, chosen from the target's free clusters now: at least
+        BUSY_MIN_CLUSTERS (so the job outlasts the calls behind it), a sixth of what is not promised to other
+        episodes' trees (this tree holds two copies), at most BUSY_MAX_MIB. Twice that is promised to this
+        episode until it ends. With too little room it waits (bounded) for deletes; None (noted) if none came."""
+        storm = self.storm
+        assert storm.lvs is not None and storm.space_freed is not None
+        cs = storm.lvs.cluster_size
+        lo = max(1, min(BUSY_MIN_CLUSTERS, storm.lvs.total_data_clusters // 3))
+        hi = max(lo, min(BUSY_MAX_MIB, max_mib or BUSY_MAX_MIB) * MIB // cs)
+        deadline = time.monotonic() + SPACE_WAIT_S
+        for _ in range(SPACE_TRIES):
+            free = await self.free_clusters()
+            if free is None:
+                return None
+            avail = free - storm.space_reserved
+            if avail >= 2 * lo:
+                n = max(lo, min(hi, avail // 6))
+                storm.space_reserved += 2 * n
+                self._reserved += 2 * n
+                return -(-n * cs // MIB)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            storm.space_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(storm.space_freed.wait(), timeout=left)
+            await asyncio.sleep(0.05)
+            if storm.stopping:
+                raise _Stop
+        storm.sched.short_of_space.add(self.worker.index)
+        self.note(f"no room for a busy snapshot within {SPACE_WAIT_S:g} s (needs {2 * lo} clusters beside "
+                  "the other episodes' trees)")
+        return None
+
+    def release(self) -> None:
+        """The episode is over: its lvols go back to the random mix, its promised space to other episodes."""
+        view = self.storm.view
+        for u in self._held:
+            view.unhide(u)
+        self._held.clear()
+        if self._reserved:
+            self.storm.space_reserved -= self._reserved
+            self._reserved = 0
+            if self.storm.space_freed is not None:
+                self.storm.space_freed.set()
 
     def has(self, method: str) -> bool:
         return method not in OPTIONAL_METHODS or method in self.storm.capabilities
+
+    def exists(self, uuid: str) -> bool:
+        """Whether the storm believes uuid is live (another worker may have deleted it)."""
+        return uuid in self.storm.view.nodes
 
     def pick_existing(self, kind: str) -> str | None:
         return self.storm.view.pick(kind, self.rng.random(), self.storm.sched.hot, self.rng.random())
@@ -651,7 +774,37 @@ class _Episode:
     async def do(self, method: str, params: dict[str, Any], *, peer: bool = False) -> Op:
         conn = self.worker.peer if peer and self.worker.peer is not None else self.worker.conn
         op = Op(method, params, self.worker.index, label=self.label)
-        return await self.storm.execute(op, conn, bypass_gate=self._exclusive)
+        await self.storm.execute(op, conn, bypass_gate=self._exclusive)
+        self._hold(op)
+        return op
+
+    def _hold(self, op: Op) -> None:
+        """What the episode creates stays out of the random mix's (and other episodes') picks until it ends:
+        a random clone, set_parent or delete on its tree would spoil the race it builds."""
+        if op.ok and op.method in CREATES and isinstance(op.result, str):
+            self.storm.view.hide(op.result)
+            self._held.append(op.result)
+
+    async def pipelined(self, *calls: tuple[str, dict[str, Any]], peer: bool = False) -> list[Op]:
+        """Send `calls` back to back in one write on one connection: the target reads them together and runs
+        them in this order with nothing from other connections in between (on two connections the order is
+        the target's poller's, and a delete often ran before the job it was meant to meet)."""
+        conn = self.worker.peer if peer and self.worker.peer is not None else self.worker.conn
+        ops = [Op(m, p, self.worker.index, label=self.label) for m, p in calls]
+        conn.cork()
+        try:
+            tasks = [asyncio.ensure_future(self.storm.execute(op, conn, bypass_gate=self._exclusive))
+                     for op in ops]
+        finally:
+            # Each task sends at its first step, which runs in the next loop turn before this callback.
+            asyncio.get_running_loop().call_soon(conn.uncork)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        for op in ops:
+            self._hold(op)
+        return ops
 
     async def cleanup(self, uuids: list[str]) -> None:
         view = self.storm.view

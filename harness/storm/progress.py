@@ -46,7 +46,9 @@ class Progress:
         remaining = f"{max(0.0, dur - elapsed):.0f}s left" if dur > 0 else "no time limit"
         top = ", ".join(f"{m.removeprefix('bdev_lvol_')} {n}" for m, n in s.ops_by_method.most_common(5))
         errs = ", ".join(f"{e} {n}" for e, n in s.errors_by_errno.most_common(4)) or "none"
-        free = s.checker.model.free_clusters if s.checker is not None else "?"
+        # The target's own count (its latest bdev_lvol_get_lvstores reply), not the model's: the model judges
+        # overlapping allocations leniently and can drift (even below zero) until the next quiesce point.
+        free = s.lvs_free if getattr(s, "lvs_free", None) is not None else "?"
         findings = len(s.checker.findings) if s.checker is not None else 0
         return (f"storm {elapsed:.0f}s ({remaining}) | {ops} ops, {rate:.0f}/s | {top} | errors: {errs} | "
                 f"lvols {len(s.view.nodes)} | free clusters {free} | findings {findings}")

@@ -124,6 +124,8 @@ class Scheduler:
         self.hot = HOT_SHARE[cfg.contention]
         self.lvs_name = ""
         self.copy_dst: str | None = None
+        self.short_of_space: set[int] = set()
+        """Workers whose last create (or grow) met ENOSPC and who have not freed anything since."""
 
     def pick(self, kind: str, step: Step) -> str | None:
         return self.view.pick(kind, step.u_target, self.hot, step.u_hot)
@@ -138,6 +140,9 @@ class Scheduler:
         if method in ("bdev_lvol_create", "bdev_lvol_snapshot", "bdev_lvol_clone") and \
                 len(view) >= self.cfg.max_lvols:
             method = "bdev_lvol_delete"  # at the ceiling, growth turns into deletion
+        elif worker in self.short_of_space and (method == "bdev_lvol_resize" or
+                                                (method == "bdev_lvol_create" and not step.thin)):
+            method = "bdev_lvol_delete"  # out of space: free some rather than meet ENOSPC again
         params: dict[str, Any]
         if method == "bdev_lvol_create":
             params = {"lvs_name": self.lvs_name, "lvol_name": name, "size_in_mib": step.size_mib,

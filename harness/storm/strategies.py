@@ -28,7 +28,13 @@ class EpisodeContext(Protocol):
 
     def size_mib(self) -> int: ...
 
-    def busy_size_mib(self) -> int: ...
+    async def reserve_busy_size(self, max_mib: int | None = None) -> int | None: ...
+
+    def note(self, reason: str) -> None: ...
+
+    def exists(self, uuid: str) -> bool: ...
+
+    async def pipelined(self, *calls: tuple[str, dict[str, Any]], peer: bool = False) -> list[Op]: ...
 
     def has(self, method: str) -> bool: ...
 
@@ -42,6 +48,9 @@ class EpisodeContext(Protocol):
 
     @property
     def copy_dst(self) -> str | None: ...
+
+    @property
+    def copy_dst_mib(self) -> int: ...
 
     async def recreate_lvstore(self) -> None: ...
 
@@ -182,47 +191,64 @@ async def purge_chain(ctx: EpisodeContext) -> None:
 
 
 async def busy_delete(ctx: EpisodeContext) -> None:
-    """Make a snapshot busy (checksum or shallow copy) on one connection, delete it from another, then delete
-    its child and its parent: the sequence that exposes SPDK's forced removal of a busy lvol.
+    """Make a snapshot busy (checksum or shallow copy), delete it, then delete its child and its parent as
+    Longhorn does when it removes a volume: the sequence that exposes SPDK's forced removal of a busy lvol
+    (the busy delete answers EBUSY but removes the lvol; deleting the parent, whose only clone is the removed
+    blob, then crashes in spdk_lvol_destroy).
 
-    The busy snapshot S needs its own clusters (so the job outlasts a few calls) and a parent X, built
-    without I/O: thick L -> snapshot P -> decouple L (L keeps P's clusters, stays thin) -> set_parent(L, X)
-    -> snapshot S of L (S takes L's clusters, under X)."""
-    big = ctx.busy_size_mib()
+    The busy snapshot S needs its own clusters (so the job outlasts the delete behind it) and a parent P whose
+    only clone it is, built without I/O: thick L -> snapshot P -> decouple L (L keeps P's clusters, stays
+    thin) -> set_parent(L, P) -> snapshot S of L (S takes L's clusters, under P; L under S). The job and the
+    delete go out back to back on one connection, so the delete meets the job whatever the target's poller
+    does. Every step that makes the rest pointless is noted (StormResult.notes) instead of skipped silently.
+    The tree is the episode's own: the random mix does not pick it while the episode runs."""
+    if ctx.has("bdev_lvol_start_shallow_copy") and ctx.copy_dst and ctx.rng.random() < 0.3:
+        busy_method = "bdev_lvol_start_shallow_copy"
+    elif ctx.has("bdev_lvol_register_snapshot_checksum"):
+        busy_method = "bdev_lvol_register_snapshot_checksum"
+    else:
+        ctx.note("the target has neither snapshot checksums nor shallow copies")
+        return
+    # A shallow copy needs a destination at least as large as the snapshot.
+    big = await ctx.reserve_busy_size(ctx.copy_dst_mib if busy_method == "bdev_lvol_start_shallow_copy" else None)
+    if big is None:
+        return
     lvol = await _create(ctx, thin=False, size=big)
     if not lvol.ok:
+        ctx.note(f"thick create of {big} MiB answered {lvol.outcome}")
         return
-    made = [lvol]
     p = await _snapshot(ctx, lvol.result)
-    made.append(p)
-    other = await _create(ctx, thin=True, size=big)
-    made.append(other)
-    x = await _snapshot(ctx, other.result) if other.ok else other
-    made.append(x)
-    if not (p.ok and x.ok):
-        await ctx.cleanup(_uuids(*made))
+    made = [lvol, p]
+    steps: list[Op] = [p]
+    if p.ok:
+        steps.append(await ctx.do("bdev_lvol_decouple_parent", {"name": lvol.result}))
+    if steps[-1].ok:
+        steps.append(await ctx.do("bdev_lvol_set_parent", {"lvol_name": lvol.result, "parent_name": p.result}))
+    if steps[-1].ok:
+        snap = await _snapshot(ctx, lvol.result)
+        made.append(snap)
+        steps.append(snap)
+    failed = next((o for o in steps if not o.ok), None)
+    if failed is not None:
+        ctx.note(f"building the busy tree: {failed.method} answered {failed.outcome}")
+        await ctx.cleanup(_uuids(*reversed(made)))
         return
-    await ctx.do("bdev_lvol_decouple_parent", {"name": lvol.result})
-    await ctx.do("bdev_lvol_set_parent", {"lvol_name": lvol.result, "parent_name": x.result})
-    await ctx.do("bdev_lvol_delete", {"name": other.result})
-    snap = await _snapshot(ctx, lvol.result)
-    made.append(snap)
-    if not snap.ok:
-        await ctx.cleanup(_uuids(*made))
-        return
-    use_copy = ctx.has("bdev_lvol_start_shallow_copy") and ctx.copy_dst and ctx.rng.random() < 0.3
-    if use_copy:
-        busy = ctx.do("bdev_lvol_start_shallow_copy", {"src_lvol_name": snap.result,
-                                                       "dst_bdev_name": ctx.copy_dst}, peer=True)
-    elif ctx.has("bdev_lvol_register_snapshot_checksum"):
-        busy = ctx.do("bdev_lvol_register_snapshot_checksum", {"name": snap.result}, peer=True)
-    else:
-        await ctx.cleanup(_uuids(*made))
-        return
-    await _race(busy, ctx.do("bdev_lvol_delete", {"name": snap.result}))
-    await ctx.do("bdev_lvol_delete", {"name": lvol.result})
-    await ctx.do("bdev_lvol_delete", {"name": x.result})
-    await ctx.cleanup(_uuids(snap, x, p, other, lvol))
+    s_uuid = snap.result
+    params = ({"src_lvol_name": s_uuid, "dst_bdev_name": ctx.copy_dst}
+              if busy_method == "bdev_lvol_start_shallow_copy" else {"name": s_uuid})
+    busy, delete = await ctx.pipelined((busy_method, params), ("bdev_lvol_delete", {"name": s_uuid}))
+    if not busy.ok:
+        ctx.note(f"{busy_method} answered {busy.outcome}: the snapshot was never busy")
+    elif delete.ok:
+        ctx.note(f"the busy snapshot's delete answered ok: {busy_method} had finished first")
+    elif delete.errno_name != "EBUSY":
+        ctx.note(f"the busy snapshot's delete answered {delete.outcome}")
+    # Longhorn goes on removing the volume: the child, then the parent chain (the parent's only clone is the
+    # snapshot; after a forced removal it has no lvol and this delete is where SPDK crashes).
+    for u in (lvol.result, p.result):
+        if ctx.exists(u):
+            await ctx.do("bdev_lvol_delete", {"name": u})
+    await ctx.cleanup(_uuids(snap, lvol, p))
 
 
 async def clone_fanout_delete(ctx: EpisodeContext) -> None:

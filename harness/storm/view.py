@@ -77,6 +77,10 @@ class TreeView:
         self.by_kind: dict[str, IndexedSet] = {k: IndexedSet() for k in KINDS}
         self.recent: deque[str] = deque(maxlen=hot_size)
         self.by_name: dict[str, str] = {}
+        self.hidden: dict[str, int] = {}
+        """Lvols no sampler may return, with how many holds each has: a running episode's own tree (its race
+        must not be spoiled by a random op) and lvols with a delete in flight (an op aimed at them would
+        mostly answer No such device). Kept across `rebuild` (holds belong to whoever set them)."""
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -84,6 +88,10 @@ class TreeView:
     def _reindex(self, node: Node) -> None:
         u = node.uuid
         sets = self.by_kind
+        if u in self.hidden:
+            for s in sets.values():
+                s.discard(u)
+            return
         sets["any"].add(u)
         if node.snapshot:
             sets["snapshot"].add(u)
@@ -99,6 +107,23 @@ class TreeView:
             sets["leaf"].discard(u)
         else:
             sets["leaf"].add(u)
+
+    def hide(self, uuid: str) -> None:
+        """One more hold on uuid: samplers skip it until every hold is released (O(1))."""
+        self.hidden[uuid] = self.hidden.get(uuid, 0) + 1
+        node = self.nodes.get(uuid)
+        if node is not None:
+            self._reindex(node)
+
+    def unhide(self, uuid: str) -> None:
+        n = self.hidden.get(uuid, 0) - 1
+        if n > 0:
+            self.hidden[uuid] = n
+            return
+        self.hidden.pop(uuid, None)
+        node = self.nodes.get(uuid)
+        if node is not None:
+            self._reindex(node)
 
     def touch(self, uuid: str) -> None:
         self.recent.append(uuid)
