@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 
@@ -58,3 +59,23 @@ def test_describe_returncode_words() -> None:
     assert describe_returncode(0) == "exit 0"
     assert describe_returncode(-11) == "signal SIGSEGV"
     assert describe_returncode(134) == "signal SIGABRT"
+
+
+def test_a_harness_that_exits_leaves_no_spawned_process_behind(tmp_path) -> None:
+    script = ("import sys; from harness.hosts.local import LocalHost; "
+              f"p = LocalHost().spawn(['sleep', '300'], log_path={str(tmp_path / 'l')!r}); "
+              "print(p.pid, flush=True); sys.exit(3)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 3
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"spawned pid {pid} still running after the harness exited")

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness.errors import HostError
 from harness.hosts.base import Argv, CommandResult, Host, HostProcess, LineStream, argv_text
+
+_LIVE: weakref.WeakSet[LocalProcess] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A harness that exits (an error, a timeout, a second Ctrl-C) must not leave targets running behind it."""
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 class LocalProcess(HostProcess):
@@ -22,6 +38,7 @@ class LocalProcess(HostProcess):
         self.pid = popen.pid
         self.argv = argv
         self.log_path = log_path
+        _LIVE.add(self)
 
     def poll(self) -> int | None:
         return self._popen.poll()
