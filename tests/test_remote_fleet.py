@@ -262,3 +262,28 @@ def test_sigint_mid_storm_drains_saves_and_still_destroys(tmp_path: Path) -> Non
     assert node["stop_reason"] == "interrupted" and node["ops"] > 20, node
     assert (run_dir / name / "summary.json").exists() and (run_dir / name / "target.log").stat().st_size > 0
     assert "terraform destroy" in (run_dir / "terraform.log").read_text()
+
+
+@pytest.mark.netns
+@needs_netns
+@pytest.mark.timeout(90)
+def test_node_without_the_reference_target_is_a_one_line_node_error(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real remote node has no `python -m harness.sim` unless lvol-storm is installed there: say so."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    profile = load_config("smoke", overrides=["storm.duration=2s", "minimize.enabled=false"],
+                          cli={"target.kind": "sim"})
+    try:
+        with terraform_hosts("local", run_dir, nodes=1, keep=False, tf_vars={"subnet_octet": _free_octet(30)}) as h:
+            monkeypatch.setattr(sys, "executable", "/opt/nowhere/bin/python3")
+            outcome = FleetRun(profile, run_dir, hosts_as_nodes(h, profile), run_id=f"n{os.getpid()}",
+                               announce=lambda _m: None).execute()
+            monkeypatch.undo()
+    finally:
+        left = _wait_gone(terraform_run_id(run_dir), f"/tmp/lvol-storm/n{os.getpid()}")
+    assert not left, left
+    (name, error), = outcome.summary["errors"].items()
+    assert "/opt/nowhere/bin/python3 -m harness.sim" in error and "install lvol-storm on the node" in error, error
+    assert "\n" not in error and outcome.summary["nodes"][name]["outcome"] == "error"
+    assert outcome.exit_code == 4
