@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _target_flags(replay)
     replay.add_argument("--mode", choices=["grouped", "serial", "workers"], default="grouped",
                         help="grouped (default): each call on its recorded connection, calls that were in flight "
-                             "together sent together, and says whether the crash title is the same; serial: one "
-                             "connection, in order; workers: each worker on its own connection")
+                             "together sent together, and says whether the crash title is the same; workers: the "
+                             "same; serial: one connection, in the order the calls were sent")
     replay.add_argument("--expect-title", default=None,
                         help="crash title to compare with (default: the crash.json next to HISTORY, or the run's)")
 
@@ -92,15 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return main_run(args)
         if args.command == "replay":
-            from harness.run import main_replay
+            from harness.minimize.command import main_replay_grouped
 
             if not Path(args.history).exists():
                 raise ConfigError(f"replay: {args.history} does not exist")
-            if args.mode == "grouped":
-                from harness.minimize.command import main_replay_grouped
-
-                return main_replay_grouped(args)
-            return main_replay(args)
+            return main_replay_grouped(args)
         if args.command == "minimize":
             from harness.minimize.command import main_minimize
 

@@ -378,11 +378,3 @@ def main_run(args: argparse.Namespace) -> int:
             return EXIT_TARGET
     print_summary(outcome)
     return outcome.exit_code
-
-
-def main_replay(args: argparse.Namespace) -> int:
-    from harness.replay import replay_run
-
-    config = config_from_args(args)
-    run_dir = RunDir(args.run_dir or default_run_dir("replay"))
-    return replay_run(config, run_dir, Path(args.history), mode=args.mode)

@@ -106,3 +106,12 @@ def test_libc_string_routine_variants_share_one_title(func: str) -> None:
     )
     ev = CrashEvidence("exit", "target died", "process", exit_rc=-11)
     assert crash_title([ev], backtrace=bt) == "SIGSEGV in memcpy (libc)"
+
+
+def test_libc_routine_title_is_the_same_without_a_core() -> None:
+    """addr2line (no core) and gdb (a core) must agree, or runs with and without cores would not dedupe."""
+    line = ("reactor_0[15859]: segfault at 8 ip 00007f0d2878b8a2 sp 00007ffe225b8298 error 4 in "
+            "libc.so.6[16d8a2,7f0d28644000+156000] likely on CPU 1 (core 1, socket 0)")
+    sym = Symbol("__memcpy_avx512_unaligned_erms", "../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S",
+                 372, "libc.so.6", 0x16D8A2)
+    assert crash_title([_fault_evidence(line)], symbol=sym) == "SIGSEGV in memcpy (libc)"

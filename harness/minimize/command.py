@@ -19,8 +19,8 @@ from harness.errors import ConfigError
 from harness.hosts.local import LocalHost
 from harness.minimize.config import MinimizeConfig
 from harness.minimize.crash import minimize_crash
-from harness.minimize.operations import load_operations
-from harness.minimize.plan import plan_from_operations
+from harness.minimize.operations import load_operations, start_order
+from harness.minimize.plan import plan_from_operations, serial_plan
 from harness.minimize.search import title_key
 from harness.minimize.trial import TargetTrials, quiet_watchdogs
 
@@ -113,7 +113,9 @@ def main_replay_grouped(args: argparse.Namespace) -> int:
     run_dir_of_history = history.parent.parent.parent if (history.parent / "crash.json").is_file() else history.parent
     config = _run_config(args, run_dir_of_history)
     ops = load_operations(history)
-    plan = plan_from_operations(ops)
+    # serial: one connection, in the order the calls were sent; grouped (alias workers): each worker on its
+    # own connection, with the recorded in-flight groups sent together.
+    plan = serial_plan(start_order(ops)) if getattr(args, "mode", "grouped") == "serial" else plan_from_operations(ops)
     title, source = expected_title(history, getattr(args, "expect_title", None))
     _say(f"replay: {history}: {plan.describe()}, against a fresh {config.target.kind} target"
          + (f" (fault {config.target.sim_fault})" if config.target.sim_fault else ""))

@@ -45,17 +45,20 @@ _LIBC_IFUNC = re.compile(
 )
 
 
+def _libc_routine(func: str) -> str | None:
+    m = _LIBC_IFUNC.match(func)
+    if not m:
+        return None
+    return f"{'memcpy' if m['base'] == 'memmove' else m['base']} (libc)"
+
+
 def _where(backtrace: Backtrace | None, symbol: Symbol | None) -> str | None:
     if backtrace is not None:
         frame = backtrace.culprit()
         if frame is not None and frame.func != "??":
-            m = _LIBC_IFUNC.match(frame.func)
-            if m:
-                base = "memcpy" if m["base"] == "memmove" else m["base"]
-                return f"{base} (libc)"
-            return frame.describe()
+            return _libc_routine(frame.func) or frame.describe()
     if symbol is not None and symbol.function:
-        return symbol.describe()
+        return _libc_routine(symbol.function) or symbol.describe()
     return None
 
 
