@@ -40,6 +40,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     g.addoption("--duration", default=None, help="storm duration, e.g. 30s, 5m, 1h")
     g.addoption("--workers", type=int, default=None, help="storm workers (connections)")
     g.addoption("--target-arg", action="append", default=[], help="extra spdk_tgt argument (repeatable)")
+    g.addoption("--no-minimize", action="store_true", default=False,
+                help="do not cut new crashes down to a minimal reproducer")
     g.addoption("--set", dest="lvs_set", action="append", default=[], metavar="FIELD=VALUE",
                 help="override a config field, e.g. --set storm.depth=8 (repeatable)")
     _add_node_options(g, pluginmanager.get_plugin("pytestconfig"))
@@ -91,6 +93,8 @@ def cli_overrides(get: Any) -> dict[str, Any]:
         "storm.duration": get("duration"),
         "storm.workers": get("workers"),
     }
+    if get("no_minimize"):
+        mapping["minimize.enabled"] = False
     extra = get("target_arg")
     if extra:
         mapping["target.extra_args"] = list(extra)

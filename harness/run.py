@@ -363,9 +363,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def main_run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    if getattr(args, "no_minimize", False):
-        config = config.model_copy(update={"minimize": config.minimize.model_copy(update={"enabled": False})})
+    config = config_from_args(args)  # --no-minimize arrives as minimize.enabled=false
     run_dir = RunDir(args.run_dir or default_run_dir(config.profile))
     stop = threading.Event()
     with interrupt_sets(stop):
