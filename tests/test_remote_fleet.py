@@ -287,3 +287,38 @@ def test_node_without_the_reference_target_is_a_one_line_node_error(tmp_path: Pa
     assert "/opt/nowhere/bin/python3 -m harness.sim" in error and "install lvol-storm on the node" in error, error
     assert "\n" not in error and outcome.summary["nodes"][name]["outcome"] == "error"
     assert outcome.exit_code == 4
+
+
+@pytest.mark.netns
+@needs_netns
+@pytest.mark.timeout(90)
+def test_cli_run_with_an_inventory_applies_node_settings(tmp_path: Path) -> None:
+    """`lvol-storm run --inventory FILE`: the inventory's per-node settings (cpumask) and a --node-set reach
+    each node's config, both nodes storm, one merged summary."""
+    import yaml
+
+    state = tmp_path / "tf"
+    state.mkdir()
+    run_dir = tmp_path / "inv"
+    try:
+        with terraform_hosts("local", state, nodes=2, keep=False, tf_vars={"subnet_octet": _free_octet(50)}) as hosts:
+            inventory = tmp_path / "lab.yaml"
+            inventory.write_text(yaml.safe_dump({"nodes": [
+                {"name": f"lab{i}", "address": h.address, "user": h.user, "key": h.key_path,  # type: ignore[attr-defined]
+                 "known_hosts": h.known_hosts, "cpumask": "0x3" if i else "0x1"}  # type: ignore[attr-defined]
+                for i, h in enumerate(hosts)]}))
+            res = subprocess.run([*LVOL_STORM, "run", "--inventory", str(inventory), "--target", "sim", "--profile",
+                                  "smoke", "--duration", "3s", "--node-set", "lab0:storm.workers=1",
+                                  "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=80, cwd=REPO)
+    finally:
+        left = _wait_gone(terraform_run_id(state), f"/tmp/lvol-storm/{run_dir.name}")
+    assert not left, left
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert {n: v["outcome"] for n, v in s["nodes"].items()} == {"lab0": "clean", "lab1": "clean"}
+    assert all(v["ops"] > 20 for v in s["nodes"].values()), s["nodes"]
+    cfg0 = yaml.safe_load((run_dir / "lab0" / "config.yaml").read_text())
+    cfg1 = yaml.safe_load((run_dir / "lab1" / "config.yaml").read_text())
+    assert (cfg0["target"]["cpumask"], cfg0["storm"]["workers"]) == ("0x1", 1)
+    assert cfg1["target"]["cpumask"] == "0x3" and cfg1["storm"]["workers"] != 1
+    assert "lab0" in res.stdout and "lab1" in res.stdout and "verdict: clean" in res.stdout
