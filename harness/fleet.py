@@ -331,11 +331,22 @@ class FleetRun:
                                     daemon=True) for node in self.nodes]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.5)  # short waits: the main thread stays responsive to Ctrl-C
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.5)  # short waits: the main thread stays responsive to Ctrl-C
+        except KeyboardInterrupt:
+            self.stop_event.set()
+            self.announce("fleet: waiting up to 30 s for the nodes to stop their targets (Ctrl-C again to leave "
+                          "them running)")
+            deadline = time.monotonic() + 30.0
+            for thread in threads:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            raise
         self._clean_work_dirs()
-        results = [self.results[n.name] for n in self.nodes]
+        results = [self.results.get(n.name) or NodeResult(n.name, self.run_dir.path / n.name, n.host.name,
+                                                          error="the node's thread ended without a result",
+                                                          error_kind="HarnessError") for n in self.nodes]
         summary = merged_summary(self.config, results, wall_s=time.time() - t0, run_id=self.run_id,
                                  interrupted=self.stop_event.is_set(), notes=self.notes)
         self.run_dir.write_json("summary.json", summary)
@@ -478,6 +489,15 @@ def terraform_hosts(module: str, run_dir: Path, *, nodes: int, keep: bool,
 
 def main_fleet_run(args: Any) -> int:
     """`lvol-storm run --inventory FILE` / `--terraform MODULE [--nodes N] [--keep-nodes]`."""
+    try:
+        return _fleet_run(args)
+    except KeyboardInterrupt:  # Ctrl-C during apply (destroyed already) or a second one during the storms
+        _stderr("lvol-storm: interrupted; Terraform nodes (if any) were destroyed unless --keep-nodes; "
+                "what was saved is in the run directory")
+        return 130
+
+
+def _fleet_run(args: Any) -> int:
     from harness.run import config_from_args, interrupt_sets
     from harness.rundir import default_run_dir
 
