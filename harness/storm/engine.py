@@ -302,6 +302,8 @@ class Storm:
         self.stopping = True
         if self.gate_open is not None:
             self.gate_open.set()
+        if self.space_freed is not None:
+            self.space_freed.set()  # episodes waiting for room see the stop at once
         if self._wake is not None:
             self._wake.set()
 
@@ -741,9 +743,9 @@ class _Episode:
             storm.space_freed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(storm.space_freed.wait(), timeout=left)
-            await asyncio.sleep(0.05)
             if storm.stopping:
                 raise _Stop
+            await asyncio.sleep(0.05)
         storm.sched.short_of_space.add(self.worker.index)
         self.note(f"no room for a busy snapshot within {SPACE_WAIT_S:g} s (needs {2 * lo} clusters beside "
                   "the other episodes' trees)")
