@@ -125,6 +125,12 @@ def _config(mode: str, seed: int) -> object:
 
 
 def one_crash(mode: str, seed: int, clock: KmsgClock, *, hang_after_s: float = 2.0) -> Crash:
+    """One target, one fault, one storm. Cores are dumped as in a real run (Target raises RLIMIT_CORE), so a
+    segfault's process ends only once its core is written; the kernel line marks the fault itself."""
+    return _one_crash(mode, seed, clock, hang_after_s=hang_after_s)
+
+
+def _one_crash(mode: str, seed: int, clock: KmsgClock, *, hang_after_s: float) -> Crash:
     work = short_work_dir("lsd-")
     target = BenchTarget(work, sim_fault=mode, sim_fault_after=40, bdev_mib=1024, hang_after_s=hang_after_s)
     target.start()
@@ -161,7 +167,9 @@ def one_crash(mode: str, seed: int, clock: KmsgClock, *, hang_after_s: float = 2
         latency = end - fault_at if end is not None and fault_at is not None else None
         return Crash(mode, latency, source, stopped - fault_at if fault_at else None,
                      detected - fault_at if detected and fault_at else None, res.stop_reason, kernel_vs_death,
-                     "" if wd.crashed.is_set() else "watchdog never fired")
+                     ("" if wd.crashed.is_set() else "watchdog never fired; ")
+                     + f"evidence: {','.join(ev.kind for ev in wd.evidence) or 'none'}"
+                     + ("" if died is not None else "; the process did not end within 10 s"))
     finally:
         history.close()
         target.stop()

@@ -66,7 +66,10 @@ def run(marks_min: list[float], log: Any = print) -> list[Figure]:
     shutil.rmtree(work, ignore_errors=True)
     figs = [Figure("memory", f"harness RSS at {m:g} min", rss, "MB") for m, rss, _ in samples]
     note = (f"marks {','.join(f'{m:g}' for m in marks)} min (--minutes 1,5,15 for the issue's marks, --long: 1 h); "
-            f"{res.ops:,} ops at {res.ops_per_s:,.0f} ops/s, history.jsonl {hist_mb:,.0f} MB on disk")
+            f"{res.ops:,} ops at {res.ops_per_s:,.0f} ops/s (stop: {res.stop_reason}), "
+            f"history.jsonl {hist_mb:,.0f} MB on disk")
+    if res.ops_per_s < 100:
+        note += f"; THE STORM STALLED, so this RSS says little: {'; '.join(res.notes)[:300]}"
     if len(samples) >= 2:
         (m0, r0, _), (m1, r1, _) = samples[0], samples[-1]
         growth = (r1 - r0) / ((m1 - m0) / 60.0)
