@@ -39,10 +39,8 @@ def junit_failures(path: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.timeout(170)
 def test_forced_removal_fails_busy_delete_with_crash_title(tmp_path: Path) -> None:
-    # --workers 4: with the profile's 8 workers on its 1 GiB lvstore, busy-delete episodes (two copies of a
-    # ~200 MiB lvol each) starve each other on ENOSPC and rarely reach the race (a storm engine issue, reported).
     proc, run_dir = run_suite(tmp_path, "suites/regression", "--target", "sim", "--sim-fault", "forced-removal",
-                              "-k", "busy-delete", "--duration", "20s", "--workers", "4",
+                              "-k", "busy-delete", "--duration", "20s",
                               "--set", "minimize.enabled=false")  # minimizing is harness.minimize's test, and slow
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
@@ -65,13 +63,11 @@ def test_forced_removal_fails_busy_delete_with_crash_title(tmp_path: Path) -> No
     test_dir = run_dir / "test_delete_race-busy-delete"
     assert (test_dir / "report.html").exists() and (test_dir / "history.jsonl").exists()
     storm = json.loads((test_dir / "summary.json").read_text())["storm"]
-    assert storm["stop_reason"] in ("crash", "connection_lost") and storm["wall_s"] < 15, storm
+    assert storm["stop_reason"] in ("crash", "connection_lost") and storm["wall_s"] < 10, storm  # well within 20 s
 
 
 @pytest.mark.timeout(120)
 def test_healthy_reference_target_passes_busy_delete(tmp_path: Path) -> None:
-    # The profile's own 8 workers: at 2-4 workers the storm checker sometimes flags an ENOSPC create that
-    # overlapped a space-freeing delete as "the model expects ok" (a checker issue, reported), failing a healthy run.
     proc, run_dir = run_suite(tmp_path, "suites/regression", "--target", "sim", "-k", "busy-delete",
                               "--duration", "8s")
     out = proc.stdout + proc.stderr
