@@ -24,13 +24,14 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import harness
 from harness.config import RunConfig, apply_override
-from harness.errors import ConfigError, HarnessError, TargetError
+from harness.errors import ConfigError, HarnessError, HostError, TargetError
 from harness.hosts.base import Host
 from harness.rundir import RunDir
 
@@ -204,6 +205,7 @@ class FleetRun:
         self._lock = threading.Lock()
         self._after: dict[str, str] = {}  # node -> the node on its kernel whose target must be up first
         self._up = {n.name: threading.Event() for n in self.nodes}
+        self._unreachable: dict[str, str] = {}  # node -> why connecting failed before the storms
 
     def work_dir(self, node: FleetNode) -> str:
         """Where the node's target runs (socket, log, cores); on a local node, its local run directory."""
@@ -239,13 +241,20 @@ class FleetRun:
         """Nodes on one kernel: point each node's `cores` at one shared directory (see the module doc), and
         start them one after another: each run sets and reads back the machine-wide core_pattern, and two
         doing that at the same moment each see the other's value and give up on cores."""
-        by_boot: dict[str, list[FleetNode]] = {}
-        for node in self.nodes:
+        def boot_id(node: FleetNode) -> str:
             if node.host.is_local:
-                boot = Path(BOOT_ID).read_text().strip() if Path(BOOT_ID).exists() else ""
-            else:
+                return Path(BOOT_ID).read_text().strip() if Path(BOOT_ID).exists() else ""
+            try:
                 res = node.host.run(["cat", BOOT_ID], timeout=30)
-                boot = res.stdout.strip() if res.ok else ""
+            except (HarnessError, OSError) as exc:  # its thread reports it, without connecting again
+                self._unreachable[node.name] = str(exc)
+                return ""
+            return res.stdout.strip() if res.ok else ""
+
+        with ThreadPoolExecutor(max_workers=min(16, len(self.nodes))) as pool:  # one connect timeout, not N
+            boots = list(pool.map(boot_id, self.nodes))
+        by_boot: dict[str, list[FleetNode]] = {}
+        for node, boot in zip(self.nodes, boots, strict=True):
             if boot:
                 by_boot.setdefault(boot, []).append(node)
         for group in by_boot.values():
@@ -257,12 +266,16 @@ class FleetRun:
             shared = f"{self.work_root}/{self.run_id}/cores"
             for node in group:
                 work = self.work_dir(node)
-                res = node.host.run(["sh", "-c", f"mkdir -p {shlex.quote(shared)} {shlex.quote(work)} && "
-                                     f"rm -rf {shlex.quote(work + '/cores')} && "
-                                     f"ln -s {shlex.quote(shared)} {shlex.quote(work + '/cores')}"], timeout=30)
-                if not res.ok:
-                    self.notes.append(f"{node.name}: could not link {work}/cores to {shared} "
-                                      f"({res.stderr.strip() or res.rc}); its core may land in another node's dir")
+                try:
+                    res = node.host.run(["sh", "-c", f"mkdir -p {shlex.quote(shared)} {shlex.quote(work)} && "
+                                         f"rm -rf {shlex.quote(work + '/cores')} && "
+                                         f"ln -s {shlex.quote(shared)} {shlex.quote(work + '/cores')}"], timeout=30)
+                    failed = None if res.ok else (res.stderr.strip() or f"exit {res.rc}")
+                except (HarnessError, OSError) as exc:
+                    failed = str(exc)
+                if failed is not None:
+                    self.notes.append(f"{node.name}: could not link {work}/cores to {shared} ({failed}); "
+                                      "its core may land in another node's cores directory")
             self.notes.append(f"{', '.join(n.name for n in group)} share one kernel: their cores go to {shared}")
 
     # -- the storms -------------------------------------------------------------------------------------------
@@ -274,6 +287,8 @@ class FleetRun:
         up = self._up[node.name]
         try:
             rd = RunDir(result.run_dir)
+            if node.name in self._unreachable:
+                raise HostError(self._unreachable[node.name])
             self._check_reference_target(node)
             self._wait_turn(node)
             run = StormRun(node.config, rd, node.host, stop_event=self.stop_event,
@@ -318,7 +333,7 @@ class FleetRun:
         if self.keep_work_dirs:
             return
         for node in self.nodes:
-            if node.host.is_local:
+            if node.host.is_local or node.name in self._unreachable:
                 continue
             with contextlib.suppress(Exception):
                 node.host.run(["rm", "-rf", f"{self.work_root}/{self.run_id}"], timeout=60)

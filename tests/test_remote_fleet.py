@@ -134,19 +134,20 @@ def test_cli_refuses_bad_node_flags_before_anything_starts(tmp_path: Path) -> No
 
 @pytest.mark.timeout(90)
 def test_fleet_of_local_nodes_merges_summaries_and_keeps_a_failed_node_apart(tmp_path: Path) -> None:
-    """Two nodes at once on LocalHost: one healthy, one whose target exits mid-storm; the merged summary
+    """Two nodes at once on LocalHost: one healthy, one whose target exits at its 2nd lvol change (early in the
+    storm, never in teardown, however loaded the machine); the merged summary
     counts both, per node and in total, and each node has a complete run directory of its own."""
     profile = load_config("smoke", overrides=["storm.duration=3s", "storm.workers=2", "minimize.enabled=false"],
                           cli={"target.kind": "sim"})
     nodes = [FleetNode("good", LocalHost(), profile),
              FleetNode("bad", LocalHost(), node_config(profile, overrides=["target.sim_fault=exit",
-                                                                              "target.sim_fault_after=5"]))]
+                                                                              "target.sim_fault_after=2"]))]
     lines: list[str] = []
     outcome = FleetRun(profile, tmp_path / "run", nodes, announce=lines.append).execute()
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s == outcome.summary and s["fleet"] is True and set(s["nodes"]) == {"good", "bad"}
     good, bad = s["nodes"]["good"], s["nodes"]["bad"]
-    assert good["outcome"] == "clean" and good["ops"] > 50 and good["ops_per_s"] > 0, good
+    assert good["outcome"] == "clean" and good["ops"] > 20 and good["ops_per_s"] > 0, good
     assert bad["outcome"] == "crash" and bad["crashes"] == 1 and bad["crash_titles"][0]["count"] == 1, bad
     title = bad["crash_titles"][0]["title"]
     assert s["crashes"] == [{"title": title, "count": 1, "nodes": {"bad": 1}}]
