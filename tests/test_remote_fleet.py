@@ -169,6 +169,33 @@ def test_fleet_of_local_nodes_merges_summaries_and_keeps_a_failed_node_apart(tmp
     assert any(line.startswith("[bad] CRASH: ") for line in lines), lines
 
 
+@pytest.mark.timeout(90)
+def test_one_stop_event_drains_every_node(tmp_path: Path) -> None:
+    """The stop event a Ctrl-C sets ends every node's 60 s storm early; each drains, checks and saves."""
+    profile = load_config("smoke", overrides=["storm.duration=60s", "storm.workers=2", "minimize.enabled=false"],
+                          cli={"target.kind": "sim"})
+    stop = threading.Event()
+    run = FleetRun(profile, tmp_path / "run", [FleetNode(n, LocalHost(), profile) for n in ("n0", "n1")],
+                   stop_event=stop, announce=lambda _m: None)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(run.execute()), daemon=True)
+    t0 = time.monotonic()
+    worker.start()
+    hist = [tmp_path / "run" / n / "history.jsonl" for n in ("n0", "n1")]
+    while time.monotonic() - t0 < 40 and not all(h.exists() and h.stat().st_size > 20_000 for h in hist):
+        time.sleep(0.2)
+    stop.set()
+    worker.join(timeout=45)
+    assert result and time.monotonic() - t0 < 55
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["interrupted"] is True
+    for name in ("n0", "n1"):
+        node = s["nodes"][name]
+        assert node["stop_reason"] == "interrupted" and node["outcome"] == "clean" and node["ops"] > 50, node
+        assert json.loads((tmp_path / "run" / name / "summary.json").read_text())["storm"]["stop_reason"] == \
+            "interrupted"
+
+
 # -- Terraform nodes over SSH -----------------------------------------------------------------------------------
 
 
