@@ -42,6 +42,7 @@ BUSY_MIN_CLUSTERS = 96
 BUSY_MAX_MIB = 256
 SPACE_WAIT_S = 2.0
 SPACE_TRIES = 40
+SPACE_REREAD_S = 0.1
 
 
 @dataclass
@@ -745,7 +746,7 @@ class _Episode:
                 await asyncio.wait_for(storm.space_freed.wait(), timeout=left)
             if storm.stopping:
                 raise _Stop
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(SPACE_REREAD_S)  # many deletes may answer meanwhile: read the lvstore seldom
         storm.sched.short_of_space.add(self.worker.index)
         self.note(f"no room for a busy snapshot within {SPACE_WAIT_S:g} s (needs {2 * lo} clusters beside "
                   "the other episodes' trees)")
