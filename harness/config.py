@@ -79,7 +79,7 @@ def _format_validation(source: str, exc: ValidationError, data: dict[str, Any]) 
 def profile_path(name_or_path: str) -> Path:
     """A profile is a file path, or a name under profiles/ (`smoke` -> profiles/smoke.yaml)."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():
         if not p.exists():
             raise ConfigError(f"--profile: {p} does not exist")
         return p
