@@ -75,6 +75,11 @@ def run(marks_min: list[float], log: Any = print) -> list[Figure]:
         growth = (r1 - r0) / ((m1 - m0) / 60.0)
         figs.append(Figure.judged("memory", f"RSS growth {m0:g} -> {m1:g} min", growth, "MB/hour",
                                   f"< {GOAL_MB_PER_HOUR:g}", lambda v: v < GOAL_MB_PER_HOUR, note=note))
+        if len(samples) >= 3:
+            (ma, ra, _), (mb, rb, _) = samples[-2], samples[-1]
+            figs.append(Figure("memory", f"  of which {ma:g} -> {mb:g} min", (rb - ra) / ((mb - ma) / 60.0),
+                               "MB/hour", note="the last interval: what is left once bounded buffers "
+                                               "(history tails, allocator pools) have filled"))
     else:
         figs.append(Figure("memory", "RSS growth", None, "MB/hour", f"< {GOAL_MB_PER_HOUR:g}",
                            note=f"fewer than 2 marks reached; {note} (stop: {res.stop_reason})"))
