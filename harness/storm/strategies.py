@@ -2,7 +2,9 @@
 
 Each episode builds its own small tree with its own names (so it is deterministic per worker seed), races two
 or more operations on two connections (`peer=True` sends on another worker's connection), and deletes what is
-left. The checker judges every reply; an episode only arranges for the interesting overlap to happen.
+left. What an episode creates is held out of the random mix's picks until it ends, so the overlap it arranges is
+not spoiled by a random clone or delete of its tree. The checker judges every reply; an episode only arranges
+for the interesting overlap to happen, and notes (`ctx.note`) why when it could not.
 """
 
 from __future__ import annotations
