@@ -166,6 +166,9 @@ def minimize_crash(
     version; TargetError if the target cannot be started.
     """
     cfg = (config or MinimizeConfig()).model_copy(update={"budget_s": budget_s})
+    if target_config.kind != "sim" and cfg.parallel > 1:
+        # Real spdk_tgt instances claim their cores (and share hugepages): one at a time.
+        cfg = cfg.model_copy(update={"parallel": 1})
     crash_path = Path(crash_dir).absolute()
     say = progress or _stderr
     crash, history = read_crash(crash_path)
