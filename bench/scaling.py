@@ -82,7 +82,8 @@ async def _precreate(sock_path: str, lvs: str, n: int, conns: int = 8, depth: in
 
 
 def _model_cost(n: int, cycles: int = 300) -> tuple[float, float]:
-    """µs per model operation (create, snapshot, clone, 3 deletes) and µs per checker checkpoint, N lvols live."""
+    """µs per model operation (create, snapshot, clone, 3 deletes) and µs per checker checkpoint, N lvols live
+    (best of several runs each)."""
     clusters = max(1024, 8 * n)  # the storm rows' bdev: 1 GiB, or 8 MiB per lvol
     info = LvstoreInfo.from_reply({"uuid": "u-lvs", "name": "lvs0", "base_bdev": "Malloc0",
                                    "total_data_clusters": clusters, "free_clusters": clusters,
@@ -91,21 +92,24 @@ def _model_cost(n: int, cycles: int = 300) -> tuple[float, float]:
     model: LvolStore = checker.model  # type: ignore[assignment]
     for i in range(n):
         model.create(f"pre{i}", 4, thin_provision=True)
-    t0 = time.perf_counter()
-    for i in range(cycles):
-        model.create(f"c{i}", 4, thin_provision=True)
-        model.snapshot(f"lvs0/c{i}", f"s{i}")
-        model.clone(f"lvs0/s{i}", f"k{i}")
-        model.delete(f"lvs0/k{i}")
-        model.delete(f"lvs0/c{i}")
-        model.delete(f"lvs0/s{i}")
-    per_op = (time.perf_counter() - t0) / (cycles * 6) * 1e6
-    reps = max(3, 3000 // max(n, 1))
-    t0 = time.perf_counter()
-    for _ in range(reps):
+    # Best of 5: these are microseconds, and on a shared machine one preemption would decide the figure.
+    best = float("inf")
+    for r in range(5):
+        t0 = time.perf_counter()
+        for i in range(cycles):
+            model.create(f"c{r}_{i}", 4, thin_provision=True)
+            model.snapshot(f"lvs0/c{r}_{i}", f"s{r}_{i}")
+            model.clone(f"lvs0/s{r}_{i}", f"k{r}_{i}")
+            model.delete(f"lvs0/k{r}_{i}")
+            model.delete(f"lvs0/c{r}_{i}")
+            model.delete(f"lvs0/s{r}_{i}")
+        best = min(best, (time.perf_counter() - t0) / (cycles * 6) * 1e6)
+    best_cp = float("inf")
+    for _ in range(max(3, 3000 // max(n, 1))):
+        t0 = time.perf_counter()
         checker._checkpoint()
-    per_cp = (time.perf_counter() - t0) / reps * 1e6
-    return per_op, per_cp
+        best_cp = min(best_cp, (time.perf_counter() - t0) * 1e6)
+    return best, best_cp
 
 
 def lvol_count(seconds: float, counts: tuple[int, ...], log: Any = print) -> list[Figure]:
