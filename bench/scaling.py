@@ -60,6 +60,9 @@ def connections_depth(seconds: float, connections: tuple[int, ...], depths: tupl
                 figs.append(Figure("scaling conn x depth (sim, poll 8 ms)", f"{conns} conn x depth {depth}", ops_s,
                                    "ops/s"))
             log(f"  depth {depth}: ops/s by connections {' '.join(row)}")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     return figs
 
 
