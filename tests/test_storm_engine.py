@@ -24,7 +24,6 @@ from harness.hosts.local import LocalHost
 from harness.rpc.sync import SyncRpc
 from harness.storm.config import StormConfig, check_against_lvstore, parse_duration
 from harness.storm.engine import StormResult, run_storm_sync
-from harness.storm.replay import remap, replay_sync
 from harness.storm.scheduler import WorkerStream
 from harness.storm.view import TreeView
 
@@ -148,12 +147,6 @@ def test_view_reparents_single_child_and_samples_by_kind() -> None:
     assert "L" in v.by_kind["clone"] and "L" in v.by_kind["leaf"] and "S1" not in v.by_kind["leaf"]
 
 
-def test_remap_replaces_old_uuids_everywhere() -> None:
-    m = {"old-1": "new-1", "old-2": "new-2"}
-    assert remap({"lvol_name": "old-1", "parent_name": "old-2", "x": ["old-1", 3]}, m) == \
-        {"lvol_name": "new-1", "parent_name": "new-2", "x": ["new-1", 3]}
-
-
 # -- against the reference target ---------------------------------------------------------------------------
 
 def test_healthy_target_gives_no_findings(sim_factory, tmp_path: Path) -> None:
@@ -258,12 +251,19 @@ def test_replay_remaps_uuids(sim_factory, tmp_path: Path) -> None:
                "final_cleanup": False}, hist)
     hist.close()
     fresh = sim_factory(sub="fresh")
-    res = replay_sync(tmp_path / "rec.jsonl", fresh.host, fresh.sock, "serial")
-    assert res.ops >= 150
-    assert len(res.uuid_map) > 5
-    assert all(old != new for old, new in res.uuid_map.items())
+    import asyncio
+
+    from harness.minimize.operations import load_operations, start_order
+    from harness.minimize.plan import serial_plan
+    from harness.minimize.replayer import replay_plan
+
+    ops = [op for op in load_operations(tmp_path / "rec.jsonl") if op.worker >= 0]
+    res = asyncio.run(replay_plan(fresh.host, fresh.sock, serial_plan(start_order(ops))))
+    assert len(res.answers) >= 150
+    assert len(res.remap.strings) > 5
+    assert all(old != new for old, new in res.remap.strings.items())
     # One worker, one in flight: the replay must reproduce every outcome.
-    assert res.differences == [], res.differences[:3]
+    assert res.differing == [], res.differing[:3]
 
 
 async def _raw_pipelined(host: LocalHost, sock: str, seconds: float, workers: int = 8, depth: int = 4) -> float:
