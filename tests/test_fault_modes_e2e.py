@@ -17,7 +17,7 @@ from harness.run import StormRun
 from harness.rundir import RunDir
 
 MODES = {
-    "forced-removal": r"^SIGSEGV in ",
+    "forced-removal": r"^SIGSEGV in spdk_lvol_destroy \(reference target\)$",
     "abort-assert": r"^SIGABRT: Assertion '.+' failed",
     "abort-malloc": r"^SIGABRT: malloc\(\): ",
     "exit": r"^exit: target exited \d+ unexpectedly$",

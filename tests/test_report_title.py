@@ -9,7 +9,10 @@ import pytest
 from harness.recordings import recordings_dir
 from harness.report.backtrace import parse_gdb_backtrace
 from harness.report.symbolize import Symbol
-from harness.report.title import crash_title, title_slug
+from harness.report.title import crash_title, modelled_site, title_slug
+from harness.sim.death import modelled_site_line
+from harness.sim.faults import FORCED_REMOVAL_LOG_LINES
+from harness.sim.server import spdk_log_line
 from harness.watch.evidence import CrashEvidence
 from harness.watch.kmsg import parse_fault
 from harness.watch.targetlog import parse_abort_line
@@ -115,3 +118,84 @@ def test_libc_routine_title_is_the_same_without_a_core() -> None:
     sym = Symbol("__memcpy_avx512_unaligned_erms", "../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S",
                  372, "libc.so.6", 0x16D8A2)
     assert crash_title([_fault_evidence(line)], symbol=sym) == "SIGSEGV in memcpy (libc)"
+
+
+# The reference target's segfault: a real ctypes read of address 8 that faults in libc's memcpy (harness/sim/death.py),
+# after its last words naming the SPDK function the model crashed in.
+SIM_FAULT_LINE = ("reactor_0[27396]: segfault at 8 ip 00007f0d2878b8a2 sp 00007ffe225b8298 error 4 in "
+                  "libc.so.6[16d8a2,7f0d28644000+156000] likely on CPU 1 (core 1, socket 0)")
+SIM_SYMBOL = Symbol("__memcpy_avx512_unaligned_erms", "../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S",
+                    372, "libc.so.6", 0x16D8A2)
+SIM_CORE_BT = (
+    "Program terminated with signal SIGSEGV, Segmentation fault.\n"
+    "#0  __memcpy_avx512_unaligned_erms () at ../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S:372\n"
+    "#1  0x00007fec2174e1bd in PyBytes_FromStringAndSize (str=0x8, size=8) at Objects/bytesobject.c:142\n"
+    "#2  0x00007fec20d04f7a in ?? () from /lib/x86_64-linux-gnu/libffi.so.8\n"
+    "#3  0x00007fec20d04b0d in ffi_call () from /lib/x86_64-linux-gnu/libffi.so.8\n"
+)
+
+
+def _sim_log(detail: str = "spdk_lvol_destroy: the only clone of w2s7 has no lvol", after: int = 0) -> list[str]:
+    """A reference target's log as the server writes it: SPDK lines, its last words, then `after` more lines."""
+    last_words = modelled_site_line("SIGSEGV", detail)
+    assert last_words is not None
+    return [spdk_log_line(x) for x in (
+        *FORCED_REMOVAL_LOG_LINES, last_words,
+        *(f"app.c: 900:spdk_app_start: *NOTICE*: Total cores available: {i}" for i in range(after)))]
+
+
+def _with_log(evidence: list[CrashEvidence], log: list[str]) -> list[CrashEvidence]:
+    for ev in evidence:
+        ev.log_tail = list(log)
+    return evidence
+
+
+SIM_TITLE = "SIGSEGV in spdk_lvol_destroy (reference target)"
+
+
+def test_reference_target_segfault_is_titled_by_the_spdk_function_it_models() -> None:
+    """Core or not, addr2line or not, kernel line or not: the sim's libc fault is titled by its model's function."""
+    died = CrashEvidence("exit", "target died", "process", exit_rc=-11)
+    core = parse_gdb_backtrace(SIM_CORE_BT)
+    log = _sim_log()
+    with_core = _with_log([_fault_evidence(SIM_FAULT_LINE), died], log)
+    assert crash_title(with_core, symbol=SIM_SYMBOL, backtrace=core) == SIM_TITLE
+    assert crash_title(_with_log([_fault_evidence(SIM_FAULT_LINE), died], log), symbol=SIM_SYMBOL) == SIM_TITLE
+    assert crash_title(_with_log([_fault_evidence(SIM_FAULT_LINE), died], log)) == SIM_TITLE  # no addr2line
+    died_only = CrashEvidence("exit", "target died", "process", exit_rc=-11)
+    assert crash_title(_with_log([died_only], log), backtrace=core) == SIM_TITLE  # kernel line lost
+    assert crash_title(_with_log([CrashEvidence("exit", "x", "process", exit_rc=-11)], log)) == SIM_TITLE
+    # without its last words the same fault keeps its native title
+    bare = [_fault_evidence(SIM_FAULT_LINE), CrashEvidence("exit", "target died", "process", exit_rc=-11)]
+    assert crash_title(bare, symbol=SIM_SYMBOL) == "SIGSEGV in memcpy (libc)"
+
+
+def test_modelled_site_never_overrides_a_real_spdk_culprit() -> None:
+    """A culprit outside libc/the interpreter is where the bug is, whatever a log line says."""
+    bt = parse_gdb_backtrace(BACKTRACES[0].read_text()) if BACKTRACES else parse_gdb_backtrace(
+        "Program terminated with signal SIGSEGV, Segmentation fault.\n"
+        "#0  spdk_lvol_destroy (lvol=0x0) at lvol.c:1884\n#1  0x00007f38f465c515 in main () at app.c:1\n")
+    ev = _with_log([CrashEvidence("exit", "target died", "process", exit_rc=-11)],
+                   _sim_log("spdk_bs_delete_blob: not the culprit"))
+    assert crash_title(ev, backtrace=bt) == "SIGSEGV in spdk_lvol_destroy (lvol.c:1884)"
+    sym = Symbol("spdk_lvol_destroy", "/usr/src/spdk/lib/lvol/lvol.c", 1884, "spdk_tgt", 0x44DE88)
+    fault = _with_log([_fault_evidence(STATIC_LINE)], _sim_log("spdk_bs_delete_blob: not the culprit"))
+    assert crash_title(fault, symbol=sym) == "SIGSEGV in spdk_lvol_destroy (lvol.c:1884)"
+
+
+def test_stale_or_other_signal_last_words_are_ignored() -> None:
+    died = CrashEvidence("exit", "target died", "process", exit_rc=-11)
+    stale = _with_log([_fault_evidence(SIM_FAULT_LINE), died], _sim_log(after=10))  # an older incarnation's
+    assert crash_title(stale, symbol=SIM_SYMBOL) == "SIGSEGV in memcpy (libc)"
+    bus = _with_log([CrashEvidence("exit", "x", "process", exit_rc=-7)], _sim_log())
+    assert crash_title(bus) == "SIGBUS: no kernel line (kernel log unavailable or ratelimited)"
+
+
+def test_modelled_site_line_needs_a_function_and_reads_back() -> None:
+    """What harness.sim.death writes is what the title reads; a detail naming no function writes nothing."""
+    line = modelled_site_line("SIGSEGV", "spdk_lvol_destroy: the only clone of\n s1 has no lvol")
+    assert line is not None and line.startswith("spdk-sim: SIGSEGV modelled in spdk_lvol_destroy (")
+    assert "\n" not in line and parse_abort_line(line) is None  # never an abort of its own
+    assert modelled_site_line("SIGSEGV", "no function named here") is None
+    assert modelled_site([CrashEvidence("exit", "x", "process", exit_rc=-11, log_tail=[spdk_log_line(line)])],
+                         "SIGSEGV") == "spdk_lvol_destroy (reference target)"

@@ -2,6 +2,8 @@
 
 Titles name the signal and the place (`SIGSEGV in spdk_lvol_destroy (lvol.c:1884)`), or the fatal
 message (`SIGABRT: malloc(): unsorted double linked list corrupted`), never pids, pointers or times.
+The reference target's segfaults are real reads that fault in libc; their place is the SPDK function its model
+crashed in (`SIGSEGV in spdk_lvol_destroy (reference target)`), taken from the line it logs just before.
 """
 
 from __future__ import annotations
@@ -52,14 +54,57 @@ def _libc_routine(func: str) -> str | None:
     return f"{'memcpy' if m['base'] == 'memmove' else m['base']} (libc)"
 
 
-def _where(backtrace: Backtrace | None, symbol: Symbol | None) -> str | None:
-    if backtrace is not None:
-        frame = backtrace.culprit()
-        if frame is not None and frame.func != "??":
-            return _libc_routine(frame.func) or frame.describe()
-    if symbol is not None and symbol.function:
-        return _libc_routine(symbol.function) or symbol.describe()
+# Files of the C runtime and of the Python interpreter: a fault whose culprit is in one of them, in the reference
+# target, is the sim's own ctypes read (harness/sim/death.py), not where the modelled SPDK crash is.
+_RUNTIME_FILE = re.compile(r"^(?:libc\.so|libc-|ld-linux|libffi\.so|libpython|python\d|_ctypes)")
+_RUNTIME_SOURCE = re.compile(r"(?:^|/)(?:sysdeps|Objects|Python|Modules)/")
+_RUNTIME_FUNC = re.compile(r"^_*Py|^ffi_|^_ctypes_")
+
+
+def _in_runtime(func: str | None, file: str | None, binary: str | None) -> bool:
+    if func and (_libc_routine(func) or _RUNTIME_FUNC.match(func)):
+        return True
+    if binary and _RUNTIME_FILE.match(binary.rsplit("/", 1)[-1]):
+        return True
+    return bool(file and _RUNTIME_SOURCE.search(file))
+
+
+# The reference target's last words before a real fault it makes on purpose (harness/sim/death.py
+# `modelled_site_line`): `spdk-sim: SIGSEGV modelled in spdk_lvol_destroy (...)`. SPDK's lines never start so.
+_MODELLED_SITE = re.compile(r"(?:^|\]\s*)spdk-sim: (?P<sig>SIG[A-Z]+) modelled in (?P<func>[A-Za-z_]\w*)\b")
+_LAST_WORDS = 5
+"""The line must be among the log's last few: a sim writes it just before it dies, so an older one is stale."""
+
+
+def modelled_site(evidence: list[CrashEvidence], signal: str) -> str | None:
+    """The SPDK function a dying reference target said it modelled for `signal`, from its log's last lines."""
+    for ev in evidence:
+        last = [line for line in ev.log_tail if line.strip()][-_LAST_WORDS:]
+        for line in reversed(last):
+            m = _MODELLED_SITE.search(line)
+            if m and m["sig"] == signal:
+                return f"{m['func']} (reference target)"
     return None
+
+
+def _where(backtrace: Backtrace | None, symbol: Symbol | None, evidence: list[CrashEvidence], signal: str,
+           mapping: str | None = None) -> str | None:
+    """Where it crashed: the core's culprit frame, else the symbolized fault ip. When that is (or, with neither,
+    the kernel's mapping is) the C runtime or the interpreter and the target is the reference target, the SPDK
+    function its model crashed in, as its last log line says: the sim's own fault is always a ctypes read in
+    libc, which would give every modelled crash the same useless title."""
+    where: str | None = None
+    runtime = bool(mapping and _RUNTIME_FILE.match(mapping))
+    frame = backtrace.culprit() if backtrace is not None else None
+    if frame is not None and frame.func != "??":
+        where = _libc_routine(frame.func) or frame.describe()
+        runtime = _in_runtime(frame.func, frame.file, frame.lib)
+    elif symbol is not None and symbol.function:
+        where = _libc_routine(symbol.function) or symbol.describe()
+        runtime = _in_runtime(symbol.function, symbol.file, symbol.binary)
+    if where is None or runtime:
+        return modelled_site(evidence, signal) or where
+    return where
 
 
 def crash_title(
@@ -68,7 +113,7 @@ def crash_title(
     """The title of a crash from its evidence, the symbolized fault ip and the core's backtrace (if any)."""
     ev = primary_evidence(evidence)
     if ev.kind == "fault" and ev.fault is not None:
-        where = _where(backtrace, symbol)
+        where = _where(backtrace, symbol, evidence, ev.fault.signal, ev.fault.mapping)
         if where:
             return f"{ev.fault.signal} in {where}"
         if ev.fault.mapping:
@@ -85,7 +130,7 @@ def crash_title(
     if ev.kind == "exit" and ev.exit_rc is not None:
         if ev.exit_rc < 0:
             sig = signal_name(ev.exit_rc)
-            where = _where(backtrace, None)
+            where = _where(backtrace, None, evidence, sig)
             if where:
                 return f"{sig} in {where}"
             if sig == "SIGABRT":

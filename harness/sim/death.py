@@ -6,6 +6,13 @@ default SIGSEGV disposition and no Python traceback, so the kernel writes its ow
 `core_pattern`/`ulimit -c` allow). An abort prints its message to stderr (the target log) and raises SIGABRT
 with no kernel line, like glibc's heap checks and SPDK's assertions. A hang stops the reactor forever with
 every socket left open. An exit leaves mid-run with a code, without cleaning up the socket file.
+
+A real fault has one cost: the CPU faults inside libc (ctypes' `string_at` -> `memcpy`), so the kernel line,
+addr2line and gdb all name a libc routine, never the SPDK function the model says crashed. So the sim's last
+words, just before the read, are one honest line of its own (`modelled_site_line`) naming that SPDK function;
+the crash title takes the function from it when the fault's own culprit is libc/ctypes/the interpreter.
+A log line, not a Python function named after SPDK's making the read: gdb shows no Python frames in a core
+(no python-gdb here, and none at all without a core), while the log line is in every report, core or not.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import ctypes
 import ctypes.util
 import faulthandler
 import os
+import re
 import signal
 import sys
 import threading
@@ -44,6 +52,27 @@ def thread_name() -> str:
     tid = threading.get_native_id()
     with open(f"/proc/self/task/{tid}/comm", encoding="utf-8", errors="replace") as f:
         return f.read().strip()
+
+
+MODELLED_SITE_PREFIX = "spdk-sim:"
+"""The sim's own log lines start so; SPDK's never do (they start with `file:line:function:`)."""
+
+_SPDK_FUNCTION = re.compile(r"^(?P<func>[A-Za-z_]\w*): (?P<why>.+)$", re.DOTALL)
+
+
+def modelled_site_line(signal_name: str, detail: str) -> str | None:
+    """`spdk-sim: SIGSEGV modelled in spdk_lvol_destroy (the only clone of s1 has no lvol); the fault that
+    follows is the sim's own read of an unmapped address, so its native frames are libc's, not SPDK's`.
+
+    `detail` is the model's crash detail, `function: why` (ModelCrash("segv", "spdk_lvol_destroy: ...")); a
+    detail naming no function gives no line (the title then names the native culprit as it is).
+    """
+    m = _SPDK_FUNCTION.match(detail.strip())
+    if m is None:
+        return None
+    why = " ".join(m["why"].split())
+    return (f"{MODELLED_SITE_PREFIX} {signal_name} modelled in {m['func']} ({why}); the fault that follows is "
+            "the sim's own read of an unmapped address, so its native frames are libc's, not SPDK's")
 
 
 def _flush() -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from harness.model.lvstore import MODEL_FAULTS, NAME_MAX, Job, Lvol, LvolStore, ModelCrash, ModelError
+from harness.sim import death
 from harness.sim import faults as fm
 from harness.sim.protocol import RpcFault, SimulatedCrash
 
@@ -302,8 +303,11 @@ class Dispatcher:
     @staticmethod
     def _crash_for(exc: ModelCrash) -> SimulatedCrash:
         if exc.kind == "segv":
-            # The forced removal's log lines were written when it happened; a SIGSEGV adds none.
-            return SimulatedCrash(kind="segv", address=exc.address or fm.SEGV_ADDRESS, thread_name=fm.SEGV_THREAD)
+            # The forced removal's log lines were written when it happened; SPDK adds none before a SIGSEGV. The
+            # sim adds one line of its own naming the SPDK function it models (its real fault is in libc).
+            site = death.modelled_site_line("SIGSEGV", exc.detail)
+            return SimulatedCrash(kind="segv", address=exc.address or fm.SEGV_ADDRESS, thread_name=fm.SEGV_THREAD,
+                                  log_lines=[site] if site else [])
         if exc.detail == "lvs-remove-assert":
             return SimulatedCrash(kind="abort", stderr_text=fm.LVS_REMOVE_STDERR, log_lines=[fm.LVS_REMOVE_LOG_LINE])
         text = fm.ABORT_MALLOC_STDERR if exc.detail == fm.ABORT_MALLOC else fm.ABORT_ASSERT_STDERR
