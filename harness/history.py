@@ -158,11 +158,15 @@ class History:
         error: Any = None,
         seq: int | None = None,
         params_json: str | None = None,
+        batch: str | None = None,
     ) -> int:
         """Record one finished call; returns its seq. `error` is an `RpcError` or an `{code, message, errno}` dict.
 
         Pass `seq` from `next_seq` taken at send time; without it the seq is taken now (completion order).
         `params_json` is `params` already encoded (the client encoded them for the wire): saves encoding twice.
+        `batch` names the one-write batch the call was sent in (`RpcConnection.cork()`): the target read those
+        requests together, and a replay must send them in one write again. Lines without it were sent alone
+        (or by a harness that did not record batches); the field is optional, so the version stays 1.
         """
         if seq is None:
             seq = self.next_seq(worker)
@@ -177,6 +181,8 @@ class History:
             if params_json is None:
                 params_json = "null" if params is None else _encode(params)
             head = _HEAD % (worker, conn, seq, method_json, params_json, t_start, t_end)
+            if batch is not None:
+                head += '"batch":' + _encode_str(batch) + ","
             if error is None:
                 errno_name = None
                 text = head + '"result":' + _encode_result(result) + "}"
@@ -185,7 +191,8 @@ class History:
                 errno_name = err.get("errno") or f"code {err.get('code')}"
                 text = head + '"error":' + _encode(err) + "}"
         except (TypeError, ValueError, RecursionError):
-            text, errno_name = self._encode_odd(worker, conn, seq, method, params, t_start, t_end, result, error)
+            text, errno_name = self._encode_odd(worker, conn, seq, method, params, t_start, t_end, result, error,
+                                                batch)
         with self._lock:
             self._tail.append(text)
             wtail = self._per_worker.get(worker)
@@ -207,10 +214,12 @@ class History:
 
     @staticmethod
     def _encode_odd(worker: int, conn: int, seq: int, method: str, params: Any, t_start: float, t_end: float,
-                    result: Any, error: Any) -> tuple[str, str | None]:
+                    result: Any, error: Any, batch: str | None = None) -> tuple[str, str | None]:
         """The slow path for params or results plain JSON cannot encode (bytes, sets, objects)."""
         line: dict[str, Any] = {"v": HISTORY_VERSION, "worker": worker, "conn": conn, "seq": seq,
                                 "method": method, "params": params, "t_start": t_start, "t_end": t_end}
+        if batch is not None:
+            line["batch"] = batch
         errno_name = None
         if error is None:
             line["result"] = result

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.history import SETUP_WORKER
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
 from harness.minimize.config import MinimizeConfig
@@ -53,9 +54,13 @@ class MinimizeResult:
     reproduced: bool
     ops_before: int
     ops_after: int
+    setup_ops_after: int
+    """Of ops_after, the harness's setup calls (worker -1: the base bdev and the lvstore a fresh target lacks)."""
     mode: str
     steps: int
     concurrent_steps: int
+    batches: int
+    """One-write batches the reproducer keeps (calls it must write to the socket at once)."""
     rate: tuple[int, int]
     k: int
     tries: int
@@ -68,6 +73,11 @@ class MinimizeResult:
     target: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def lvol_ops_after(self) -> int:
+        """The storm's own operations in the reproducer (ops_after without the setup calls)."""
+        return self.ops_after - self.setup_ops_after
+
+    @property
     def rate_text(self) -> str:
         crashed, runs = self.rate
         if not runs:
@@ -77,8 +87,9 @@ class MinimizeResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "title": self.title, "reproduced": self.reproduced, "ops_before": self.ops_before,
-            "ops_after": self.ops_after, "mode": self.mode, "steps": self.steps,
-            "concurrent_steps": self.concurrent_steps,
+            "ops_after": self.ops_after, "lvol_ops_after": self.lvol_ops_after,
+            "setup_ops_after": self.setup_ops_after, "mode": self.mode, "steps": self.steps,
+            "concurrent_steps": self.concurrent_steps, "batches": self.batches,
             "rate": {"crashed": self.rate[0], "runs": self.rate[1], "text": self.rate_text},
             "k_of_n": f"{self.k} of {self.tries}", "tries_spent": self.tries_spent,
             "seconds": round(self.seconds, 2), "stop_reason": self.stop_reason, "other_titles": self.other_titles,
@@ -88,8 +99,9 @@ class MinimizeResult:
     def summary_lines(self) -> list[str]:
         lines = [
             f"title: {self.title}",
-            f"operations: {self.ops_before} before the crash -> {self.ops_after} "
-            f"({self.mode}, {self.steps} steps, {self.concurrent_steps} in flight together)",
+            f"operations: {self.ops_before} before the crash -> {self.ops_after} = {self.lvol_ops_after} lvol "
+            f"operations + {self.setup_ops_after} setup calls (base bdev, lvstore) ({self.mode}, {self.steps} steps, "
+            f"{self.concurrent_steps} in flight together, {self.batches} written in one write)",
             f"reproduction rate: {self.rate[0]}/{self.rate[1]}" + ("" if self.rate[1] else " (not reproduced)"),
             f"search: {self.tries_spent} target starts, {self.seconds:.1f} s, candidates count at "
             f"{self.k} of {self.tries}; {self.stop_reason}",
@@ -199,7 +211,8 @@ def minimize_crash(
     plan = outcome.plan
     result = MinimizeResult(
         crash_dir=crash_path, title=title, reproduced=outcome.reproduced, ops_before=outcome.ops_before,
-        ops_after=outcome.ops_after, mode=plan.mode, steps=len(plan.steps), concurrent_steps=plan.concurrent_steps,
+        ops_after=outcome.ops_after, setup_ops_after=sum(1 for op in plan.ops if op.worker == SETUP_WORKER),
+        mode=plan.mode, steps=len(plan.steps), concurrent_steps=plan.concurrent_steps, batches=plan.batches,
         rate=outcome.rate, k=cfg.k, tries=cfg.tries, tries_spent=outcome.tries, seconds=time.monotonic() - t0,
         stop_reason=outcome.stop_reason, other_titles=outcome.other_titles,
         phases=[p.to_dict() for p in outcome.phases],
@@ -222,7 +235,8 @@ def minimize_crash(
     (crash_path / "minimize.log").write_text("\n".join(log_lines) + "\n")
     result.files = [p.name for p in [*files, txt]]
     _update_crash_json(crash_path / "crash.json", result.to_dict())
-    log(f"minimize: {result.ops_before} -> {result.ops_after} operations, rate {result.rate[0]}/{result.rate[1]}, "
+    log(f"minimize: {result.ops_before} -> {result.ops_after} operations ({result.lvol_ops_after} lvol + "
+        f"{result.setup_ops_after} setup), rate {result.rate[0]}/{result.rate[1]}, "
         f"{result.seconds:.1f} s: {crash_path / 'repro.min.txt'}")
     return result
 

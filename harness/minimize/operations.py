@@ -4,7 +4,10 @@ A history line says which worker and connection sent a call and when it was outs
 Minimization needs both to replay faithfully: calls on one connection keep their order, and calls that were in
 flight at the same instant are sent together again (pipelined on one connection or overlapping across
 connections), because some crashes need that overlap. `index` is the line's position in the history file, a
-stable identity across every cut the minimizer makes.
+stable identity across every cut the minimizer makes. `batch` marks calls the client wrote to the socket in
+one write (`RpcConnection.cork()`): the target read them in one poll and started them all before any I/O
+completed, so a delete written with a checksum meets the checksum's open blob; a replay sends them in one
+write again (the minimizer may split the batch, like any group, when the crash does not need it).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from harness.history import HISTORY_VERSION, History
 
 ConnKey = tuple[int, int]
 """(worker, conn): conn ids are only unique per worker (setup's SyncRpc and worker 0 both use conn 0)."""
+BatchKey = tuple[int, int, str]
+"""(worker, conn, batch id): a one-write batch, unique in its history."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,16 @@ class Operation:
     result: Any = None
     error: dict[str, Any] | None = None
     group: int = -1
+    batch: str | None = None
+    """The one-write batch it was sent in (the history's `batch`), None when it was written alone."""
 
     @property
     def conn_key(self) -> ConnKey:
         return (self.worker, self.conn)
+
+    @property
+    def batch_key(self) -> BatchKey | None:
+        return None if self.batch is None else (self.worker, self.conn, self.batch)
 
     @property
     def ok(self) -> bool:
@@ -56,6 +67,7 @@ class Operation:
                 seq=int(record.get("seq", 0)), method=str(record["method"]), params=record.get("params"),
                 t_start=float(record.get("t_start", 0.0)), t_end=float(record.get("t_end", 0.0)),
                 result=record.get("result"), error=record.get("error"), group=int(record.get("group", -1)),
+                batch=None if record.get("batch") is None else str(record["batch"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"history line {index + 1}: not an operation record ({exc!r}); "
@@ -70,6 +82,8 @@ class Operation:
             out["error"] = self.error
         else:
             out["result"] = self.result
+        if self.batch is not None:
+            out["batch"] = self.batch
         out["index"] = self.index
         out["group"] = self.group
         return out
@@ -77,7 +91,9 @@ class Operation:
     def describe(self) -> str:
         answer = (f"error {self.error.get('errno') or self.error.get('code')}" if self.error is not None
                   else json.dumps(self.result)[:60])
-        return f"#{self.index} w{self.worker}/c{self.conn} {self.method} {json.dumps(self.params)} -> {answer}"
+        batch = f" [batch {self.batch}]" if self.batch is not None else ""
+        return (f"#{self.index} w{self.worker}/c{self.conn}{batch} {self.method} {json.dumps(self.params)} "
+                f"-> {answer}")
 
 
 def start_order(ops: Iterable[Operation]) -> list[Operation]:
@@ -113,17 +129,22 @@ def assign_in_flight_groups(ops: Sequence[Operation]) -> list[Operation]:
     before any of them ended): those were pipelined or overlapping, and replay sends them together. The next
     operation starts a new group as soon as some member of the current one had already ended when it was sent
     (its sender could have seen that reply). Transitive overlap is not enough: with eight busy workers every
-    call overlaps some other, and one giant group would say nothing.
+    call overlaps some other, and one giant group would say nothing. The calls of one one-write batch are
+    always in one group (a reply can arrive between two of their sends only if the clock says so wrongly).
     """
     out: list[Operation] = []
     group = -1
     min_end = float("-inf")
+    seen_batches: set[BatchKey] = set()
     for op in start_order(ops):
-        if op.t_start >= min_end or not out:
+        key = op.batch_key
+        if (op.t_start >= min_end and key not in seen_batches) or not out:
             group += 1
             min_end = op.t_end
         else:
             min_end = min(min_end, op.t_end)
+        if key is not None:
+            seen_batches.add(key)
         out.append(dataclasses.replace(op, group=group))
     return out
 
@@ -142,3 +163,15 @@ def groups_of(ops: Sequence[Operation]) -> Iterator[list[Operation]]:
 
 def workers_of(ops: Iterable[Operation]) -> list[int]:
     return sorted({op.worker for op in ops})
+
+
+def batches_of(ops: Iterable[Operation]) -> dict[BatchKey, list[Operation]]:
+    """Every one-write batch with two or more of `ops` in it, its calls in send order."""
+    out: dict[BatchKey, list[Operation]] = {}
+    for op in start_order(ops):
+        key = op.batch_key
+        if key is not None:
+            out.setdefault(key, []).append(op)
+    # One worker's seq is taken at send time: the order the batch was written in.
+    return {key: sorted(members, key=lambda op: (op.seq, op.index)) for key, members in out.items()
+            if len(members) > 1}

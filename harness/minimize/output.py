@@ -142,13 +142,18 @@ class Connection:
         self.next_id = 0
         self.decoder = json.JSONDecoder()
 
-    def send(self, method, params):
+    def request(self, method, params):
+        """One request's id and bytes, not sent yet."""
         self.next_id += 1
         request = {{"jsonrpc": "2.0", "method": method, "id": self.next_id}}
         if params is not None:
             request["params"] = params
-        self.sock.sendall(json.dumps(request).encode())
-        return self.next_id
+        return self.next_id, json.dumps(request).encode()
+
+    def send(self, method, params):
+        rid, data = self.request(method, params)
+        self.sock.sendall(data)
+        return rid
 
     def replies(self, ids):
         """The replies to `ids` (by id); ConnectionError if the target closes the socket first."""
@@ -193,16 +198,26 @@ def main():
     died = False
     for n, step in enumerate(STEPS):
         sent = []
-        for op in step:  # all of a step goes out before any reply is read: in flight together
+        unsent = []
+        for i, op in enumerate(step):  # all of a step goes out before any reply is read: in flight together
             params = remap(op["params"], ids)
             conn = conns[op["conn"]]
-            print(f"[{{n}}] conn {{op['conn']}} {{op['method']}} {{short(params)}}", flush=True)
+            batch = op.get("batch")
+            print(f"[{{n}}] conn {{op['conn']}} {{op['method']}} {{short(params)}}"
+                  + (f"   (one write: batch {{batch}})" if batch else ""), flush=True)
+            rid, data = conn.request(op["method"], params)
+            unsent.append((op, conn, rid, data))
+            after = step[i + 1] if i + 1 < len(step) else None
+            if batch and after is not None and after.get("batch") == batch and after["conn"] == op["conn"]:
+                continue  # a batch goes in ONE write: the target must read its calls in one poll
             try:
-                sent.append((op, conn, conn.send(op["method"], params)))
+                conn.sock.sendall(b"".join(data for _, _, _, data in unsent))
             except OSError as exc:
                 print(f"    -> cannot send: the target died ({{exc}})")
                 died = True
                 break
+            sent.extend((op, conn, rid) for op, conn, rid, _ in unsent)
+            unsent = []
         for op, conn, rid in sent:
             try:
                 reply = conn.replies([rid])[rid]
@@ -249,10 +264,13 @@ Measured when written: {rate_text}.
                 "JSONRPCException\n\nOPERATIONS = " + pprint.pformat(ops, width=110, sort_dicts=False) + "\n"
                 + remap_code + _SERIAL_MAIN.format(**fmt) + _FOOTER)
     steps = [[{"conn": f"{op.worker}/{op.conn}" if not plan.single_connection else "0/0", "method": op.method,
-               "params": op.params, "recorded": _recorded(op)} for op in step] for step in plan.steps]
+               "params": op.params, "recorded": _recorded(op)} | ({"batch": op.batch} if op.batch else {})
+              for op in step] for step in plan.steps]
     conns = sorted({op["conn"] for step in steps for op in step})
     return (head + "Each STEPS entry is sent at once (pipelined on one connection, overlapping across\n"
-            'connections) before its replies are read. Python 3 standard library only.\n"""\n\n'
+            "connections) before its replies are read; calls with the same \"batch\" go in ONE socket write,\n"
+            "so the target reads them in one poll and starts them before any I/O completes.\n"
+            'Python 3 standard library only.\n"""\n\n'
             "import json\nimport socket\nimport sys\nimport time\n\nCONNECTIONS = " + repr(conns) + "\n\nSTEPS = "
             + pprint.pformat(steps, width=110, sort_dicts=False) + "\n" + remap_code + _GROUPED_MAIN.format(**fmt)
             + _FOOTER)
@@ -407,7 +425,8 @@ def shell_script(plan: ReplayPlan, title: str, rate_text: str) -> str:
         "# Calls go one at a time, each as its own spdk-rpc process; errors are expected (no set -e).",
     ]
     if plan.concurrent_steps:
-        head.append(f"# WARNING: this crash needs calls in flight together ({plan.concurrent_steps} steps); "
+        written = f", {plan.batches} of them written in one socket write" if plan.batches else ""
+        head.append(f"# WARNING: this crash needs calls in flight together ({plan.concurrent_steps} steps{written}); "
                     "spdk-rpc sends one call at a time, so this script may NOT reproduce it: run repro.min.py.")
     if unsupported:
         head.append(f"# WARNING: spdk-rpc has no way to send {', '.join(sorted(set(unsupported)))} (no such "

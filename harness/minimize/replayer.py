@@ -2,8 +2,10 @@
 
 Each step's calls go out in one event-loop turn (pipelined when they share a connection, overlapping across
 connections) and all are answered before the next step, so the target sees the recorded overlaps and nothing
-that depended on an earlier answer is sent before it. A lost connection or a crash signalled by the watchdog
-ends the replay at once: the calls after a crash say nothing. Calls are never retried.
+that depended on an earlier answer is sent before it. The calls of a one-write batch (`Operation.batch`) go
+out corked, in one socket write, as the storm wrote them: the target reads them in one poll. A lost
+connection or a crash signalled by the watchdog ends the replay at once: the calls after a crash say nothing.
+Calls are never retried.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from harness.history import History
 from harness.hosts.base import Host
-from harness.minimize.operations import ConnKey, Operation
+from harness.minimize.operations import BatchKey, ConnKey, Operation
 from harness.minimize.plan import ReplayPlan
 from harness.minimize.remap import Remap
 from harness.rpc.client import RpcConnection
@@ -71,6 +73,26 @@ async def _call(conn: RpcConnection, op: Operation, params: Any, timeout: float)
                                                            "timeout": isinstance(exc, RpcTimeout)})
 
 
+def _send_step(step: tuple[Operation, ...], conns: dict[ConnKey, RpcConnection], single_connection: bool,
+               remap: Remap, timeout: float) -> list[asyncio.Future[Answer]]:
+    """Start every call of a step now; a batch's calls are written with one send (cork, then uncork once each
+    has queued its request: a task's first step runs before a callback scheduled after it)."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Future[Answer]] = []
+    last_of_batch = {op.batch_key: n for n, op in enumerate(step) if op.batch_key is not None}
+    corked: set[BatchKey] = set()
+    for n, op in enumerate(step):
+        conn = conns[SERIAL_CONN if single_connection else op.conn_key]
+        key = op.batch_key
+        if key is not None and key not in corked:
+            corked.add(key)
+            conn.cork()
+        tasks.append(asyncio.ensure_future(_call(conn, op, remap.apply(op.params), timeout)))
+        if key is not None and last_of_batch[key] == n:
+            loop.call_soon(conn.uncork)
+    return tasks
+
+
 async def replay_plan(
     host: Host,
     sock_path: str,
@@ -94,11 +116,8 @@ async def replay_plan(
             if crashed is not None and crashed.is_set():
                 out.crashed = True
                 break
-            calls = []
-            for op in step:
-                conn = conns[SERIAL_CONN if plan.single_connection else op.conn_key]
-                calls.append(_call(conn, op, out.remap.apply(op.params), op_timeout_s))
-            answers = await asyncio.gather(*calls)
+            answers = await asyncio.gather(*_send_step(step, conns, plan.single_connection, out.remap,
+                                                       op_timeout_s))
             out.answers.extend(answers)
             out.steps_done += 1
             for answer in answers:

@@ -7,7 +7,8 @@
 2. Whole workers: each alone (the one cut off by the crash first), then each dropped; then all reads.
 3. ddmin over objects (every call on one lvol at once), then over single operations, closed under
    dependencies.
-4. Concurrency only where it matters: a grouped result is tried serially, then each group dissolved in turn.
+4. Concurrency only where it matters: a grouped result is tried serially, then each group dissolved in turn,
+   then each one-write batch (calls the storm wrote to the socket at once) sent as separate calls.
 5. The result runs `rate_runs` more times: its reproduction rate.
 
 A candidate reproduces when `k` of `tries` fresh targets die with the original title (`Oracle`); other titles
@@ -27,7 +28,7 @@ from harness.minimize.config import MinimizeConfig
 from harness.minimize.ddmin import Budget, BudgetExhausted, ddmin
 from harness.minimize.deps import Dependencies, ObjectLives, object_units
 from harness.minimize.operations import Operation, workers_of
-from harness.minimize.plan import Mode, ReplayPlan, plan_for
+from harness.minimize.plan import Mode, ReplayPlan, Split, plan_for
 from harness.rpc.sync import READ_METHODS
 
 Progress = Callable[[str], None]
@@ -92,6 +93,10 @@ def signal_of(title: str) -> str:
     return match.group(1) if match else title
 
 
+CandidateKey = tuple[frozenset[int], str, frozenset[int], Split]
+"""(operation indices, mode, dissolved groups, split batches): what a candidate's replay is decided by."""
+
+
 class Oracle:
     """k-of-n reproduction of one title, cached per candidate, spending the shared budget per target start."""
 
@@ -102,13 +107,13 @@ class Oracle:
         self.config = config
         self.budget = budget
         self.say = progress
-        self.cache: dict[tuple[frozenset[int], str, frozenset[int]], bool] = {}
+        self.cache: dict[CandidateKey, bool] = {}
         self.other_titles: Counter[str] = Counter()
         self.survived = 0
         self.candidates = 0
         self.indeterminate = 0
 
-    def reproduces(self, plan: ReplayPlan, key: tuple[frozenset[int], str, frozenset[int]] | None = None) -> bool:
+    def reproduces(self, plan: ReplayPlan, key: CandidateKey | None = None) -> bool:
         if key is not None and key in self.cache:
             return self.cache[key]
         cfg = self.config
@@ -260,12 +265,14 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
     t0 = time.monotonic()
     phases: list[Phase] = []
 
-    def plan(indices: Sequence[int], mode: Mode, dissolved: frozenset[int] = frozenset()) -> ReplayPlan:
-        return plan_for([by_index[i] for i in indices], mode, dissolved)
+    def plan(indices: Sequence[int], mode: Mode, dissolved: frozenset[int] = frozenset(),
+             split: Split = frozenset()) -> ReplayPlan:
+        return plan_for([by_index[i] for i in indices], mode, dissolved, split)
 
-    def test(indices: Sequence[int], mode: Mode, dissolved: frozenset[int] = frozenset()) -> bool:
-        key = (frozenset(indices), mode, dissolved if mode == "grouped" else frozenset())
-        return oracle.reproduces(plan(indices, key[1], key[2]), key)
+    def test(indices: Sequence[int], mode: Mode, dissolved: frozenset[int] = frozenset(),
+             split: Split = frozenset()) -> bool:
+        key: CandidateKey = (frozenset(indices), mode, dissolved if mode == "grouped" else frozenset(), split)
+        return oracle.reproduces(plan(indices, mode, key[2], split), key)
 
     def phase(name: str, before: int, after: int, tries0: int, t_start: float) -> None:
         phases.append(Phase(name, before, after, budget.tries - tries0, time.monotonic() - t_start))
@@ -330,6 +337,7 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
     current, mode = found
     phase("reproduce", len(order), len(current), tries0, ts)
     dissolved: frozenset[int] = frozenset()
+    split: Split = frozenset()
 
     try:
         # 2. Whole workers (one alone first: a storm episode runs on one worker), then all reads.
@@ -391,11 +399,25 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
                         dissolved = dissolved | {step[0].group}
             phase(f"concurrency ({plan(current, mode, dissolved).describe()})", len(current), len(current),
                   tries0, ts)
+        # One-write batches only where the crash needs the target to read the calls in one poll.
+        batch_keys = list(dict.fromkeys(op.batch_key for op in plan(current, mode, dissolved).ops
+                                        if op.batch_key is not None))
+        if batch_keys:
+            tries0, ts = budget.tries, time.monotonic()
+            for key in batch_keys:
+                if test(current, mode, dissolved, split | {key}):
+                    split = split | {key}
+                    say(f"minimize: batch {key[2]} of worker {key[0]} need not be one write")
+                else:
+                    say(f"minimize: batch {key[2]} of worker {key[0]} must stay one write (sent as separate "
+                        "calls it does not reproduce)")
+            phase(f"one-write batches ({plan(current, mode, dissolved, split).describe()})", len(current),
+                  len(current), tries0, ts)
     except BudgetExhausted as exc:
         stop_reason = str(exc)
         say(f"minimize: stopped: {exc}")
 
-    final = plan(current, mode, dissolved)
+    final = plan(current, mode, dissolved, split)
     say(f"minimize: running the {len(final)}-operation reproducer {config.rate_runs} more times")
     rate = oracle.rate(final, config.rate_runs)
     say(f"minimize: reproduction rate {rate[0]}/{rate[1]}")

@@ -57,6 +57,9 @@ class RpcConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._corked = False
+        self._batches = 0
+        self._batch: str | None = None
+        """The id of the cork()ed batch being filled (recorded with each of its calls), None when not corked."""
         # Deadlines: per timeout value a FIFO of (loop deadline, id, future); sends are in time order, so
         # each FIFO is sorted and one timer at its head serves all of it.
         self._deadlines: dict[float, deque[tuple[float, int, asyncio.Future[tuple[Any, float]]]]] = {}
@@ -143,6 +146,7 @@ class RpcConnection(asyncio.Protocol):
         self._pending[rid] = fut
         history = self._history
         seq = history.next_seq(self.worker) if history is not None else 0
+        batch = self._batch
         params_json = None if params is None else encode_json(params)
         data = encode_request_json(method, params_json, rid)
         t_start = time.time()
@@ -173,14 +177,15 @@ class RpcConnection(asyncio.Protocol):
             # The request was sent: the target may run it. Keep that in the history.
             if self._pending.pop(rid, None) is not None and history is not None:
                 history.record(self.worker, self.conn, method, params, t_start, time.time(), seq=seq,
-                               error={"code": None, "message": "cancelled before the reply", "errno": None})
+                               error={"code": None, "message": "cancelled before the reply", "errno": None},
+                               batch=batch)
             raise
         if type(outcome) is dict:
             if "error" not in outcome:
                 result = outcome.get("result")
                 if history is not None:
                     history.record(self.worker, self.conn, method, params, t_start, t_end, result=result,
-                                   seq=seq, params_json=params_json)
+                                   seq=seq, params_json=params_json, batch=batch)
                 return result
             err = outcome["error"]
             if isinstance(err, dict):
@@ -193,7 +198,7 @@ class RpcConnection(asyncio.Protocol):
             exc = RpcConnectionLost(method, None, f"{self._lost_reason or 'connection lost'} ({self._where()})")
         if history is not None:
             history.record(self.worker, self.conn, method, params, t_start, t_end, error=exc, seq=seq,
-                           params_json=params_json)
+                           params_json=params_json, batch=batch)
         raise exc
 
     def _where(self) -> str:
@@ -201,12 +206,19 @@ class RpcConnection(asyncio.Protocol):
 
     def cork(self) -> None:
         """Hold every request sent from now until `uncork()` and write them with one send: a pipelined batch
-        the target reads, and serves, back to back (nothing from another connection in between)."""
+        the target reads, and serves, back to back (nothing from another connection in between).
+
+        Each call of the batch is recorded with the batch's id (`"<worker>.<conn>-<n>"`): a replay must send
+        them in one write again, or the race they were written together for is lost."""
+        if not self._corked:
+            self._batches += 1
+            self._batch = f"{self.worker}.{self.conn}-{self._batches}"
         self._corked = True
         self._flush_scheduled = True
 
     def uncork(self) -> None:
         self._corked = False
+        self._batch = None
         self._flush_out()
 
     def _flush_out(self) -> None:
