@@ -12,8 +12,11 @@ server's. The server calls `handle(method, params)` for each request and then `d
 SPDK would have printed to its log on that call (without the timestamp prefix), written even when the call
 succeeded or returned an error (the forced removal prints three *ERROR* lines and answers EBUSY).
 
-Time: every call first advances background jobs by one tick (see `harness.model.lvstore.CLUSTERS_PER_TICK`),
-so a checksum or shallow copy of a large snapshot holds it open across the next few calls, deterministically.
+Time: background jobs advance one tick (see `harness.model.lvstore.CLUSTERS_PER_TICK`) per poll of the RPC
+socket, as SPDK's I/O completes only between two polls of its RPC poller: the server calls `start_poll()`
+before the first request of each batch it read; used alone (no server), every call is its own poll. So a
+checksum or shallow copy of a large snapshot holds it open across the next few polls, deterministically, and a
+checksum of a snapshot without clusters across the rest of its own poll (its metadata write, see `Job`).
 A run against this target is identifiable: `spdk_get_version` appends REFERENCE_SUFFIX to the version.
 """
 
@@ -229,6 +232,8 @@ class Dispatcher:
         self.faults = frozenset(faults)
         self.fault_after = fault_after
         self._rng = random.Random(seed) if seed is not None else None
+        self._tick_per_call = True
+        """Until a server calls start_poll(): every call is its own poll (the in-process conformance replay)."""
         self.bdevs: dict[str, BaseBdev] = {}
         self.stores: dict[str, LvolStore] = {}  # by lvstore uuid, in creation order
         self._layouts: dict[str, BlobstoreLayout] = {}
@@ -249,6 +254,14 @@ class Dispatcher:
         """What rpc_get_methods lists (without aliases), in the recorded order."""
         return list(METHODS)
 
+    def start_poll(self) -> None:
+        """The server is about to run the requests it read in one poll (SPDK's jsonrpc_server_conn_recv runs
+        every request of a read back to back, and the RPC poller reads every connection before the reactor
+        completes any I/O): jobs advance one tick now and not between the calls of the poll."""
+        self._tick_per_call = False
+        for store in self.stores.values():
+            store.tick()
+
     def drain_log_lines(self) -> list[str]:
         """Target-log lines produced since the last drain (no timestamp prefix), oldest first."""
         lines, self._log = self._log, []
@@ -258,8 +271,9 @@ class Dispatcher:
         """Answer one request: a result, or RpcFault for an error reply, or SimulatedCrash when the target dies."""
         if self.dead is not None:
             raise self.dead
-        for store in self.stores.values():
-            store.tick()
+        if self._tick_per_call:
+            for store in self.stores.values():
+                store.tick()
         handler = self._handlers.get(method)
         if handler is None:
             raise RpcFault(ERROR_METHOD_NOT_FOUND, "Method not found")
@@ -825,7 +839,8 @@ class Dispatcher:
 
     def _m_bdev_lvol_register_snapshot_checksum(self, params: object) -> object:
         store, lv = self._name_only(params)
-        self._model_call(lambda: store.register_snapshot_checksum(lv.uuid), ERROR_INTERNAL)
+        # min_ticks=1: even without clusters the checksum's metadata write keeps the blob open past this poll.
+        self._model_call(lambda: store.register_snapshot_checksum(lv.uuid, min_ticks=1), ERROR_INTERNAL)
         return True
 
     def _m_bdev_lvol_get_snapshot_checksum(self, params: object) -> object:

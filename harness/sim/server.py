@@ -392,6 +392,8 @@ class RpcServer:
         self.timer_seq = itertools.count()
         self.conn_numbers = itertools.count(1)
         self.stopping = False
+        self.polled = False
+        """A request of this poll (one pass over the ready connections) already reached the dispatcher."""
         self.wake_r, self.wake_w = socket.socketpair()
 
     # -- the log ------------------------------------------------------------------------------------------
@@ -520,6 +522,7 @@ class RpcServer:
                 events = self.selector.select(0)
             else:
                 events = self.selector.select(self._timeout())
+            self.polled = False
             for key, mask in events:
                 if key.fileobj is self.wake_r:
                     with contextlib.suppress(OSError):
@@ -680,6 +683,12 @@ class RpcServer:
         if parsed.method == "spdk_kill_instance":
             self._kill_instance(conn, parsed)
             return
+        if not self.polled:
+            # The first request of a poll: the background jobs' I/O since the last poll completes first.
+            self.polled = True
+            start_poll: Callable[[], None] | None = getattr(self.dispatcher, "start_poll", None)
+            if start_poll is not None:
+                start_poll()
         try:
             result = self.dispatcher.handle(parsed.method, parsed.params)
         except RpcFault as fault:
