@@ -1,55 +1,184 @@
-"""Every way the reference target dies, through a whole run: storm -> watchdog -> crash report on disk.
+"""Every way the reference target dies, through a whole run: storm -> watchdog -> crash report on disk -> the
+report's reproducer crashes a FRESH target of the same build (same fault, same --fault-after) with the same title.
 
-One storm per fault mode; the report must carry the right kind of title, the decoded fault (segfaults), the core
-and backtrace when cores can be collected, the last operations and a standalone reproducer.
+One storm per fault mode (a module fixture); the report must carry the right title, the decoded fault
+(segfaults), the core and backtrace when cores can be collected, the last operations and a standalone
+reproducer. Then both faces of that reproducer are rerun against a fresh faulty target: the crash dir's
+`repro.py` (plain SPDK client, titled here by a watchdog and the report code, as a storm run titles it) and
+`lvol-storm replay <crash dir>/last-operations.jsonl` (which reads the run's config.yaml for the target).
+
+`hang` and `exit` fire at the Nth lvol change the target has seen since it started (--fault-after, every call
+of MUTATING_LVOL_METHODS, failed or not). That count is carried by nothing but the calls themselves, so their
+reproducer re-crashes a fresh target only when it holds at least N of them. The report keeps the last 20
+operations of every worker plus what they depend on; a run that dies within that (here N=30 with 4 workers: the
+whole history, some 40 calls) gives a reproducer with every counted call, which the tests check before
+rerunning. A larger N than the report's window (e.g. --fault-after 200) could not be reproduced from the crash
+dir's operations; the run's whole history.jsonl (`lvol-storm replay history.jsonl`) still can.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.config import load_config
-from harness.run import StormRun
+from harness.cli import main as cli_main
+from harness.config import RunConfig, load_config
+from harness.hosts.local import LocalHost
+from harness.report.crash import CrashReport
+from harness.rpc.sync import SyncRpc
+from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
+from harness.sim.faults import MUTATING_LVOL_METHODS
+from harness.target import Target
+from harness.watch.watchdog import Watchdog
 
+pytestmark = pytest.mark.timeout(90)
+
+HANG_AFTER_S = 2
+FAULT_AFTER = 30  # hang/exit: the 30th lvol change; < 4 workers x the report's 20 last operations each
 MODES = {
     "forced-removal": r"^SIGSEGV in spdk_lvol_destroy \(reference target\)$",
-    "abort-assert": r"^SIGABRT: Assertion '.+' failed",
-    "abort-malloc": r"^SIGABRT: malloc\(\): ",
-    "exit": r"^exit: target exited \d+ unexpectedly$",
-    "hang": r"^hang: no RPC reply for \d+",
+    "abort-assert": r"^SIGABRT: Assertion '.+' failed in \w+$",
+    "abort-malloc": r"^SIGABRT: malloc\(\): unsorted double linked list corrupted$",
+    "exit": r"^exit: target exited 1 unexpectedly$",
+    "hang": rf"^hang: no RPC reply for {HANG_AFTER_S} s$",
 }
+EXIT_RC = {"forced-removal": -11, "abort-assert": -6, "abort-malloc": -6, "exit": 1, "hang": None}
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-def test_each_fault_mode_ends_the_run_with_a_complete_crash_report(mode: str, tmp_path: Path) -> None:
+@dataclass
+class StormCrash:
+    """One storm's outcome against one fault mode, and the crash dir it left."""
+
+    mode: str
+    run_dir: Path
+    config: RunConfig
+    outcome: RunOutcome
+    crash_dir: Path
+    crash: dict[str, Any]
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def storm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> StormCrash:
+    mode: str = request.param
+    run_dir = tmp_path_factory.mktemp(mode) / "run"
     # The forced removal needs a busy snapshot deleted (the busy-delete race); the other faults come from the mix.
     aim = ["storm.strategies=[busy-delete]"] if mode == "forced-removal" else []
-    cfg = load_config("smoke", overrides=["watch.hang_after_s=2", "storm.op_timeout=20s", *aim],
-                      cli={"target.kind": "sim", "target.sim_fault": mode, "target.sim_fault_after": 60,
+    cfg = load_config("smoke", overrides=[f"watch.hang_after_s={HANG_AFTER_S}", "storm.op_timeout=20s",
+                                          "target.stop_timeout_s=2", *aim],
+                      cli={"target.kind": "sim", "target.sim_fault": mode, "target.sim_fault_after": FAULT_AFTER,
                            "storm.duration": 40, "minimize.enabled": False})
-    outcome = StormRun(cfg, RunDir(tmp_path / "run"), progress=False, announce=lambda m: None).execute()
+    outcome = StormRun(cfg, RunDir(run_dir), progress=False, announce=lambda m: None).execute()
     assert outcome.exit_code == 3, outcome.summary["storm"]
-    assert outcome.summary["storm"]["stop_reason"] in ("crash", "connection_lost", "unresponsive")
     [crash_dir] = outcome.crash_dirs
     crash = json.loads((crash_dir / "crash.json").read_text())
+    return StormCrash(mode, run_dir, cfg, outcome, crash_dir, crash)
+
+
+def test_each_fault_mode_ends_the_run_with_a_complete_crash_report(storm: StormCrash) -> None:
+    mode, crash, crash_dir, outcome = storm.mode, storm.crash, storm.crash_dir, storm.outcome
+    assert outcome.summary["storm"]["stop_reason"] in ("crash", "connection_lost", "unresponsive")
     assert re.search(MODES[mode], crash["title"]), crash["title"]
     assert list(outcome.crash_titles) == [crash["title"]]
     assert crash["last_operations"], "the operations before the crash belong in the report"
     assert (crash_dir / "repro.py").read_text().startswith("#!")
+    notes = " ".join(crash["notes"])
     if mode == "forced-removal":
         fault = crash["fault"]
         assert (fault["fault_addr"], fault["comm"], fault["signal"]) == ("0x8", "reactor_0", "SIGSEGV")
         assert fault["error_bits"] == ["user", "read", "page not present"]
+        # the sim's last words name the function its model crashed in; the native fault is its ctypes read
+        assert "spdk-sim: SIGSEGV modelled in spdk_lvol_destroy" in (crash_dir / "target.log").read_text()
     if mode in ("forced-removal", "abort-assert", "abort-malloc"):
-        notes = " ".join(crash["notes"])
         if "core: " in notes and "not writable" in notes:
             pytest.skip(f"cores cannot be collected here: {notes}")
         assert crash["core"] and (crash_dir / crash["core"]).exists(), crash["notes"]
         assert "#0" in (crash_dir / "backtrace.txt").read_text()
     if mode == "hang":
         assert crash["core"] is None  # alive when judged hung: nothing to dump
+
+
+def _counted_calls(crash_dir: Path) -> int:
+    ops = [json.loads(line) for line in (crash_dir / "last-operations.jsonl").read_text().splitlines() if line]
+    return sum(op["method"] in MUTATING_LVOL_METHODS for op in ops)
+
+
+def _needs_every_counted_call(storm: StormCrash) -> None:
+    if storm.mode in ("hang", "exit"):
+        counted = _counted_calls(storm.crash_dir)
+        assert counted >= FAULT_AFTER, (
+            f"{storm.mode} fires at the {FAULT_AFTER}th lvol change since start; the crash dir's operations hold "
+            f"only {counted}: no fresh target can reach it from them (see this module's docstring)")
+
+
+def _probe(sock: str) -> Callable[[], bool]:
+    """The hang probe a storm run uses: `spdk_get_version` on a connection of its own."""
+    held: list[SyncRpc] = []
+
+    def probe() -> bool:
+        try:
+            if not held:
+                held.append(SyncRpc(LocalHost(), sock, timeout=5.0, connect_timeout=2.0))
+            held[0].call("spdk_get_version")
+            return True
+        except Exception:
+            if held:
+                held.pop().close()
+            return False
+
+    return probe
+
+
+def test_repro_py_crashes_a_fresh_faulty_target_with_the_same_title(storm: StormCrash, tmp_path: Path) -> None:
+    _needs_every_counted_call(storm)
+    host = LocalHost()
+    fresh = load_config(str(storm.run_dir / "config.yaml"))  # the run's own target: same fault, same N
+    assert (fresh.target.sim_fault, fresh.target.sim_fault_after) == (storm.mode, FAULT_AFTER)
+    target = Target(host, fresh.target, str(tmp_path / "t"), announce=lambda _m: None)
+    info = target.start()
+    assert target.process is not None
+    watchdog = Watchdog(host, pid=target.process.pid, log_path=target.log_path, process=target.process,
+                        probe=_probe(target.sock_path), hang_after_s=HANG_AFTER_S, probe_interval_s=0.5).start()
+    repro = subprocess.Popen([sys.executable, str(storm.crash_dir / "repro.py"), target.sock_path],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        crashed = watchdog.wait(30)
+        deadline = time.monotonic() + 3
+        while repro.poll() is None and time.monotonic() < deadline and storm.mode != "hang":
+            time.sleep(0.05)
+        if repro.poll() is None:
+            repro.kill()  # a hung target never answers the call in flight
+        out = repro.communicate(timeout=10)[0]
+        assert crashed, f"the reproducer left the fresh target alive:\n{out[-3000:]}"
+        evidence = watchdog.settle(5.0)
+        title = CrashReport.build(evidence, host, str(tmp_path), [], {**info.to_dict(), "pid": info.pid}).title
+        assert title == storm.crash["title"], out[-3000:]
+        if storm.mode != "hang":
+            assert repro.returncode == 1 and "target closed the connection at operation" in out, out[-3000:]
+            assert target.process.wait(5) == EXIT_RC[storm.mode]
+    finally:
+        if repro.poll() is None:
+            repro.kill()
+            repro.wait(5)
+        watchdog.stop()
+        target.stop()
+
+
+def test_lvol_storm_replay_of_the_crash_operations_crashes_a_fresh_target_again(
+        storm: StormCrash, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _needs_every_counted_call(storm)
+    rc = cli_main(["replay", str(storm.crash_dir / "last-operations.jsonl"), "--run-dir", str(tmp_path / "r")])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert rc == 3, text[-3000:]
+    assert f"(fault {storm.mode})" in text  # the run's config.yaml chose the target
+    assert "the target crashed with the same crash title" in text and storm.crash["title"] in text, text[-3000:]
