@@ -29,7 +29,8 @@ import copy
 import errno
 import functools
 import uuid as uuid_mod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -39,6 +40,10 @@ NAME_MAX = 255
 CLUSTERS_PER_TICK = 64
 """Clusters a background job (checksum, shallow copy) gets through per tick."""
 BLOB_ID_BASE = 1 << 32
+# lib/blob/blobstore.h SPDK_EXTENTS_PER_EP for 4 KiB metadata pages: clusters one extent page maps.
+EXTENTS_PER_PAGE = 512
+# spdk_lvs_opts_init: num_md_pages_per_cluster_ratio = 100, i.e. one metadata page per cluster.
+MD_PAGES_PER_CLUSTER_RATIO = 100
 
 FORCED_REMOVAL = "forced-removal"
 LEAK_CLUSTER = "leak-cluster"
@@ -768,3 +773,67 @@ class LvolStore:
                 f"({self.total_data_clusters - used - self._free} leaked)"
             )
         return problems
+
+    # ---- for a checker that mirrors a real target -------------------------------------------------------------
+
+    def adopt_lvol(self, name: str, num_clusters: int, thin: bool, allocated: int, is_snapshot: bool) -> Lvol:
+        """Add an lvol as a target's listing shows it (a resync), its uuid from the factory; free clusters are
+        set separately (set_free_clusters), from the same listing."""
+        lv = self._new_blob(name, num_clusters, thin)
+        lv.alloc = _mask(allocated)
+        lv.is_snapshot = is_snapshot
+        lv.read_only = is_snapshot
+        return lv
+
+    def adopt_link(self, child: Lvol, parent: Lvol) -> None:
+        """child is a clone of parent, as the target's listing says."""
+        self._link_to_parent(child, parent)
+
+    def set_free_clusters(self, free: int) -> None:
+        self._free = free
+
+    @contextmanager
+    def space_unjudged(self) -> Iterator[None]:
+        """Allocations cannot fail inside: for judging overlapping operations whose share of the last free
+        clusters depends on an order the model cannot see."""
+        bump = self.total_data_clusters * 4
+        self._free += bump
+        try:
+            yield
+        finally:
+            self._free -= bump
+
+    def drop_lvol(self, lv: Lvol) -> None:
+        """The target removed lv's lvol but (as far as we know) not its blob: what a forced removal does."""
+        self._forget(lv)
+        lv.removed = True
+
+    def tree_of(self, ref: str) -> list[Lvol]:
+        """Every blob in the snapshot tree holding `ref` (root first, removed blobs included); [] if unknown."""
+        lv = self.find(ref)
+        if lv is None:
+            return []
+        root, hops = lv, 0
+        while root.parent is not None and hops <= len(self.blobs):
+            parent = self.blobs.get(root.parent)
+            if parent is None:
+                break
+            root, hops = parent, hops + 1
+        out, todo, seen = [], [root], set()
+        while todo:
+            node = todo.pop()
+            if node.blob_id in seen:
+                continue
+            seen.add(node.blob_id)
+            out.append(node)
+            todo.extend(self.blobs[c] for c in node.clones if c in self.blobs)
+        return out
+
+    def md_pages_estimate(self) -> tuple[int, int]:
+        """(pages in use, pages in all) of the blobstore's metadata, estimated: the super blob, one page per blob
+        and the extent pages of its allocated range. Creating a blob when none is free answers ENOMEM
+        (bs_create_blob); xattrs that overflow a page are not counted, so `in use` is a lower bound."""
+        used = 1
+        for lv in self.blobs.values():
+            used += 1 + (-(-lv.alloc.bit_length() // EXTENTS_PER_PAGE))
+        return used, self.total_data_clusters * MD_PAGES_PER_CLUSTER_RATIO // 100

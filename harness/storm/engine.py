@@ -552,6 +552,7 @@ class Storm:
                         "bdev_lvol_rename_lvstore", {"old_name": self.sched.lvs_name, "new_name": self.lvs_name},
                         timeout=self.cfg.op_timeout)
                     self.sched.lvs_name = self.lvs_name
+                    checker.reset_lvstore_name(self.lvs_name)
                 if self.cfg.final_cleanup:
                     await self._cleanup_all()
                 stores = await self.setup_conn.call(  # type: ignore[union-attr]

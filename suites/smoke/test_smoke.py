@@ -16,12 +16,9 @@ from harness.storm.operations import KNOWN_METHODS
 from harness.storm.strategies import STRATEGIES
 from harness.suite import storm_failure_message, with_storm
 
-# Strategies that reach methods the plain mix does not send (the shallow copy).
-COVERAGE_STRATEGIES = ("busy-delete",)
-# Methods only a strategy sends: expected only when the run's config names that strategy (add it with
-# --set 'storm.strategies=[...]'). The lvstore rename race is left out by default: the checker misjudges
-# reads racing it (get_lvstores on the old name "expects ok"), which would fail every smoke run.
-STRATEGY_ONLY = {"bdev_lvol_rename_lvstore": "delete-during-lvstore-rename"}
+# Strategies that reach methods the plain mix does not send: the shallow copy, and the lvstore rename (raced
+# against a delete, and against every read or create that names the lvstore).
+COVERAGE_STRATEGIES = ("busy-delete", "delete-during-lvstore-rename")
 
 
 def test_every_operation(run_config: RunConfig, run_dir: RunDir, host: Host, request: pytest.FixtureRequest) -> None:
@@ -40,8 +37,7 @@ def test_every_operation(run_config: RunConfig, run_dir: RunDir, host: Host, req
     offered = set(run.target.info.methods)
     assert offered, "rpc_get_methods gave no methods"
     done = outcome.summary.get("ops_by_method") or {}
-    expected = sorted(m for m in KNOWN_METHODS if m in offered
-                      and (m not in STRATEGY_ONLY or STRATEGY_ONLY[m] in cfg.storm.strategies))
+    expected = sorted(m for m in KNOWN_METHODS if m in offered)
     missing = [m for m in expected if not done.get(m)]
     assert not missing, (f"smoke: never sent {', '.join(missing)} in {outcome.summary.get('wall_s')} s "
                          f"(the target offers them); raise --duration or the mix weights")

@@ -1,0 +1,113 @@
+"""The checker on hand-made interleavings: which ops it groups, what it accepts, and that undoing a group's
+tried orders restores exactly the state before them (the checkpoint copies only the trees the group names)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from harness.storm.checker import Checker, LvstoreInfo
+from harness.storm.operations import Op
+from harness.storm.view import TreeView
+
+LVS = LvstoreInfo("lvs0", "lvs-uuid", "Malloc0", total_data_clusters=100, free_clusters=100,
+                  cluster_size=1 << 20, block_size=4096)
+_uuids = (f"00000000-0000-0000-0000-{i:012d}" for i in itertools.count(1))
+
+
+def _checker() -> Checker:
+    return Checker(TreeView(), LvstoreInfo(**vars(LVS)))
+
+
+def _send(c: Checker, method: str, **params: Any) -> Op:
+    op = Op(method, params, worker=0)
+    c.on_send(op)
+    return op
+
+
+def _answer(c: Checker, op: Op, result: Any = True, errno_name: str | None = None) -> Op:
+    op.done = True
+    if errno_name is None:
+        op.result = next(_uuids) if result is True and op.method in (
+            "bdev_lvol_create", "bdev_lvol_snapshot", "bdev_lvol_clone") else result
+    else:
+        op.error_code, op.errno_name, op.error_message = -1, errno_name, errno_name
+    c.on_reply(op)
+    return op
+
+
+def _do(c: Checker, method: str, result: Any = True, errno_name: str | None = None, **params: Any) -> Op:
+    return _answer(c, _send(c, method, **params), result, errno_name)
+
+
+def test_reads_racing_an_lvstore_rename_are_judged_as_a_race_not_a_finding() -> None:
+    c = _checker()
+    rename = _send(c, "bdev_lvol_rename_lvstore", old_name="lvs0", new_name="lvs0_r")
+    read = _send(c, "bdev_lvol_get_lvstores", lvs_name="lvs0")
+    create = _send(c, "bdev_lvol_create", lvs_name="lvs0_r", lvol_name="a", size_in_mib=4, thin_provision=True)
+    _answer(c, rename)
+    _answer(c, read, errno_name="ENODEV")  # the rename ran first
+    _answer(c, create)  # ... and the create after it: legal only in that order
+    assert c.findings == [] and c.races == 1
+    assert c.model.name == "lvs0_r" and c.model.find("lvs0_r/a") is not None
+
+
+def test_an_lvstore_name_alone_does_not_order_ops_against_each_other() -> None:
+    c = _checker()
+    ops = [_send(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name=f"v{i}", size_in_mib=4) for i in range(4)]
+    assert all(o.group is None for o in ops)
+    for o in ops:
+        _answer(c, o)
+    assert c.findings == [] and len(c.model.lvols()) == 4
+
+
+def test_a_read_of_the_old_name_after_the_rename_answered_is_a_finding() -> None:
+    c = _checker()
+    _do(c, "bdev_lvol_rename_lvstore", old_name="lvs0", new_name="lvs1")
+    _do(c, "bdev_lvol_get_lvstores", lvs_name="lvs0")  # the target says ok: it still knows the old name
+    assert [f.kind for f in c.findings] == ["unexpected-reply"]
+
+
+def test_enomem_is_legal_only_when_metadata_pages_run_short() -> None:
+    c = _checker()
+    _do(c, "bdev_lvol_create", errno_name="ENOMEM", lvs_name="lvs0", lvol_name="early", size_in_mib=1,
+        thin_provision=True)
+    assert [f.kind for f in c.findings] == ["unexpected-reply"]
+    c = _checker()
+    for i in range(80):  # 100 clusters -> ~100 metadata pages; 80 blobs + the super blob use most of them
+        _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name=f"v{i}", size_in_mib=1, thin_provision=True)
+    used, total = c.model.md_pages_estimate()
+    assert (used, total) == (81, 100)
+    _do(c, "bdev_lvol_create", errno_name="ENOMEM", lvs_name="lvs0", lvol_name="late", size_in_mib=1,
+        thin_provision=True)
+    assert c.findings == [] and c.model.find("lvs0/late") is None
+
+
+def _state(c: Checker) -> Any:
+    m = c.model
+    blobs = {bid: {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(lv).items()}
+             for bid, lv in m.blobs.items()}
+    return (m.free_clusters, m.name, blobs, dict(m._by_name), dict(m._by_uuid),
+            [dict(vars(j)) for j in m.jobs])
+
+
+def test_checkpoint_restores_exactly_what_a_group_of_writes_changed() -> None:
+    c = _checker()
+    a = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="a", size_in_mib=8).result
+    s1 = _do(c, "bdev_lvol_snapshot", lvol_name=a, snapshot_name="s1").result
+    _do(c, "bdev_lvol_clone", snapshot_name=s1, clone_name="c1")
+    b = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="b", size_in_mib=8).result
+    sb = _do(c, "bdev_lvol_snapshot", lvol_name=b, snapshot_name="sb").result
+    _do(c, "bdev_lvol_register_snapshot_checksum", name=sb)
+    before = _state(c)
+    writes = [Op("bdev_lvol_set_parent", {"lvol_name": "lvs0/c1", "parent_name": sb}, 0),
+              Op("bdev_lvol_decouple_parent", {"name": a}, 0), Op("bdev_lvol_inflate", {"name": "lvs0/b"}, 0),
+              Op("bdev_lvol_delete", {"name": s1}, 0)]
+    for w in writes:
+        w.keys = c.keys_of(w)
+    cp = c._checkpoint(writes)
+    for w in writes:
+        assert c._apply(w)[0] == "ok", w.describe()
+    assert _state(c) != before
+    c._restore(cp)
+    assert _state(c) == before
