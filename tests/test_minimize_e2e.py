@@ -2,8 +2,9 @@
 minimal reproducer (repro.min.py, and `lvol-storm replay` of repro.min.jsonl) crashes a fresh target.
 
 The crashing history is made the way a storm makes one: noise workers pipelining calls on their own
-connections, one worker running the forced-removal sequence with the busy checksum and the delete in flight
-together on two connections, the watchdog noticing the SIGSEGV, a CrashReport written by the report code.
+connections, one worker running the 6-call forced-removal sequence with the busy checksum and the delete
+written in one write (cork, as the storm's busy-delete does), the watchdog noticing the SIGSEGV, a CrashReport
+written by the report code.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parent.parent
 LVS = "lvs0"
+Minimized = tuple[Path, Any, int, list[str]]
+"""crash dir, MinimizeResult, operations recorded, the search's progress messages."""
 SIM = TargetConfig(kind="sim", sim_fault="forced-removal")
 
 
@@ -76,31 +79,32 @@ async def _noise(host: LocalHost, sock: str, history: History, worker: int, stop
 
 
 async def _crasher(host: LocalHost, sock: str, history: History, stop: asyncio.Event) -> None:
-    """The forced-removal sequence; the checksum (on a peer connection) and the busy delete race."""
+    """The forced-removal sequence, 6 lvol calls: A, snapshots P and X of it (X is then P's only clone), the
+    checksum of X and the delete of X written in ONE write as the storm's busy-delete writes them (the target
+    reads them in one poll: the delete meets the checksum's open blob, answers EBUSY and removes X's lvol
+    anyway), then the delete of P, which dies on the clone with no lvol."""
     conn = await RpcConnection.open(host, sock, history=history, worker=0, conn=0)
-    peer = await RpcConnection.open(host, sock, history=history, worker=0, conn=8)
     try:
         await asyncio.sleep(0.15)
-        a = await conn.call("bdev_lvol_create", {"lvs_name": LVS, "lvol_name": "big", "size_in_mib": 200})
+        a = await conn.call("bdev_lvol_create", {"lvs_name": LVS, "lvol_name": "A", "size_in_mib": 16})
         await asyncio.sleep(0.03)
         p = await conn.call("bdev_lvol_snapshot", {"lvol_name": a, "snapshot_name": "P"})
         await asyncio.sleep(0.03)
-        await conn.call("bdev_lvol_decouple_parent", {"name": f"{LVS}/big"})
-        await conn.call("bdev_lvol_set_parent", {"lvol_name": a, "parent_name": p})
+        x = await conn.call("bdev_lvol_snapshot", {"lvol_name": f"{LVS}/A", "snapshot_name": "X"})
         await asyncio.sleep(0.03)
-        x = await conn.call("bdev_lvol_snapshot", {"lvol_name": f"{LVS}/big", "snapshot_name": "X"})
-        await asyncio.sleep(0.03)
-        await asyncio.gather(peer.call("bdev_lvol_register_snapshot_checksum", {"name": x}),
-                             conn.call("bdev_lvol_delete", {"name": x}), return_exceptions=True)
+        conn.cork()
+        racers = [asyncio.ensure_future(conn.call("bdev_lvol_register_snapshot_checksum", {"name": x})),
+                  asyncio.ensure_future(conn.call("bdev_lvol_delete", {"name": x}))]
+        asyncio.get_running_loop().call_soon(conn.uncork)
+        await asyncio.gather(*racers, return_exceptions=True)
         await asyncio.sleep(0.05)
         try:
-            await conn.call("bdev_lvol_delete", {"name": f"{LVS}/P"}, timeout=5)
+            await conn.call("bdev_lvol_delete", {"name": p}, timeout=5)
         except RpcError:
             pass
     finally:
         stop.set()
         await conn.close()
-        await peer.close()
 
 
 def make_crash(run_dir: Path) -> Path:
@@ -137,7 +141,7 @@ def make_crash(run_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def minimized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, int]:
+def minimized(tmp_path_factory: pytest.TempPathFactory) -> Minimized:
     run_dir = tmp_path_factory.mktemp("m") / "run"
     crash_dir = make_crash(run_dir)
     ops_recorded = len(load_operations(run_dir / "history.jsonl"))
@@ -145,26 +149,47 @@ def minimized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, int]
     result = minimize_crash(crash_dir, SIM, budget_s=45, config=MinimizeConfig(k=2, tries=3),
                             progress=messages.append)
     assert any("ddmin" in m for m in messages)
-    return crash_dir, result, ops_recorded
+    return crash_dir, result, ops_recorded, messages
 
 
-def test_minimized_to_the_crash_sequence_and_reproduces_every_time(minimized: tuple[Path, Any, int]) -> None:
-    crash_dir, result, ops_recorded = minimized
+def test_the_storm_history_records_the_one_write_batch(minimized: Minimized) -> None:
+    crash_dir, _, _, _ = minimized
+    ops = load_operations(crash_dir.parent.parent / "history.jsonl")
+    batched = [o for o in ops if o.batch is not None]
+    assert [o.method for o in batched] == ["bdev_lvol_register_snapshot_checksum", "bdev_lvol_delete"]
+    assert len({o.batch for o in batched}) == 1 and {o.conn_key for o in batched} == {(0, 0)}
+    assert batched[1].error is not None and batched[1].error["errno"] == "EBUSY"
+
+
+def test_minimized_to_the_six_lvol_calls_and_reproduces_every_time(
+        minimized: Minimized) -> None:
+    """The issue's "at most 6 operations" counted as the lvol operations: the 2 setup calls (base bdev, lvstore)
+    every reproducer needs on a fresh target come on top and are reported apart."""
+    crash_dir, result, ops_recorded, messages = minimized
     title = json.loads((crash_dir / "crash.json").read_text())["title"]
     assert title.startswith("SIGSEGV")
     assert result.reproduced and result.title == title
     assert ops_recorded > 100 and result.ops_before > 100
-    # 2 setup calls + the 8 lvol calls the reference target needs (fewer cannot reach the forced removal).
-    assert result.ops_after <= 10
+    assert result.lvol_ops_after <= 6 and result.setup_ops_after == 2 and result.ops_after <= 8
     assert result.rate == (3, 3)
+    assert result.batches == 1  # the checksum and the delete must still be written together
+    assert any("must stay one write" in m for m in messages)  # written apart, the delete finds X free
     section = json.loads((crash_dir / "crash.json").read_text())["minimized"]
     assert section["ops_after"] == result.ops_after and section["rate"]["crashed"] == 3
+    assert (section["lvol_ops_after"], section["setup_ops_after"], section["batches"]) == (
+        result.lvol_ops_after, 2, 1)
     text = (crash_dir / "repro.min.txt").read_text()
     assert "reproduction rate: 3/3" in text
+    assert f"{result.lvol_ops_after} lvol operations + 2 setup calls" in text
     lines = [json.loads(x) for x in (crash_dir / "repro.min.jsonl").read_text().splitlines()]
     assert len(lines) == result.ops_after
     methods = [x["method"] for x in lines]
     assert methods.count("bdev_lvol_delete") == 2 and "bdev_lvol_register_snapshot_checksum" in methods
+    batch = [x for x in lines if x.get("batch")]
+    assert [x["method"] for x in batch] == ["bdev_lvol_register_snapshot_checksum", "bdev_lvol_delete"]
+    assert batch[0]["group"] == batch[1]["group"]  # one replay step
+    py = (crash_dir / "repro.min.py").read_text()
+    assert '"batch"' in py and "one write" in py
     sh = (crash_dir / "repro.min.sh").read_text()
     assert "bdev_lvol_register_snapshot_checksum" in sh and "repro.min.py" in sh  # said it cannot send it
 
@@ -179,8 +204,8 @@ def _fresh_sim(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, sock
 
 
-def test_repro_min_py_crashes_a_fresh_reference_target(minimized: tuple[Path, Any, int], tmp_path: Path) -> None:
-    crash_dir, _, _ = minimized
+def test_repro_min_py_crashes_a_fresh_reference_target(minimized: Minimized, tmp_path: Path) -> None:
+    crash_dir, _, _, _ = minimized
     proc, sock = _fresh_sim(tmp_path)
     try:
         run = subprocess.run([sys.executable, str(crash_dir / "repro.min.py"), sock], capture_output=True,
@@ -195,8 +220,8 @@ def test_repro_min_py_crashes_a_fresh_reference_target(minimized: tuple[Path, An
 
 
 def test_lvol_storm_replay_of_the_minimal_reproducer_reports_the_same_title(
-        minimized: tuple[Path, Any, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    crash_dir, result, _ = minimized
+        minimized: Minimized, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    crash_dir, result, _, _ = minimized
     rc = cli_main(["replay", str(crash_dir / "repro.min.jsonl"), "--target", "sim", "--sim-fault",
                    "forced-removal", "--run-dir", str(tmp_path / "r")])
     out = capsys.readouterr()
@@ -204,8 +229,8 @@ def test_lvol_storm_replay_of_the_minimal_reproducer_reports_the_same_title(
     assert "same crash title" in (out.out + out.err) and result.title in (out.out + out.err)
 
 
-def test_grouped_replay_sends_the_recorded_overlaps_and_remaps_uuids(minimized: tuple[Path, Any, int]) -> None:
-    crash_dir, _, _ = minimized
+def test_grouped_replay_sends_the_recorded_overlaps_and_remaps_uuids(minimized: Minimized) -> None:
+    crash_dir, _, _, _ = minimized
     history = crash_dir.parent.parent / "history.jsonl"
     plan = plan_from_operations(load_operations(history))
     assert plan.concurrent_steps > 0  # the noise workers pipelined

@@ -298,13 +298,17 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
         several = len({op.worker for op in ops}) > 1
         slices = cut_off[:MAX_SLICE_WORKERS] if several else []
         mine = {w: [op.index for op in ops if op.worker == w] for w in slices}
+        sliced: list[tuple[str, list[int]]] = []
         for k in (32, 128):
             for worker in slices:
                 if k < len(mine[worker]):
-                    yield (f"worker {worker}'s last {k} calls with the lives of what they touch",
-                           lives.complete(mine[worker][-k:], rounds=1))
+                    sliced.append((f"worker {worker}'s last {k} calls with the lives of what they touch",
+                                   lives.complete(mine[worker][-k:], rounds=1)))
         for worker in slices:
-            yield f"worker {worker}'s episode", lives.complete(mine[worker])
+            sliced.append((f"worker {worker}'s episode", lives.complete(mine[worker])))
+        # Smallest first: cheap to replay, and a replies-queued death cuts off several workers' calls at once
+        # (the target answers a whole poll's requests after running them), so "oldest cut-off call" misleads.
+        yield from sorted(sliced, key=lambda item: len(item[1]))
         for w in windows(len(order)):
             yield (f"the last {w} operations" if w < len(order) else "everything"), lives.complete(order[-w:])
 
