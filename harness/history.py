@@ -49,6 +49,32 @@ _HEAD = ('{"v":' + str(HISTORY_VERSION)
 _METHOD_JSON: dict[str, str] = {}
 _MAX_UNWRITTEN = 4096
 """Lines held before a write even if the flush timer has not fired (bounds memory and loss on a crash)."""
+TAIL_BYTES = 16 << 20
+PER_WORKER_TAIL_BYTES = 256 << 10
+"""The tails' bounds in bytes of text. A count alone does not bound memory: a listing (`bdev_get_bdevs`,
+`bdev_lvol_get_lvols`) is tens of KB at 60 lvols and MBs at thousands, and the setup worker records only
+listings at quiesce points, so its 200-line tail filled over ~17 minutes with 7 MB of them, which looked like
+a leak in a 15-minute memory benchmark. A tail always keeps its newest line, however big."""
+
+
+class _Tail:
+    """The newest lines, at most `max_lines` of them and at most `max_bytes` of text (the newest always)."""
+
+    __slots__ = ("lines", "max_bytes", "nbytes")
+
+    def __init__(self, max_lines: int, max_bytes: int) -> None:
+        self.lines: deque[str] = deque(maxlen=max_lines)
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+
+    def append(self, text: str) -> None:
+        lines = self.lines
+        if len(lines) == lines.maxlen:
+            self.nbytes -= len(lines[0])
+        lines.append(text)
+        self.nbytes += len(text)
+        while self.nbytes > self.max_bytes and len(lines) > 1:
+            self.nbytes -= len(lines.popleft())
 
 
 def _encode_result(result: Any) -> str:
@@ -100,6 +126,8 @@ class History:
         *,
         tail_len: int = 10_000,
         per_worker_tail_len: int = 200,
+        tail_bytes: int = TAIL_BYTES,
+        per_worker_tail_bytes: int = PER_WORKER_TAIL_BYTES,
         flush_interval: float = 0.5,
         buffer_size: int = 1 << 20,
     ) -> None:
@@ -109,9 +137,10 @@ class History:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()  # memory state; held for microseconds
         self._io_lock = threading.Lock()  # the file; held while writing
-        self._tail: deque[str] = deque(maxlen=tail_len)
-        self._per_worker: dict[int, deque[str]] = {}
+        self._tail = _Tail(tail_len, tail_bytes)
+        self._per_worker: dict[int, _Tail] = {}
         self._per_worker_len = per_worker_tail_len
+        self._per_worker_bytes = per_worker_tail_bytes
         self._seq: dict[int, itertools.count[int]] = {}
         self.ops_by_method: Counter[str] = Counter()
         self.errors_by_errno: Counter[str] = Counter()
@@ -197,7 +226,7 @@ class History:
             self._tail.append(text)
             wtail = self._per_worker.get(worker)
             if wtail is None:
-                wtail = self._per_worker[worker] = deque(maxlen=self._per_worker_len)
+                wtail = self._per_worker[worker] = _Tail(self._per_worker_len, self._per_worker_bytes)
             wtail.append(text)
             self.ops_by_method[method] += 1
             if errno_name is not None:
@@ -276,7 +305,7 @@ class History:
     def tail(self, n: int | None = None) -> list[dict[str, Any]]:
         """The last `n` records (all kept ones when None), oldest first."""
         with self._lock:
-            lines = list(self._tail)
+            lines = list(self._tail.lines)
         if n is not None:
             lines = lines[-n:] if n > 0 else []
         return [json.loads(line) for line in lines]
@@ -284,7 +313,7 @@ class History:
     def per_worker_tail(self, n: int) -> dict[int, list[dict[str, Any]]]:
         """The last `n` records of each worker (what each one did just before a crash), oldest first."""
         with self._lock:
-            snapshot = {w: list(d)[-n:] if n > 0 else [] for w, d in self._per_worker.items()}
+            snapshot = {w: list(d.lines)[-n:] if n > 0 else [] for w, d in self._per_worker.items()}
         return {w: [json.loads(line) for line in lines] for w, lines in sorted(snapshot.items())}
 
     def summary(self) -> dict[str, Any]:
