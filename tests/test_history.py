@@ -211,3 +211,67 @@ def test_an_unclosed_history_is_written_at_interpreter_exit(tmp_path: Path) -> N
                           timeout=30, check=False)
     assert done.returncode == 3
     assert [r["params"]["i"] for r in History.read(path)] == list(range(10))
+
+
+def test_one_write_batches_are_recorded_and_old_lines_without_them_still_load(tmp_path: Path) -> None:
+    """A corked batch's calls carry one batch id (the target read them in one poll); a plain call has none, so
+    a history written before batches were recorded reads back the same (version 1, no `batch`)."""
+    import asyncio
+
+    from harness.hosts.local import LocalHost
+    from harness.minimize.operations import load_operations
+    from harness.rpc.client import RpcConnection
+
+    sock_path = str(tmp_path / "s.sock")
+    reads: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = json.JSONDecoder()
+        buf = ""
+        while data := await reader.read(65536):
+            buf += data.decode()
+            requests = 0
+            while buf.strip():
+                try:
+                    req, end = decoder.raw_decode(buf.lstrip())
+                except ValueError:
+                    break
+                buf = buf.lstrip()[end:]
+                requests += 1
+                writer.write(json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": True}).encode())
+            reads.append(requests)
+            await writer.drain()
+        writer.close()
+
+    async def run(history: History) -> None:
+        server = await asyncio.start_unix_server(serve, sock_path)
+        conn = await RpcConnection.open(LocalHost(), sock_path, history=history, worker=3, conn=7)
+        try:
+            await conn.call("bdev_get_bdevs", {"name": "alone"}, timeout=5)
+            for _ in range(2):
+                conn.cork()
+                calls = [asyncio.ensure_future(conn.call(m, {"name": "x"}, timeout=5))
+                         for m in ("bdev_lvol_register_snapshot_checksum", "bdev_lvol_delete")]
+                asyncio.get_running_loop().call_soon(conn.uncork)
+                await asyncio.wait_for(asyncio.gather(*calls), 5)
+            await conn.call("bdev_get_bdevs", {"name": "after"}, timeout=5)
+        finally:
+            await conn.close()
+            server.close()
+            await server.wait_closed()
+
+    path = tmp_path / "history.jsonl"
+    with History(path) as history:
+        asyncio.run(asyncio.wait_for(run(history), 20))
+    assert reads == [1, 2, 2, 1]  # each batch arrived in one read
+    records = list(History.read(path))
+    by_seq = sorted(records, key=lambda r: r["seq"])
+    assert [r.get("batch") for r in by_seq] == [None, "3.7-1", "3.7-1", "3.7-2", "3.7-2", None]
+    assert all(r["v"] == HISTORY_VERSION for r in records)
+    # An old line (no batch field) and a new one load as operations: batch None / the batch's key.
+    old = tmp_path / "old.jsonl"
+    old.write_text('{"v":1,"worker":0,"conn":0,"seq":1,"method":"bdev_lvol_delete","params":{"name":"a"},'
+                   '"t_start":1.0,"t_end":2.0,"result":true}\n')
+    assert [o.batch for o in load_operations(old)] == [None]
+    batched = [o for o in load_operations(path) if o.batch is not None]
+    assert {o.batch_key for o in batched} == {(3, 7, "3.7-1"), (3, 7, "3.7-2")}

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -461,3 +463,121 @@ def test_budget_bounds_the_search_and_keeps_a_reproducing_result() -> None:
     assert out.reproduced and "try budget" in out.stop_reason
     assert set(positions) <= {o.index for o in out.plan.ops}
     assert runner.runs <= 12 + 3  # the rate runs come on top of the budget
+
+
+# ---- one-write batches --------------------------------------------------------------------------------------
+
+
+def batched_crash_history() -> tuple[list[Operation], list[int]]:
+    """The crashing history with the checksum and the busy delete recorded as one write (as the storm's
+    busy-delete corks them): overlapping, the delete answered first."""
+    rec = Recorder()
+    setup(rec)
+    noise = Noise(rec, (1, 2))
+    for _ in range(5):
+        noise()
+    positions = busy_delete_crash(rec, 0, noise)
+    checksum, delete = rec.records[positions[5]], rec.records[positions[6]]
+    checksum["batch"] = delete["batch"] = "0.0-1"
+    delete["t_start"] = checksum["t_start"] + 0.0001
+    checksum["t_end"], delete["t_end"] = checksum["t_start"] + 0.004, checksum["t_start"] + 0.003
+    assert rec.crashed_at is not None
+    return before(rec.ops(), rec.crashed_at), positions
+
+
+def test_a_one_write_batch_is_one_step_in_write_order_in_every_mode_unless_split() -> None:
+    ops, positions = batched_crash_history()
+    checksum, delete = positions[5], positions[6]
+    by_index = {o.index: o for o in ops}
+    key = by_index[checksum].batch_key
+    assert key == (0, 0, "0.0-1") and by_index[checksum].group == by_index[delete].group
+    # Reply order puts the delete first; the batch still goes as one step, checksum then delete.
+    serial = serial_plan(execution_order(ops))
+    step = next(s for s in serial.steps if len(s) > 1)
+    assert [o.index for o in step] == [checksum, delete]
+    assert serial.mode == "serial" and serial.batches == 1 and serial.concurrent_steps == 1
+    assert "1 one-write batch" in serial.describe()
+    apart = serial_plan(execution_order(ops), frozenset({key}))
+    assert apart.batches == 0 and all(len(s) == 1 for s in apart.steps)
+    assert all(o.batch is None for o in apart.ops)
+    grouped = assign_in_flight_groups(ops)
+    group = by_index[checksum].group
+    dissolved = grouped_plan(grouped, frozenset({group}))
+    assert [o.index for o in next(s for s in dissolved.steps if len(s) > 1)] == [checksum, delete]
+    # A batch the minimizer cut down to one call is just a call.
+    alone = serial_plan([o for o in ops if o.index != checksum])
+    assert alone.batches == 0 and all(o.batch is None for o in alone.ops)
+    # repro.min.jsonl keeps the batch: read back, the same step comes out.
+    from harness.minimize.output import minimal_records
+
+    records = minimal_records(serial)
+    assert [r.get("batch") for r in records].count("0.0-1") == 2
+    again = plan_from_operations([Operation.from_record(i, r) for i, r in enumerate(records)])
+    assert [[o.index for o in s] for s in again.steps] == [[o.index for o in s] for s in serial.steps]
+    assert again.mode == "serial" and again.batches == 1
+
+
+def test_search_keeps_a_batch_only_when_the_crash_needs_it() -> None:
+    ops, positions = batched_crash_history()
+    checksum, delete = positions[5], positions[6]
+    # The in-process target runs one call at a time whatever the writes: the batch is not needed.
+    progress: list[str] = []
+    out = search(ops, SEGV_TITLE, DispatcherRunner(), fast_config(), progress=progress.append)
+    assert out.reproduced and out.plan.batches == 0
+    assert any("need not be one write" in p for p in progress)
+
+    def needs_the_batch(plan: ReplayPlan) -> str | None:
+        for step in plan.steps:
+            if {o.index for o in step if o.batch is not None} == {checksum, delete}:
+                return "SIGSEGV in race (fake)"
+        return None
+
+    out = search(ops, "SIGSEGV in race (fake)", DispatcherRunner(frozenset(), crash_if=needs_the_batch),
+                 fast_config())
+    assert out.reproduced and out.plan.batches == 1 and out.rate == (3, 3)
+    assert out.plan.mode == "serial"  # one connection; only the batch goes in one write
+    # The racers and what makes X (its lvol's create and the snapshot): the rest of the episode goes.
+    assert [o.method for o in out.plan.ops] == [
+        "bdev_malloc_create", "bdev_lvol_create_lvstore", "bdev_lvol_create", "bdev_lvol_snapshot",
+        "bdev_lvol_register_snapshot_checksum", "bdev_lvol_delete"]
+
+
+def test_replay_writes_a_batch_in_one_write(tmp_path: Path) -> None:
+    """The replayer corks a batch: a fake target sees its calls in one read; the calls around it alone."""
+    import asyncio
+
+    from harness.hosts.local import LocalHost
+    from harness.minimize.replayer import replay_plan
+
+    sock_path = str(tmp_path / "s.sock")
+    reads: list[list[str]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = json.JSONDecoder()
+        while data := await reader.read(65536):
+            text, methods = data.decode(), []
+            while text.strip():
+                req, end = decoder.raw_decode(text.lstrip())
+                text = text.lstrip()[end:]
+                methods.append(req["method"])
+                writer.write(json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": True}).encode())
+            reads.append(methods)
+            await writer.drain()
+        writer.close()
+
+    ops = [op(0, "a", {}), op(1, "b", {}, t=1.0, t_end=1.5), op(2, "c", {}, t=1.001, t_end=1.4), op(3, "d", {})]
+    ops[1:3] = [dataclasses.replace(o, batch="0.0-1") for o in ops[1:3]]
+    plan = serial_plan(execution_order(ops))
+    assert [len(s) for s in plan.steps] == [1, 2, 1]
+
+    async def run() -> None:
+        server = await asyncio.start_unix_server(serve, sock_path)
+        try:
+            out = await replay_plan(LocalHost(), sock_path, plan, op_timeout_s=5)
+            assert len(out.answers) == 4 and not out.differing
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(run(), 20))
+    assert reads == [["a"], ["b", "c"], ["d"]]
