@@ -98,13 +98,15 @@ def test_each_fault_mode_ends_the_run_with_a_complete_crash_report(storm: StormC
         assert fault["error_bits"] == ["user", "read", "page not present"]
         # the sim's last words name the function its model crashed in; the native fault is its ctypes read
         assert "spdk-sim: SIGSEGV modelled in spdk_lvol_destroy" in (crash_dir / "target.log").read_text()
+    if mode == "hang":
+        assert crash["core"] is None  # alive when judged hung: nothing to dump
     if mode in ("forced-removal", "abort-assert", "abort-malloc"):
         if "core: " in notes and "not writable" in notes:
             pytest.skip(f"cores cannot be collected here: {notes}")
+        if "core: " in notes and "another run changed it" in notes:
+            pytest.skip(f"another job on this machine took the machine-wide core_pattern during the run: {notes}")
         assert crash["core"] and (crash_dir / crash["core"]).exists(), crash["notes"]
         assert "#0" in (crash_dir / "backtrace.txt").read_text()
-    if mode == "hang":
-        assert crash["core"] is None  # alive when judged hung: nothing to dump
 
 
 def _counted_calls(crash_dir: Path) -> int:
