@@ -581,3 +581,50 @@ def test_replay_writes_a_batch_in_one_write(tmp_path: Path) -> None:
 
     asyncio.run(asyncio.wait_for(run(), 20))
     assert reads == [["a"], ["b", "c"], ["d"]]
+
+
+def test_repro_min_py_writes_a_batch_at_once_and_takes_its_replies_in_any_order(tmp_path: Path) -> None:
+    """SPDK answers a checksum only when its job is done, after the delete written behind it: the script must
+    match replies by id across calls, and write the batch in one write (the fake target sees one read)."""
+    import asyncio
+    import sys
+
+    from harness.minimize.output import python_script
+
+    sock_path = str(tmp_path / "s.sock")
+    reads: list[list[str]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = json.JSONDecoder()
+        while data := await reader.read(65536):
+            text, requests = data.decode(), []
+            while text.strip():
+                req, end = decoder.raw_decode(text.lstrip())
+                text = text.lstrip()[end:]
+                requests.append(req)
+            reads.append([r["method"] for r in requests])
+            for req in reversed(requests):  # the last request of a read is answered first
+                writer.write(json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": True}).encode())
+            await writer.drain()
+        writer.close()
+
+    ops = [op(0, "a", {}), op(1, "b", {}, t=1.0, t_end=1.5), op(2, "c", {}, t=1.001, t_end=1.4), op(3, "d", {})]
+    ops[1:3] = [dataclasses.replace(o, batch="0.0-1") for o in ops[1:3]]
+    script = tmp_path / "repro.min.py"
+    script.write_text(python_script(serial_plan(execution_order(ops)), "SIGSEGV x", "3/3"))
+
+    async def run() -> tuple[int, str]:
+        server = await asyncio.start_unix_server(serve, sock_path)
+        try:
+            proc = await asyncio.create_subprocess_exec(sys.executable, str(script), sock_path,
+                                                        stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 20)
+            return proc.returncode or 0, out.decode()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    rc, out = asyncio.run(run())
+    assert rc == 0 and "NOT reproduced" in out and "no reply" not in out, out
+    assert reads[:3] == [["a"], ["b", "c"], ["d"]]  # then the script's own liveness probe
+    assert out.count("(one write: batch 0.0-1)") == 2

@@ -141,6 +141,7 @@ class Connection:
         self.buf = ""
         self.next_id = 0
         self.decoder = json.JSONDecoder()
+        self.early = {{}}  # replies read while waiting for another id (a target may answer out of order)
 
     def request(self, method, params):
         """One request's id and bytes, not sent yet."""
@@ -156,8 +157,10 @@ class Connection:
         return rid
 
     def replies(self, ids):
-        """The replies to `ids` (by id); ConnectionError if the target closes the socket first."""
-        got = {{}}
+        """The replies to `ids` (by id), in any order; ConnectionError if the target closes the socket first.
+        Replies to other ids are kept for a later call: SPDK answers a checksum only when its job is done, after
+        the delete written behind it."""
+        got = self.early
         while not set(ids) <= set(got):
             text = self.buf.lstrip()
             try:
@@ -170,7 +173,7 @@ class Connection:
                 continue
             self.buf = text[end:]
             got[obj.get("id")] = obj
-        return got
+        return {{rid: got.pop(rid) for rid in ids}}
 
 
 def alive(sock_path):
