@@ -725,6 +725,24 @@ class LvolStore:
             del self.blobs[victim.blob_id]
         raise AssertionError("destroy did not converge")  # unreachable: each round removes one lvol
 
+    def reload(self) -> None:
+        """The lvstore was unloaded (its base bdev hot-removed) and loaded again from the disk: what is on disk
+        stays (blobs, names, links, clusters, xattrs, read-only flags, stored checksums); what lived in memory
+        goes (background jobs, open references). A blob a forced removal left without an lvol is on disk too:
+        the load makes it an lvol again, under its name unless another lvol has taken that name since.
+        "Is a snapshot" is rebuilt from the clone links (bs_blob_list_add at load): a snapshot whose clones are
+        all gone is not one any more (seen on spdk_tgt 24.09, lvstore-reload storm)."""
+        self.jobs = []
+        for lv in self.blobs.values():
+            lv.open_refs = lv.locks = 0
+            lv.is_snapshot = bool(lv.clones)
+            if lv.removed and lv.name not in self._by_name and lv.uuid not in self._by_uuid:
+                lv.removed = False
+                lv.alias_tail = lv.name
+                self._by_name[lv.name] = lv.blob_id
+                self._by_uuid[lv.uuid] = lv.blob_id
+                self._by_alias[lv.name] = lv.blob_id
+
     def grow(self, total_data_clusters: int) -> None:
         """The base bdev grew: new clusters are free."""
         if total_data_clusters > self.total_data_clusters:

@@ -86,6 +86,7 @@ METHODS: tuple[str, ...] = (
     "framework_wait_init",
     "framework_start_init",
     "bdev_get_bdevs",
+    "bdev_wait_for_examine",
     "spdk_get_version",
     "rpc_get_methods",
 )
@@ -237,6 +238,8 @@ class Dispatcher:
         self.bdevs: dict[str, BaseBdev] = {}
         self.stores: dict[str, LvolStore] = {}  # by lvstore uuid, in creation order
         self._layouts: dict[str, BlobstoreLayout] = {}
+        self._on_disk: dict[str, tuple[LvolStore, BlobstoreLayout]] = {}
+        """Lvstores unloaded from an aio file, by file name: what the file still holds."""
         self._copies: dict[int, _Copy] = {}
         self._copy_count = 0
         self._malloc_count = 0
@@ -575,9 +578,27 @@ class Dispatcher:
             )
             raise _no_device()
         if bdev.lvs_uuid is not None and bdev.lvs_uuid in self.stores:
-            self._drop_store(self.stores[bdev.lvs_uuid])  # hot remove: the lvstore is unloaded
+            store = self.stores[bdev.lvs_uuid]
+            if driver == "aio" and bdev.filename is not None:
+                # The lvstore stays on the file: an aio bdev made on it again examines and loads it.
+                self._on_disk[bdev.filename] = (store, self._layouts[store.uuid])
+            self._drop_store(store)  # hot remove: the lvstore is unloaded
         del self.bdevs[name]
         return True
+
+    def _examine(self, bdev: BaseBdev) -> None:
+        """vbdev_lvs_examine: a bdev holding an lvstore (one this target unloaded from the same file) loads it."""
+        if bdev.filename is None or bdev.filename not in self._on_disk:
+            return
+        store, layout = self._on_disk[bdev.filename]
+        if store.uuid in self.stores or self._store_by_name(store.name) is not None:
+            return  # spdk_lvs_load refuses a duplicate lvstore (same uuid or name): the bdev stays unclaimed
+        del self._on_disk[bdev.filename]
+        store.base_bdev = bdev.name
+        store.reload()
+        self.stores[store.uuid] = store
+        self._layouts[store.uuid] = layout
+        bdev.lvs_uuid = store.uuid
 
     def _m_bdev_malloc_delete(self, params: object) -> object:
         p = decode(params, (("name", STR, True),))
@@ -601,7 +622,13 @@ class Dispatcher:
         self.bdevs[name] = BaseBdev(name=name, uuid=self._new_uuid(), driver="aio", block_size=block_size,
                                     num_blocks=size // block_size, filename=filename, creation_time=self._now(),
                                     block_size_override=p["block_size"] is not None)
+        self._examine(self.bdevs[name])
         return name
+
+    def _m_bdev_wait_for_examine(self, params: object) -> object:
+        if params is not None:  # rpc_bdev_wait_for_examine
+            raise RpcFault(ERROR_INVALID_PARAMS, "bdev_wait_for_examine requires no parameters")
+        return True  # examine runs inside bdev_aio_create here
 
     def _m_bdev_aio_rescan(self, params: object) -> object:
         p = decode(params, (("name", STR, True),))

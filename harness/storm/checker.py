@@ -161,6 +161,12 @@ class Checker:
         self._taint_all = False
         self._key_group.clear()
 
+    def on_reload(self) -> None:
+        """The lvstore was unloaded and loaded again (nothing in flight): jobs and open blobs are gone."""
+        self.settle()
+        self.model.reload()
+        self._busy_until.clear()
+
     def reset_lvstore_name(self, name: str) -> None:
         self.model.name = name
 

@@ -539,7 +539,7 @@ class Storm:
         assert checker is not None
         if self.stop_reason is None:
             self.stop_reason = "duration"
-        alive = self.stop_reason not in ("crash", "unresponsive") and await self._target_alive()
+        alive = self.stop_reason not in ("crash", "unresponsive", "lvstore_lost") and await self._target_alive()
         if alive and self.stop_reason == "connection_lost":
             res.notes.append("a connection was lost but the target still answers")
         if alive:
@@ -654,6 +654,58 @@ class Storm:
             raise _Stop
         self.sched.lvs_name = self.lvs_name
         await self._resync(initial=True)
+
+    async def reload_lvstore(self, worker: _Worker) -> str | None:
+        """Unload the lvstore by hot-removing its aio base bdev, make the bdev again on the same file and let
+        the examine load it (exclusive only): what is on disk must come back exactly as the model has it.
+        Returns why it did not happen (not aio, a refused step), or None."""
+        assert self.lvs is not None and self.checker is not None
+        conn, t = worker.conn, self.cfg.op_timeout
+        base = self.lvs.base_bdev
+        try:
+            info = (await conn.call("bdev_get_bdevs", {"name": base}, timeout=t))[0]
+        except RpcError as exc:
+            return f"bdev_get_bdevs {base}: {exc}"
+        aio = (info.get("driver_specific") or {}).get("aio")
+        if not isinstance(aio, dict) or not aio.get("filename"):
+            return f"base bdev {base} is not an aio bdev (bdev.kind: aio reloads; malloc would lose the data)"
+        self.checker.settle()
+        name = self.sched.lvs_name
+        delete = Op("bdev_aio_delete", {"name": base}, worker.index, label="lvstore-reload")
+        await self._plain(delete, conn)
+        if not delete.ok:
+            return f"bdev_aio_delete {base} answered {delete.outcome}"
+        gone = False
+        for _ in range(100):  # the unload finishes after the delete answers on some builds: 5 s at most
+            try:
+                await conn.call("bdev_lvol_get_lvstores", {"lvs_name": name}, timeout=t)
+            except RpcError:
+                gone = True
+                break
+            await asyncio.sleep(0.05)
+        params: dict[str, Any] = {"filename": aio["filename"], "name": base}
+        if aio.get("block_size_override"):
+            params["block_size"] = info.get("block_size")
+        create = Op("bdev_aio_create", params, worker.index, label="lvstore-reload")
+        await self._plain(create, conn)
+        stores: list[dict[str, Any]] = []
+        if create.ok:
+            await conn.call("bdev_wait_for_examine", None, timeout=t)
+            with contextlib.suppress(RpcError):
+                stores = await conn.call("bdev_lvol_get_lvstores", {"lvs_name": name}, timeout=t)
+        if not gone or not stores or stores[0].get("uuid") != self.lvs.uuid:
+            why = ("the lvstore was still listed 5 s after its base bdev was deleted" if not gone else
+                   f"bdev_aio_create answered {create.outcome}" if not create.ok else
+                   f"after the reload bdev_lvol_get_lvstores {name} shows {stores or 'nothing'}, "
+                   f"not lvstore {self.lvs.uuid}")
+            self.checker.add(Finding("lvstore-reload-failed", f"unload and reload of lvstore {name} on {base}: "
+                                     f"{why}", create.record()))
+            self._stop("lvstore_lost")
+            raise _Stop
+        self.checker.on_reload()
+        for finding in await self._resync():
+            self.checker.add(finding)
+        return None
 
     async def _plain(self, op: Op, conn: RpcConnection) -> None:
         """Send an op the checker does not model (lvstore lifetime), still counted and timed."""
@@ -838,6 +890,9 @@ class _Episode:
 
     async def recreate_lvstore(self) -> None:
         await self.storm.recreate_lvstore(self.worker)
+
+    async def reload_lvstore(self) -> str | None:
+        return await self.storm.reload_lvstore(self.worker)
 
 
 async def run_storm(cfg: StormConfig, *, host: Host, sock_path: str, lvs_name: str, history: History | None,

@@ -56,6 +56,8 @@ class EpisodeContext(Protocol):
 
     async def recreate_lvstore(self) -> None: ...
 
+    async def reload_lvstore(self) -> str | None: ...
+
 
 Strategy = Callable[[EpisodeContext], Awaitable[None]]
 
@@ -275,6 +277,24 @@ async def lvstore_delete_with_tree(ctx: EpisodeContext) -> None:
         await ctx.recreate_lvstore()
 
 
+async def lvstore_reload(ctx: EpisodeContext) -> None:
+    """Rarely: with everything else paused, hot-remove the lvstore's aio base bdev and create it again; the
+    lvstore that loads must hold exactly what the model holds (a tree with a clone and a checksum is made
+    first, so the reload has links, clusters and xattrs to lose)."""
+    base = await _lvol_with_snapshot(ctx)
+    if base is None:
+        return
+    snap = base[1]
+    clone = await _clone(ctx, snap.result)
+    if ctx.has("bdev_lvol_register_snapshot_checksum"):
+        await ctx.do("bdev_lvol_register_snapshot_checksum", {"name": snap.result})
+    async with ctx.exclusive():
+        why = await ctx.reload_lvstore()
+    if why is not None:
+        ctx.note(why)
+    await ctx.cleanup(_uuids(clone, *base))
+
+
 STRATEGIES: dict[str, Strategy] = {
     "delete-vs-clone": delete_vs_clone,
     "double-delete": double_delete,
@@ -286,4 +306,5 @@ STRATEGIES: dict[str, Strategy] = {
     "busy-delete": busy_delete,
     "clone-fanout-delete": clone_fanout_delete,
     "lvstore-delete-with-tree": lvstore_delete_with_tree,
+    "lvstore-reload": lvstore_reload,
 }
