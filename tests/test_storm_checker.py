@@ -111,3 +111,27 @@ def test_checkpoint_restores_exactly_what_a_group_of_writes_changed() -> None:
     assert _state(c) != before
     c._restore(cp)
     assert _state(c) == before
+
+
+def test_groups_merge_and_every_op_is_judged_once() -> None:
+    c = _checker()
+    a = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="a", size_in_mib=4, thin_provision=True).result
+    s = _do(c, "bdev_lvol_snapshot", lvol_name=a, snapshot_name="s").result
+    b = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="b", size_in_mib=4, thin_provision=True).result
+    sb = _do(c, "bdev_lvol_snapshot", lvol_name=b, snapshot_name="sb").result
+    b2 = _do(c, "bdev_lvol_clone", snapshot_name=sb, clone_name="b2").result
+    judged = c.judged
+    on_a = [_send(c, "bdev_lvol_set_xattr", name=a, xattr_name="k", xattr_value=str(i)) for i in range(50)]
+    # Fewer, on b's sibling: the group absorbed has a key (b2) that the op joining the two does not name.
+    on_b = [_send(c, "bdev_lvol_set_xattr", name="lvs0/b2", xattr_name="k", xattr_value=str(i)) for i in range(10)]
+    bridge = _send(c, "bdev_lvol_set_parent", lvol_name=b, parent_name=s)  # joins both trees' groups
+    assert on_a[0].group.root() is on_b[0].group.root() is bridge.group.root()
+    for op in [*on_a[::2], bridge, *on_b, *on_a[1::2]]:
+        _answer(c, op)
+    assert c.judged - judged == 61 and c.findings == []
+    assert c.model.parent_of(c.model.find(b)).uuid == s
+    for x in (a, b, s, b2, sb):
+        later = _send(c, "bdev_lvol_set_xattr", name=x, xattr_name="k", xattr_value="late")
+        assert later.group is None  # the closed group does not draw new ops in
+        _answer(c, later)
+    assert c.judged - judged == 66

@@ -100,7 +100,7 @@ def _crc64_zero_byte(reg: int) -> int:
     return reg
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)  # one entry per allocated-cluster count seen
 def crc64_iso_of_zeroes(nbytes: int) -> int:
     """spdk_crc64_iso_refl(zeroes, nbytes, 0) in O(log n): the register update is linear over GF(2), so
     n zero bytes are one 64x64 bit matrix, raised to the n-th power by squaring."""

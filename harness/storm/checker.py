@@ -75,12 +75,13 @@ class LvstoreInfo:
 class _Group:
     """Ops that overlapped on some key; judged together once all have answered."""
 
-    __slots__ = ("inflight", "members", "merged")
+    __slots__ = ("inflight", "members", "merged", "with_rename")
 
     def __init__(self) -> None:
         self.members: list[Op] = []
         self.inflight = 0
         self.merged: _Group | None = None
+        self.with_rename = False  # an lvstore rename is a member: its "s:" keys draw ops in too
 
     def root(self) -> _Group:
         g = self
@@ -212,6 +213,8 @@ class Checker:
             slash = ref.find("/")
             if slash > 0:
                 keys.append("s:" + ref[:slash])
+                # One key per lvol however it is named: "lvs/name" and its UUID must meet.
+                ref = self.view.by_name.get(ref[slash + 1:], ref)
             keys.append(ref)
             root = root_of(ref)
             if root != ref:
@@ -224,6 +227,7 @@ class Checker:
             # Until it answers, no other op is aimed at it (a pick would mostly meet No such device).
             self.view.hide(str(op.params.get("name")))
         groups: set[_Group] = set()
+        fresh: list[Op] = []
         now = time.monotonic()
         renames = op.method == RENAME_LVS
         for k in keys:
@@ -240,6 +244,7 @@ class Checker:
                     og.inflight = 1
                     other.group = og
                     other.contended = True
+                    fresh.append(other)
                 groups.add(other.group.root())
             until = self._busy_until.get(k)
             if until is not None:
@@ -251,20 +256,28 @@ class Checker:
                 op.contended = True
                 op.lenient = True
         if groups:
-            g = groups.pop()
+            # Union by size: the largest group absorbs the others, and only the absorbed members' keys are
+            # pointed at it (re-pointing every member on every join was quadratic in a long-lived group).
+            g = max(groups, key=lambda x: len(x.members))
+            relink: list[Op] = fresh
+            with_rename = renames or any(x.with_rename for x in groups)
             for other in groups:
                 if other is not g:
                     other.merged = g
                     g.members.extend(other.members)
                     g.inflight += other.inflight
+                    relink.extend(other.members)
             g.members.append(op)
             g.inflight += 1
             op.group = g
             op.contended = True
-            with_rename = any(m.method == RENAME_LVS for m in g.members)
-            for m in g.members:
+            relink.append(op)
+            if with_rename and not g.with_rename:
+                g.with_rename = True
+                relink = g.members
+            for m in relink:
                 for k in m.keys:
-                    if with_rename or not k.startswith("s:"):
+                    if g.with_rename or not k.startswith("s:"):
                         self._key_group[k] = g
         for k in keys:
             lst = self._inflight_by_key.get(k)
