@@ -7,6 +7,7 @@ module is the same for either; only `kind` tells them apart, and a run against t
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import sys
@@ -29,6 +30,18 @@ SIM_BANNER = (
     "*** REFERENCE TARGET: this run drives lvol-storm's model of spdk_tgt (spdk-sim), not a real SPDK "
     "build. It checks the harness, not SPDK. ***"
 )
+
+
+_CORE_CLAIMED = re.compile(r"Cannot create lock on core (\d+), probably process (\d+) has claimed it")
+
+
+def startup_hint(log_tail: str) -> str:
+    """What to do about a start-up failure the target's log explains (empty when it does not)."""
+    m = _CORE_CLAIMED.search(log_tail)
+    if m:
+        return (f": core {m[1]} is claimed by process {m[2]} (another SPDK app on this host): stop it, give this "
+                f"target other cores (target.cpumask), or pass --target-arg=--disable-cpumask-locks")
+    return ""
 
 
 class TargetConfig(BaseModel):
@@ -248,9 +261,10 @@ class Target:
 
     def _died(self, what: str) -> TargetError:
         rc = self.process.poll() if self.process else None
+        tail = self.log_tail()
         return TargetError(
-            f"{self.kind} target {what} ({describe_returncode(rc)}); last lines of {self.log_path}:\n"
-            + self.log_tail()
+            f"{self.kind} target {what} ({describe_returncode(rc)}){startup_hint(tail)}; last lines of "
+            f"{self.log_path}:\n" + tail
         )
 
     def _wait_ready(self) -> None:

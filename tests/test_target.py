@@ -120,3 +120,16 @@ def test_socket_path_too_long_for_af_unix(tmp_path: Path) -> None:
     tgt = Target(LocalHost(), TargetConfig(kind="sim"), str(deep), announce=lambda m: None)
     with pytest.raises(TargetError, match=r"over the AF_UNIX limit of 107"):
         tgt.start()
+
+
+def test_a_claimed_core_at_start_up_says_what_to_do() -> None:
+    from harness.target import startup_hint
+
+    # spdk_tgt 24.09's log when another SPDK app holds /var/tmp/spdk_cpu_lock_000 (seen on this machine).
+    tail = ("[2026-11-29 10:04:29.768349] app.c: 779:claim_cpu_cores: *ERROR*: Cannot create lock on core 0, "
+            "probably process 25070 has claimed it.\n[2026-11-29 10:04:29.768405] app.c: 910:spdk_app_start: "
+            "*ERROR*: Unable to acquire lock on assigned core mask - exiting.")
+    hint = startup_hint(tail)
+    assert "core 0 is claimed by process 25070" in hint and "--disable-cpumask-locks" in hint
+    assert "target.cpumask" in hint
+    assert startup_hint("app.c: 910:spdk_app_start: *ERROR*: something else") == ""
