@@ -100,21 +100,32 @@ def _crc64_zero_byte(reg: int) -> int:
     return reg
 
 
+@functools.cache
+def _zero_byte_powers() -> tuple[tuple[int, ...], ...]:
+    """The register update for 2**i zero bytes, i = 0..63, as 64x64 bit matrices (columns), squared once."""
+    base = tuple(_crc64_zero_byte(1 << i) for i in range(64))
+    powers = [base]
+    for _ in range(63):
+        base = tuple(_gf2_apply(base, c) for c in base)
+        powers.append(base)
+    return tuple(powers)
+
+
 @functools.lru_cache(maxsize=4096)  # one entry per allocated-cluster count seen
 def crc64_iso_of_zeroes(nbytes: int) -> int:
-    """spdk_crc64_iso_refl(zeroes, nbytes, 0) in O(log n): the register update is linear over GF(2), so
-    n zero bytes are one 64x64 bit matrix, raised to the n-th power by squaring."""
+    """spdk_crc64_iso_refl(zeroes, nbytes, 0): the register update is linear over GF(2), so n zero bytes are
+    the product of the matrices for the powers of two in n, applied to the initial register one by one
+    (matrix-vector products: O(popcount(n)) once the 64 powers are known)."""
     if nbytes == 0:
         return 0
-    result = tuple(1 << i for i in range(64))
-    base = tuple(_crc64_zero_byte(1 << i) for i in range(64))
-    n = nbytes
+    powers = _zero_byte_powers()
+    reg, i, n = _ALL_ONES, 0, nbytes
     while n:
         if n & 1:
-            result = tuple(_gf2_apply(base, c) for c in result)
-        base = tuple(_gf2_apply(base, c) for c in base)
+            reg = _gf2_apply(powers[i], reg)
         n >>= 1
-    return _gf2_apply(result, _ALL_ONES) ^ _ALL_ONES
+        i += 1
+    return reg ^ _ALL_ONES
 
 
 def _popcount(bits: int) -> int:
