@@ -549,11 +549,13 @@ class Checker:
             blobs = list(model.blobs.values())
         else:
             picked: dict[int, Any] = {}
-            for o in ops:
-                for k in o.keys:
-                    if not k.startswith(("n:", "s:")):
-                        for lv in model.tree_of(k):
-                            picked[lv.blob_id] = lv
+            for k in {k for o in ops for k in o.keys}:
+                if k.startswith(("n:", "s:")):
+                    continue
+                lv = model.find(k)
+                if lv is not None and lv.blob_id not in picked:  # its tree is in already otherwise
+                    for t in model.tree_of(k):
+                        picked[t.blob_id] = t
             for job in model.jobs:
                 lv = model.blobs.get(job.blob_id)
                 if lv is not None:
