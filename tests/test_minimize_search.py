@@ -628,3 +628,37 @@ def test_repro_min_py_writes_a_batch_at_once_and_takes_its_replies_in_any_order(
     assert rc == 0 and "NOT reproduced" in out and "no reply" not in out, out
     assert reads[:3] == [["a"], ["b", "c"], ["d"]]  # then the script's own liveness probe
     assert out.count("(one write: batch 0.0-1)") == 2
+
+
+def test_a_try_the_machine_could_not_set_up_neither_confirms_nor_refutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other jobs holding the hugepages make the base bdev's create answer ENOMEM: that try never ran the
+    candidate, so it is run again instead of counting as a survival."""
+    import harness.minimize.search as search_module
+    from harness.minimize.replayer import Answer, ReplayOutcome
+    from harness.minimize.search import SETUP_REFUSED
+    from harness.minimize.trial import environment_refusal
+
+    setup_op = op(0, "bdev_malloc_create", {"name": "Malloc0"}, result="Malloc0", worker=-1)
+    create = op(1, "bdev_lvol_create", {"lvol_name": "a"}, result="u1")
+    refused = op(2, "bdev_lvol_delete", {"name": "a"}, error={"code": -19, "errno": "ENODEV"})
+    enomem = {"code": -12, "message": "Cannot allocate memory", "errno": "ENOMEM"}
+    assert environment_refusal(ReplayOutcome([Answer(setup_op, {}, error=enomem)])) is not None
+    assert environment_refusal(ReplayOutcome([Answer(create, {}, error=enomem)])) is not None
+    busy = {"code": -16, "message": "Device or resource busy", "errno": "EBUSY"}
+    assert environment_refusal(ReplayOutcome([Answer(create, {}, error=busy),  # the candidate's own answer
+                                              Answer(refused, {}, error=enomem)])) is None  # recorded an error too
+
+    monkeypatch.setattr(search_module, "RATELIMIT_PAUSE_S", 0.0)
+    ops, _, _ = crashing_history(noise_workers=(1,))
+    starved = itertools.cycle([False, False, True])
+
+    class Starved(DispatcherRunner):
+        def run(self, plan: ReplayPlan) -> TrialResult:
+            result = super().run(plan)
+            if next(starved):
+                return TrialResult(f"{SETUP_REFUSED}: bdev_malloc_create answered ENOMEM on replay")
+            return result
+
+    out = search(ops, SEGV_TITLE, Starved(), fast_config())
+    assert out.reproduced and out.ops_after == 10 and out.rate == (3, 3)
+    assert out.other_titles == {}

@@ -60,12 +60,16 @@ def run_many(runner: TrialRunner, plan: ReplayPlan, count: int) -> list[TrialRes
 
 RATELIMIT_PAUSE_S = 1.0
 """After a try whose fault line the kernel dropped: printk_ratelimit (5 s, burst 10) recovers in seconds."""
-_INDETERMINATE = ("no kernel line", "exit code unknown")
+SETUP_REFUSED = "replay not faithful"
+"""The start of a try's title when the fresh target refused what the recording did not for reasons of this
+machine (`trial.environment_refusal`: ENOMEM from hugepages other jobs hold): the candidate never ran."""
+_INDETERMINATE = ("no kernel line", "exit code unknown", SETUP_REFUSED)
 
 
 def indeterminate(title: str) -> bool:
     """A title that says the evidence was incomplete (the kernel's show_signal_msg ratelimit dropped the fault
-    line), not that the crash differs: it neither confirms nor refutes a candidate."""
+    line, or the replay could not even set up: SETUP_REFUSED), not that the crash differs: it neither confirms
+    nor refutes a candidate."""
     return any(text in title for text in _INDETERMINATE)
 
 
@@ -145,6 +149,8 @@ class Oracle:
             return True
         if got is None:
             return False
+        if got.startswith(SETUP_REFUSED):
+            return None
         if indeterminate(got):
             return signal_of(got) == signal_of(self.title) if indeterminate(self.title) else None
         return False

@@ -21,12 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import TargetError
-from harness.history import History
+from harness.history import SETUP_WORKER, History
 from harness.hosts.base import Host
 from harness.minimize.config import MinimizeConfig
 from harness.minimize.plan import ReplayPlan
 from harness.minimize.replayer import ReplayOutcome, replay_plan_sync
-from harness.minimize.search import TrialResult
+from harness.minimize.search import SETUP_REFUSED, TrialResult
 from harness.report.core import CorePattern
 from harness.report.crash import CrashReport
 from harness.rpc.errors import RpcConnectError
@@ -48,6 +48,20 @@ def quiet_watchdogs() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(old)
+
+
+def environment_refusal(outcome: ReplayOutcome) -> str | None:
+    """Why the fresh target could not replay the candidate as recorded, for a reason of this machine, not of
+    the candidate: a setup call (worker -1: base bdev, lvstore) refused although it succeeded in the recording,
+    or ENOMEM where the recording succeeded (other jobs hold the hugepages a malloc bdev needs). None if
+    neither happened."""
+    for answer in outcome.answers:
+        if answer.error is None or not answer.op.ok or answer.error.get("lost") or answer.error.get("timeout"):
+            continue
+        errno_name = answer.error.get("errno") or f"code {answer.error.get('code')}"
+        if answer.op.worker == SETUP_WORKER or errno_name == "ENOMEM":
+            return f"{answer.op.method} answered {errno_name} on replay, ok in the recording"
+    return None
 
 
 class TargetTrials:
@@ -123,6 +137,10 @@ class TargetTrials:
                     cores=self.cores, binary_paths=[info.binary] if info.binary else [],
                 )
                 title = report.title
+            starved = environment_refusal(outcome)
+            if starved is not None and title is None:
+                # The candidate never ran as recorded: this try says nothing either way (search.indeterminate).
+                title = f"{SETUP_REFUSED}: {starved}"
             detail = (f"{len(outcome.answers)} of {len(plan)} operations answered"
                       + (f"; connection lost: {outcome.lost}" if outcome.lost else "")
                       + ("; a call timed out" if outcome.timed_out else ""))
