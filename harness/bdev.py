@@ -75,8 +75,16 @@ class BaseBdev:
         cfg = self.config
         if cfg.kind == "malloc":
             num_blocks = cfg.size_mib * 1024 * 1024 // cfg.block_size
-            self.bdev_name = rpc.call("bdev_malloc_create", name=self.name, num_blocks=num_blocks,
-                                      block_size=cfg.block_size)
+            try:
+                self.bdev_name = rpc.call("bdev_malloc_create", name=self.name, num_blocks=num_blocks,
+                                          block_size=cfg.block_size)
+            except RpcError as exc:
+                if exc.errno_name != "ENOMEM":
+                    raise
+                raise TargetError(
+                    f"bdev_malloc_create: the target has no {cfg.size_mib} MiB of hugepage memory for the malloc "
+                    f"bdev (ENOMEM; other SPDK apps on {self.host.name} may hold hugepages): lower bdev.size_mib, "
+                    f"raise target.hugepages_mb, or use bdev.kind: aio") from exc
         elif cfg.kind == "aio":
             path = cfg.aio_path or str(PurePosixPath(self.work_dir) / "aio0.img")
             if not cfg.aio_path:

@@ -89,3 +89,21 @@ def test_fixtures_give_a_ready_lvstore(lvstore, rpc) -> None:
     """The pytest plugin's own fixtures: an lvstore on the configured bdev, torn down and verified after."""
     uuid = rpc.call("bdev_lvol_create", lvs_name=lvstore.name, lvol_name="v", size_in_mib=4, thin_provision=True)
     assert rpc.call("bdev_lvol_get_lvols", lvs_name=lvstore.name)[0]["uuid"] == uuid
+
+
+def test_malloc_out_of_hugepages_says_what_to_change(tmp_path: Path) -> None:
+    # spdk_tgt 24.09 answers -12 when its hugepages are short (create_malloc_disk: spdk_zmalloc() failed),
+    # seen on this machine with other SPDK apps running.
+    cfg = BdevConfig(kind="malloc", size_mib=8)
+
+    class Short:
+        def call(self, method: str, **params: object) -> object:
+            from harness.rpc.errors import RpcError
+
+            raise RpcError(method, -12, "Cannot allocate memory")
+
+    with pytest.raises(TargetError) as info:
+        BaseBdev(LocalHost(), cfg, str(tmp_path)).create(Short())  # type: ignore[arg-type]
+    text = str(info.value)
+    assert "no 8 MiB of hugepage memory" in text and "bdev.size_mib" in text and "target.hugepages_mb" in text
+    assert "\n" not in text
