@@ -159,6 +159,11 @@ class Oracle:
         if result.title is None:
             self.survived += 1
             return
+        if result.title.startswith(SETUP_REFUSED):
+            # Still unusable after the reruns: counted as a miss, but it is no crash title.
+            self.say(f"minimize: counted as not reproduced after {self.config.tries} unusable tries: "
+                     f"{result.title}")
+            return
         if result.title not in self.other_titles:
             self.say(f"minimize: a candidate crashed with another title: {result.title!r} "
                      f"(still looking for {self.title!r})")
