@@ -8,6 +8,7 @@ benchmark stops measuring what it claims. The whole file stays well under a minu
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from bench import detection, first_op, memory, scaling, throughput, watchdog_cpu
 from bench.figures import Figure, markdown_table, table_text
 from bench.rawclient import RawConnection, ReplayPlan, replay_history
 from bench.session import BenchTarget, short_work_dir
+from harness.history import SETUP_WORKER, History
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parent.parent
@@ -99,11 +101,38 @@ def test_scaling_short() -> None:
 
 def test_memory_and_watchdog_short() -> None:
     named = _show(memory.run([0.03, 0.06]))
-    _sane(named["harness RSS at 0.03 min"], 10, 4000)
-    assert named["RSS growth 0.03 -> 0.06 min"].value is not None
+    first = named["harness RSS at 0.03 min"]
+    _sane(first, 10, 4000)
+    assert first.extra["calls"] > 0 and first.extra["py_blocks"] > 10_000
+    if memory.malloc_heap_mb() is not None:  # glibc: where the RSS is, beside it
+        assert 0 < first.extra["malloc_in_use_mb"] < first.value
+    growth = named["RSS growth 0.03 -> 0.06 min"]
+    assert growth.value is not None and growth.goal and "Python blocks" in growth.note
+    _sane(named["  per million calls, 0.03 -> 0.06 min"], -1e4, 1e4)
     _sane(named["watchdog, under the storm"], 0.0, 60.0)
     idle = _show(watchdog_cpu.run(seconds=1.0))
     _sane(idle["watchdog, idle target"], 0.0, 60.0)
+
+
+def test_history_tails_are_bounded_in_bytes() -> None:
+    """The memory figure relies on it: big listings (the setup worker's quiesce reads) must not fill the
+    in-memory tails up to their line counts; the newest line is kept whatever its size."""
+    history = History(None, tail_len=1000, per_worker_tail_len=200, tail_bytes=200_000,
+                      per_worker_tail_bytes=50_000)
+    listing = [{"name": f"lvol{i}", "uuid": "u" * 36, "driver_specific": {"lvol": {"clones": []}}} for i in range(100)]
+    for i in range(300):
+        history.record(SETUP_WORKER, SETUP_WORKER, "bdev_get_bdevs", None, 1.0, 2.0, result=listing)
+        history.record(0, 0, "bdev_lvol_create", {"lvol_name": f"v{i}"}, 1.0, 2.0, result="u" * 36)
+    per_worker = history.per_worker_tail(1000)
+    line = len(json.dumps(per_worker[SETUP_WORKER][-1], separators=(",", ":")))
+    assert 1 <= len(per_worker[SETUP_WORKER]) <= 50_000 // line + 1
+    assert len(per_worker[0]) == 200  # small lines: the count bounds them first
+    tail = history.tail()
+    assert tail[-1]["params"] == {"lvol_name": "v299"} and len(tail) < 1000
+    assert sum(len(json.dumps(r, separators=(",", ":"))) for r in tail) <= 200_000 + line
+    huge = History(None, tail_bytes=10)
+    huge.record(0, 0, "bdev_get_bdevs", None, 1.0, 2.0, result=listing)
+    assert len(huge.tail()) == 1
 
 
 def test_first_op_short() -> None:
