@@ -638,3 +638,50 @@ def test_segv_leaves_a_core_when_the_limit_allows(tmp_path: Path) -> None:
         core = cores.find_core(sim.proc.pid, timeout=15)
     assert core is not None, f"no core for pid {sim.proc.pid} in {tmp_path / 'cores'}"
     assert Path(core).stat().st_size > 0
+
+
+# -- replies from completion callbacks --------------------------------------------------------------------------
+
+
+def _pipelined(s: socket.socket, *calls: tuple[str, object]) -> None:
+    s.sendall(b"".join(json.dumps({"jsonrpc": "2.0", "method": m, "id": i, "params": p}).encode()
+                       for i, (m, p) in enumerate(calls, 1)))
+
+
+@pytest.fixture
+def real_sim(tmp_path: Path) -> Iterator[SimProcess]:
+    proc = SimProcess(tmp_path, real=True).wait_ready()
+    yield proc
+    proc.kill()
+
+
+def test_checksum_answers_when_its_job_is_done_and_a_delete_behind_it_first(real_sim: SimProcess) -> None:
+    """SPDK answers bdev_lvol_register_snapshot_checksum from the job's completion callback: a busy delete
+    written behind it is answered first (seen on spdk_tgt 24.09), and after the checksum's reply the snapshot
+    is free (a serial client's clone succeeds)."""
+    with real_sim.connect() as s:
+        _pipelined(s, ("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 512 * 256, "block_size": 4096}),
+                   ("bdev_lvol_create_lvstore", {"bdev_name": "Malloc0", "lvs_name": "lvs0",
+                                                 "cluster_sz": 1 << 20}),
+                   ("bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "a", "size_in_mib": 200}),
+                   ("bdev_lvol_snapshot", {"lvol_name": "lvs0/a", "snapshot_name": "s"}))
+        assert all("result" in r for r in read_replies(s, 4))
+        _pipelined(s, ("bdev_lvol_register_snapshot_checksum", {"name": "lvs0/s"}),
+                   ("bdev_lvol_delete", {"name": "lvs0/s"}))
+        replies = read_replies(s, 2)
+        assert [r["id"] for r in replies] == [2, 1]
+        assert replies[0]["error"]["message"] == "Device or resource busy" and replies[1]["result"] is True
+        _pipelined(s, ("bdev_lvol_clone", {"snapshot_name": "lvs0/s", "clone_name": "c"}))
+        assert "result" in read_replies(s, 1)[0]
+
+
+def test_a_deferred_reply_completes_without_further_requests(real_sim: SimProcess) -> None:
+    with real_sim.connect() as s:
+        _pipelined(s, ("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 512 * 256, "block_size": 4096}),
+                   ("bdev_lvol_create_lvstore", {"bdev_name": "Malloc0", "lvs_name": "lvs0",
+                                                 "cluster_sz": 1 << 20}),
+                   ("bdev_lvol_create", {"lvs_name": "lvs0", "lvol_name": "a", "size_in_mib": 400}),
+                   ("bdev_lvol_snapshot", {"lvol_name": "lvs0/a", "snapshot_name": "s"}),
+                   ("bdev_lvol_register_snapshot_checksum", {"name": "lvs0/s"}))
+        replies = read_replies(s, 5, timeout=5)
+        assert replies[-1] == {"jsonrpc": "2.0", "id": 5, "result": True}

@@ -169,6 +169,7 @@ def reproducer_script(operations: list[dict[str, Any]], title: str) -> str:
     ops = [
         {"worker": op.get("worker"), "seq": op.get("seq"), "method": op["method"], "params": op.get("params"),
          "recorded": {"error": op["error"]} if op.get("error") is not None else {"result": op.get("result")}}
+        | ({"batch": op["batch"]} if op.get("batch") else {})
         for op in operations
     ]
     body = pprint.pformat(ops, width=110, sort_dicts=False)
@@ -178,8 +179,10 @@ def reproducer_script(operations: list[dict[str, Any]], title: str) -> str:
 Replays the {len(ops)} operations recorded before the crash, one at a time and in their recorded start
 order, against a FRESH target (start spdk_tgt, then: python3 repro.py /var/tmp/spdk.sock).
 Operations that ran concurrently in the storm run sequentially here, in the order the target answered
-them; the calls at the end got no answer (in flight when it died, one of them killed it) and their order
-is unknown: if the replay survives, reorder those (`lvol-storm minimize` does this).
+them, except calls the storm wrote to the socket together ("batch"): they go in ONE write again, so the
+target reads them in one poll and starts them before any I/O completes (a delete meeting a checksum's open
+snapshot needs that). The calls at the end got no answer (in flight when it died, one of them killed it)
+and their order is unknown: if the replay survives, reorder those (`lvol-storm minimize` does this).
 UUIDs returned by the recorded calls are mapped to the ones the fresh target returns.
 Needs SPDK's Python client: pip install spdk (or PYTHONPATH=<spdk>/python).
 """
@@ -222,25 +225,48 @@ def main():
         print(f"usage: {{sys.argv[0]}} RPC_SOCKET_PATH", file=sys.stderr)
         return 2
     client = JSONRPCClient(sys.argv[1], timeout=60.0)
+    sent_already = set()
     for i, op in enumerate(OPERATIONS):
-        params = renamed(op["params"]) if op["params"] is not None else None
-        print(f"[{{i}}] worker {{op['worker']}} {{op['method']}} {{json.dumps(params)}}", flush=True)
-        recorded = json.dumps(op["recorded"])[:200]
+        if i in sent_already:
+            continue
+        batch = [j for j, o in enumerate(OPERATIONS) if op.get("batch") and o.get("batch") == op["batch"]] or [i]
+        sent_already.update(batch)
+        ids = []
+        for j in batch:
+            o = OPERATIONS[j]
+            params = renamed(o["params"]) if o["params"] is not None else None
+            together = f" (one write: {{len(batch)}} calls)" if len(batch) > 1 else ""
+            print(f"[{{j}}] worker {{o['worker']}} {{o['method']}} {{json.dumps(params)}}{{together}}", flush=True)
+            ids.append((j, client.add_request(o["method"], params)))
+        replies = {{}}
         try:
-            result = client.call(op["method"], params)
+            client.flush()
+            while len(replies) < len(ids):  # a batch may be answered out of order (a checksum after the delete)
+                reply = client.recv()
+                replies[reply.get("id")] = reply
         except JSONRPCException as exc:
-            print(f"    -> error {{error_text(exc)}}   (recorded: {{recorded}})")
             if not client.sock:
+                print(f"    -> error {{error_text(exc)}}")
                 print(f"target closed the connection at operation {{i}} ({{op['method']}})")
                 return 1
-            continue
+            print(f"target stopped answering at operation {{i}} ({{op['method']}}): {{error_text(exc)}}")
+            return 1
         except (OSError, ValueError) as exc:
             print(f"target stopped answering at operation {{i}} ({{op['method']}}): {{exc}}")
             return 1
-        old = op["recorded"].get("result")
-        if isinstance(old, str) and isinstance(result, str) and old and old != result:
-            RENAMED[old] = result
-        print(f"    -> {{json.dumps(result)[:200]}}   (recorded: {{recorded}})")
+        for j, rid in ids:
+            o = OPERATIONS[j]
+            reply = replies[rid]
+            recorded = json.dumps(o["recorded"])[:200]
+            if "error" in reply:
+                err = reply["error"]
+                print(f"    [{{j}}] -> error {{err.get('code')}} {{err.get('message')}}   (recorded: {{recorded}})")
+                continue
+            result = reply.get("result")
+            old = o["recorded"].get("result")
+            if isinstance(old, str) and isinstance(result, str) and old and old != result:
+                RENAMED[old] = result
+            print(f"    [{{j}}] -> {{json.dumps(result)[:200]}}   (recorded: {{recorded}})")
     print("all operations replayed; check whether the target is still alive")
     return 0
 

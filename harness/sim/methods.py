@@ -17,6 +17,9 @@ socket, as SPDK's I/O completes only between two polls of its RPC poller: the se
 before the first request of each batch it read; used alone (no server), every call is its own poll. So a
 checksum or shallow copy of a large snapshot holds it open across the next few polls, deterministically, and a
 checksum of a snapshot without clusters across the rest of its own poll (its metadata write, see `Job`).
+Served, a checksum is answered when its job is done (a `DeferredReply`: SPDK answers from the completion
+callback), so a serial client never meets the snapshot busy after the reply; while a reply waits, the server
+also advances jobs in rounds without requests (`poll_idle()`).
 A run against this target is identifiable: `spdk_get_version` appends REFERENCE_SUFFIX to the version.
 """
 
@@ -34,7 +37,7 @@ from typing import NoReturn
 from harness.model.lvstore import MODEL_FAULTS, NAME_MAX, Job, Lvol, LvolStore, ModelCrash, ModelError
 from harness.sim import death
 from harness.sim import faults as fm
-from harness.sim.protocol import RpcFault, SimulatedCrash
+from harness.sim.protocol import DeferredReply, RpcFault, SimulatedCrash
 
 VERSION = "SPDK v24.09.1-pre git sha1 1975133e9"
 REFERENCE_SUFFIX = " (lvol-storm reference target)"
@@ -221,6 +224,13 @@ class _Copy:
     dst: str
 
 
+
+def _job_result(job: Job) -> object:
+    """The checksum RPC's answer once its job ended: true, or the job's errno as SPDK's callback reports it."""
+    if job.error:
+        raise _fault(job.error, ERROR_INTERNAL)
+    return True
+
 class Dispatcher:
     """One reference target's state and its RPC methods (see the module docstring)."""
 
@@ -262,6 +272,11 @@ class Dispatcher:
         every request of a read back to back, and the RPC poller reads every connection before the reactor
         completes any I/O): jobs advance one tick now and not between the calls of the poll."""
         self._tick_per_call = False
+        for store in self.stores.values():
+            store.tick()
+
+    def poll_idle(self) -> None:
+        """A reactor round without requests (the server calls it while a deferred reply waits): jobs advance."""
         for store in self.stores.values():
             store.tick()
 
@@ -867,8 +882,11 @@ class Dispatcher:
     def _m_bdev_lvol_register_snapshot_checksum(self, params: object) -> object:
         store, lv = self._name_only(params)
         # min_ticks=1: even without clusters the checksum's metadata write keeps the blob open past this poll.
-        self._model_call(lambda: store.register_snapshot_checksum(lv.uuid, min_ticks=1), ERROR_INTERNAL)
-        return True
+        job = self._model_call(lambda: store.register_snapshot_checksum(lv.uuid, min_ticks=1), ERROR_INTERNAL)
+        if self._tick_per_call or not isinstance(job, Job) or job.done:
+            return True  # called directly (no server, no polls): the job runs its ticks across the next calls
+        # Served: SPDK answers from the job's completion callback, after the blob is closed (vbdev_lvol_rpc.c).
+        return DeferredReply(ready=lambda: job.done, result=lambda: _job_result(job))
 
     def _m_bdev_lvol_get_snapshot_checksum(self, params: object) -> object:
         store, lv = self._name_only(params)

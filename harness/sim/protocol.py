@@ -1,11 +1,13 @@
 """What the reference target's method handlers hand back to its server besides a result.
 
 `RpcFault` is an error reply exactly as `spdk_tgt` would send it; `SimulatedCrash` asks the server to die
-for real, the way SPDK dies (a genuine SIGSEGV, SIGABRT, hang or exit), so the watchdog sees real evidence.
+for real, the way SPDK dies (a genuine SIGSEGV, SIGABRT, hang or exit), so the watchdog sees real evidence;
+`DeferredReply` is a reply SPDK sends from a completion callback, after the RPC handler has returned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -36,3 +38,13 @@ class SimulatedCrash(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(f"simulated {self.kind}")
+
+
+@dataclass
+class DeferredReply:
+    """A reply that waits for a background job: SPDK answers `bdev_lvol_register_snapshot_checksum` from the
+    job's completion callback (vbdev_lvol_rpc.c), so a delete sent behind it is answered first. The server asks
+    `ready()` once per poll and then sends `result()`, or the RpcFault it raises."""
+
+    ready: Callable[[], bool]
+    result: Callable[[], object]

@@ -38,7 +38,7 @@ from datetime import datetime
 from typing import Any, Protocol, TextIO
 
 from harness.sim import death
-from harness.sim.protocol import RpcFault, SimulatedCrash
+from harness.sim.protocol import DeferredReply, RpcFault, SimulatedCrash
 
 RECV_BUF_SIZE = 32 * 1024  # SPDK_JSONRPC_RECV_BUF_SIZE
 MAX_CONNS = 64  # SPDK_JSONRPC_MAX_CONNS
@@ -56,6 +56,9 @@ BANNER = (
     "*** lvol-storm REFERENCE TARGET (spdk-sim): a Python model of spdk_tgt serving SPDK's JSON-RPC, "
     "NOT spdk_tgt; its crashes are simulated faults ***"
 )
+
+# How often a reactor round passes when only background jobs are running (a deferred reply is waiting).
+DEFERRED_ROUND_S = 0.001
 
 # spdk_kill_instance's table (lib/event/app_rpc.c): names or numbers.
 KILL_SIGNALS = {
@@ -393,6 +396,8 @@ class RpcServer:
         self.conn_numbers = itertools.count(1)
         self.stopping = False
         self.polled = False
+        self.deferred: list[tuple[DeferredReply, Connection, Request]] = []
+        """Replies waiting for a background job, in the order their requests ran."""
         """A request of this poll (one pass over the ready connections) already reached the dispatcher."""
         self.wake_r, self.wake_w = socket.socketpair()
 
@@ -538,13 +543,44 @@ class RpcServer:
                 if self.stopping:
                     break
             self._run_due_timers()
+            if self.deferred:
+                self._complete_deferred()
         self.shutdown()
         return 0
 
+    def _complete_deferred(self) -> None:
+        """One reactor round has passed: jobs advance (here, if no request started a poll this round) and the
+        replies whose jobs are done go out."""
+        if not self.polled:
+            poll_idle: Callable[[], None] | None = getattr(self.dispatcher, "poll_idle", None)
+            if poll_idle is not None:
+                poll_idle()
+        waiting: list[tuple[DeferredReply, Connection, Request]] = []
+        for deferred, conn, request in self.deferred:
+            if conn.dead:
+                continue
+            if not deferred.ready():
+                waiting.append((deferred, conn, request))
+                continue
+            try:
+                result = deferred.result()
+            except RpcFault as fault:
+                reply = error_reply(request.id_json, fault.code, fault.message)
+            else:
+                reply = notification_reply(result) if request.notification else result_reply(request.id_json, result)
+            conn.pending -= 1
+            self._complete_later(conn, reply)
+            self._close_if_finished(conn)
+        self.deferred = waiting
+        self._drain_log()
+
     def _timeout(self) -> float | None:
+        # Jobs behind a deferred reply advance once per round even without requests: a reactor never sleeps.
+        idle = DEFERRED_ROUND_S if self.deferred else None
         if not self.timers:
-            return None
-        return max(0.0, self.timers[0][0] - time.monotonic())
+            return idle
+        due = max(0.0, self.timers[0][0] - time.monotonic())
+        return due if idle is None else min(due, idle)
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -702,6 +738,11 @@ class RpcServer:
                     self.log(f"spdk-sim: internal error in {parsed.method}: {part}")
             reply = error_reply(parsed.id_json, -32603, f"spdk-sim internal error: {type(exc).__name__}: {exc}")
         else:
+            if isinstance(result, DeferredReply):
+                conn.pending += 1
+                self.deferred.append((result, conn, parsed))
+                self._drain_log()
+                return
             reply = notification_reply(result) if parsed.notification else result_reply(parsed.id_json, result)
         self._drain_log()
         self._complete_later(conn, reply)
