@@ -108,7 +108,10 @@ class Checker:
         self.model: LvolStore | None = None
         self.model = self._empty_model(lvs)
         self._next_uuid: str | None = None
-        self._inflight_by_key: dict[str, list[Op]] = {}
+        # Ops in flight by key (dicts: insertion-ordered sets with O(1) removal); renames of the lvstore also
+        # by their "s:" keys, the only in-flight ops an op naming the lvstore is ordered against.
+        self._inflight_by_key: dict[str, dict[Op, None]] = {}
+        self._renames_by_key: dict[str, dict[Op, None]] = {}
         self._key_group: dict[str, _Group] = {}
         self._busy_until: dict[str, float] = {}
         self._tainted: set[str] = set()
@@ -234,10 +237,9 @@ class Checker:
             g = self._key_group.get(k)
             if g is not None:
                 groups.add(g.root())
-            lvs_key = k.startswith("s:")
-            for other in self._inflight_by_key.get(k, ()):
-                if lvs_key and not renames and other.method != RENAME_LVS:
-                    continue  # naming the lvstore orders an op only against a rename of it
+            # Naming the lvstore orders an op only against a rename of it.
+            inflight = self._renames_by_key if not renames and k.startswith("s:") else self._inflight_by_key
+            for other in inflight.get(k, ()):
                 if other.group is None:
                     og = _Group()
                     og.members.append(other)
@@ -279,23 +281,23 @@ class Checker:
                 for k in m.keys:
                     if g.with_rename or not k.startswith("s:"):
                         self._key_group[k] = g
-        for k in keys:
-            lst = self._inflight_by_key.get(k)
-            if lst is None:
-                self._inflight_by_key[k] = [op]
-            else:
-                lst.append(op)
+        for index in (self._inflight_by_key, self._renames_by_key) if renames else (self._inflight_by_key,):
+            for k in keys:
+                ops = index.get(k)
+                if ops is None:
+                    index[k] = {op: None}
+                else:
+                    ops[op] = None
 
     def _unregister(self, op: Op) -> None:
-        for k in op.keys:
-            lst = self._inflight_by_key.get(k)
-            if lst is not None:
-                try:
-                    lst.remove(op)
-                except ValueError:
-                    pass
-                if not lst:
-                    del self._inflight_by_key[k]
+        renames = op.method == RENAME_LVS
+        for index in (self._inflight_by_key, self._renames_by_key) if renames else (self._inflight_by_key,):
+            for k in op.keys:
+                ops = index.get(k)
+                if ops is not None:
+                    ops.pop(op, None)
+                    if not ops:
+                        del index[k]
 
     def abandon(self, op: Op) -> None:
         """No reply will come (timeout, lost connection): its effect is unknown; resync before judging more."""
