@@ -6,6 +6,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
+
+from harness.storm import checker as checker_mod
 from harness.storm.checker import Checker, LvstoreInfo
 from harness.storm.operations import Op
 from harness.storm.view import TreeView
@@ -135,3 +138,18 @@ def test_groups_merge_and_every_op_is_judged_once() -> None:
         assert later.group is None  # the closed group does not draw new ops in
         _answer(c, later)
     assert c.judged - judged == 66
+
+
+def test_busy_windows_of_gone_lvols_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(checker_mod.time, "monotonic", lambda: clock[0])
+    checker = Checker(TreeView(), LvstoreInfo("lvs0", "lvs-uuid", "Malloc0", 1000, 1000, 1 << 20, 4096))
+    for i in range(20_000):
+        op = Op("bdev_lvol_register_snapshot_checksum", {"name": f"snap-{i}"}, 0)
+        checker.on_send(op)
+        op.result, op.done = True, True
+        checker.on_reply(op)
+        clock[0] += 0.01  # 100 checksums a second, each on an lvol named once
+    busy = checker._busy_until
+    assert len(busy) <= 2 * checker_mod.BUSY_SWEEP_MIN
+    assert "snap-19999" in busy and "snap-0" not in busy  # the window still open is kept

@@ -30,6 +30,8 @@ from harness.storm.view import TreeView
 # background job): ops on it within this window are judged as races.
 BUSY_LINGER_S = 0.5
 GROUP_PERMUTE_MAX = 5
+BUSY_SWEEP_MIN = 1024
+"""`_busy_until` is swept of passed windows when it holds more than this (or twice what the last sweep kept)."""
 # Ops that claim blobstore metadata pages: with the estimate of pages in use above this share of all pages,
 # ENOMEM (bs_create_blob finds no free page) is legal.
 MD_ALLOCATING = frozenset({"bdev_lvol_create", "bdev_lvol_snapshot", "bdev_lvol_clone", "bdev_lvol_resize",
@@ -114,6 +116,7 @@ class Checker:
         self._renames_by_key: dict[str, dict[Op, None]] = {}
         self._key_group: dict[str, _Group] = {}
         self._busy_until: dict[str, float] = {}
+        self._busy_sweep_at = BUSY_SWEEP_MIN
         self._tainted: set[str] = set()
         self._taint_all = False
         self._deletes_since_check: deque[Op] = deque(maxlen=64)
@@ -318,8 +321,11 @@ class Checker:
         if op.group is None and op.ok and op.method in CREATES and isinstance(op.result, str):
             op.keys = (*op.keys, op.result)
         if op.method in ("bdev_lvol_register_snapshot_checksum", "bdev_lvol_start_shallow_copy"):
+            until = time.monotonic() + BUSY_LINGER_S
             for k in op.keys:
-                self._busy_until[k] = time.monotonic() + BUSY_LINGER_S
+                self._busy_until[k] = until
+            if len(self._busy_until) > self._busy_sweep_at:
+                self._sweep_busy()
         if op.ok:
             self._follow_in_view(op)
         if op.group is None:
@@ -337,6 +343,15 @@ class Checker:
             self._close_group(g)
         elif op.ok and op.method in CREATES and isinstance(op.result, str):
             self._key_group[op.result] = g
+
+    def _sweep_busy(self) -> None:
+        """Forget busy windows that have passed. Most keys are lvols deleted since and never named again (an
+        entry left only when its key was named again), so the dict grew by every checksum and shallow copy of
+        the run: ~1.2M entries, ~150 MB an hour at full rate. Sweeping when it doubles keeps it to the last
+        BUSY_LINGER_S of them at amortized O(1) per op."""
+        now = time.monotonic()
+        self._busy_until = {k: t for k, t in self._busy_until.items() if t > now}
+        self._busy_sweep_at = max(BUSY_SWEEP_MIN, 2 * len(self._busy_until))
 
     def _close_group(self, g: _Group) -> None:
         for m in g.members:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.allocator import release_free_memory
 from harness.history import SETUP_WORKER, History
 from harness.hosts.base import Host
 from harness.rpc.client import RpcConnection
@@ -518,6 +519,7 @@ class Storm:
         self.checker.settle()
         for finding in await self._resync():
             self.checker.add(finding)
+        release_free_memory()  # nothing in flight: the moment to hand glibc's free heap back (harness.allocator)
 
     # -- the end ----------------------------------------------------------------------------------------
 
