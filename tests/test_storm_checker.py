@@ -153,3 +153,19 @@ def test_busy_windows_of_gone_lvols_are_forgotten(monkeypatch: pytest.MonkeyPatc
     busy = checker._busy_until
     assert len(busy) <= 2 * checker_mod.BUSY_SWEEP_MIN
     assert "snap-19999" in busy and "snap-0" not in busy  # the window still open is kept
+
+
+def test_a_group_settled_before_its_last_reply_reached_the_checker_is_judged_once() -> None:
+    """Seen on a fixed spdk_tgt (double-delete): the second delete answered EBUSY and, while the engine read
+    the lvol back (the busy check), a quiesce point settled the group; the late reply closed it again and the
+    first delete was applied twice: `no-legal-order ... the model says ENODEV`."""
+    c = _checker()
+    a = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="a", size_in_mib=4, thin_provision=True).result
+    first, second = _send(c, "bdev_lvol_delete", name=a), _send(c, "bdev_lvol_delete", name=a)
+    assert first.group is not None and first.group.root() is second.group.root()
+    _answer(c, first)
+    second.done, second.error_code, second.errno_name = True, -16, "EBUSY"  # answered, not yet handed over
+    judged = c.judged
+    c.settle()
+    c.on_reply(second)
+    assert c.findings == [] and c.judged - judged == 2 and c.model.find(a) is None

@@ -77,13 +77,14 @@ class LvstoreInfo:
 class _Group:
     """Ops that overlapped on some key; judged together once all have answered."""
 
-    __slots__ = ("inflight", "members", "merged", "with_rename")
+    __slots__ = ("closed", "inflight", "members", "merged", "with_rename")
 
     def __init__(self) -> None:
         self.members: list[Op] = []
         self.inflight = 0
         self.merged: _Group | None = None
         self.with_rename = False  # an lvstore rename is a member: its "s:" keys draw ops in too
+        self.closed = False  # judged (a quiesce point may judge it before the checker saw every reply)
 
     def root(self) -> _Group:
         g = self
@@ -336,6 +337,12 @@ class Checker:
             return
         g = op.group.root()
         g.inflight -= 1
+        if g.closed:
+            # settle() judged the group while this reply was still on its way to the checker (a busy
+            # delete's follow-up read): judging the group again would apply its writes twice.
+            if not op.judged:
+                self._judge_group([op])
+            return
         if op.ok and op.method in CREATES and isinstance(op.result, str):
             # Later ops on the new lvol must wait for this group's verdict (and share its taint).
             op.keys = (*op.keys, op.result)
@@ -354,6 +361,9 @@ class Checker:
         self._busy_sweep_at = max(BUSY_SWEEP_MIN, 2 * len(self._busy_until))
 
     def _close_group(self, g: _Group) -> None:
+        if g.closed:
+            return
+        g.closed = True
         for m in g.members:
             for k in m.keys:
                 if self._key_group.get(k) is g:
@@ -614,6 +624,8 @@ class Checker:
 
     def _judge_group_ops(self, members: list[Op]) -> None:
         ops = [o for o in members if o.done]
+        for o in ops:
+            o.judged = True
         self.judged += len(ops)
         failed = [o for o in ops if not o.ok]
         self.races += len(failed)

@@ -101,6 +101,7 @@ class Op:
     contended: bool = False
     lenient: bool = False
     done: bool = False
+    judged: bool = False  # judged as part of a group (the checker judges each op once)
     # Set by the checker: ops overlapping this one on a shared key, while it was in flight.
     group: Any = None
 
