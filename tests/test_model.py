@@ -579,3 +579,21 @@ def test_internal_xattrs_live_in_the_blob_like_any_other() -> None:
     assert s.get_xattr(lv.uuid, "name") == "z" * 256 and lv.name == "z" * 255
     s.set_xattr(lv.uuid, "name", "other")  # SPDK lets a user overwrite it; the lvol keeps its name
     assert s.get_xattr(lv.uuid, "name") == "other" and lv.name == "z" * 255
+
+
+@pytest.mark.parametrize("op", ["decouple_parent", "detach_parent"])
+def test_decouple_and_detach_in_a_chain_move_the_lvol_to_its_grandparent(op: str) -> None:
+    """bs_inflate_blob_done: the blob hangs on the parent's parent. Seen on spdk_tgt 24.09 (thick 4 MiB lvol v,
+    snapshot s1, snapshot s2, then decouple/detach v): v's base_snapshot is s1, 0 clusters allocated (s2, the
+    direct parent, owns none; decouple copies only the direct parent's clusters)."""
+    s = store()
+    s.create("v", 4)
+    s1 = s.snapshot("v", "s1")
+    s2 = s.snapshot("v", "s2")
+    free = s.free_clusters
+    getattr(s, op)("v")
+    v = s.lookup("v")
+    assert s.parent_of(v) is s1 and [c.name for c in s.clones_of(s1)] == ["s2", "v"]
+    assert s.clones_of(s2) == [] and v.num_allocated_clusters == 0 and s.free_clusters == free
+    assert not s.check_invariants()
+

@@ -398,14 +398,6 @@ class LvolStore:
             del self._by_alias[lv.alias_tail]
         self._by_uuid.pop(lv.uuid, None)
 
-    def _ancestors_alloc(self, lv: Lvol) -> int:
-        bits, seen, p = 0, 0, self.parent_of(lv)
-        while p is not None and seen <= len(self.blobs):
-            bits |= p.alloc
-            p = self.parent_of(p)
-            seen += 1
-        return bits
-
     # ---- lvol operations (SPDK's RPC parameter names) ------------------------------------------------------------
 
     def create(self, lvol_name: str, size_in_mib: int, thin_provision: bool = False) -> Lvol:
@@ -543,17 +535,23 @@ class LvolStore:
         self._unlink_from_parent(lv)
 
     def decouple_parent(self, name: str) -> None:
+        """bs_inflate_blob without allocate_all: copy the clusters the DIRECT parent owns (and the blob lacks),
+        then hang the blob on the parent's parent (bs_inflate_blob_done), or on nothing at the top of a chain."""
         lv = self.lookup(name)
         self._begin_inflate(lv)
         if lv.parent is None:
             raise ModelError(errno.EINVAL, f"{lv.name} has no parent")
-        need = self._ancestors_alloc(lv) & _mask(lv.num_clusters) & ~lv.alloc
+        if not lv.thin:
+            return
+        parent = self.blobs[lv.parent]
+        need = parent.alloc & _mask(lv.num_clusters) & ~lv.alloc  # bs_cluster_needs_allocation
         self._take(_popcount(need))
         lv.alloc |= need
-        self._unlink_from_parent(lv)
+        self._move_to_grandparent(lv, parent)
 
     def detach_parent(self, name: str) -> None:
-        """Longhorn's detach (bs_inflate_blob with ALLOCATE_NONE): drop the parent link, copy nothing."""
+        """Longhorn's detach (bs_inflate_blob with ALLOCATE_NONE): copy nothing; the blob moves to the parent's
+        parent, as with decouple."""
         lv = self.lookup(name)
         if lv.locked:
             raise ModelError(errno.EBUSY, f"{lv.name}: another operation in progress")
@@ -561,7 +559,14 @@ class LvolStore:
             raise ModelError(errno.EINVAL, f"{lv.name} has no parent")
         if not lv.thin:
             return
+        self._move_to_grandparent(lv, self.blobs[lv.parent])
+
+    def _move_to_grandparent(self, lv: Lvol, parent: Lvol) -> None:
+        """bs_inflate_blob_done: a parent that has a parent hands the blob to it (tail of its clone list)."""
+        grandparent = self.parent_of(parent)
         self._unlink_from_parent(lv)
+        if grandparent is not None:
+            self._link_to_parent(lv, grandparent)
 
     def set_parent(self, lvol_name: str, parent_name: str) -> None:
         """spdk_bs_blob_set_parent's checks in its order. SPDK has no cycle check; the model refuses a cycle

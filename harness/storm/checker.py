@@ -398,8 +398,13 @@ class Checker:
             self._deletes_since_check.append(op)
         elif m == "bdev_lvol_rename":
             view.rename(p["old_name"], p["new_name"])
-        elif m in ("bdev_lvol_inflate", "bdev_lvol_decouple_parent", "bdev_lvol_detach_parent"):
+        elif m == "bdev_lvol_inflate":
             view.set_parent(p["name"], None)
+        elif m in ("bdev_lvol_decouple_parent", "bdev_lvol_detach_parent"):
+            # The lvol moves to its parent's parent (bs_inflate_blob_done), or to none at the top.
+            node = view.nodes.get(p["name"])
+            parent = view.nodes.get(node.parent) if node is not None and node.parent is not None else None
+            view.set_parent(p["name"], parent.parent if parent is not None else None)
         elif m == "bdev_lvol_set_parent":
             view.set_parent(p["lvol_name"], p["parent_name"])
         elif m == "bdev_lvol_resize":
