@@ -38,7 +38,7 @@ soak: venv
 smoke: venv
 	$(PY) -m pytest suites/smoke $(ARGS)
 
-# Benchmarks (docs/BENCHMARKS.md): one table of figures against their goals, ~15 min; ARGS="--quick" for seconds.
+# Benchmarks (docs/BENCHMARKS.md): one table of figures against their goals, ~25 min; ARGS="--quick" for seconds.
 bench: venv
 	$(PY) -m bench $(ARGS)
 
