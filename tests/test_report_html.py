@@ -109,8 +109,9 @@ def crashed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real short run on the reference target that leaks clusters (a finding) and then exits (a crash)."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
     # The exit comes after a fixed number of mutating calls; quiesce checks (which see the leak) come by time,
-    # several of them before that on any machine speed; the duration is only a bound.
-    cfg = load_config("smoke", overrides=["target.sim_fault_after=4000", "storm.quiesce_every=0.5s",
+    # several of them before that at any rate up to ~15,000 ops/s (4,000 was too few once the storm reached
+    # 14,000 ops/s: the exit came before the first quiesce); the duration is only a bound.
+    cfg = load_config("smoke", overrides=["target.sim_fault_after=20000", "storm.quiesce_every=0.5s",
                                           "minimize.enabled=false"],
                       cli={"target.kind": "sim", "target.sim_fault": "exit,leak-cluster", "storm.duration": "40s"})
     outcome = StormRun(cfg, RunDir(run_dir), progress=False, announce=lambda _msg: None).execute()

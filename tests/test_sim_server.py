@@ -650,7 +650,7 @@ def _pipelined(s: socket.socket, *calls: tuple[str, object]) -> None:
 
 @pytest.fixture
 def real_sim(tmp_path: Path) -> Iterator[SimProcess]:
-    proc = SimProcess(tmp_path, real=True).wait_ready()
+    proc = SimProcess(tmp_path, "--defer-checksum-replies", real=True).wait_ready()
     yield proc
     proc.kill()
 

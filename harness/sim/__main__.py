@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--poll-interval-ms", type=_non_negative_float, default=0.0, metavar="X",
                      help="look at the sockets once every X ms, as spdk_tgt's RPC poller does (~8); "
                           "default 0: as soon as bytes arrive")
+    sim.add_argument("--defer-checksum-replies", action="store_true",
+                     help="answer bdev_lvol_register_snapshot_checksum when its job is done, as spdk_tgt does "
+                          "(default: at once, the job holding the snapshot across the next polls)")
     return parser
 
 
@@ -121,6 +124,8 @@ def main(argv: Sequence[str] | None = None, dispatcher_factory: DispatcherFactor
     except ValueError as exc:  # parse_faults: an unknown fault mode
         sys.stderr.write(f"spdk-sim: --fault {args.fault}: {exc}\n")
         return 2
+    if args.defer_checksum_replies:
+        dispatcher.defer_checksum_replies = True  # type: ignore[attr-defined]
     out = sys.stdout
     for line in startup_lines(args.cpumask, args_list, os.getpid()):
         out.write((line if line.startswith("***") else spdk_log_line(line)) + "\n")
