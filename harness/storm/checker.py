@@ -317,6 +317,11 @@ class Checker:
 
     def on_reply(self, op: Op) -> None:
         self._unregister(op)
+        if op.ok and op.method in CREATES and isinstance(op.result, str) and \
+                any(k in self._tainted for k in op.keys):
+            # Made from an lvol the model is unsure of (a snapshot takes its origin's parent and clusters):
+            # judged as leniently as it until the next quiesce point re-reads the tree.
+            self._tainted.add(op.result)
         if op.method == "bdev_lvol_delete":
             self.view.unhide(str(op.params.get("name")))
         if op.group is None and op.ok and op.method in CREATES and isinstance(op.result, str):
