@@ -17,6 +17,7 @@ from harness.bdev import BaseBdev, BdevConfig, Lvstore, LvstoreConfig
 from harness.hosts.local import LocalHost
 from harness.rpc.sync import SyncRpc
 from harness.target import Target, TargetConfig
+from harness.watch.probe import version_probe
 from harness.watch.watchdog import Watchdog
 
 
@@ -56,7 +57,6 @@ class BenchTarget:
         self.hang_after_s = hang_after_s
         self.watchdog: Watchdog | None = None
         self.lvstore: Lvstore | None = None
-        self._probe: list[SyncRpc] = []
 
     @property
     def kind(self) -> str:
@@ -93,17 +93,7 @@ class BenchTarget:
     def _watchdog(self) -> Watchdog:
         """As `StormRun._start_watchdog`: kernel log, target log, process, and an RPC probe every 2 s."""
 
-        def probe() -> bool:
-            try:
-                if not self._probe:
-                    self._probe.append(SyncRpc(self.host, self.sock_path, timeout=5.0, connect_timeout=2.0))
-                self._probe[0].call("spdk_get_version")
-                return True
-            except Exception:
-                if self._probe:
-                    self._probe.pop().close()
-                return False
-
+        probe = version_probe(self.host, self.sock_path)
         assert self.target.process is not None
         return Watchdog(self.host, pid=self.target.process.pid, log_path=self.target.log_path,
                         binary_paths=[self.target.info.binary] if self.target.info.binary else [],
@@ -122,8 +112,6 @@ class BenchTarget:
     def stop(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
-        while self._probe:
-            self._probe.pop().close()
         self.target.stop()
 
     def __enter__(self) -> BenchTarget:

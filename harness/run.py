@@ -33,6 +33,7 @@ from harness.rundir import RunDir, default_run_dir
 from harness.storm.config import check_against_lvstore
 from harness.storm.engine import StormResult, run_storm_sync
 from harness.target import SIM_BANNER, Target
+from harness.watch.probe import version_probe
 from harness.watch.watchdog import Watchdog
 
 Announce = Callable[[str], None]
@@ -182,19 +183,7 @@ class StormRun:
 
     def _start_watchdog(self, target: Target) -> Watchdog:
         cfg = self.config.watch
-        probe_rpc: list[SyncRpc] = []
-
-        def probe() -> bool:
-            try:
-                if not probe_rpc:
-                    probe_rpc.append(SyncRpc(self.host, target.sock_path, timeout=5.0, connect_timeout=2.0))
-                probe_rpc[0].call("spdk_get_version")
-                return True
-            except Exception:
-                if probe_rpc:
-                    probe_rpc.pop().close()
-                return False
-
+        probe = version_probe(self.host, target.sock_path)
         assert target.process is not None
         watchdog = Watchdog(
             self.host, pid=target.process.pid, log_path=target.log_path,

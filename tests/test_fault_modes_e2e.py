@@ -34,11 +34,11 @@ from harness.cli import main as cli_main
 from harness.config import RunConfig, load_config
 from harness.hosts.local import LocalHost
 from harness.report.crash import CrashReport
-from harness.rpc.sync import SyncRpc
 from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
 from harness.sim.faults import MUTATING_LVOL_METHODS
 from harness.target import Target
+from harness.watch.probe import version_probe
 from harness.watch.watchdog import Watchdog
 
 pytestmark = pytest.mark.timeout(90)
@@ -124,20 +124,7 @@ def _needs_every_counted_call(storm: StormCrash) -> None:
 
 def _probe(sock: str) -> Callable[[], bool]:
     """The hang probe a storm run uses: `spdk_get_version` on a connection of its own."""
-    held: list[SyncRpc] = []
-
-    def probe() -> bool:
-        try:
-            if not held:
-                held.append(SyncRpc(LocalHost(), sock, timeout=5.0, connect_timeout=2.0))
-            held[0].call("spdk_get_version")
-            return True
-        except Exception:
-            if held:
-                held.pop().close()
-            return False
-
-    return probe
+    return version_probe(LocalHost(), sock)
 
 
 def test_repro_py_crashes_a_fresh_faulty_target_with_the_same_title(storm: StormCrash, tmp_path: Path) -> None:

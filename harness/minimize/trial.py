@@ -30,8 +30,8 @@ from harness.minimize.search import SETUP_REFUSED, TrialResult
 from harness.report.core import CorePattern
 from harness.report.crash import CrashReport
 from harness.rpc.errors import RpcConnectError
-from harness.rpc.sync import SyncRpc
 from harness.target import Target, TargetConfig
+from harness.watch.probe import version_probe
 from harness.watch.watchdog import Watchdog
 
 DEFAULT_HANG_AFTER_S = 30.0
@@ -167,20 +167,7 @@ class TargetTrials:
 
     def _probe(self, target: Target) -> Callable[[], bool]:
         """The hang probe a storm run uses: `spdk_get_version` on a connection of its own."""
-        held: list[SyncRpc] = []
-
-        def probe() -> bool:
-            try:
-                if not held:
-                    held.append(SyncRpc(self.host, target.sock_path, timeout=5.0, connect_timeout=2.0))
-                held[0].call("spdk_get_version")
-                return True
-            except Exception:
-                if held:
-                    held.pop().close()
-                return False
-
-        return probe
+        return version_probe(self.host, target.sock_path)
 
     def close(self) -> None:
         """Kill the targets of tries still running (an interrupt mid-try), then remove the work root."""
