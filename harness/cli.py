@@ -57,14 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="re-issue a history.jsonl against a fresh target")
     replay.add_argument("history", help="history.jsonl of an earlier run (or a crash directory's repro.jsonl)")
     _target_flags(replay)
-    replay.add_argument("--mode", choices=["grouped", "serial", "workers"], default="grouped",
-                        help="grouped (default): each call on its recorded connection, calls that were in flight "
-                             "together sent together, and says whether the crash title is the same; workers: the "
-                             "same; serial: one connection, in the order the calls were sent")
+    from harness.minimize.command import REPLAY_MODES, add_minimize_parser
+
+    replay.add_argument("--mode", choices=[*REPLAY_MODES, "workers"], default="auto",
+                        help="auto (default): grouped, then, if the expected crash did not come back, serial, then "
+                             "serial-sent, each on a fresh target; grouped (alias workers): each call on its "
+                             "recorded connection, calls that were in flight together sent together; serial: one "
+                             "connection, in the order the target ran them (reply order; calls in flight at the "
+                             "crash last, in send order); serial-sent: one connection, in send order")
     replay.add_argument("--expect-title", default=None,
                         help="crash title to compare with (default: the crash.json next to HISTORY, or the run's)")
-
-    from harness.minimize.command import add_minimize_parser
 
     add_minimize_parser(sub, _target_flags)
 
@@ -92,11 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return main_run(args)
         if args.command == "replay":
-            from harness.minimize.command import main_replay_grouped
+            from harness.minimize.command import main_replay
 
             if not Path(args.history).exists():
                 raise ConfigError(f"replay: {args.history} does not exist")
-            return main_replay_grouped(args)
+            return main_replay(args)
         if args.command == "minimize":
             from harness.minimize.command import main_minimize
 

@@ -16,7 +16,7 @@ import json
 import threading
 import weakref
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import IO, Any
@@ -408,3 +408,25 @@ class History:
                     )
                 yield record
 
+
+
+def answered(record: Mapping[str, Any]) -> bool:
+    """Did the target answer this call (a result, or an error with a JSON-RPC code)? A call still in flight
+    when the connection went away or timed out has an error without a code."""
+    error = record.get("error")
+    if error is None:
+        return "result" in record
+    return isinstance(error, Mapping) and error.get("code") is not None
+
+
+def execution_key(record: Mapping[str, Any]) -> tuple[int, float, float]:
+    """Where a recorded call most likely ran in the target's one-reactor order.
+
+    SPDK's reactor applies calls in the order it answers them, so answered calls go by `t_end` (the send
+    order of calls in flight on different connections says nothing about which ran first). A call still in
+    flight when the target died has no such time (its `t_end` is when the harness noticed): those come last,
+    in the order they were sent, since one of them killed it and each ran after every answered one."""
+    t_start = float(record.get("t_start") or 0.0)
+    if answered(record):
+        return (0, float(record.get("t_end") or t_start), t_start)
+    return (1, t_start, t_start)

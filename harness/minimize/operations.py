@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.history import HISTORY_VERSION, History
+from harness.history import HISTORY_VERSION, History, execution_key
 
 ConnKey = tuple[int, int]
 """(worker, conn): conn ids are only unique per worker (setup's SyncRpc and worker 0 both use conn 0)."""
@@ -57,6 +57,15 @@ class Operation:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def answered(self) -> bool:
+        """The target answered it; False for a call in flight when the connection went away or timed out."""
+        return self.error is None or self.error.get("code") is not None
+
+    @property
+    def execution_key(self) -> tuple[int, float, float]:
+        return execution_key({"t_start": self.t_start, "t_end": self.t_end, "error": self.error, "result": None})
 
     @classmethod
     def from_record(cls, index: int, record: dict[str, Any]) -> Operation:
@@ -102,13 +111,14 @@ def start_order(ops: Iterable[Operation]) -> list[Operation]:
 
 
 def execution_order(ops: Iterable[Operation]) -> list[Operation]:
-    """The order the target most likely executed them in: by reply time.
+    """The order the target most likely executed them in (`history.execution_key`): answered calls by reply
+    time, then the calls in flight when it died, in send order.
 
     SPDK serves RPCs on one reactor, so replies come back in execution order; the send order (`t_start`) of
     calls in flight on different connections says nothing about which one the target ran first, and a serial
     replay in send order diverges from the recording (a delete that failed ENODEV now succeeds, and so on).
     A call that used an earlier answer was sent after that answer, so it also ends after it."""
-    return sorted(ops, key=lambda op: (op.t_end, op.t_start, op.worker, op.seq, op.index))
+    return sorted(ops, key=lambda op: (*op.execution_key, op.worker, op.seq, op.index))
 
 
 def load_operations(path: str | Path) -> list[Operation]:

@@ -13,6 +13,8 @@ import pprint
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from harness.history import answered, execution_key
+
 SPDK_RPC_NOTE = (
     "python reproducer only: `spdk-rpc` (PyPI spdk) cannot send a method with raw JSON params, and the "
     "Longhorn fork's bdev_lvol_* extras have no spdk-rpc subcommand"
@@ -140,24 +142,7 @@ def last_operations(history: Iterable[Any], *, before: float | None = None, per_
                 if touched and earlier not in chosen and len(chosen) < limit:
                     chosen.add(earlier)
                     pending.append(earlier)
-    return sorted((records[i] for i in chosen), key=replay_order)
-
-
-def answered(rec: Mapping[str, Any]) -> bool:
-    """Did the target answer this call (a result, or an error with a JSON-RPC code)?"""
-    if "result" in rec and rec.get("error") is None:
-        return True
-    error = rec.get("error")
-    return isinstance(error, Mapping) and error.get("code") is not None
-
-
-def replay_order(rec: Mapping[str, Any]) -> tuple[int, float, float]:
-    """SPDK's reactor applies calls in the order it answers them, so answered calls go by `t_end`; calls
-    still in flight when it died (one of them killed it) come last, in the order they were sent."""
-    t_start = float(rec.get("t_start", 0.0))
-    if answered(rec):
-        return (0, float(rec.get("t_end") or t_start), t_start)
-    return (1, t_start, t_start)
+    return sorted((records[i] for i in chosen), key=execution_key)
 
 
 def reproducer_script(operations: list[dict[str, Any]], title: str) -> str:
