@@ -16,7 +16,7 @@ import pytest
 from harness.cli import main as cli_main
 from harness.minimize import command
 from harness.minimize.operations import Operation, execution_order
-from harness.minimize.plan import ReplayPlan, grouped_plan
+from harness.minimize.plan import ReplayPlan
 from harness.minimize.search import TrialResult
 
 DATA = Path(__file__).parent / "data" / "replay"
@@ -38,17 +38,6 @@ def test_execution_order_puts_the_calls_in_flight_at_the_crash_last_in_send_orde
            op(4, 0, 6.0, 7.0, error={"code": -19, "message": "No such device", "errno": "ENODEV"})]
     assert [o.index for o in execution_order(ops)] == [1, 0, 4, 2, 3]
     assert [o.answered for o in ops] == [True, True, False, False, True]
-
-
-def test_a_grouped_step_writes_connections_in_execution_order_and_each_connection_in_send_order() -> None:
-    # c0 pipelined 0 then 2; c1 sent 1 before 2 but the target ran it after 0 and before 2's reply
-    ops = [op(0, 0, 0.0, 1.0, seq=1), op(1, 1, 0.1, 3.0), op(2, 0, 0.2, 2.0, seq=2), op(3, 2, 0.3, 0.5)]
-    [step] = grouped_plan(ops).steps
-    assert [o.index for o in step] == [3, 0, 2, 1]
-    # a connection's own calls never pass each other, whatever their reply times say
-    late_first = [op(0, 0, 0.0, 4.0, seq=1), op(1, 0, 0.1, 1.0, seq=2), op(2, 1, 0.2, 2.0)]
-    [step] = grouped_plan(late_first).steps
-    assert [o.index for o in step] == [2, 0, 1]
 
 
 class FakeTrials:

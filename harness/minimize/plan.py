@@ -23,7 +23,6 @@ from typing import Literal
 
 from harness.minimize.operations import (
     BatchKey,
-    ConnKey,
     Operation,
     assign_in_flight_groups,
     batches_of,
@@ -106,27 +105,13 @@ def _single_steps(ops: Sequence[Operation]) -> list[tuple[Operation, ...]]:
     return steps
 
 
-def _step_order(step: Sequence[Operation]) -> tuple[Operation, ...]:
-    """A step's calls in the order they are written: each connection's calls in the order it sent them, the
-    connections interleaved by the order the target ran the calls (`Operation.execution_key`), each batch's
-    calls together in write order at its first call's place (the replayer corks a connection around them).
-
-    Calls on different connections that reach the target in one poll run in the order its poller reads
-    them; writing them in the recorded execution order, not the send order, is the best a replay can do to
-    make the target take the recorded order again (a delete before the set_xattr it raced)."""
+def _batches_contiguous(step: Sequence[Operation]) -> tuple[Operation, ...]:
+    """A step's calls with each batch's calls together, in write order, at its first call's place (the
+    replayer corks a connection around them)."""
     members = batches_of(step)
-    queues: dict[ConnKey, list[Operation]] = {}
-    for op in start_order(step):
-        queues.setdefault(op.conn_key, []).append(op)
-    heads = {conn: 0 for conn in queues}
     out: list[Operation] = []
     placed: set[BatchKey] = set()
-    while heads:
-        conn = min(heads, key=lambda c: (queues[c][heads[c]].execution_key, c))
-        op = queues[conn][heads[conn]]
-        heads[conn] += 1
-        if heads[conn] == len(queues[conn]):
-            del heads[conn]
+    for op in step:
         key = op.batch_key
         if key is None or key not in members:
             out.append(op)
@@ -151,7 +136,7 @@ def grouped_plan(ops: Iterable[Operation], dissolved: frozenset[int] = frozenset
         if group[0].group in dissolved or len(group) == 1:
             steps.extend(_single_steps(group))
         else:
-            steps.append(_step_order(group))
+            steps.append(_batches_contiguous(group))
     return ReplayPlan(tuple(steps), single_connection=False)
 
 
@@ -184,4 +169,4 @@ def plan_from_operations(ops: Sequence[Operation]) -> ReplayPlan:
             steps[-1].append(op)
         else:
             steps.append([op])
-    return ReplayPlan(tuple(_step_order(s) for s in steps), single_connection=one_conn)
+    return ReplayPlan(tuple(_batches_contiguous(s) for s in steps), single_connection=one_conn)
