@@ -49,10 +49,10 @@ MODES = {
     "forced-removal": r"^SIGSEGV in spdk_lvol_destroy \(reference target\)$",
     "abort-assert": r"^SIGABRT: Assertion '.+' failed in \w+$",
     "abort-malloc": r"^SIGABRT: malloc\(\): unsorted double linked list corrupted$",
-    "exit": r"^exit: target exited 1 unexpectedly$",
+    "exit": r"^exit: target exited 0 unexpectedly$",
     "hang": rf"^hang: no RPC reply for {HANG_AFTER_S} s$",
 }
-EXIT_RC = {"forced-removal": -11, "abort-assert": -6, "abort-malloc": -6, "exit": 1, "hang": None}
+EXIT_RC = {"forced-removal": -11, "abort-assert": -6, "abort-malloc": -6, "exit": 0, "hang": None}
 
 
 @dataclass

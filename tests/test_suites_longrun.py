@@ -23,7 +23,7 @@ from harness.known_issues import KnownIssues
 from harness.suite import LongRun, long_run_failure
 
 REPO = Path(__file__).resolve().parent.parent
-EXIT_TITLE = "exit: target exited 1 unexpectedly"
+EXIT_TITLE = "exit: target exited 0 unexpectedly"
 
 
 def _env() -> dict[str, str]:
