@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +35,16 @@ class WatchConfig(BaseModel):
     )
 
 
+class HistoryConfig(BaseModel):
+    """How the run's full history is kept on disk (memory keeps a bounded tail either way)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compress: Literal["none", "zstd"] = "none"
+    """zstd: history.jsonl.zst, about 11x smaller (a storm at full rate writes ~12 GB an hour plain);
+    read it with `zstdcat`, replay and minimize read it as is."""
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +54,7 @@ class RunConfig(BaseModel):
     lvstore: LvstoreConfig = Field(default_factory=LvstoreConfig)
     storm: StormConfig = Field(default_factory=StormConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     minimize: MinimizeConfig = Field(default_factory=MinimizeConfig)
 
     def dump_yaml(self) -> str:

@@ -211,8 +211,8 @@ def target(host: Host, run_config: RunConfig, run_dir: RunDir) -> Iterator[Targe
 
 
 @pytest.fixture
-def history(run_dir: RunDir) -> Iterator[History]:
-    hist = History(run_dir.history)
+def history(run_dir: RunDir, run_config: RunConfig) -> Iterator[History]:
+    hist = History(run_dir.history_for(run_config.history.compress))
     try:
         yield hist
     finally:

@@ -97,7 +97,7 @@ class StormRun:
     def execute(self) -> RunOutcome:
         cfg = self.config
         self.run_dir.config.write_text(cfg.dump_yaml())
-        self.history = History(self.run_dir.history)
+        self.history = History(self.run_dir.history_for(self.config.history.compress))
         t0 = time.time()
         storm: StormResult | None = None
         findings: list[dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """The run directory: where every artefact of a run lands, so nothing is lost when the run ends badly.
 
-Layout: config.yaml, target.log, history.jsonl, summary.json, crashes/<slug>/ (one per crash title).
+Layout: config.yaml, target.log, history.jsonl (or .jsonl.zst), summary.json, crashes/<slug>/ (one per crash title).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.history import HISTORY_NAMES, history_in
 from harness.target import AF_UNIX_PATH_MAX
 
 
@@ -45,7 +46,12 @@ class RunDir:
 
     @property
     def history(self) -> Path:
-        return self.path / "history.jsonl"
+        """The history this run wrote (plain or compressed); `history.jsonl` before it has one."""
+        return history_in(self.path) or self.path / HISTORY_NAMES[0]
+
+    def history_for(self, compress: str) -> Path:
+        """Where a run that compresses its history (`history.compress`) writes it."""
+        return self.path / HISTORY_NAMES[1 if compress == "zstd" else 0]
 
     @property
     def summary(self) -> Path:

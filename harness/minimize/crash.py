@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.history import SETUP_WORKER
+from harness.history import SETUP_WORKER, history_in
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
 from harness.minimize.config import MinimizeConfig
@@ -123,10 +123,11 @@ def read_crash(crash_dir: Path) -> tuple[dict[str, Any], Path]:
         raise ConfigError(f"{crash_json}: unreadable ({exc}); the crash report is damaged") from exc
     if not crash.get("title"):
         raise ConfigError(f"{crash_json}: has no title; cannot tell the same crash on replay")
-    history = crash_dir.parent.parent / "history.jsonl"
-    if not history.is_file():
-        raise ConfigError(f"{crash_dir}: no history at {history}: minimize needs the run's history.jsonl next to "
-                          "its crashes/ directory (was the run directory moved or pruned?)")
+    history = history_in(crash_dir.parent.parent)
+    if history is None:
+        raise ConfigError(f"{crash_dir}: no history at {crash_dir.parent.parent / 'history.jsonl'} (or .zst): "
+                          "minimize needs the run's history next to its crashes/ directory (was the run "
+                          "directory moved or pruned?)")
     return crash, history
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from harness.history import HISTORY_NAMES
 from harness.report.timeline import Timeline
 
 SKIP_DIRS = frozenset({"crashes", "cores", "terraform", ".pytest_cache"})
@@ -39,7 +40,8 @@ def _load_json(path: Path) -> Any:
 
 
 def history_sources(run_dir: Path) -> list[tuple[str, Path]]:
-    """Every history.jsonl of the run: its own, and those of sub-runs (tests, incarnations, nodes)."""
+    """Every history file (plain or compressed) of the run: its own, and those of sub-runs (tests,
+    incarnations, nodes)."""
     found: list[tuple[str, Path]] = []
     base_depth = len(run_dir.parts)
     for root, dirs, files in os.walk(run_dir):
@@ -47,9 +49,10 @@ def history_sources(run_dir: Path) -> list[tuple[str, Path]]:
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
         if len(here.parts) - base_depth >= MAX_DEPTH:
             dirs[:] = []
-        if "history.jsonl" in files:
+        name = next((n for n in HISTORY_NAMES if n in files), None)
+        if name is not None:
             rel = here.relative_to(run_dir).as_posix()
-            found.append((rel if rel != "." else ".", here / "history.jsonl"))
+            found.append((rel if rel != "." else ".", here / name))
     return found
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.history import read_appended
+
 LATENCY_BINS = 96
 _BIN_BASE = 1.25
 _BIN_FLOOR_US = 1.0
@@ -107,16 +109,17 @@ class Timeline:
             return 0
         if size < src.offset:  # truncated or replaced: start over
             src.offset = 0
+        if size == src.offset:
+            return 0
         n = 0
-        with open(path, "rb") as f:
-            f.seek(src.offset)
-            while True:
-                line = f.readline()
-                if not line or not line.endswith(b"\n"):
-                    break  # a line still being written: read it next time
-                src.offset += len(line)
-                n += 1
-                self._line(line, key)
+        try:
+            for lines, offset in read_appended(path, src.offset):
+                src.offset = offset
+                for line in lines:
+                    self._line(line, key)
+                n += len(lines)
+        except OSError:
+            pass
         return n
 
     def _line(self, line: bytes, source: str) -> None:
