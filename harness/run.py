@@ -116,7 +116,7 @@ class StormRun:
                 try:
                     storm = self._storm(target, findings)
                 finally:
-                    crashes, crash_dirs = self._save_evidence(target, cores)
+                    crashes, crash_dirs = self._save_evidence(target, cores, storm.stop_reason if storm else None)
                     if not crashes:
                         findings.extend(self._teardown(target))
         finally:
@@ -215,11 +215,16 @@ class StormRun:
             run_dir=self.run_dir.path, crashed=self.watchdog.crashed, progress=self.progress,
         )
 
-    def _save_evidence(self, target: Target, cores: CorePattern | None) -> tuple[list[CrashReport], list[Path]]:
+    def _save_evidence(self, target: Target, cores: CorePattern | None,
+                       stop_reason: str | None = None) -> tuple[list[CrashReport], list[Path]]:
         """Build and write crash reports while everything is still there; before any teardown."""
         watchdog = self.watchdog
         if watchdog is None:
             return [], []
+        if not watchdog.crashed.is_set() and target.alive() and stop_reason in ("connection_lost", "unresponsive"):
+            # The storm lost the target, but the death has not reached the watchers yet: a dying process
+            # closes its sockets before its parent can reap it (a loaded machine stretches that to seconds).
+            watchdog.wait(watchdog.death_grace_s + 1.0)
         if not watchdog.crashed.is_set() and target.alive():
             return [], []
         if not watchdog.crashed.is_set():
