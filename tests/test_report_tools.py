@@ -168,3 +168,16 @@ def test_a_dead_harness_does_not_keep_the_pattern(tmp_path: Path) -> None:
     with _cp(tmp_path, proc, "next") as nxt:
         assert nxt.previous == ghost.pattern
     assert Path(proc).read_text().strip() == ORIGINAL
+
+
+def test_a_core_written_while_another_run_held_the_pattern_is_still_found(tmp_path: Path) -> None:
+    """Two runs on one machine: a crash of a's target while b held the machine-wide pattern puts the core in
+    b's directory; a finds it there once b has left (seen with two `make test` runs at once)."""
+    proc = _pattern_file(tmp_path, ORIGINAL)
+    a, b = _cp(tmp_path, proc, "a"), _cp(tmp_path, proc, "b")
+    with a:
+        with b:
+            (tmp_path / "b" / "core.4242.reactor_0").write_bytes(b"\x7fELF" + b"\0" * 64)  # the kernel wrote it
+        assert a.still_ours()  # b handed the pattern back: nothing says it was elsewhere at the crash
+        assert a.find_core(4242, timeout=1.0) == f"{tmp_path}/b/core.4242.reactor_0"
+        assert a.find_core(4243, timeout=0.3) is None

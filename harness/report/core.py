@@ -144,15 +144,20 @@ class CorePattern:
         return self.active and self._read() == self.pattern
 
     def find_core(self, pid: int, timeout: float = 10.0) -> str | None:
-        """The core of `pid` in `core_dir`, once the kernel has finished writing it (size stable)."""
+        """The core of `pid`, once the kernel has finished writing it (size stable): in `core_dir`, or in the
+        core dir of another lvol-storm run on this machine that held the machine-wide pattern at the crash
+        (overlapping runs hand it to each other; the registry lists every pattern they wrote)."""
+        dirs = [self.core_dir, *self._other_core_dirs()]
+        listing = "; ".join(f"ls -1 {shlex.quote(d)} 2>/dev/null | sed 's|^|{d}/|'" for d in dirs)
         deadline = time.time() + timeout
         last_size = -1
         path: str | None = None
         while time.time() < deadline:
-            res = self.host.run(["sh", "-c", f"ls -1 {shlex.quote(self.core_dir)} 2>/dev/null"], timeout=20)
-            names = [n for n in res.stdout.split() if n.startswith(f"core.{pid}.") or n == f"core.{pid}"]
+            res = self.host.run(["sh", "-c", listing], timeout=20)
+            names = [n for n in res.stdout.split()
+                     if n.rsplit("/", 1)[-1].startswith(f"core.{pid}.") or n.rsplit("/", 1)[-1] == f"core.{pid}"]
             if names:
-                path = f"{self.core_dir}/{names[0]}"
+                path = names[0]
                 size_res = self.host.run(["stat", "-c", "%s", path], timeout=20)
                 size = int(size_res.stdout.strip() or -1) if size_res.ok else -1
                 if size > 0 and size == last_size:
@@ -160,6 +165,12 @@ class CorePattern:
                 last_size = size
             time.sleep(0.2)
         return path
+
+    def _other_core_dirs(self) -> list[str]:
+        """Directories of the other patterns lvol-storm runs wrote on this machine (the registry's list)."""
+        res = self.host.run(["cat", f"{self.registry}/written"], timeout=20)
+        dirs = [line.rsplit("/", 1)[0] for line in res.stdout.splitlines() if res.ok and line.startswith("/")]
+        return [d for d in dict.fromkeys(dirs) if d and d != self.core_dir and "'" not in d]
 
 
 def compress_core(host: Host, core_path: str, dest_dir: Path) -> Path:

@@ -96,6 +96,9 @@ class CrashReport:
                 report_notes.append(f"core: no core for pid {pid} in {cores.core_dir} (ulimit -c 0 for the "
                                     f"target? spawn it with core_unlimited=True){changed}")
             else:
+                if not found.startswith(cores.core_dir + "/"):
+                    report_notes.append(f"core: found in {found.rsplit('/', 1)[0]}, another lvol-storm run's core "
+                                        "dir (core_pattern is machine-wide and that run held it at the crash)")
                 backtrace_text, how = gdb_backtrace(host, executable, found)
                 if backtrace_text is None or "#0" not in backtrace_text:
                     report_notes.append(f"backtrace: {how}")
