@@ -26,6 +26,14 @@ from harness.storm.config import StormConfig
 from harness.storm.engine import run_storm_sync
 
 GOAL_RATIO = 0.9
+SPDK_TGT_MIX: dict[str, float] = {
+    "bdev_lvol_create": 20, "bdev_lvol_snapshot": 10, "bdev_lvol_clone": 8, "bdev_lvol_delete": 22,
+    "bdev_lvol_get_lvols": 1, "bdev_get_bdevs": 2, "bdev_lvol_get_lvstores": 1,
+}
+"""The mix for a real spdk_tgt: the debug builds of Longhorn's fork measured here die within seconds under the
+default mix (resize racing snapshot/clone: `Assertion 'blob->remaining_clusters_in_et >= cluster_count'
+failed in blob_parse_page`; rename, inflate, xattr: docs/REAL-TARGET.md), and a crashed round measures
+nothing. Create, snapshot, clone, delete and reads ran 20 s clean, twice, at ~3,800 ops/s."""
 
 
 def storm_config(seconds: float, workers: int = 8, depth: int = 4, seed: int = 1, **more: object) -> StormConfig:
@@ -77,7 +85,7 @@ def spdk_rpc_per_call(sock_path: str, seconds: float, max_calls: int = 200) -> t
 
 def measure(label: str, *, kind: str = "sim", poll_interval_ms: float = 0.0, seconds: float = 8.0,
             rounds: int = 2, peer_seconds: float = 4.0, workers: int = 8, depth: int = 4,
-            log: object = print) -> list[Figure]:
+            mix: dict[str, float] | None = None, log: object = print) -> list[Figure]:
     """Figures for one target setting: storm and raw rates, their ratio, the peers."""
     work = short_work_dir()
     pairs: list[RoundPair] = []
@@ -86,7 +94,7 @@ def measure(label: str, *, kind: str = "sim", poll_interval_ms: float = 0.0, sec
     with BenchTarget(work, kind=kind, poll_interval_ms=poll_interval_ms) as target:
         plan: ReplayPlan | None = None
         for r in range(rounds):
-            cfg = storm_config(seconds, workers, depth, seed=r + 1)
+            cfg = storm_config(seconds, workers, depth, seed=r + 1, **({"mix": mix} if mix else {}))
             cpu = time.process_time()
             plan, ops_per_s, findings = run_storm_on(target, cfg, Path(work) / f"storm-{r}.jsonl")
             storm_cpu = time.process_time() - cpu
@@ -116,7 +124,8 @@ def measure(label: str, *, kind: str = "sim", poll_interval_ms: float = 0.0, sec
                               note=f"outcomes agree with the storm's: {agreement:.0%}; error replies "
                                    f"{raw_err:.0%} (storm {storm_err:.0%}); client CPU {raw_us:,.0f} µs/call"))
         figures.append(Figure.judged(section, "storm / raw", ratio, "", f">= {GOAL_RATIO}",
-                                     lambda v: v >= GOAL_RATIO, note=f"{rounds} rounds x {seconds:g} s"))
+                                     lambda v: v >= GOAL_RATIO, note=f"{rounds} rounds x {seconds:g} s"
+                                     + ("; mix: create, snapshot, clone, delete, reads (SPDK_TGT_MIX)" if mix else "")))
         if peer_seconds > 0 and plan is not None:
             calls, wall, conns = replay_one_at_a_time(plan, target.sock_path, peer_seconds)
             target.wipe()
@@ -147,7 +156,7 @@ def run(seconds: float = 8.0, rounds: int = 2, peer_seconds: float = 4.0, log: o
                        peer_seconds=peer_seconds, log=log)
     if spdk_tgt_path():
         figures += measure("spdk_tgt", kind="spdk", seconds=seconds, rounds=rounds, peer_seconds=peer_seconds,
-                           log=log)
+                           mix=SPDK_TGT_MIX, log=log)
     else:
         figures.append(Figure("throughput spdk_tgt", "storm / raw", None, goal=f">= {GOAL_RATIO}",
                               note="SPDK_TGT not set: no real spdk_tgt on this machine"))
