@@ -139,7 +139,7 @@ def main_replay(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir).absolute() if args.run_dir else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-    titles: list[tuple[str, str]] = []
+    crashed_otherwise = False
     for attempt, each in enumerate(modes):
         plan = _replay_plan(ops, each)
         _say(f"replay: {history}: {plan.describe()} ({each}), against a fresh {config.target.kind} target"
@@ -162,7 +162,6 @@ def main_replay(args: argparse.Namespace) -> int:
         if result.title is None:
             print(f"replay ({each}): the target survived" + (f"; expected {title!r} ({source})" if title else ""))
             continue
-        titles.append((each, result.title))
         if title is None:
             print(f"replay ({each}): the target crashed: {result.title}")
             return EXIT_CRASH
@@ -171,7 +170,8 @@ def main_replay(args: argparse.Namespace) -> int:
             return EXIT_CRASH
         print(f"replay ({each}): the target crashed with a DIFFERENT title: {result.title!r}; expected {title!r} "
               f"({source})")
-    if titles:
+        crashed_otherwise = True
+    if crashed_otherwise:
         return EXIT_CRASH
     if title and len(modes) > 1:
         print(f"replay: no plan ({', '.join(modes)}) crashed the target: the crash may need timing a replay cannot "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.history import HISTORY_VERSION, History, execution_key
+from harness.history import HISTORY_VERSION, History, answered, execution_key
 
 ConnKey = tuple[int, int]
 """(worker, conn): conn ids are only unique per worker (setup's SyncRpc and worker 0 both use conn 0)."""
@@ -60,12 +60,17 @@ class Operation:
 
     @property
     def answered(self) -> bool:
-        """The target answered it; False for a call in flight when the connection went away or timed out."""
-        return self.error is None or self.error.get("code") is not None
+        """The target answered it (`history.answered`); False for a call in flight when the connection went
+        away or timed out."""
+        return answered(self._outcome())
 
     @property
     def execution_key(self) -> tuple[int, float, float]:
-        return execution_key({"t_start": self.t_start, "t_end": self.t_end, "error": self.error, "result": None})
+        return execution_key(self._outcome())
+
+    def _outcome(self) -> dict[str, Any]:
+        """The fields of its history line that the history's ordering rules read."""
+        return {"t_start": self.t_start, "t_end": self.t_end, "error": self.error, "result": self.result}
 
     @classmethod
     def from_record(cls, index: int, record: dict[str, Any]) -> Operation:

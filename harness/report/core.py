@@ -147,15 +147,13 @@ class CorePattern:
         """The core of `pid`, once the kernel has finished writing it (size stable): in `core_dir`, or in the
         core dir of another lvol-storm run on this machine that held the machine-wide pattern at the crash
         (overlapping runs hand it to each other; the registry lists every pattern they wrote)."""
-        dirs = [self.core_dir, *self._other_core_dirs()]
-        listing = "; ".join(f"ls -1 {shlex.quote(d)} 2>/dev/null | sed 's|^|{d}/|'" for d in dirs)
+        dirs = [shlex.quote(d) for d in (self.core_dir, *self._other_core_dirs())]
+        listing = "ls -1d " + " ".join(f"{d}/core.{pid}.* {d}/core.{pid}" for d in dirs) + " 2>/dev/null"
         deadline = time.time() + timeout
         last_size = -1
         path: str | None = None
         while time.time() < deadline:
-            res = self.host.run(["sh", "-c", listing], timeout=20)
-            names = [n for n in res.stdout.split()
-                     if n.rsplit("/", 1)[-1].startswith(f"core.{pid}.") or n.rsplit("/", 1)[-1] == f"core.{pid}"]
+            names = self.host.run(["sh", "-c", listing], timeout=20).stdout.splitlines()
             if names:
                 path = names[0]
                 size_res = self.host.run(["stat", "-c", "%s", path], timeout=20)
@@ -170,7 +168,7 @@ class CorePattern:
         """Directories of the other patterns lvol-storm runs wrote on this machine (the registry's list)."""
         res = self.host.run(["cat", f"{self.registry}/written"], timeout=20)
         dirs = [line.rsplit("/", 1)[0] for line in res.stdout.splitlines() if res.ok and line.startswith("/")]
-        return [d for d in dict.fromkeys(dirs) if d and d != self.core_dir and "'" not in d]
+        return [d for d in dict.fromkeys(dirs) if d and d != self.core_dir]
 
 
 def compress_core(host: Host, core_path: str, dest_dir: Path) -> Path:
