@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
 import threading
 import time
 import traceback
@@ -152,20 +151,11 @@ class Storm:
         self.drained.set()
         self._wake = asyncio.Event()
         self.space_freed = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        sigint_installed = False
-        if threading.current_thread() is threading.main_thread():
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGINT, self._interrupt)
-                sigint_installed = True
         try:
             await self._setup()
             await self._storm()
             await self._finish()
         finally:
-            if sigint_installed:
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signal.SIGINT)
             await self._close_all()
         return self.result
 
@@ -308,9 +298,6 @@ class Storm:
             self.space_freed.set()  # episodes waiting for room see the stop at once
         if self._wake is not None:
             self._wake.set()
-
-    def _interrupt(self) -> None:
-        self._stop("interrupted")
 
     async def _watch_conn(self, conn: RpcConnection) -> None:
         reason = await conn.wait_closed()
@@ -922,5 +909,6 @@ async def run_storm(cfg: StormConfig, *, host: Host, sock_path: str, lvs_name: s
 
 
 def run_storm_sync(cfg: StormConfig, **kwargs: Any) -> StormResult:
-    """`run_storm` from synchronous code (the CLI, pytest fixtures): its own event loop, Ctrl-C handled."""
+    """`run_storm` from synchronous code (the CLI, pytest fixtures): its own event loop. Signals are the face's:
+    it sets `stop_event` on the first Ctrl-C, and the engine sees that within 50 ms."""
     return asyncio.run(run_storm(cfg, **kwargs))
