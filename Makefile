@@ -44,6 +44,7 @@ bench: venv
 
 lint: venv
 	$(VENV)/bin/ruff check harness suites tests bench conftest.py
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) runs
