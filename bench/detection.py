@@ -132,7 +132,8 @@ def one_crash(mode: str, seed: int, clock: KmsgClock, *, hang_after_s: float = 2
 
 def _one_crash(mode: str, seed: int, clock: KmsgClock, *, hang_after_s: float) -> Crash:
     work = short_work_dir("lsd-")
-    target = BenchTarget(work, sim_fault=mode, sim_fault_after=40, bdev_mib=1024, hang_after_s=hang_after_s)
+    target = BenchTarget(work, sim_fault=mode, sim_fault_after=40, bdev_mib=1024, hang_after_s=hang_after_s,
+                         keep_evidence=False)  # only the detection time is measured
     target.start()
     death = DeathClock(target.pid)
     history = History(Path(work) / "history.jsonl")

@@ -18,21 +18,9 @@ from harness.errors import ConfigError
 from harness.minimize.config import MinimizeConfig
 from harness.storm.config import StormConfig
 from harness.target import TargetConfig
+from harness.watch.config import WatchConfig
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-
-
-class WatchConfig(BaseModel):
-    """What the watchdog follows and how long silence may last before it calls a hang."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kernel_log: bool = True
-    hang_after_s: float = Field(30.0, gt=0)
-    core_dumps: bool = True
-    error_patterns: list[str] = Field(
-        default_factory=lambda: ["Lvol store removed with error", "forced removal"]
-    )
 
 
 class HistoryConfig(BaseModel):

@@ -34,6 +34,7 @@ from harness.config import RunConfig, apply_override
 from harness.errors import ConfigError, HarnessError, HostError, TargetError
 from harness.hosts.base import Host
 from harness.rundir import RunDir
+from harness.target import resolve_kind
 
 Announce = Callable[[str], None]
 REMOTE_WORK_ROOT = "/tmp/lvol-storm"
@@ -223,11 +224,7 @@ class FleetRun:
 
     def _check_reference_target(self, node: FleetNode) -> None:
         """The reference target runs as `python -m harness.sim` on the node: say plainly when it cannot."""
-        from harness.target import Target
-
-        if node.host.is_local or node.config.target.kind == "spdk":
-            return
-        if node.config.target.kind == "auto" and Target(node.host, node.config.target, "/").kind == "spdk":
+        if node.host.is_local or resolve_kind(node.host, node.config.target) == "spdk":
             return
         probe = node.host.run([sys.executable, "-c", "import harness.sim"], timeout=60)
         if not probe.ok:

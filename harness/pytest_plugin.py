@@ -22,7 +22,8 @@ from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
 from harness.rpc.sync import SyncRpc
 from harness.rundir import RunDir, default_run_dir
-from harness.target import SIM_BANNER, Target, find_spdk_tgt
+from harness.session import TargetNeeds, TargetSession
+from harness.target import SIM_BANNER, find_spdk_tgt
 
 SUITES_REFUSING_SIM = ("regression", "nightly", "soak")
 
@@ -199,28 +200,32 @@ def nodes(pytestconfig: pytest.Config, session_run_dir: Path) -> Iterator[list[H
     yield [LocalHost()]
 
 
-@pytest.fixture
-def target(host: Host, run_config: RunConfig, run_dir: RunDir) -> Iterator[Target]:
-    tgt = Target(host, run_config.target, str(run_dir.path), needs_pci=run_config.bdev.kind == "nvme",
-                 bdev_memory_mb=run_config.bdev.size_mib if run_config.bdev.kind == "malloc" else 0)
-    tgt.start()
-    try:
-        yield tgt
-    finally:
-        tgt.stop()
+SESSION_KEY = pytest.StashKey["TargetSession"]()
 
 
 @pytest.fixture
-def history(run_dir: RunDir, run_config: RunConfig) -> Iterator[History]:
-    hist = History(run_dir.history_for(run_config.history.compress))
-    try:
-        yield hist
-    finally:
-        hist.close()
+def target(request: pytest.FixtureRequest, host: Host, run_config: RunConfig,
+           run_dir: RunDir) -> Iterator[TargetSession]:
+    """A started target under the same session a storm gets: hugepages for the configured bdev, core_pattern,
+    the watchdog. If it dies during the test, the test fails with the crash title and the crash bundle's path
+    (the report is on disk before the target is torn down)."""
+    session = TargetSession(host, run_config.target, str(run_dir.path),
+                            needs=TargetNeeds.of_run(run_config.bdev), watch=run_config.watch,
+                            evidence_dir=run_dir.path, history_path=run_dir.history_for(run_config.history.compress))
+    with session:
+        request.node.stash[SESSION_KEY] = session
+        yield session
 
 
 @pytest.fixture
-def rpc(target: Target, history: History) -> Iterator[SyncRpc]:
+def history(target: TargetSession) -> History:
+    """The target session's history: every call the fixtures' clients make, streamed to the test's run dir."""
+    assert target.history is not None
+    return target.history
+
+
+@pytest.fixture
+def rpc(target: TargetSession, history: History) -> Iterator[SyncRpc]:
     client = SyncRpc(target.host, target.sock_path, history=history, timeout=target.config.rpc_timeout_s)
     try:
         yield client
@@ -228,8 +233,24 @@ def rpc(target: Target, history: History) -> Iterator[SyncRpc]:
         client.close()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test whose target died fails with the crash title and bundle, not a bare `RpcConnectionLost`."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    session = item.stash.get(SESSION_KEY, None)
+    if session is None or report.when != "call":
+        return
+    if not session.wait_for_death(lost_target=report.failed):
+        return
+    path = session.save_crash()
+    title = session.report.title if session.report is not None else "the target died"
+    report.outcome = "failed"
+    report.longrepr = f"target crashed: {title} (crash bundle: {path})"
+
+
 @pytest.fixture
-def bdev(rpc: SyncRpc, target: Target, run_config: RunConfig, run_dir: RunDir) -> Iterator[BaseBdev]:
+def bdev(rpc: SyncRpc, target: TargetSession, run_config: RunConfig, run_dir: RunDir) -> Iterator[BaseBdev]:
     base = BaseBdev(target.host, run_config.bdev, str(run_dir.path))
     base.create(rpc)
     try:
@@ -242,7 +263,7 @@ def bdev(rpc: SyncRpc, target: Target, run_config: RunConfig, run_dir: RunDir) -
 
 
 @pytest.fixture
-def lvstore(rpc: SyncRpc, bdev: BaseBdev, target: Target, run_config: RunConfig) -> Iterator[Lvstore]:
+def lvstore(rpc: SyncRpc, bdev: BaseBdev, target: TargetSession, run_config: RunConfig) -> Iterator[Lvstore]:
     lvs = Lvstore(run_config.lvstore, bdev.bdev_name)
     lvs.create(rpc)
     try:

@@ -26,14 +26,12 @@ from harness.errors import HarnessError, TargetError
 from harness.history import History
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
-from harness.report.core import CorePattern
-from harness.report.crash import CrashReport
 from harness.rpc.sync import SyncRpc
 from harness.rundir import RunDir, default_run_dir
+from harness.session import TargetNeeds, TargetSession
 from harness.storm.config import check_against_lvstore
 from harness.storm.engine import StormResult, run_storm_sync
 from harness.target import SIM_BANNER, Target
-from harness.watch.probe import version_probe
 from harness.watch.watchdog import Watchdog
 
 Announce = Callable[[str], None]
@@ -85,55 +83,54 @@ class StormRun:
         self.announce = announce
         self.progress = progress
         self.work_dir = work_dir or str(run_dir.path)
-        self.target: Target | None = None
-        self.watchdog: Watchdog | None = None
-        self.history: History | None = None
+        self.session: TargetSession | None = None
         self.notes: list[str] = []
         self.minimized_titles = minimized_titles if minimized_titles is not None else set()
         """Titles already minimized (share one set across incarnations: each title is minimized once)."""
 
     # -- the run ----------------------------------------------------------------------------------------
 
+    @property
+    def target(self) -> Target | None:
+        return self.session.target if self.session is not None else None
+
+    @property
+    def watchdog(self) -> Watchdog | None:
+        return self.session.watchdog if self.session is not None else None
+
+    @property
+    def history(self) -> History | None:
+        return self.session.history if self.session is not None else None
+
     def execute(self) -> RunOutcome:
         cfg = self.config
         self.run_dir.config.write_text(cfg.dump_yaml())
-        self.history = History(self.run_dir.history_for(self.config.history.compress))
         t0 = time.time()
         storm: StormResult | None = None
         findings: list[dict[str, Any]] = []
-        crashes: list[CrashReport] = []
         crash_dirs: list[Path] = []
-        target = self.target = Target(self.host, cfg.target, self.work_dir, needs_pci=cfg.bdev.kind == "nvme",
-                                      bdev_memory_mb=cfg.bdev.size_mib if cfg.bdev.kind == "malloc" else 0,
-                                      announce=self.announce)
-        cores = CorePattern(self.host, str(Path(self.work_dir) / "cores")) if cfg.watch.core_dumps else None
-        try:
-            with cores if cores is not None else _nothing():
-                if cores is not None and not cores.active:
-                    self.notes.append(f"core dumps: {cores.reason}")
-                target.start()
-                self.watchdog = self._start_watchdog(target)
-                try:
-                    storm = self._storm(target, findings)
-                finally:
-                    crashes, crash_dirs = self._save_evidence(target, cores, storm.stop_reason if storm else None)
-                    if not crashes:
-                        findings.extend(self._teardown(target))
-        finally:
-            if self.watchdog is not None:
-                self.watchdog.stop()
-            target.stop()
-            self.history.close()
-            if not self.host.is_local:
-                self.host.fetch_file(target.log_path, str(self.run_dir.target_log))
-        if self.watchdog is not None:
+        session = self.session = TargetSession(
+            self.host, cfg.target, self.work_dir,
+            needs=TargetNeeds.of_run(cfg.bdev, cfg.storm, cfg.lvstore.cluster_size), watch=cfg.watch,
+            evidence_dir=self.run_dir.path, history_path=self.run_dir.history_for(cfg.history.compress),
+            announce=self.announce, notes=self.notes)
+        with session:
+            for warning in session.watchdog.warnings if session.watchdog is not None else []:
+                self.announce(f"watchdog: {warning}")
+            try:
+                storm = self._storm(session)
+            finally:
+                crash_dirs = self._save_evidence(session, storm.stop_reason if storm else None)
+                if not crash_dirs:
+                    findings.extend(self._teardown(session))
+        if session.watchdog is not None:
             findings.extend({"kind": "target-log", "message": f.line, "pattern": f.pattern}
-                            for f in self.watchdog.findings)
+                            for f in session.watchdog.findings)
         if storm is not None:
             findings[:0] = [f.to_dict() for f in storm.findings]
         titles: dict[str, int] = {}
-        for report in crashes:
-            titles[report.title] = titles.get(report.title, 0) + 1
+        if session.report is not None:
+            titles[session.report.title] = 1
         summary = self._summary(t0, storm, findings, titles, crash_dirs)
         self.run_dir.write_json("summary.json", summary)  # on disk before minimizing, which may take minutes
         self._write_report()
@@ -181,25 +178,10 @@ class StormRun:
         except Exception as exc:  # the run's verdict and files stand without the page
             self.announce(f"report.html not written: {type(exc).__name__}: {exc}")
 
-    def _start_watchdog(self, target: Target) -> Watchdog:
-        cfg = self.config.watch
-        probe = version_probe(self.host, target.sock_path)
-        assert target.process is not None
-        watchdog = Watchdog(
-            self.host, pid=target.process.pid, log_path=target.log_path,
-            binary_paths=[target.info.binary] if target.info.binary else [],
-            probe=probe, hang_after_s=cfg.hang_after_s, error_patterns=cfg.error_patterns,
-            kmsg=cfg.kernel_log, process=target.process,
-        ).start()
-        for warning in watchdog.warnings:
-            self.announce(f"watchdog: {warning}")
-            self.notes.append(f"watchdog: {warning}")
-        return watchdog
-
-    def _storm(self, target: Target, findings: list[dict[str, Any]]) -> StormResult | None:
+    def _storm(self, session: TargetSession) -> StormResult | None:
         cfg = self.config
-        assert self.history is not None and self.watchdog is not None
-        with SyncRpc(self.host, target.sock_path, history=self.history, timeout=cfg.target.rpc_timeout_s) as rpc:
+        assert session.history is not None and session.watchdog is not None
+        with SyncRpc(self.host, session.sock_path, history=session.history, timeout=cfg.target.rpc_timeout_s) as rpc:
             self.bdev = BaseBdev(self.host, cfg.bdev, self.work_dir)
             self.bdev.create(rpc)
             self.lvstore = Lvstore(cfg.lvstore, self.bdev.bdev_name)
@@ -210,48 +192,28 @@ class StormRun:
         if self.stop_event.is_set():
             return None
         return run_storm_sync(
-            cfg.storm, host=self.host, sock_path=target.sock_path, lvs_name=self.lvstore.name,
-            history=self.history, stop_event=self.stop_event, capabilities=set(target.info.methods),
-            run_dir=self.run_dir.path, crashed=self.watchdog.crashed, progress=self.progress,
+            cfg.storm, host=self.host, sock_path=session.sock_path, lvs_name=self.lvstore.name,
+            history=session.history, stop_event=self.stop_event, capabilities=session.methods,
+            run_dir=self.run_dir.path, crashed=session.watchdog.crashed, progress=self.progress,
         )
 
-    def _save_evidence(self, target: Target, cores: CorePattern | None,
-                       stop_reason: str | None = None) -> tuple[list[CrashReport], list[Path]]:
-        """Build and write crash reports while everything is still there; before any teardown."""
-        watchdog = self.watchdog
-        if watchdog is None:
-            return [], []
-        if not watchdog.crashed.is_set() and target.alive() and stop_reason in ("connection_lost", "unresponsive"):
-            # The storm lost the target, but the death has not reached the watchers yet: a dying process
-            # closes its sockets before its parent can reap it (a loaded machine stretches that to seconds).
-            watchdog.wait(watchdog.death_grace_s + 1.0)
-        if not watchdog.crashed.is_set() and target.alive():
-            return [], []
-        if not watchdog.crashed.is_set():
-            watchdog.wait(watchdog.death_grace_s + 1.0)  # the process died: give the watchers a moment
-        evidence = watchdog.settle(timeout=5.0)  # the exit after a fault line, the Code: line, the log tail
-        if not evidence:
-            return [], []
-        assert self.history is not None
-        self.history.flush()
-        tail = self.history.tail()
-        report = CrashReport.build(
-            evidence, self.host, self.run_dir.path, tail,
-            {**target.info.to_dict(), "pid": target.info.pid, "executable": target.info.binary or None},
-            cores=cores, binary_paths=[target.info.binary] if target.info.binary else [],
-            notes=[*self.notes, *(w for w in watchdog.warnings if f"watchdog: {w}" not in self.notes)],
-        )
-        path = report.write(self.run_dir.crashes)
-        self.announce(f"CRASH: {report.title}\n  report: {path}")
-        return [report], [path]
+    def _save_evidence(self, session: TargetSession, stop_reason: str | None = None) -> list[Path]:
+        """Write the crash report while everything is still there; before any teardown."""
+        if not session.wait_for_death(lost_target=stop_reason in ("connection_lost", "unresponsive")):
+            return []
+        path = session.save_crash()
+        if path is None or session.report is None:
+            return []
+        self.announce(f"CRASH: {session.report.title}\n  report: {path}")
+        return [path]
 
-    def _teardown(self, target: Target) -> list[dict[str, Any]]:
+    def _teardown(self, session: TargetSession) -> list[dict[str, Any]]:
         """Delete lvols children-first, the lvstore and the bdev; leftovers are findings, not silence."""
         problems: list[str] = []
-        if not target.alive() or not hasattr(self, "lvstore"):
+        if not session.alive() or not hasattr(self, "lvstore"):
             return []
         try:
-            with SyncRpc(self.host, target.sock_path, history=self.history, timeout=30.0) as rpc:
+            with SyncRpc(self.host, session.sock_path, history=session.history, timeout=30.0) as rpc:
                 problems += self.lvstore.teardown(rpc)
                 self.bdev.delete(rpc)
                 problems += verify_clean(rpc, self.bdev.bdev_name)
@@ -281,11 +243,6 @@ class StormRun:
             "notes": self.notes,
             "config": self.config.model_dump(mode="json"),
         }
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from harness.model.lvstore import MODEL_FAULTS, NAME_MAX, Job, Lvol, LvolStore, 
 from harness.sim import death
 from harness.sim import faults as fm
 from harness.sim.protocol import DeferredReply, RpcFault, SimulatedCrash
+from harness.spdk_memory import MALLOC_ENOMEM_LOG, SPDK_BASE_MIB, malloc_cost_mib
 
 VERSION = "SPDK v24.09.1-pre git sha1 1975133e9"
 REFERENCE_SUFFIX = " (lvol-storm reference target)"
@@ -234,7 +235,8 @@ def _job_result(job: Job) -> object:
 class Dispatcher:
     """One reference target's state and its RPC methods (see the module docstring)."""
 
-    def __init__(self, faults: frozenset[str] = frozenset(), seed: int | None = None, fault_after: int = 40) -> None:
+    def __init__(self, faults: frozenset[str] = frozenset(), seed: int | None = None, fault_after: int = 40,
+                 memory_mib: int | None = None) -> None:
         unknown = set(faults) - set(fm.FAULT_MODES)
         if unknown:
             raise ValueError(f"unknown fault modes {sorted(unknown)}; valid: {sorted(fm.FAULT_MODES)}")
@@ -242,6 +244,11 @@ class Dispatcher:
             raise ValueError(f"fault_after must be >= 1, got {fault_after}")
         self.faults = frozenset(faults)
         self.fault_after = fault_after
+        self.memory_mib = memory_mib
+        """Hugepage memory this target may use (`-s`: what the harness reserved for it), SPDK's own share
+        included; None: unlimited. spdk_tgt can grow into any free hugepage, this target only into this."""
+        self._malloc_mib: dict[str, int] = {}
+        """Hugepage MiB each malloc bdev holds (spdk_memory.malloc_cost_mib)."""
         self._rng = random.Random(seed) if seed is not None else None
         self._tick_per_call = True
         """Until a server calls start_poll(): every call is its own poll (the in-process conformance replay)."""
@@ -580,10 +587,16 @@ class Dispatcher:
         assert isinstance(name, str)
         if not name or self._name_taken(name):
             raise _fault(errno.EEXIST)
+        cost = malloc_cost_mib(block_size * num_blocks)
+        if self.memory_mib is not None and \
+                SPDK_BASE_MIB + sum(self._malloc_mib.values()) + cost > self.memory_mib:
+            self._log.append(MALLOC_ENOMEM_LOG)  # spdk_zmalloc found no hugepages for the buffer
+            raise _fault(errno.ENOMEM)
         self._malloc_count += 1
         uuid = str(p["uuid"]) if p["uuid"] is not None else self._new_uuid()
         self.bdevs[name] = BaseBdev(name=name, uuid=uuid, driver="malloc", block_size=block_size,
                                     num_blocks=num_blocks, creation_time=self._now())
+        self._malloc_mib[name] = cost
         return name
 
     def _delete_base(self, name: str, driver: str) -> object:
@@ -601,6 +614,7 @@ class Dispatcher:
                 self._on_disk[bdev.filename] = (store, self._layouts[store.uuid])
             self._drop_store(store)  # hot remove: the lvstore is unloaded
         del self.bdevs[name]
+        self._malloc_mib.pop(name, None)
         return True
 
     def _examine(self, bdev: BaseBdev) -> None:

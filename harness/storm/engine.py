@@ -27,7 +27,15 @@ from harness.hosts.base import Host
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
 from harness.storm.checker import Checker, Finding, LvstoreInfo
-from harness.storm.config import StormConfig, check_against_capabilities, check_against_lvstore
+from harness.storm.config import (
+    BUSY_MAX_MIB,
+    BUSY_MIN_CLUSTERS,
+    MIB,
+    StormConfig,
+    check_against_capabilities,
+    check_against_lvstore,
+    copy_destination_mib,
+)
 from harness.storm.operations import CREATES, OPTIONAL_METHODS, Op
 from harness.storm.progress import Progress
 from harness.storm.scheduler import HOT_SIZE, Scheduler, WorkerStream
@@ -35,11 +43,6 @@ from harness.storm.strategies import STRATEGIES
 from harness.storm.view import TreeView
 
 COPY_DST = "storm_copy_dst"
-MIB = 1024 * 1024
-BUSY_MIN_CLUSTERS = 96
-"""A busy snapshot's least size: its job must outlast the call behind it (the reference target advances a job
-64 clusters per call; spdk_tgt reads 96 MiB for tens of milliseconds)."""
-BUSY_MAX_MIB = 256
 SPACE_WAIT_S = 2.0
 SPACE_TRIES = 40
 SPACE_REREAD_S = 0.1
@@ -210,9 +213,7 @@ class Storm:
         """The shallow copies' destination: as large as the largest mix lvol and, for busy-delete, as a busy
         snapshot of BUSY_MIN_CLUSTERS (a smaller destination fails the copy at once: never busy)."""
         assert self.setup_conn is not None and self.lvs is not None
-        hi = self.cfg.lvol_size_mib[1]
-        if "busy-delete" in self.cfg.strategies:
-            hi = max(hi, min(BUSY_MAX_MIB, -(-BUSY_MIN_CLUSTERS * self.lvs.cluster_size // MIB)))
+        hi = copy_destination_mib(self.cfg, self.lvs.cluster_size) or self.cfg.lvol_size_mib[1]
         block = self.lvs.block_size or 4096
         try:
             self.copy_dst = await self.setup_conn.call("bdev_malloc_create", {
