@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,7 +202,8 @@ def percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
-def run(crashes: int = 20, quick: bool = False, hangs: int | None = None, log: object = print) -> list[Figure]:
+def run(crashes: int = 20, quick: bool = False, hangs: int | None = None,
+        log: Callable[[str], object] = print) -> list[Figure]:
     clock = KmsgClock()
     results: list[Crash] = []
     for i in range(crashes):
@@ -210,8 +212,8 @@ def run(crashes: int = 20, quick: bool = False, hangs: int | None = None, log: o
         c = one_crash(mode, seed=i + 1, clock=clock)
         c.note += f" ({time.monotonic() - t0:.0f} s to crash and clean up)"
         results.append(c)
-        lat = f"{c.latency_s * 1000:.0f} ms" if c.latency_s is not None else "not measured"
-        log(f"  crash {i + 1}/{crashes} {mode}: {lat} from {c.fault_source} (stop: {c.stop_reason}) {c.note}")
+        shown = f"{c.latency_s * 1000:.0f} ms" if c.latency_s is not None else "not measured"
+        log(f"  crash {i + 1}/{crashes} {mode}: {shown} from {c.fault_source} (stop: {c.stop_reason}) {c.note}")
     section = "detection"
     figs: list[Figure] = []
     lat = [c.latency_s for c in results if c.latency_s is not None]

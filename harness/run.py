@@ -1,37 +1,38 @@
-"""One run, end to end: target up, watchdog on, lvstore made, storm, checks, evidence saved, then teardown.
+"""`StormRun`: one run end to end: target session up, lvstore made, storm, checks, evidence saved, teardown.
 
 The order is the point: crash evidence (kernel lines, target log, core, backtrace, last operations) is on disk
-before anything is torn down, and teardown never hides a dead target by cleaning up after it.
+before anything is torn down, and teardown never hides a dead target by cleaning up after it. `summary.json`
+is written before minimizing starts (a search may take minutes), and again after it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import harness
 from harness.bdev import BaseBdev, Lvstore, verify_clean
-from harness.config import RunConfig, load_config
-from harness.errors import HarnessError, TargetError
+from harness.config import RunConfig
+from harness.errors import HarnessError
 from harness.history import History
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
+from harness.minimize.crash import minimize_crash
+from harness.outcome import ExitCode, Verdict, exit_code_of, verdict_of
+from harness.report.html import write_report_html
+from harness.report.title import crash_key, killed_from_outside
 from harness.rpc.sync import SyncRpc
-from harness.rundir import RunDir, default_run_dir
+from harness.rundir import RunDir
 from harness.session import TargetNeeds, TargetSession
 from harness.storm.config import check_against_lvstore
 from harness.storm.engine import StormResult, run_storm_sync
-from harness.target import SIM_BANNER, Target
+from harness.summary import Summary, crash_counts
+from harness.target import Target
 from harness.watch.watchdog import Watchdog
 
 Announce = Callable[[str], None]
@@ -43,22 +44,30 @@ def _stderr(msg: str) -> None:
 
 @dataclass
 class RunOutcome:
-    """What a run ended with; `exit_code` follows the CLI's convention."""
+    """What a run ended with: its summary (the verdict in it) and where its crash reports are."""
 
     run_dir: Path
-    summary: dict[str, Any]
-    crash_titles: dict[str, int] = field(default_factory=dict)
+    summary: Summary
     crash_dirs: list[Path] = field(default_factory=list)
-    findings: list[dict[str, Any]] = field(default_factory=list)
     storm: StormResult | None = None
+    offered: set[str] = field(default_factory=set)
+    """What the target's rpc_get_methods listed."""
 
     @property
-    def exit_code(self) -> int:
-        from harness.cli import EXIT_CRASH, EXIT_FINDINGS, EXIT_OK
+    def crash_titles(self) -> dict[str, int]:
+        return self.summary.crash_titles()
 
-        if self.crash_titles:
-            return EXIT_CRASH
-        return EXIT_FINDINGS if self.findings else EXIT_OK
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        return self.summary.findings
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict(self.summary.verdict)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return exit_code_of(self.verdict)
 
 
 class StormRun:
@@ -74,8 +83,11 @@ class StormRun:
         announce: Announce = _stderr,
         progress: bool | None = None,
         work_dir: str | None = None,
-        minimized_titles: set[str] | None = None,
+        minimized_keys: set[str] | None = None,
+        defer_minimize: bool = False,
     ) -> None:
+        """`defer_minimize`: `execute()` returns with the evidence and the verdict, and the caller minimizes
+        later with `minimize_new_crashes()` (a suite reports the failure first, then minimizes)."""
         self.config = config
         self.run_dir = run_dir
         self.host = host or LocalHost()
@@ -85,10 +97,10 @@ class StormRun:
         self.work_dir = work_dir or str(run_dir.path)
         self.session: TargetSession | None = None
         self.notes: list[str] = []
-        self.minimized_titles = minimized_titles if minimized_titles is not None else set()
-        """Titles already minimized (share one set across incarnations: each title is minimized once)."""
-
-    # -- the run ----------------------------------------------------------------------------------------
+        self.minimized_keys = minimized_keys if minimized_keys is not None else set()
+        """Crash keys already minimized (share one set across incarnations: each bug is minimized once)."""
+        self.defer_minimize = defer_minimize
+        self.outcome: RunOutcome | None = None
 
     @property
     def target(self) -> Target | None:
@@ -101,6 +113,8 @@ class StormRun:
     @property
     def history(self) -> History | None:
         return self.session.history if self.session is not None else None
+
+    # -- the run ----------------------------------------------------------------------------------------
 
     def execute(self) -> RunOutcome:
         cfg = self.config
@@ -128,34 +142,33 @@ class StormRun:
                             for f in session.watchdog.findings)
         if storm is not None:
             findings[:0] = [f.to_dict() for f in storm.findings]
-        titles: dict[str, int] = {}
-        if session.report is not None:
-            titles[session.report.title] = 1
+        titles = {session.report.title: 1} if session.report is not None else {}
         summary = self._summary(t0, storm, findings, titles, crash_dirs)
-        self.run_dir.write_json("summary.json", summary)  # on disk before minimizing, which may take minutes
+        self.run_dir.write_json("summary.json", summary.to_json())  # before minimizing, which may take minutes
         self._write_report()
-        minimized = self._minimize(crash_dirs)
-        if minimized:
-            summary["minimized"] = minimized
-            self.run_dir.write_json("summary.json", summary)
-            self._write_report()
-        return RunOutcome(self.run_dir.path, summary, titles, crash_dirs, findings, storm)
+        self.outcome = RunOutcome(self.run_dir.path, summary, crash_dirs, storm, session.methods)
+        if not self.defer_minimize:
+            self.minimize_new_crashes()
+        return self.outcome
 
-    def _minimize(self, crash_dirs: list[Path]) -> list[dict[str, Any]]:
-        """Cut each NEW crash title's history to a minimal reproducer (harness.minimize), after the evidence is
-        saved and the run's target is gone; `minimize.enabled: false` (or --no-minimize) skips it."""
+    def minimize_new_crashes(self) -> list[dict[str, Any]]:
+        """Cut each NEW crash key's history to a minimal reproducer (harness.minimize), after the evidence is
+        saved and the run's target is gone; `minimize.enabled: false` (or --no-minimize) skips it, and so does
+        a death from outside (SIGKILL by someone else: no bug to reproduce)."""
+        outcome = self.outcome
         cfg = self.config.minimize
-        if not crash_dirs or not cfg.enabled:
+        if outcome is None or not outcome.crash_dirs or not cfg.enabled:
             return []
-        from harness.minimize.crash import minimize_crash
-
         done: list[dict[str, Any]] = []
-        for path in crash_dirs:
+        for path in outcome.crash_dirs:
             crash = json.loads((path / "crash.json").read_text())
             title = crash.get("title")
-            if not title or crash.get("duplicate_of") or title in self.minimized_titles:
+            if not title or crash.get("duplicate_of") or crash_key(title) in self.minimized_keys:
                 continue
-            self.minimized_titles.add(title)
+            if killed_from_outside(title):
+                self.notes.append(f"minimize {path.name}: not minimized: {title} (nothing of the storm's to cut)")
+                continue
+            self.minimized_keys.add(crash_key(title))
             self.announce(f"minimizing {path.name} (budget {cfg.budget_s:g} s; --no-minimize to skip)")
             try:
                 result = minimize_crash(path, self.config.target, cfg.budget_s, config=cfg, host=self.host,
@@ -166,13 +179,17 @@ class StormRun:
                 continue
             done.append({"crash_dir": str(path), "ops_before": result.ops_before, "ops_after": result.ops_after,
                          "rate": f"{result.rate[0]}/{result.rate[1]}", "reproduced": result.reproduced,
-                         "seconds": round(result.seconds, 1)})
+                         "seconds": round(result.seconds, 1), "tries": result.tries_spent,
+                         "stop_reason": result.stop_reason})
+        if done or self.notes != outcome.summary.notes:
+            extra = {"minimized": done} if done else {}
+            outcome.summary = outcome.summary.model_copy(update={"notes": list(self.notes), **extra})
+            self.run_dir.write_json("summary.json", outcome.summary.to_json())
+            self._write_report()
         return done
 
     def _write_report(self) -> None:
         """report.html beside summary.json; a report that cannot be drawn is a note, never a lost run."""
-        from harness.report.html import write_report_html
-
         try:
             write_report_html(self.run_dir.path)
         except Exception as exc:  # the run's verdict and files stand without the page
@@ -222,108 +239,24 @@ class StormRun:
         return [{"kind": "teardown", "message": p} for p in problems]
 
     def _summary(self, t0: float, storm: StormResult | None, findings: list[dict[str, Any]],
-                 titles: dict[str, int], crash_dirs: list[Path]) -> dict[str, Any]:
-        target = self.target
-        assert target is not None and self.history is not None
-        hist = self.history.summary()
-        return {
-            "harness_version": harness.__version__,
-            "profile": self.config.profile,
-            "seed": self.config.storm.seed,
-            "target": {**target.info.to_dict(), "reference_target": target.is_sim,
-                       "methods": len(target.info.methods)},
-            "kernel_log": self.watchdog.kernel_source if self.watchdog else "not followed",
-            "wall_s": round(time.time() - t0, 3),
-            "storm": storm.to_dict() if storm else None,
-            "ops_by_method": hist.get("ops_by_method", {}),
-            "errors_by_errno": hist.get("errors_by_errno", {}),
-            "findings": findings,
-            "crashes": [{"title": t, "count": n} for t, n in titles.items()],
-            "crash_dirs": [str(p) for p in crash_dirs],
-            "notes": self.notes,
-            "config": self.config.model_dump(mode="json"),
-        }
-
-
-@contextmanager
-def interrupt_sets(event: threading.Event) -> Iterator[None]:
-    """First Ctrl-C (or SIGTERM) asks the storm to drain and check; a second one interrupts at once."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if event.is_set():
-            raise KeyboardInterrupt
-        event.set()
-        _stderr(f"lvol-storm: {signal.Signals(signum).name}: stopping the storm, draining, checking, saving "
-                "(again to abort)")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def print_summary(outcome: RunOutcome) -> None:
-    """The table `make storm` ends with; the same numbers as summary.json."""
-    from rich.console import Console
-    from rich.table import Table
-
-    s = outcome.summary
-    console = Console(stderr=False)
-    tgt = s["target"]
-    if tgt.get("reference_target"):
-        console.print(f"[bold yellow]{SIM_BANNER}[/]")
-    storm = s.get("storm") or {}
-    head = Table.grid(padding=(0, 2))
-    head.add_row("target", f"{tgt['kind']} {tgt.get('version', '')} ({tgt.get('exit')})")
-    head.add_row("run dir", str(outcome.run_dir))
-    head.add_row("seed", str(s["seed"]))
-    head.add_row("wall time", f"{s['wall_s']:.1f} s")
-    head.add_row("ops", f"{storm.get('ops', 0)} ({storm.get('ops_per_s', 0)} ops/s), stop: {storm.get('stop_reason')}")
-    head.add_row("kernel log", s["kernel_log"])
-    console.print(head)
-    methods = Table(title="operations by method", show_edge=False)
-    methods.add_column("method")
-    methods.add_column("ops", justify="right")
-    for m, n in sorted(s["ops_by_method"].items(), key=lambda kv: -kv[1]):
-        methods.add_row(m, str(n))
-    console.print(methods)
-    if s["errors_by_errno"]:
-        errs = Table(title="errors by errno", show_edge=False)
-        errs.add_column("errno")
-        errs.add_column("count", justify="right")
-        for e, n in sorted(s["errors_by_errno"].items(), key=lambda kv: -kv[1]):
-            errs.add_row(e, str(n))
-        console.print(errs)
-    for crash in s["crashes"]:
-        console.print(f"[bold red]CRASH[/] {crash['title']} x{crash['count']}")
-    for f in s["findings"][:20]:
-        console.print(f"[bold red]FINDING[/] {f.get('kind')}: {f.get('message')}")
-    if len(s["findings"]) > 20:
-        console.print(f"... and {len(s['findings']) - 20} more findings in summary.json")
-    verdict = {0: "[green]clean[/]", 1: "[red]findings[/]", 3: "[bold red]crash[/]"}[outcome.exit_code]
-    console.print(f"verdict: {verdict}")
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from harness.pytest_plugin import cli_overrides
-
-    return load_config(args.profile or "default", overrides=args.lvs_set,
-                       cli=cli_overrides(lambda name: getattr(args, name, None)))
-
-
-def main_run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)  # --no-minimize arrives as minimize.enabled=false
-    run_dir = RunDir(args.run_dir or default_run_dir(config.profile))
-    stop = threading.Event()
-    with interrupt_sets(stop):
-        try:
-            outcome = StormRun(config, run_dir, stop_event=stop).execute()
-        except TargetError as exc:
-            _stderr(f"lvol-storm: {exc}")
-            from harness.cli import EXIT_TARGET
-
-            return EXIT_TARGET
-    print_summary(outcome)
-    return outcome.exit_code
+                 titles: dict[str, int], crash_dirs: list[Path]) -> Summary:
+        session = self.session
+        assert session is not None and session.history is not None
+        hist = session.history.summary()
+        ops_by_method = dict(hist.get("ops_by_method", {}))
+        storm_ops = storm.ops if storm is not None else 0
+        interrupted = self.stop_event.is_set()
+        verdict = verdict_of(crashes=len(titles), findings=len(findings), ops=storm_ops,
+                             interrupted=interrupted)
+        return Summary(
+            kind="run", verdict=verdict.value, passed=verdict is Verdict.CLEAN, profile=self.config.profile,
+            seed=self.config.storm.seed,
+            target={**session.info.to_dict(), "reference_target": session.is_sim, "methods": len(session.methods)},
+            kernel_log=session.watchdog.kernel_source if session.watchdog else "not followed",
+            started=t0, wall_s=round(time.time() - t0, 3), ops=sum(ops_by_method.values()),
+            ops_per_s=storm.to_dict().get("ops_per_s", 0.0) if storm is not None else 0.0,
+            ops_by_method=ops_by_method, errors_by_errno=dict(hist.get("errors_by_errno", {})),
+            findings=findings, crashes=crash_counts(titles), crash_dirs=[str(p) for p in crash_dirs],
+            notes=self.notes, config=self.config.model_dump(mode="json"),
+            storm=storm.to_dict() if storm else None, interrupted=interrupted,
+        )

@@ -23,6 +23,8 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 from harness.errors import TargetError
 from harness.hosts.base import Host, HostProcess, describe_returncode
 from harness.hugepages import HugepageReservation
+from harness.rpc.errors import RpcError
+from harness.rpc.sync import SyncRpc
 
 AF_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL.
 
@@ -293,9 +295,6 @@ class Target:
         )
 
     def _wait_ready(self) -> None:
-        from harness.rpc.errors import RpcError
-        from harness.rpc.sync import SyncRpc
-
         deadline = time.monotonic() + self.config.start_timeout_s
         assert self.process is not None
 
@@ -335,8 +334,6 @@ class Target:
         proc = self.process
         if proc is not None and proc.poll() is None:
             try:
-                from harness.rpc.sync import SyncRpc
-
                 with SyncRpc(self.host, self.sock_path, timeout=2.0, connect_timeout=1.0) as rpc:
                     rpc.call("spdk_kill_instance", sig_name="SIGTERM")
             except Exception:

@@ -77,7 +77,7 @@ def storm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                       cli={"target.kind": "sim", "target.sim_fault": mode, "target.sim_fault_after": FAULT_AFTER,
                            "storm.duration": 40, "minimize.enabled": False})
     outcome = StormRun(cfg, RunDir(run_dir), progress=False, announce=lambda m: None).execute()
-    assert outcome.exit_code == 3, outcome.summary["storm"]
+    assert outcome.exit_code == 3, outcome.summary.to_json()["storm"]
     [crash_dir] = outcome.crash_dirs
     crash = json.loads((crash_dir / "crash.json").read_text())
     return StormCrash(mode, run_dir, cfg, outcome, crash_dir, crash)
@@ -85,7 +85,7 @@ def storm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def test_each_fault_mode_ends_the_run_with_a_complete_crash_report(storm: StormCrash) -> None:
     mode, crash, crash_dir, outcome = storm.mode, storm.crash, storm.crash_dir, storm.outcome
-    assert outcome.summary["storm"]["stop_reason"] in ("crash", "connection_lost", "unresponsive")
+    assert outcome.summary.to_json()["storm"]["stop_reason"] in ("crash", "connection_lost", "unresponsive")
     assert re.search(MODES[mode], crash["title"]), crash["title"]
     assert list(outcome.crash_titles) == [crash["title"]]
     assert crash["last_operations"], "the operations before the crash belong in the report"

@@ -126,7 +126,12 @@ class TargetTrials:
         with self._lock:
             self._live[n] = session
         try:
-            session.start()
+            try:
+                session.start()
+            except TargetError as exc:  # a core another app claims, hugepages short: this machine, not the plan
+                first = str(exc).splitlines()[0]
+                return TrialResult(f"{SETUP_REFUSED}: the fresh target did not start: {first}",
+                                   time.monotonic() - t0, 0, first)
             title: str | None = None
             try:
                 outcome = replay_plan_sync(self.host, session.sock_path, plan, history=session.history,
