@@ -206,3 +206,32 @@ def verify_clean(rpc: SyncRpc, bdev_name: str) -> list[str]:
         if bdev.get("product_name") == "Logical Volume" or bdev["name"] == bdev_name:
             left.append(bdev["name"])
     return [f"bdevs left after teardown: {', '.join(left)}"] if left else []
+
+
+BASE_BDEV_DELETE = {"Malloc disk": "bdev_malloc_delete", "AIO disk": "bdev_aio_delete"}
+
+
+def wipe_target(rpc: SyncRpc) -> list[str]:
+    """Delete every lvstore and every malloc/aio bdev on the target, then check nothing is left; what could
+    not be deleted (or remains) is the returned problem list. A minimize try that survived hands its target to
+    the next try this way instead of a restart (only when this comes back empty)."""
+    problems: list[str] = []
+    for store in rpc.call_read("bdev_lvol_get_lvstores"):
+        try:
+            rpc.call("bdev_lvol_delete_lvstore", uuid=store["uuid"])
+        except RpcError as exc:
+            problems.append(f"lvstore {store.get('name')}: {exc}")
+    for bdev in rpc.call_read("bdev_get_bdevs"):
+        method = BASE_BDEV_DELETE.get(str(bdev.get("product_name")))
+        if method is None:
+            problems.append(f"bdev {bdev.get('name')} ({bdev.get('product_name')}) is not one a replay makes")
+            continue
+        try:
+            rpc.call(method, name=bdev["name"])
+        except RpcError as exc:
+            problems.append(f"bdev {bdev.get('name')}: {exc}")
+    left = [b["name"] for b in rpc.call_read("bdev_get_bdevs")] + [
+        s["name"] for s in rpc.call_read("bdev_lvol_get_lvstores")]
+    if left:
+        problems.append(f"left after the wipe: {', '.join(left)}")
+    return problems

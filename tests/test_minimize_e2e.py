@@ -29,7 +29,7 @@ from harness.minimize.crash import minimize_crash
 from harness.minimize.operations import load_operations
 from harness.minimize.plan import plan_from_operations
 from harness.minimize.replayer import replay_plan
-from harness.minimize.trial import plan_needs
+from harness.minimize.trial import TargetTrials, plan_needs, quiet_watchdogs
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcError
 from harness.rpc.sync import SyncRpc
@@ -260,3 +260,27 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         minimize_crash(crash, SIM, budget_s=1)
     rc = cli_main(["minimize", str(tmp_path / "nowhere")])
     assert rc == 2
+
+
+def test_a_wiped_target_gives_the_same_verdicts_as_fresh_ones(minimized: Minimized) -> None:
+    """A try that survived hands its target, wiped (every lvstore and bdev deleted, checked empty), to the next
+    try. The reproducer and each of its one-call-less variants (some still crash, some survive) get the same
+    titles on wiped targets as on fresh ones, with fewer target starts."""
+    crash_dir, _, _, _ = minimized
+    ops = load_operations(crash_dir / "repro.min.jsonl")
+    variants = [plan_from_operations(ops)] + [
+        plan_from_operations([o for o in ops if o.index != drop.index]) for drop in ops if drop.worker != -1]
+
+    def titles(reuse: bool) -> tuple[list[str | None], int]:
+        trials = TargetTrials(LocalHost(), SIM, MinimizeConfig(reuse_targets=reuse))
+        try:
+            with quiet_watchdogs():
+                return [trials.run(plan).title for plan in variants], trials.starts
+        finally:
+            trials.close()
+
+    fresh, fresh_starts = titles(False)
+    wiped, wiped_starts = titles(True)
+    assert wiped == fresh
+    assert None in fresh and any(t is not None for t in fresh)  # both kinds of verdict were exercised
+    assert fresh_starts == len(variants) and wiped_starts < fresh_starts, (fresh_starts, wiped_starts)

@@ -21,6 +21,8 @@ class MinimizeConfig(BaseModel):
     settle_s: float = Field(0.3, ge=0, description="wait after the last reply for a late death")
     parallel: int = Field(2, ge=1, le=16, description="fresh targets run at once for one candidate")
     cores: bool = Field(False, description="collect a core per try (slower; only if titles need the backtrace)")
+    reuse_targets: bool = Field(True, description="a try that survived wipes its target (every lvstore and bdev "
+                                "deleted, checked empty) for the next try instead of a restart")
 
     @model_validator(mode="after")
     def _k_within_tries(self) -> MinimizeConfig:

@@ -68,6 +68,8 @@ class MinimizeResult:
     seconds: float
     stop_reason: str
     other_titles: dict[str, int] = field(default_factory=dict)
+    target_starts: int | None = None
+    """Targets started for the tries (fewer than tries when survived tries' targets were wiped and reused)."""
     phases: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     target: dict[str, Any] = field(default_factory=dict)
@@ -92,7 +94,8 @@ class MinimizeResult:
             "concurrent_steps": self.concurrent_steps, "batches": self.batches,
             "rate": {"crashed": self.rate[0], "runs": self.rate[1], "text": self.rate_text},
             "k_of_n": f"{self.k} of {self.tries}", "tries_spent": self.tries_spent,
-            "seconds": round(self.seconds, 2), "stop_reason": self.stop_reason, "other_titles": self.other_titles,
+            "seconds": round(self.seconds, 2), "target_starts": self.target_starts, "stop_reason": self.stop_reason,
+            "other_titles": self.other_titles,
             "phases": self.phases, "files": self.files, "target": self.target, "time": time.time(),
         }
 
@@ -103,8 +106,10 @@ class MinimizeResult:
             f"operations + {self.setup_ops_after} setup calls (base bdev, lvstore) ({self.mode}, {self.steps} steps, "
             f"{self.concurrent_steps} in flight together, {self.batches} written in one write)",
             f"reproduction rate: {self.rate[0]}/{self.rate[1]}" + ("" if self.rate[1] else " (not reproduced)"),
-            f"search: {self.tries_spent} target starts, {self.seconds:.1f} s, candidates count at "
-            f"{self.k} of {self.tries}; {self.stop_reason}",
+            f"search: {self.tries_spent} tries"
+            + (f" on {self.target_starts} target starts" if self.target_starts is not None else "")
+            + f", {self.seconds:.1f} s, candidates count at {self.k} of {self.tries} (1 of 1 once the crash showed "
+            f"itself deterministic); {self.stop_reason}",
         ]
         for title, n in self.other_titles.items():
             lines.append(f"other crash title seen on replay (x{n}): {title}")
@@ -202,7 +207,7 @@ def minimize_crash(
         mode=plan.mode, steps=len(plan.steps), concurrent_steps=plan.concurrent_steps, batches=plan.batches,
         rate=outcome.rate, k=cfg.k, tries=cfg.tries, tries_spent=outcome.tries, seconds=time.monotonic() - t0,
         stop_reason=outcome.stop_reason, other_titles=outcome.other_titles,
-        phases=[p.to_dict() for p in outcome.phases],
+        target_starts=trials.starts if trials is not None else None, phases=[p.to_dict() for p in outcome.phases],
         target={"kind": target_config.kind, "sim_fault": target_config.sim_fault or None},
     )
     files = write_reproducer(crash_path, plan, title, result.rate_text)

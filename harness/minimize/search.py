@@ -43,6 +43,8 @@ class TrialResult:
     elapsed_s: float = 0.0
     answered: int = 0
     detail: str = ""
+    reused: bool = False
+    """It ran on a target an earlier (survived) try wiped, not a freshly started one."""
 
 
 class TrialRunner(Protocol):

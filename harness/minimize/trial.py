@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.errors import TargetError
+from harness.bdev import wipe_target
+from harness.errors import HarnessError, TargetError
 from harness.history import SETUP_WORKER
 from harness.hosts.base import Host
 from harness.minimize.config import MinimizeConfig
@@ -32,6 +33,7 @@ from harness.minimize.replayer import ReplayOutcome, replay_plan_sync
 from harness.minimize.search import SETUP_REFUSED, TrialResult
 from harness.report.core import CorePattern
 from harness.rpc.errors import RpcConnectError
+from harness.rpc.sync import SyncRpc
 from harness.session import TargetNeeds, TargetSession
 from harness.target import TargetConfig
 from harness.watch.config import WatchConfig
@@ -112,26 +114,30 @@ class TargetTrials:
         self._lock = threading.Lock()
         self._live: dict[int, TargetSession] = {}
         """Targets of tries in progress: `close()` kills any an interrupted search left behind."""
+        self._idle: list[TargetSession] = []
+        """Targets a survived try wiped clean, for the next tries (`_wipe`)."""
+        self.reuse = config.reuse_targets and history_path is None
+        self.starts = 0
+        """Targets started (tries minus the ones that ran on a wiped target)."""
 
     def run(self, plan: ReplayPlan) -> TrialResult:
         n = self.count = next(self._count)
-        work_dir = f"{self.work_root}/t{n}"
         t0 = time.monotonic()
-        hist_path = self.history_path(n) if self.history_path else None
-        session = TargetSession(
-            self.host, self.target_config, work_dir, needs=plan_needs(plan),
-            watch=WatchConfig(kernel_log=self.kernel_log, hang_after_s=self.hang_after_s, core_dumps=False),
-            cores=self.cores if self.cores is not None else False, evidence_dir=self.evidence_root / f"t{n}",
-            history_path=hist_path, announce=lambda _msg: None, keep_evidence=False)
+        session, reused = self._session_for(n, plan)
         with self._lock:
             self._live[n] = session
+        keep = False
         try:
-            try:
-                session.start()
-            except TargetError as exc:  # a core another app claims, hugepages short: this machine, not the plan
-                first = str(exc).splitlines()[0]
-                return TrialResult(f"{SETUP_REFUSED}: the fresh target did not start: {first}",
-                                   time.monotonic() - t0, 0, first)
+            if not reused:
+                try:
+                    session.start()
+                except TargetError as exc:  # a core another app claims, hugepages short: this machine, not the plan
+                    first = str(exc).splitlines()[0]
+                    return TrialResult(f"{SETUP_REFUSED}: the fresh target did not start: {first}",
+                                       time.monotonic() - t0, 0, first)
+                with self._lock:
+                    self.starts += 1
+            log_mark = self._log_size(session)
             title: str | None = None
             try:
                 outcome = replay_plan_sync(self.host, session.sock_path, plan, history=session.history,
@@ -150,17 +156,66 @@ class TargetTrials:
                 title = f"{SETUP_REFUSED}: {starved}"
             detail = (f"{len(outcome.answers)} of {len(plan)} operations answered"
                       + (f"; connection lost: {outcome.lost}" if outcome.lost else "")
-                      + ("; a call timed out" if outcome.timed_out else ""))
-            return TrialResult(title, time.monotonic() - t0, len(outcome.answers), detail)
+                      + ("; a call timed out" if outcome.timed_out else "")
+                      + ("; on a wiped target" if reused else ""))
+            keep = title is None and not outcome.lost and not outcome.timed_out and self._wipe(session, log_mark)
+            return TrialResult(title, time.monotonic() - t0, len(outcome.answers), detail, reused=reused)
         finally:
-            # Whatever failed above (a watchdog that could not start, an interrupt), the target goes.
-            with contextlib.suppress(TargetError):
-                session.close()
+            # Whatever failed above (a watchdog that could not start, an interrupt), the target goes, unless
+            # it survived and was wiped clean for the next try.
             with self._lock:
                 self._live.pop(n, None)
+                if keep:
+                    self._idle.append(session)
             self.last_target_log = session.target.log_tail(30)
-            self.host.run(["rm", "-rf", work_dir], timeout=30)
-            shutil.rmtree(self.evidence_root / f"t{n}", ignore_errors=True)
+            if not keep:
+                self._discard(session)
+
+    def _session_for(self, n: int, plan: ReplayPlan) -> tuple[TargetSession, bool]:
+        """A wiped target a survived try left (with memory enough for this plan), else a new session."""
+        needs = plan_needs(plan)
+        with self._lock:
+            idle = self._idle.pop() if self._idle else None
+        if idle is not None:
+            if idle.alive() and not idle.crashed and needs.malloc_mib <= idle.needs.malloc_mib:
+                return idle, True
+            self._discard(idle)
+        hist_path = self.history_path(n) if self.history_path else None
+        session = TargetSession(
+            self.host, self.target_config, f"{self.work_root}/t{n}", needs=needs,
+            watch=WatchConfig(kernel_log=self.kernel_log, hang_after_s=self.hang_after_s, core_dumps=False),
+            cores=self.cores if self.cores is not None else False, evidence_dir=self.evidence_root / f"t{n}",
+            history_path=hist_path, announce=lambda _msg: None, keep_evidence=False)
+        return session, False
+
+    def _log_size(self, session: TargetSession) -> int:
+        try:
+            return Path(session.target.log_path).stat().st_size if self.host.is_local else 0
+        except OSError:
+            return 0
+
+    def _wipe(self, session: TargetSession, log_mark: int) -> bool:
+        """Hand a target that survived a try to the next one: only a local one, only if the try made it log no
+        error (a forced removal, a failed blob op: state a fresh target would not have), only if deleting every
+        lvstore and bdev leaves it empty, and only if it is still alive and quiet after that."""
+        if not self.reuse or not self.host.is_local or not session.alive():
+            return False
+        try:
+            with open(session.target.log_path, "rb") as log:
+                log.seek(log_mark)
+                if b"*ERROR*" in log.read():
+                    return False
+            with SyncRpc(self.host, session.sock_path, timeout=self.config.op_timeout_s) as rpc:
+                problems = wipe_target(rpc)
+        except (OSError, HarnessError):
+            return False
+        return not problems and session.alive() and not session.wait_for_death(settle_s=0.05)
+
+    def _discard(self, session: TargetSession) -> None:
+        with contextlib.suppress(TargetError):
+            session.close()
+        self.host.run(["rm", "-rf", session.work_dir], timeout=30)
+        shutil.rmtree(session.evidence_dir, ignore_errors=True)
 
     def run_many(self, plan: ReplayPlan, count: int) -> list[TrialResult]:
         """`count` tries of `plan` at once, each on its own fresh target (the k of k-of-n in one round)."""
@@ -168,10 +223,14 @@ class TargetTrials:
             return list(pool.map(lambda _i: self.run(plan), range(count)))
 
     def close(self) -> None:
-        """Kill the targets of tries still running (an interrupt mid-try), then remove the work root."""
+        """Kill the targets of tries still running (an interrupt mid-try), stop the idle ones, then remove the
+        work root."""
         with self._lock:
             live = list(self._live.values())
+            idle, self._idle = self._idle, []
             self._live.clear()
+        for session in idle:
+            self._discard(session)
         for session in live:
             process = session.target.process
             if process is not None and process.poll() is None:
