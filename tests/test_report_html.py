@@ -165,3 +165,22 @@ def test_report_opens_in_headless_chromium(crashed_run: Path, tmp_path: Path) ->
                      tmp_path / "profile-shot")
     assert snap.returncode == 0, snap.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("summary", "badge", "judgement"), [
+    ({"kind": "long-run", "verdict": "crash", "passed": False, "running": False}, "crash", "failed"),
+    ({"kind": "long-run", "verdict": "clean", "passed": False, "running": False,
+      "stopped_by": "interrupted (Failed)"}, "clean", "failed"),  # cut short by a time limit: never a pass
+    ({"kind": "suite", "verdict": "nothing ran", "passed": False, "running": False}, "nothing ran", "failed"),
+    ({"kind": "run", "verdict": "interrupted", "passed": False, "running": False}, "interrupted", None),
+    ({"kind": "long-run", "verdict": "crash", "passed": True, "running": False}, "crash", "passed"),  # xfail'd
+])
+def test_the_badge_is_the_summarys_verdict_and_a_suites_judgement(tmp_path: Path, summary: dict[str, object],
+                                                                 badge: str, judgement: str | None) -> None:
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    page = write_report_html(tmp_path).read_text()
+    assert f'id="verdict">{badge}</span>' in page and f'data-verdict="{badge}"' in page
+    if judgement is None:
+        assert 'id="judgement"' not in page
+    else:
+        assert f'id="judgement">{judgement}</span>' in page

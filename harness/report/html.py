@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from harness.history import HISTORY_NAMES
+from harness.outcome import Verdict
 from harness.report.timeline import Timeline
 
 SKIP_DIRS = frozenset({"crashes", "cores", "terraform", ".pytest_cache"})
@@ -277,6 +278,7 @@ table{border-collapse:collapse;width:100%;font-size:13px} td,th{border-bottom:1p
 text-align:left;vertical-align:top} th{background:#f7fafc} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600}
 .v-clean{background:#2f855a}.v-findings{background:#c05621}.v-crash{background:#9b2c2c}.v-running{background:#2b6cb0}
+.v-error{background:#9b2c2c}.v-interrupted{background:#718096}.v-nothing-ran{background:#718096}
 .banner{background:#fefcbf;border:1px solid #ecc94b;padding:6px 10px;margin:8px 0}
 code,pre{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;background:#f7fafc} pre{padding:8px;overflow:auto}
 svg.panel{display:block} .ptitle{font-size:11px;font-weight:600;fill:#4a5568}
@@ -320,12 +322,28 @@ def _td(value: Any, num: bool = False) -> str:
     return f'<td class="n">{_e(value)}</td>' if num else f"<td>{_e(value)}</td>"
 
 
+VERDICTS = frozenset(v.value for v in Verdict)
+
+
 def _verdict(summary: dict[str, Any], crashes: list[dict[str, Any]], findings: list[dict[str, Any]]) -> str:
+    """The summary's own verdict (harness.outcome: the one the exit status and the JUnit result follow); a page
+    drawn before a summary exists judges from the bundles on disk."""
     if summary.get("running"):
         return "running"
+    if summary.get("verdict") in VERDICTS:
+        return str(summary["verdict"])
     if crashes or summary.get("crashes"):
         return "crash"
     return "findings" if findings else "clean"
+
+
+def _judgement(summary: dict[str, Any]) -> str:
+    """A suite's pass/fail beside the verdict, when its rules differ from the verdict's (known issues)."""
+    if summary.get("running") or "passed" not in summary or summary.get("kind") not in ("long-run", "suite"):
+        return ""
+    passed = bool(summary["passed"])
+    css, text = ("clean", "passed") if passed else ("crash", "failed")
+    return f' <span class="verdict v-{css}" id="judgement">{text}</span>'
 
 
 def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool = False) -> str:
@@ -344,6 +362,7 @@ def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool
                + [{"t": f.get("t"), "kind": "finding", "label": f"{f.get('kind')}: {f.get('message')}"}
                   for f in findings[:MAX_TABLE_ROWS]])
     verdict = _verdict(summary, crashes, findings)
+    css_verdict = verdict.replace(" ", "-")
     target = summary.get("target") or {}
     title = f"lvol-storm {summary.get('suite') or summary.get('profile') or 'run'}: {run_dir.name}"
 
@@ -402,7 +421,7 @@ def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool
 script-src 'unsafe-inline'; img-src data:">
 <title>{_e(title)}</title><style>{_CSS}</style></head>
 <body data-verdict="{verdict}">
-<h1>{_e(title)} <span class="verdict v-{verdict}" id="verdict">{_e(verdict)}</span></h1>
+<h1>{_e(title)} <span class="verdict v-{css_verdict}" id="verdict">{_e(verdict)}</span>{_judgement(summary)}</h1>
 {banner}
 <dl id="facts">{fact_html}</dl>
 <h2>Timeline</h2>
