@@ -129,6 +129,9 @@ class LongRun:
         self.notes: list[str] = []
         self.known_hits: Counter[str] = Counter()
         self.minimized_keys: set[str] = set()  # each crash key is minimized once per long run
+        self.to_minimize: list[StormRun] = []
+        """Incarnations whose crashes wait for the minimizer, which runs once the clock is done: the run's
+        hour goes to storms, not to searches (`_minimize_at_end`)."""
         self.avoid_strategies, self.avoid_methods = self.known.avoided()
         self.started = time.time()
         self.stopped_by: str | None = None
@@ -151,6 +154,7 @@ class LongRun:
         reporter.start()
         try:
             self._loop(deadline)
+            self._minimize_at_end()
         except BaseException as exc:  # a time limit or a second Ctrl-C raising through the storm
             self.stopped_by = self.stopped_by or f"interrupted ({type(exc).__name__})"
             for inc in self.incarnations:
@@ -181,9 +185,10 @@ class LongRun:
                 self.incarnations.append(inc)
             cfg = with_storm(self._config_now(), duration=round(remaining, 3), seed=base_seed + n - 1)
             work = f"{self.work_dir}/{inc.name}" if self.work_dir else None
+            run = StormRun(cfg, inc_dir, self.host, stop_event=self.stop_event, announce=self.announce,
+                           progress=False, work_dir=work, minimized_keys=self.minimized_keys, defer_minimize=True)
             try:
-                outcome = StormRun(cfg, inc_dir, self.host, stop_event=self.stop_event, announce=self.announce,
-                                   progress=False, work_dir=work, minimized_keys=self.minimized_keys).execute()
+                outcome = run.execute()
             except TargetError as exc:
                 self._end(inc, Verdict.ERROR.value, None)
                 self.failing.append(f"{inc.name}: {exc}")
@@ -191,6 +196,8 @@ class LongRun:
                 return
             self._end(inc, outcome.summary.verdict, outcome.summary)
             self._judge(inc)
+            if outcome.crash_dirs:
+                self.to_minimize.append(run)
             stop_reason = (outcome.summary.storm or {}).get("stop_reason")
             if not outcome.crash_titles:
                 if stop_reason in ("duration", "interrupted", "max_ops") or self.stop_event.is_set():
@@ -207,6 +214,31 @@ class LongRun:
             if outcome.crash_titles:
                 self.announce(f"{self.suite}: {inc.name} crashed ({', '.join(outcome.crash_titles)}); "
                               "restarting the target on a fresh lvstore")
+
+    def _minimize_at_end(self) -> None:
+        """Each new crash key's first crash, minimized once the storms are over, within the run's minimize
+        budget in all (`minimize.budget_s`, shared: the keys seen first go first); what it could not reach is
+        said in the notes. A stop (Ctrl-C) skips it."""
+        cfg = self.config.minimize
+        if not cfg.enabled or not self.to_minimize:
+            return
+        deadline = time.monotonic() + cfg.budget_s
+        left_out = 0
+        for run in self.to_minimize:
+            if self.stop_event.is_set() or time.monotonic() >= deadline - 1.0:
+                left_out += 1
+                continue
+            run.config = run.config.model_copy(update={"minimize": cfg.model_copy(
+                update={"budget_s": max(1.0, deadline - time.monotonic())})})
+            run.minimize_new_crashes()
+            with self._lock:
+                inc = next((i for i in self.incarnations if i.path == run.run_dir.path), None)
+                if inc is not None and run.outcome is not None:
+                    inc.summary = run.outcome.summary
+        if left_out:
+            self.notes.append(f"minimize: {left_out} incarnation(s) with crashes not minimized: "
+                              + ("stopped" if self.stop_event.is_set() else
+                                 f"the run's minimize budget ({cfg.budget_s:g} s) was spent"))
 
     def _config_now(self) -> RunConfig:
         """The next incarnation's config: what known issues (and crash-aware steering) leave of the mix."""

@@ -260,3 +260,26 @@ def test_nightly_on_two_terraform_nodes_one_xdist_worker_each(tmp_path: Path) ->
     run_id = names[0].split("-")[1]
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"lvs-{run_id}-" not in left, f"nodes not destroyed: {left}"
+
+
+@pytest.mark.timeout(120)
+def test_a_long_run_minimizes_each_new_key_once_after_its_clock(tmp_path: Path) -> None:
+    """The nightly's hour goes to storms: a crash is counted and the target restarted at once; each new crash
+    key's first crash is minimized after the clock, once, within the run's minimize budget."""
+    cfg = load_config("nightly", overrides=["storm.workers=2", "minimize.budget_s=40",
+                                            "storm.strategies={busy-delete: 1.0}", "storm.strategy_share=0.9"],
+                      cli={"target.kind": "sim", "target.sim_fault": "forced-removal", "bdev.kind": "malloc",
+                           "storm.duration": "6s"})
+    said: list[tuple[float, str]] = []
+    t0 = time.time()
+    outcome = LongRun("nightly", cfg, tmp_path / "run", LocalHost(), known=KnownIssues(),
+                      announce=lambda m: said.append((time.time(), m))).execute()
+    crashed = [i for i in outcome.incarnations if i.outcome == "crash"]
+    assert len(crashed) >= 2, [i.outcome for i in outcome.incarnations]
+    first_minimize = next(t for t, m in said if m.startswith("minimizing "))
+    last_restart = max(t for t, m in said if "restarting the target" in m)
+    assert first_minimize >= t0 + 5.0 and first_minimize > last_restart  # after the clock, not between storms
+    assert sum(m.startswith("minimizing ") for _, m in said) == len(outcome.summary.crashes) == 1
+    minimized = [i for i in crashed if i.summary is not None and i.summary.minimized]
+    assert len(minimized) == 1 and minimized[0].summary is not None
+    assert minimized[0].summary.minimized[0]["reproduced"] is True  # type: ignore[index]
