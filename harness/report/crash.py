@@ -9,6 +9,7 @@ Same title, same bug: `index.json` in the crashes directory counts each title on
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,9 @@ class CrashReport:
             report_notes.append("core: target_info has no pid; cannot find its core")
         elif primary.kind == "hang":
             report_notes.append("core: none for a hang (the target was alive); kill it with SIGABRT for one")
+        elif _killed_without_core(evidence):
+            report_notes.append(f"core: none: the kernel writes no core for {_exit_signal(evidence)} (the target "
+                                "was killed, it did not crash)")
         else:
             found = cores.find_core(int(pid), timeout=10.0 if _died_by_signal(evidence) else 1.0)
             if found is None:
@@ -207,8 +211,26 @@ class CrashReport:
         return out
 
 
+CORE_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                          signal.SIGQUIT, signal.SIGSYS, signal.SIGTRAP, signal.SIGXCPU, signal.SIGXFSZ})
+"""Signals whose default action dumps core (signal(7)); a target killed by another (SIGKILL) leaves none."""
+
+
 def _died_by_signal(evidence: list[CrashEvidence]) -> bool:
     return any(ev.kind in {"fault", "abort"} or (ev.exit_rc is not None and ev.exit_rc < 0) for ev in evidence)
+
+
+def _exit_signal(evidence: list[CrashEvidence]) -> str:
+    rc = next((ev.exit_rc for ev in evidence if ev.exit_rc is not None and ev.exit_rc < 0), None)
+    return signal.Signals(-rc).name if rc is not None and -rc in signal.Signals._value2member_map_ else "that signal"
+
+
+def _killed_without_core(evidence: list[CrashEvidence]) -> bool:
+    """Killed by a signal that dumps no core, with no fault or abort of its own: no core to wait for."""
+    if any(ev.kind in {"fault", "abort"} for ev in evidence):
+        return False
+    rcs = [ev.exit_rc for ev in evidence if ev.exit_rc is not None and ev.exit_rc < 0]
+    return bool(rcs) and all(-rc not in CORE_SIGNALS for rc in rcs)
 
 
 def _main_executable(maps: list[MapEntry], binary_paths: tuple[str, ...] | list[str]) -> str | None:
