@@ -223,10 +223,13 @@ class LongRun:
         if not cfg.enabled or not self.to_minimize:
             return
         deadline = time.monotonic() + cfg.budget_s
-        left_out = 0
+        left_out: set[str] = set()
         for run in self.to_minimize:
+            keys = {c.key for c in run.outcome.summary.crashes} if run.outcome is not None else set()
+            if not keys - self.minimized_keys:
+                continue  # its bug was minimized from an earlier crash
             if self.stop_event.is_set() or time.monotonic() >= deadline - 1.0:
-                left_out += 1
+                left_out |= keys - self.minimized_keys
                 continue
             run.config = run.config.model_copy(update={"minimize": cfg.model_copy(
                 update={"budget_s": max(1.0, deadline - time.monotonic())})})
@@ -236,7 +239,7 @@ class LongRun:
                 if inc is not None and run.outcome is not None:
                     inc.summary = run.outcome.summary
         if left_out:
-            self.notes.append(f"minimize: {left_out} incarnation(s) with crashes not minimized: "
+            self.notes.append(f"minimize: {len(left_out)} crash key(s) not minimized: "
                               + ("stopped" if self.stop_event.is_set() else
                                  f"the run's minimize budget ({cfg.budget_s:g} s) was spent"))
 

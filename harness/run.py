@@ -26,6 +26,7 @@ from harness.minimize.crash import minimize_crash
 from harness.outcome import ExitCode, Verdict, exit_code_of, verdict_of
 from harness.report.html import write_report_html
 from harness.report.title import crash_key, killed_from_outside
+from harness.rpc.errors import RpcAbandoned, RpcConnectionLost, RpcTimeout
 from harness.rpc.sync import SyncRpc
 from harness.rundir import RunDir
 from harness.session import TargetNeeds, TargetSession
@@ -134,9 +135,15 @@ class StormRun:
             try:
                 storm = self._storm(session)
             finally:
-                crash_dirs = self._save_evidence(session, storm.stop_reason if storm else None)
+                stop_reason = storm.stop_reason if storm else None
+                crash_dirs = self._save_evidence(session, stop_reason,
+                                                 wait_s=self._hang_wait_s if stop_reason == "unresponsive" else 0.0)
                 if not crash_dirs:
-                    findings.extend(self._teardown(session))
+                    problems, stalled = self._teardown(session)
+                    if stalled:  # the target stopped answering in teardown: the watchdog decides what it was
+                        crash_dirs = self._save_evidence(session, "unresponsive", wait_s=self._hang_wait_s)
+                    if not crash_dirs:
+                        findings.extend(problems)
         if session.watchdog is not None:
             findings.extend({"kind": "target-log", "message": f.line, "pattern": f.pattern}
                             for f in session.watchdog.findings)
@@ -214,9 +221,16 @@ class StormRun:
             run_dir=self.run_dir.path, crashed=session.watchdog.crashed, progress=self.progress,
         )
 
-    def _save_evidence(self, session: TargetSession, stop_reason: str | None = None) -> list[Path]:
+    @property
+    def _hang_wait_s(self) -> float:
+        """Long enough for the watchdog to call a silent target hung."""
+        return self.config.watch.hang_after_s + self.config.watch.probe_interval_s + 1.0
+
+    def _save_evidence(self, session: TargetSession, stop_reason: str | None = None,
+                       wait_s: float = 0.0) -> list[Path]:
         """Write the crash report while everything is still there; before any teardown."""
-        if not session.wait_for_death(lost_target=stop_reason in ("connection_lost", "unresponsive")):
+        if not session.wait_for_death(lost_target=stop_reason in ("connection_lost", "unresponsive"),
+                                      settle_s=wait_s):
             return []
         path = session.save_crash()
         if path is None or session.report is None:
@@ -224,19 +238,27 @@ class StormRun:
         self.announce(f"CRASH: {session.report.title}\n  report: {path}")
         return [path]
 
-    def _teardown(self, session: TargetSession) -> list[dict[str, Any]]:
-        """Delete lvols children-first, the lvstore and the bdev; leftovers are findings, not silence."""
+    def _teardown(self, session: TargetSession) -> tuple[list[dict[str, Any]], bool]:
+        """Delete lvols children-first, the lvstore and the bdev; leftovers are findings, not silence. Every
+        call gives up the moment the watchdog calls the target dead or hung, and waits no longer than the hang
+        threshold: `stalled` says the target stopped answering (the caller asks the watchdog what it was)."""
         problems: list[str] = []
         if not session.alive() or not hasattr(self, "lvstore"):
-            return []
+            return [], False
+        stalled = False
+        abort = session.watchdog.crashed if session.watchdog is not None else None
         try:
-            with SyncRpc(self.host, session.sock_path, history=session.history, timeout=30.0) as rpc:
+            with SyncRpc(self.host, session.sock_path, history=session.history, abort=abort,
+                         timeout=min(30.0, self._hang_wait_s)) as rpc:
                 problems += self.lvstore.teardown(rpc)
                 self.bdev.delete(rpc)
                 problems += verify_clean(rpc, self.bdev.bdev_name)
+        except (RpcAbandoned, RpcTimeout, RpcConnectionLost) as exc:
+            stalled = True
+            problems.append(f"teardown failed: {exc}")
         except HarnessError as exc:
             problems.append(f"teardown failed: {exc}")
-        return [{"kind": "teardown", "message": p} for p in problems]
+        return [{"kind": "teardown", "message": p} for p in problems], stalled
 
     def _summary(self, t0: float, storm: StormResult | None, findings: list[dict[str, Any]],
                  titles: dict[str, int], crash_dirs: list[Path]) -> Summary:

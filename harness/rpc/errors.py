@@ -90,6 +90,17 @@ class RpcTimeout(RpcError):
         self.errno_name = "ETIMEDOUT"
 
 
+class RpcAbandoned(RpcError):
+    """The caller stopped waiting because the target is known dead or hung (the watchdog said so): the call's
+    effect is unknown, and it is never retried."""
+
+    def __init__(self, method: str, code: int | None = None,
+                 message: str = "abandoned: the watchdog saw the target die or hang") -> None:
+        super().__init__(method, code, message)
+        self.errno = _errno.ECANCELED
+        self.errno_name = "ECANCELED"
+
+
 class RpcConnectionLost(RpcError):
     """The socket closed (the target died or closed us) before the reply came; the effect is unknown."""
 

@@ -20,7 +20,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop
 from harness.history import SETUP_WORKER, History
 from harness.hosts.base import Host
 from harness.rpc.connect import connect_unix_retrying
-from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
+from harness.rpc.errors import RpcAbandoned, RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
 from harness.rpc.framing import FramingError, ReplyParser, encode_request
 
 READ_METHODS: frozenset[str] = frozenset({
@@ -42,6 +42,8 @@ READ_METHODS: frozenset[str] = frozenset({
 """Methods with no effect on the target: safe to send again after a timeout or a lost connection."""
 
 _TRANSIENT = (RpcTimeout, RpcConnectionLost, RpcConnectError)
+ABORT_POLL_S = 0.25
+"""How often a call with an `abort` event looks at it while it waits for the reply."""
 
 
 class SyncRpc:
@@ -57,8 +59,12 @@ class SyncRpc:
         connect_timeout: float = 10.0,
         worker: int = SETUP_WORKER,
         conn: int = 0,
+        abort: threading.Event | None = None,
     ) -> None:
+        """`abort`: an event (the watchdog's `crashed`) that ends any wait at once with RpcAbandoned, so a
+        teardown never spends its timeouts and retries on a target already known dead or hung."""
         self.host = host
+        self.abort = abort
         self.sock_path = sock_path
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -138,6 +144,8 @@ class SyncRpc:
         return list(self.call_read("rpc_get_methods") or [])
 
     def _call_locked(self, method: str, params: dict[str, Any] | None, timeout: float) -> Any:
+        if self.abort is not None and self.abort.is_set():
+            raise RpcAbandoned(method, message="not sent: the watchdog saw the target die or hang")
         if self._sock is None:
             self._connect()  # Nothing was sent yet, so connecting again is safe even for a mutating call.
         sock = self._sock
@@ -175,8 +183,16 @@ class SyncRpc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = sock.recv(1 << 16)
+                if self.abort is not None and self.abort.is_set():
+                    self._drop()
+                    raise RpcAbandoned(method)
+                sock.settimeout(remaining if self.abort is None else min(remaining, ABORT_POLL_S))
+                try:
+                    chunk = sock.recv(1 << 16)
+                except TimeoutError:
+                    if time.monotonic() < deadline:
+                        continue  # a slice of the wait: look at `abort` again
+                    raise
                 if not chunk:
                     self._drop()
                     raise RpcConnectionLost(method, None, f"the target closed the connection ({where})")
