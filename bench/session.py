@@ -95,6 +95,14 @@ class BenchTarget:
     def alive(self) -> bool:
         return self.target.alive()
 
+    def death(self) -> tuple[str, Path | None] | None:
+        """The crash title and report directory when the target died under the benchmark (else None): a bench
+        on a buggy build measures nothing, and says which bug stopped it."""
+        if not self.session.wait_for_death(settle_s=0.5 if not self.alive() else 0.0):
+            return None
+        path = self.session.save_crash()
+        return (self.session.report.title if self.session.report is not None else "the target died"), path
+
     def stop(self) -> None:
         self.session.close()
 
