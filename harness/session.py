@@ -22,6 +22,7 @@ from harness.bdev import BdevConfig
 from harness.errors import TargetError
 from harness.history import History
 from harness.hosts.base import Host
+from harness.leftovers import SessionRecord, process_start, reap
 from harness.report.core import CorePattern
 from harness.report.crash import CrashReport
 from harness.spdk_memory import malloc_total_mib, peak_malloc_mib
@@ -112,6 +113,7 @@ class TargetSession:
         self.report: CrashReport | None = None
         self.report_path: Path | None = None
         self.keep_evidence = keep_evidence
+        self._record_path: Path | None = None
         self._cores_entered = False
         self._started = False
 
@@ -149,6 +151,8 @@ class TargetSession:
     def start(self) -> TargetSession:
         """Cores, then the process (hugepages first), then the watchdog; anything that fails undoes the rest."""
         try:
+            if self.host.is_local:
+                self.notes += [f"leftovers of a killed harness: {line}" for line in reap()]
             if self.cores is not None and self._own_cores:
                 self.cores.__enter__()
                 self._cores_entered = True
@@ -156,12 +160,30 @@ class TargetSession:
                     self.notes.append(f"core dumps: {self.cores.reason}")
             self.target.start()
             self._started = True
+            self._record_holdings()
             if self.watch is not None:
                 self.watchdog = self._start_watchdog()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _record_holdings(self) -> None:
+        """What this session holds on the machine, on disk until close(), for the next session to undo should
+        the harness be killed (harness.leftovers)."""
+        if not self.host.is_local or self.target.process is None:
+            return
+        record = SessionRecord.mine()
+        reservation = self.target.hugepages
+        record.target_pid = self.target.process.pid
+        record.target_start = process_start(self.target.process.pid)
+        record.sock_path = self.sock_path
+        if reservation is not None:
+            record.mount_dir = reservation.mounted
+            record.hugepages_added, record.hugepages_set_to = reservation.added_pages, reservation.set_to
+        self._record_path = record.path()
+        with contextlib.suppress(OSError):
+            record.write(self._record_path)
 
     def _start_watchdog(self) -> Watchdog:
         cfg = self.watch
@@ -236,6 +258,8 @@ class TargetSession:
         """Evidence first (a death nobody reported is written now), then the watchdog, the process, the cores,
         the history; every step runs even if one before it failed."""
         with contextlib.ExitStack() as stack:
+            if self._record_path is not None:
+                stack.callback(self._record_path.unlink, missing_ok=True)  # given back: nothing to undo
             if self.history is not None:
                 stack.callback(self.history.close)
             if self._cores_entered and self.cores is not None:

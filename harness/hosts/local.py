@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
+import queue
 import resource
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HostError
 from harness.hosts.base import Argv, CommandResult, Host, HostProcess, LineStream, argv_text
@@ -57,8 +62,51 @@ class LocalProcess(HostProcess):
                 pass
 
 
-def _unlimited_core() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # resolved now: nothing is looked up in a child between fork and exec
+
+
+def _child_setup(parent: int, core_unlimited: bool) -> Callable[[], None]:
+    """What a spawned target does before exec: die with the harness (PR_SET_PDEATHSIG; if the harness is gone
+    already, exit), and dump cores of any size when asked."""
+    def setup() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+        if core_unlimited:
+            resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    return setup
+
+
+class _Spawner:
+    """One thread that lives as long as the harness forks every target. The kernel sends PR_SET_PDEATHSIG when
+    the *thread* that forked the child ends, so a target forked from a storm's or a minimize try's thread would
+    die with that thread; forked here, it dies with the harness (a SIGKILL of the harness too), and only then."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="lvol-storm-spawner", daemon=True)
+                self._thread.start()
+        done: Future[Any] = Future()
+        self._jobs.put((job, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            job, done = self._jobs.get()
+            try:
+                done.set_result(job())
+            except BaseException as exc:  # handed to the caller
+                done.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
 
 
 class LocalHost(Host):
@@ -137,9 +185,10 @@ class LocalHost(Host):
     ) -> HostProcess:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         full_env = {**os.environ, **(env or {})}
+        setup = _child_setup(os.getpid(), core_unlimited)
         with open(log_path, "ab", buffering=0) as log:
             try:
-                popen = subprocess.Popen(
+                popen = _SPAWNER.run(lambda: subprocess.Popen(
                     list(argv),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -147,8 +196,8 @@ class LocalHost(Host):
                     env=full_env,
                     cwd=cwd,
                     start_new_session=True,
-                    preexec_fn=_unlimited_core if core_unlimited else None,
-                )
+                    preexec_fn=setup,
+                ))
             except OSError as exc:
                 raise HostError(f"{self.name}: cannot start `{argv_text(argv)}`: {exc}") from exc
         return LocalProcess(popen, argv_text(argv), log_path)

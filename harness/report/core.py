@@ -7,6 +7,7 @@ The pattern is machine-wide: restore it even when the run fails, and say clearly
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import shlex
@@ -94,11 +95,11 @@ class CorePattern:
         listing = self.host.run(["ls", f"{self.registry}/users"], timeout=20)
         me = socket.gethostname()
         for token in listing.stdout.split() if listing.ok else []:
-            host, _, rest = token.rpartition("-")[0].rpartition("-")
-            if host != me or not rest.isdigit():
+            host, pid = _token_pid(token)
+            if host != me or pid is None:
                 continue
             try:
-                os.kill(int(rest), 0)
+                os.kill(pid, 0)
             except ProcessLookupError:
                 self.host.run(["rm", "-f", f"{self.registry}/users/{token}"], timeout=20)
             except PermissionError:
@@ -132,6 +133,7 @@ class CorePattern:
         if not self.active:
             return
         self.active = False
+        self._prune_dead_users()  # never hand the pattern to a run that was killed
         res = self._locked(_LEAVE)
         self.restored = res.stdout.strip() or None
         if self.restored and self.restored.startswith("changed by someone else"):
@@ -169,6 +171,43 @@ class CorePattern:
         res = self.host.run(["cat", f"{self.registry}/written"], timeout=20)
         dirs = [line.rsplit("/", 1)[0] for line in res.stdout.splitlines() if res.ok and line.startswith("/")]
         return [d for d in dict.fromkeys(dirs) if d and d != self.core_dir]
+
+
+def _token_pid(token: str) -> tuple[str, int | None]:
+    """(host, pid) of a registry token `<host>-<pid>-<id>`."""
+    host, _, pid = token.rpartition("-")[0].rpartition("-")
+    return host, int(pid) if pid.isdigit() else None
+
+
+def reap_core_pattern(registry: str = REGISTRY, proc_path: str = CORE_PATTERN) -> str | None:
+    """On this machine: drop the registrations of harness processes that are gone, and when no live one is
+    left while core_pattern still points where one of them set it, put the machine's original back (what the
+    last one out would have done, had it not been killed). What was done, or None."""
+    users = Path(registry) / "users"
+    if not users.is_dir():
+        return None
+    me = socket.gethostname()
+    with open(f"{registry}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for entry in list(users.iterdir()):
+            host, pid = _token_pid(entry.name)
+            if host == me and pid is not None and not Path(f"/proc/{pid}").exists():
+                entry.unlink(missing_ok=True)
+        if any(users.iterdir()):
+            return None
+        original, written = Path(registry) / "original", Path(registry) / "written"
+        try:
+            current = Path(proc_path).read_text().strip()
+            ours = current in written.read_text().splitlines() if written.exists() else False
+            if not ours or not original.exists():
+                return None
+            value = original.read_text()
+            Path(proc_path).write_text(value)
+        except OSError:
+            return None
+        original.unlink(missing_ok=True)
+        written.unlink(missing_ok=True)
+        return f"restored {proc_path} to {value!r} (the run that set it was killed)"
 
 
 def compress_core(host: Host, core_path: str, dest_dir: Path) -> Path:
