@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -116,3 +117,24 @@ def test_aws_cloud_init_renders_to_what_a_node_needs(tmp_path: Path, source: str
     else:
         assert "podman pull 'registry.example/spdk:1'" in commands
         assert '"registry.example/spdk:1" "/usr/local/bin/spdk_tgt" "$@"' in files["/usr/local/bin/spdk_tgt"]
+
+
+@needs_terraform
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="terraform/local runs as root")
+@pytest.mark.timeout(120)
+def test_local_module_passes_values_through_the_environment_never_as_shell_text(tmp_path: Path) -> None:
+    """A run dir (or a profile name the default run dir is built from) with quotes in it stays a name: the
+    module once spliced it into `local-exec` shell text, and `--run-dir "/tmp/x';touch /tmp/PWNED;'"` ran the
+    touch as root. Applied for real (node-up.sh is made to fail fast: no sshd), then destroyed."""
+    from harness.provision.terraform import TerraformError, TerraformSession
+
+    marker = tmp_path / "PWNED"
+    evil = str(tmp_path / f"x';touch {marker};'")
+    tf = Terraform("local", tmp_path / "state", {"run_id": "ab12cd34", "node_count": 1, "work_dir": evil,
+                                                 "sshd": "/nonexistent/sshd", "subnet_octet": 251},
+                   tmp_path / "terraform.log")
+    with pytest.raises(TerraformError, match="sshd"), TerraformSession(tf).active():
+        pass
+    log = (tmp_path / "terraform.log").read_text()
+    assert not marker.exists(), log[-2000:]
+    assert not Path(evil).exists(), "destroy removed the work dir by its real name"

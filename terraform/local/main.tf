@@ -32,13 +32,23 @@ resource "terraform_data" "client_key" {
     key      = "${local.work_dir}/id_ed25519"
   }
 
+  # Values reach the shell through the environment, never spliced into its text: a run dir or profile name with
+  # a quote in it must stay a name (it once ran as root as a command).
   provisioner "local-exec" {
-    command = "mkdir -p '${self.input.work_dir}' && rm -f '${self.input.key}' '${self.input.key}.pub' && ssh-keygen -q -t ed25519 -N '' -C 'lvol-storm-${var.run_id}' -f '${self.input.key}'"
+    command = "mkdir -p -- \"$WORK_DIR\" && rm -f -- \"$KEY\" \"$KEY.pub\" && ssh-keygen -q -t ed25519 -N '' -C \"$COMMENT\" -f \"$KEY\""
+    environment = {
+      WORK_DIR = self.input.work_dir
+      KEY      = self.input.key
+      COMMENT  = "lvol-storm-${var.run_id}"
+    }
   }
 
   provisioner "local-exec" {
     when    = destroy
-    command = "rm -rf '${self.input.work_dir}'"
+    command = "rm -rf -- \"$WORK_DIR\""
+    environment = {
+      WORK_DIR = self.input.work_dir
+    }
   }
 }
 
@@ -56,8 +66,9 @@ resource "terraform_data" "node_teardown" {
 
   provisioner "local-exec" {
     when    = destroy
-    command = "${self.input.scripts}/node-down.sh"
+    command = "\"$SCRIPTS/node-down.sh\""
     environment = {
+      SCRIPTS   = self.input.scripts
       NS        = self.input.name
       VETH_HOST = self.input.veth_host
       NODE_DIR  = self.input.node_dir
@@ -70,8 +81,9 @@ resource "terraform_data" "node" {
   input = terraform_data.node_teardown[count.index].output
 
   provisioner "local-exec" {
-    command = "${self.input.scripts}/node-up.sh"
+    command = "\"$SCRIPTS/node-up.sh\""
     environment = {
+      SCRIPTS   = self.input.scripts
       NS        = self.input.name
       VETH_HOST = self.input.veth_host
       VETH_NODE = self.input.veth_node
@@ -94,6 +106,10 @@ resource "terraform_data" "known_hosts" {
   }
 
   provisioner "local-exec" {
-    command = "cat ${join(" ", [for d in self.input.nodes : "'${d}/known_hosts'"])} > '${self.input.path}'"
+    command = "set -e; : > \"$OUT\"; printf '%s\\n' \"$NODE_DIRS\" | while IFS= read -r d; do cat -- \"$d/known_hosts\" >> \"$OUT\"; done"
+    environment = {
+      OUT       = self.input.path
+      NODE_DIRS = join("\n", self.input.nodes)
+    }
   }
 }
