@@ -128,6 +128,17 @@ def test_call_read_retries_a_read_but_call_never_retries(fake: FakeSpdkProcess) 
     assert deletes[0]["error"]["errno"] == "ECONNRESET"
 
 
+def test_a_shallow_copy_status_is_never_sent_twice(fake: FakeSpdkProcess) -> None:
+    """spdk_tgt reports a finished copy once and then forgets it: a retry after a lost reply would turn
+    `complete` into No such device, so the typed method sends it once, like a mutating call."""
+    assert "bdev_lvol_check_shallow_copy" not in READ_METHODS
+    host = FlakyHost(failures=1)
+    with SyncRpc(host, fake.sock_path) as rpc:
+        with pytest.raises(RpcConnectionLost):
+            SyncRpcMethods(rpc).bdev_lvol_check_shallow_copy(7)
+        assert host.connects == 1
+
+
 def test_works_over_a_tunnelled_socket_and_from_threads(fake: FakeSpdkProcess) -> None:
     with SyncRpc(TunnelHost(), fake.sock_path) as rpc:
         results: dict[int, list[object]] = {}

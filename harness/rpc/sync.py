@@ -34,12 +34,15 @@ READ_METHODS: frozenset[str] = frozenset({
     "bdev_lvol_get_xattr",
     "bdev_lvol_get_snapshot_checksum",
     "bdev_lvol_get_fragmap",
-    "bdev_lvol_check_shallow_copy",
     "framework_get_reactors",
     "thread_get_stats",
     "env_dpdk_get_mem_stats",
 })
-"""Methods with no effect on the target: safe to send again after a timeout or a lost connection."""
+"""Methods with no effect on the target: safe to send again after a timeout or a lost connection.
+
+Not bdev_lvol_check_shallow_copy: it forgets a complete or failed copy once it has reported it
+(vbdev_lvol_rpc.c LIST_REMOVE), so sending it again after a lost reply answers -ENODEV for a copy that
+finished."""
 
 _TRANSIENT = (RpcTimeout, RpcConnectionLost, RpcConnectError)
 
