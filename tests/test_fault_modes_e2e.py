@@ -34,9 +34,9 @@ from harness.cli import main as cli_main
 from harness.config import RunConfig, load_config
 from harness.hosts.local import LocalHost
 from harness.report.crash import CrashReport
+from harness.rpc_rules import MUTATING_LVOL_METHODS
 from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
-from harness.sim.faults import MUTATING_LVOL_METHODS
 from harness.target import Target
 from harness.watch.probe import version_probe
 from harness.watch.watchdog import Watchdog

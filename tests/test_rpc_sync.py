@@ -16,13 +16,9 @@ from harness.history import SETUP_WORKER, History
 from harness.hosts.local import LocalHost
 from harness.recordings import recordings_dir
 from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
-from harness.rpc.methods import (
-    LONGHORN_FORK_METHODS,
-    OPTIONAL_LONGHORN_METHODS,
-    Capabilities,
-    SyncRpcMethods,
-)
-from harness.rpc.sync import READ_METHODS, SyncRpc
+from harness.rpc.methods import Capabilities, SyncRpcMethods
+from harness.rpc.sync import SyncRpc
+from harness.rpc_rules import LONGHORN_FORK_METHODS, OPTIONAL_LONGHORN_METHODS, READ_METHODS
 from tests.test_rpc_client import TunnelHost
 from tests.test_rpc_fake_server import FakeSpdkProcess
 

@@ -326,6 +326,18 @@ class LvolStore:
                 lv.alias_tail = lv.name
                 self._by_alias[lv.name] = lv.blob_id
 
+    def bdev_links(self, name: str) -> dict[str, object]:
+        """The links bdev_get_bdevs reports for an lvol (driver_specific.lvol): snapshot, clone, its parent's
+        name and its clones' names (sorted), removed blobs included as the model keeps them."""
+        lv = self.lookup(name)
+        parent = self.parent_of(lv)
+        return {
+            "snapshot": lv.is_snapshot,
+            "clone": parent is not None,
+            "base_snapshot": parent.name if parent is not None else None,
+            "clones": sorted(c.name for c in self.clones_of(lv)),
+        }
+
     def parent_of(self, lv: Lvol) -> Lvol | None:
         return None if lv.parent is None else self.blobs.get(lv.parent)
 
@@ -427,7 +439,7 @@ class LvolStore:
         self._link_to_parent(origin, snap)
         return snap
 
-    def clone(self, snapshot_name: str, clone_name: str | None) -> Lvol:
+    def clone(self, snapshot_name: str, clone_name: str | None = None) -> Lvol:
         snap = self.lookup(snapshot_name)
         name = self._check_new_name(clone_name)
         if not snap.read_only:

@@ -3,14 +3,9 @@
 
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout, errno_name_of
-from harness.rpc.methods import (
-    OPTIONAL_LONGHORN_METHODS,
-    REQUIRED_LVOL_METHODS,
-    Capabilities,
-    RpcMethods,
-    SyncRpcMethods,
-)
-from harness.rpc.sync import READ_METHODS, SyncRpc
+from harness.rpc.methods import Capabilities, RpcMethods, SyncRpcMethods
+from harness.rpc.sync import SyncRpc
+from harness.rpc_rules import OPTIONAL_LONGHORN_METHODS, READ_METHODS, REQUIRED_LVOL_METHODS
 
 __all__ = [
     "OPTIONAL_LONGHORN_METHODS",

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from harness.model.lvstore import MODEL_FAULTS, NAME_MAX, Job, Lvol, LvolStore, ModelCrash, ModelError
+from harness.rpc_rules import MUTATING_LVOL_METHODS, RULES, SERVED_METHODS
 from harness.sim import death
 from harness.sim import faults as fm
 from harness.sim.protocol import DeferredReply, RpcFault, SimulatedCrash
@@ -54,48 +55,14 @@ DEFAULT_CLUSTER_SZ = 4 * 1024 * 1024
 DEFAULT_MD_PAGES_RATIO = 100
 LVS_NAME_MAX = 255
 
-# What rpc_get_methods lists, in the recorded order (transcript 07), restricted to what this target serves.
-METHODS: tuple[str, ...] = (
-    "bdev_malloc_delete",
-    "bdev_malloc_create",
-    "bdev_lvol_get_snapshot_checksum",
-    "bdev_lvol_register_snapshot_checksum",
-    "bdev_lvol_get_fragmap",
-    "bdev_lvol_set_parent",
-    "bdev_lvol_check_shallow_copy",
-    "bdev_lvol_start_shallow_copy",
-    "bdev_lvol_grow_lvstore",
-    "bdev_lvol_get_lvols",
-    "bdev_lvol_get_lvstores",
-    "bdev_lvol_delete",
-    "bdev_lvol_set_read_only",
-    "bdev_lvol_resize",
-    "bdev_lvol_detach_parent",
-    "bdev_lvol_decouple_parent",
-    "bdev_lvol_inflate",
-    "bdev_lvol_get_xattr",
-    "bdev_lvol_set_xattr",
-    "bdev_lvol_rename",
-    "bdev_lvol_clone",
-    "bdev_lvol_snapshot",
-    "bdev_lvol_create",
-    "bdev_lvol_delete_lvstore",
-    "bdev_lvol_rename_lvstore",
-    "bdev_lvol_create_lvstore",
-    "bdev_aio_delete",
-    "bdev_aio_rescan",
-    "bdev_aio_create",
-    "spdk_kill_instance",
-    "framework_wait_init",
-    "framework_start_init",
-    "bdev_get_bdevs",
-    "bdev_wait_for_examine",
-    "spdk_get_version",
-    "rpc_get_methods",
-)
-ALIASES = {"get_lvol_stores": "bdev_lvol_get_lvstores"}  # SPDK_RPC_REGISTER_ALIAS_DEPRECATED
+METHODS: tuple[str, ...] = SERVED_METHODS
+"""What rpc_get_methods lists, in the recorded order (transcript 07): the table's rows this target serves."""
+ALIASES = {alias: r.method for r in RULES if r.served != "no" for alias in r.aliases}
+"""SPDK_RPC_REGISTER_ALIAS_DEPRECATED names, and the method each stands for."""
 ALIAS_POSITION = "bdev_lvol_get_snapshot_checksum"  # the recorded list shows lvol's alias just before this
-STARTUP_ONLY = frozenset({"framework_start_init"})
+STARTUP_ONLY = frozenset(r.method for r in RULES if r.startup_only)
+SERVER_METHODS = frozenset({"spdk_kill_instance"})
+"""Served by the server itself (it signals the process), not by a handler here."""
 
 RATE_LIMITS = {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}
 MEMORY_DOMAINS = [
@@ -259,9 +226,10 @@ class Dispatcher:
         self._log: list[str] = []
         self.dead: SimulatedCrash | None = None
         self._handlers: dict[str, Callable[[object], object]] = {
-            name: getattr(self, "_m_" + name) for name in METHODS if name != "spdk_kill_instance"
+            name: getattr(self, "_m_" + name) for name in METHODS if name not in SERVER_METHODS
         }
-        self._handlers["get_lvol_stores"] = self._m_bdev_lvol_get_lvstores
+        for alias, method in ALIASES.items():
+            self._handlers[alias] = self._handlers[method]
 
     # ---- public interface -------------------------------------------------------------------------------------
 
@@ -297,7 +265,7 @@ class Dispatcher:
         handler = self._handlers.get(method)
         if handler is None:
             raise RpcFault(ERROR_METHOD_NOT_FOUND, "Method not found")
-        if method in fm.MUTATING_LVOL_METHODS and self.faults & {fm.HANG, fm.EXIT}:
+        if method in MUTATING_LVOL_METHODS and self.faults & {fm.HANG, fm.EXIT}:
             self._mutations += 1
             if self._mutations >= self.fault_after:
                 if fm.HANG in self.faults:

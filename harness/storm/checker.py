@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.model.lvstore import MIB, LvolStore, ModelCrash, ModelError
-from harness.storm.operations import CREATES, LVOL_PARAMS, MUTATING, Op
+from harness.rpc_rules import DST_SIZE_BYTES
+from harness.rpc_rules.table import links_of_bdev_reply
+from harness.storm.following import follow
+from harness.storm.operations import Op
 from harness.storm.view import TreeView
 
 # After a checksum or shallow copy answers, the target may keep the snapshot open a little longer (a
@@ -32,12 +35,9 @@ BUSY_LINGER_S = 0.5
 GROUP_PERMUTE_MAX = 5
 BUSY_SWEEP_MIN = 1024
 """`_busy_until` is swept of passed windows when it holds more than this (or twice what the last sweep kept)."""
-# Ops that claim blobstore metadata pages: with the estimate of pages in use above this share of all pages,
-# ENOMEM (bs_create_blob finds no free page) is legal.
-MD_ALLOCATING = frozenset({"bdev_lvol_create", "bdev_lvol_snapshot", "bdev_lvol_clone", "bdev_lvol_resize",
-                           "bdev_lvol_inflate", "bdev_lvol_decouple_parent", "bdev_lvol_set_xattr"})
+# With the estimate of metadata pages in use above this share of all pages, ENOMEM (bs_create_blob finds no
+# free page) is legal for an op whose row claims metadata pages.
 MD_PAGES_NEAR_FULL = 0.75
-RENAME_LVS = "bdev_lvol_rename_lvstore"
 
 
 @dataclass
@@ -198,21 +198,20 @@ class Checker:
 
     def keys_of(self, op: Op) -> tuple[str, ...]:
         """The lvols op depends on: each lvol it names and the root of that lvol's tree (tree-wide effects
-        such as re-parenting and cycle checks make any two ops in one tree order-dependent)."""
+        such as re-parenting and cycle checks make any two ops in one tree order-dependent); the name it
+        gives ("n:"); the lvstore names it uses ("s:": every op naming the lvstore, as lvs_name or in an
+        "lvs/lvol" alias, races a rename of it). All by the roles of its row's params."""
         p = op.params
-        m = op.method
+        rule = op.rule
         root_of = self.view.root_of
         keys: list[str] = []
-        if m in CREATES:
-            keys.append("n:" + str(p.get(CREATES[m])))
-        elif m == "bdev_lvol_rename":
-            keys.append("n:" + str(p.get("new_name")))
-        elif m == "bdev_lvol_rename_lvstore":
-            # Every op that names the lvstore (lvs_name, or an "lvs/lvol" alias) races a rename of it.
-            keys += ("s:" + str(p.get("old_name")), "s:" + str(p.get("new_name")))
-        if "lvs_name" in p:
-            keys.append("s:" + str(p["lvs_name"]))
-        for param in LVOL_PARAMS.get(m, ()):
+        new = rule.new_name_param
+        if new is not None:
+            keys.append("n:" + str(p.get(new)))
+        for param in rule.lvstore_keys:
+            if param in p:
+                keys.append("s:" + str(p[param]))
+        for param in rule.lvol_params:
             ref = p.get(param)
             if ref is None:
                 continue
@@ -230,13 +229,14 @@ class Checker:
 
     def on_send(self, op: Op) -> None:
         keys = op.keys = self.keys_of(op)
-        if op.method == "bdev_lvol_delete":
+        rule = op.rule
+        if rule.view == "remove":
             # Until it answers, no other op is aimed at it (a pick would mostly meet No such device).
-            self.view.hide(str(op.params.get("name")))
+            self.view.hide(str(op.params.get(rule.lvol_params[0])))
         groups: set[_Group] = set()
         fresh: list[Op] = []
         now = time.monotonic()
-        renames = op.method == RENAME_LVS
+        renames = rule.effect == "lvstore"
         for k in keys:
             g = self._key_group.get(k)
             if g is not None:
@@ -294,7 +294,7 @@ class Checker:
                     ops[op] = None
 
     def _unregister(self, op: Op) -> None:
-        renames = op.method == RENAME_LVS
+        renames = op.rule.effect == "lvstore"
         for index in (self._inflight_by_key, self._renames_by_key) if renames else (self._inflight_by_key,):
             for k in op.keys:
                 ops = index.get(k)
@@ -306,8 +306,9 @@ class Checker:
     def abandon(self, op: Op) -> None:
         """No reply will come (timeout, lost connection): its effect is unknown; resync before judging more."""
         self._unregister(op)
-        if op.method == "bdev_lvol_delete":
-            self.view.unhide(str(op.params.get("name")))
+        rule = op.rule
+        if rule.view == "remove":
+            self.view.unhide(str(op.params.get(rule.lvol_params[0])))
         self._taint_all = True
         if op.group is not None:
             g = op.group.root()
@@ -317,23 +318,26 @@ class Checker:
 
     def on_reply(self, op: Op) -> None:
         self._unregister(op)
-        if op.ok and op.method in CREATES and isinstance(op.result, str) and \
-                any(k in self._tainted for k in op.keys):
+        rule = op.rule
+        created = op.ok and rule.creates_lvol and isinstance(op.result, str)
+        if created and any(k in self._tainted for k in op.keys):
             # Made from an lvol the model is unsure of (a snapshot takes its origin's parent and clusters):
             # judged as leniently as it until the next quiesce point re-reads the tree.
             self._tainted.add(op.result)
-        if op.method == "bdev_lvol_delete":
-            self.view.unhide(str(op.params.get("name")))
-        if op.group is None and op.ok and op.method in CREATES and isinstance(op.result, str):
+        if rule.view == "remove":
+            self.view.unhide(str(op.params.get(rule.lvol_params[0])))
+        if op.group is None and created:
             op.keys = (*op.keys, op.result)
-        if op.method in ("bdev_lvol_register_snapshot_checksum", "bdev_lvol_start_shallow_copy"):
+        if rule.starts_job:
             until = time.monotonic() + BUSY_LINGER_S
             for k in op.keys:
                 self._busy_until[k] = until
             if len(self._busy_until) > self._busy_sweep_at:
                 self._sweep_busy()
         if op.ok:
-            self._follow_in_view(op)
+            follow(self.view, rule, op.params, op.result)
+            if rule.returns_clusters:
+                self._deletes_since_check.append(op)
         if op.group is None:
             if op.contended:
                 self._judge_group([op])
@@ -348,12 +352,12 @@ class Checker:
             if not op.judged:
                 self._judge_group([op])
             return
-        if op.ok and op.method in CREATES and isinstance(op.result, str):
+        if created:
             # Later ops on the new lvol must wait for this group's verdict (and share its taint).
             op.keys = (*op.keys, op.result)
         if g.inflight <= 0:
             self._close_group(g)
-        elif op.ok and op.method in CREATES and isinstance(op.result, str):
+        elif created:
             self._key_group[op.result] = g
 
     def _sweep_busy(self) -> None:
@@ -385,97 +389,27 @@ class Checker:
                 self._close_group(r)
         self._key_group.clear()
 
-    def _follow_in_view(self, op: Op) -> None:
-        """Keep the scheduler's view in step with what the target said (optimistic, reply order)."""
-        m, p, view = op.method, op.params, self.view
-        if m == "bdev_lvol_create":
-            view.add(op.result, p["lvol_name"], thin=bool(p.get("thin_provision")), size_mib=p["size_in_mib"])
-        elif m == "bdev_lvol_snapshot":
-            view.insert_snapshot(p["lvol_name"], op.result, p["snapshot_name"])
-        elif m == "bdev_lvol_clone":
-            parent = view.nodes.get(p["snapshot_name"])
-            if parent is not None:
-                parent.snapshot = True
-            view.add(op.result, p["clone_name"], parent=p["snapshot_name"] if parent else None,
-                     size_mib=parent.size_mib if parent else 0)
-        elif m == "bdev_lvol_delete":
-            view.remove(p["name"])
-            self._deletes_since_check.append(op)
-        elif m == "bdev_lvol_rename":
-            view.rename(p["old_name"], p["new_name"])
-        elif m == "bdev_lvol_inflate":
-            view.set_parent(p["name"], None)
-        elif m in ("bdev_lvol_decouple_parent", "bdev_lvol_detach_parent"):
-            # The lvol moves to its parent's parent (bs_inflate_blob_done), or to none at the top.
-            node = view.nodes.get(p["name"])
-            parent = view.nodes.get(node.parent) if node is not None and node.parent is not None else None
-            view.set_parent(p["name"], parent.parent if parent is not None else None)
-        elif m == "bdev_lvol_set_parent":
-            view.set_parent(p["lvol_name"], p["parent_name"])
-        elif m == "bdev_lvol_resize":
-            node = view.nodes.get(p["name"])
-            if node is not None:
-                node.size_mib = p["size_in_mib"]
-            self._deletes_since_check.append(op)
-
     # -- applying one op to the model ------------------------------------------------------------------
 
     def _apply(self, op: Op) -> tuple[str, Any]:
-        """Run op on the model: ("ok", result) or (errno name, None). Refusals change nothing."""
-        m, p, model = op.method, op.params, self.model
+        """Run op's model transition (its row's): ("ok", the reply the model predicts) or (errno name, None).
+        Refusals change nothing."""
+        rule, p, model = op.rule, op.params, self.model
         try:
-            if "lvs_name" in p and p["lvs_name"] != model.name:
-                return "ENODEV", None  # vbdev_get_lvol_store_by_uuid_xor_name
-            if m == RENAME_LVS:
-                if p["old_name"] != model.name:
-                    return "ENOENT", None
-                model.rename_store(p["new_name"])
-                return "ok", True
-            if m == "bdev_lvol_create":
-                self._next_uuid = op.result if op.ok else None
-                lv = model.create(p["lvol_name"], p["size_in_mib"], bool(p.get("thin_provision")))
-                return "ok", lv.uuid
-            if m == "bdev_lvol_snapshot":
-                self._next_uuid = op.result if op.ok else None
-                lv = model.snapshot(p["lvol_name"], p["snapshot_name"], p.get("xattrs"))
-                return "ok", lv.uuid
-            if m == "bdev_lvol_clone":
-                self._next_uuid = op.result if op.ok else None
-                lv = model.clone(p["snapshot_name"], p.get("clone_name"))
-                return "ok", lv.uuid
-            if m == "bdev_lvol_delete":
-                model.delete(p["name"])
-            elif m == "bdev_lvol_resize":
-                model.resize(p["name"], p["size_in_mib"])
-            elif m == "bdev_lvol_rename":
-                model.rename(p["old_name"], p["new_name"])
-            elif m == "bdev_lvol_set_read_only":
-                model.set_read_only(p["name"])
-            elif m == "bdev_lvol_inflate":
-                model.inflate(p["name"])
-            elif m == "bdev_lvol_decouple_parent":
-                model.decouple_parent(p["name"])
-            elif m == "bdev_lvol_detach_parent":
-                model.detach_parent(p["name"])
-            elif m == "bdev_lvol_set_parent":
-                model.set_parent(p["lvol_name"], p["parent_name"])
-            elif m == "bdev_lvol_set_xattr":
-                model.set_xattr(p["name"], p["xattr_name"], p["xattr_value"])
-            elif m == "bdev_lvol_get_xattr":
-                return "ok", model.get_xattr(p["name"], p["xattr_name"])
-            elif m == "bdev_lvol_register_snapshot_checksum":
-                model.register_snapshot_checksum(p["name"])
-                model.tick(1 << 20)
-            elif m == "bdev_lvol_get_snapshot_checksum":
-                return "ok", model.get_snapshot_checksum(p["name"])
-            elif m == "bdev_lvol_start_shallow_copy":
-                model.start_shallow_copy(p["src_lvol_name"], self.copy_dst_bytes or (1 << 62))
-                model.tick(1 << 20)
-            elif m == "bdev_get_bdevs":
-                return "ok", self._links(model.lookup(p["name"]))
-            else:
+            for param in rule.lvstore_params:  # vbdev_get_lvol_store_by_uuid_xor_name, ..._by_name
+                value = p.get(param.name)
+                if value is not None and value != (model.uuid if param.role == "lvstore_uuid" else model.name):
+                    return errno_mod.errorcode[param.missing], None
+            transition = rule.model
+            if transition is None:
                 return "ok", None
-            return "ok", True
+            if rule.creates_lvol:
+                self._next_uuid = op.result if op.ok else None
+            values = {**p, DST_SIZE_BYTES: self.copy_dst_bytes or (1 << 62)} if DST_SIZE_BYTES in transition.args else p
+            result = transition.run(model, values)
+            if rule.starts_job:
+                model.tick(1 << 20)  # no polls here: the job is done before the next op is judged
+            return "ok", rule.reply(result)
         except ModelError as exc:
             return errno_mod.errorcode.get(exc.errno, str(exc.errno)), None
         except ModelCrash as exc:
@@ -483,19 +417,9 @@ class Checker:
         finally:
             self._next_uuid = None
 
-    def _links(self, lv: Any) -> dict[str, Any]:
-        model = self.model
-        parent = model.parent_of(lv)
-        return {
-            "snapshot": lv.is_snapshot,
-            "clone": parent is not None,
-            "base_snapshot": parent.name if parent is not None else None,
-            "clones": sorted(c.name for c in model.clones_of(lv)),
-        }
-
     def _judge_exact(self, op: Op) -> None:
         self.judged += 1
-        if op.outcome == "ENOMEM" and op.method in MD_ALLOCATING and self._md_pages_short():
+        if op.outcome == "ENOMEM" and op.rule.claims_md_pages and self._md_pages_short():
             # Out of metadata pages: how many a blob needs (xattrs, extent pages) is not modelled exactly.
             self.races += 1
             return
@@ -512,35 +436,18 @@ class Checker:
                              f"{op.describe()}: the model expects {expected}"
                              f"{self._context(op)}", op.record()))
             return
-        if not op.ok:
+        judge = op.rule.judge
+        if not op.ok or judge is None:
             return
-        if op.method == "bdev_get_bdevs":
-            got = self._links_from_bdev(op.result)
-            if got is not None and got != value:
-                self._taint(op)
-                self.add(Finding("wrong-links", f"{op.describe()}: target reports {got}, model expects {value}",
-                                 op.record()))
-        elif op.method == "bdev_lvol_get_xattr" and op.result != value:
-            self.add(Finding("wrong-xattr", f"{op.describe()}: got {op.result!r}, model expects {value!r}",
+        got = judge.view(op.result) if judge.view is not None else op.result
+        if got is not None and got != value:
+            self._taint(op)
+            self.add(Finding(judge.kind, f"{op.describe()}: target reports {got!r}, model expects {value!r}",
                              op.record()))
 
     def _md_pages_short(self) -> bool:
         used, total = self.model.md_pages_estimate()
         return used >= total * MD_PAGES_NEAR_FULL
-
-    @staticmethod
-    def _links_from_bdev(result: Any) -> dict[str, Any] | None:
-        if not isinstance(result, list) or not result:
-            return None
-        info = (result[0].get("driver_specific") or {}).get("lvol")
-        if not isinstance(info, dict):
-            return None
-        return {
-            "snapshot": bool(info.get("snapshot")),
-            "clone": bool(info.get("clone")),
-            "base_snapshot": info.get("base_snapshot"),
-            "clones": sorted(info.get("clones") or []),
-        }
 
     def _context(self, op: Op) -> str:
         """What the model knew about the op's target: why it expected what it expected."""
@@ -582,7 +489,7 @@ class Checker:
         (any op ticks them) and the jobs. An lvstore rename renames every alias: then every blob."""
         model = self.model
         top = {k: (v.copy() if isinstance(v, dict | list | set) else v) for k, v in vars(model).items()}
-        if any(o.method == RENAME_LVS for o in ops):
+        if any(o.rule.effect == "lvstore" for o in ops):
             blobs = list(model.blobs.values())
         else:
             picked: dict[int, Any] = {}
@@ -639,7 +546,7 @@ class Checker:
         self.judged += len(ops)
         failed = [o for o in ops if not o.ok]
         self.races += len(failed)
-        writes = sorted((o for o in ops if o.ok and o.method in MUTATING), key=lambda o: o.t_start)
+        writes = sorted((o for o in ops if o.ok and o.rule.mutating), key=lambda o: o.t_start)
         if not writes:
             return
         lenient = any(o.lenient for o in ops)
@@ -686,18 +593,18 @@ class Checker:
     # -- busy deletes ---------------------------------------------------------------------------------
 
     def wants_busy_check(self, op: Op) -> bool:
-        return self.check_busy_delete and op.method == "bdev_lvol_delete" and op.errno_name == "EBUSY"
+        return self.check_busy_delete and op.rule.view == "remove" and op.errno_name == "EBUSY"
 
     def on_busy_check(self, op: Op, exists: bool, t: float) -> None:
         """`exists` is the target's answer right after `op` (a delete) answered EBUSY."""
         if exists:
             return
-        uuid = op.params.get("name")
-        racing = [o for o in self._inflight_by_key.get(uuid, ()) if o.method == "bdev_lvol_delete"
-                  and o is not op]
+        param = op.rule.lvol_params[0]
+        uuid = op.params.get(param)
+        racing = [o for o in self._inflight_by_key.get(str(uuid), ()) if o.method == op.method and o is not op]
         if op.group is not None:
-            racing += [o for o in op.group.root().members if o is not op and o.method == "bdev_lvol_delete"
-                       and o.params.get("name") == uuid and o.ok]
+            racing += [o for o in op.group.root().members if o is not op and o.method == op.method
+                       and o.params.get(param) == uuid and o.ok]
         if racing:
             return
         self.add(Finding("busy-delete-removed",
@@ -756,8 +663,8 @@ class Checker:
             found.append(Finding("missing-lvol", f"model has {model[u].name} ({u}) but the target does not "
                                  "list it (deleted without a successful delete)"))
         for u in target.keys() & model.keys():
-            got = self._links_from_bdev([bdevs.get(u, {})])
-            want = self._links(model[u])
+            got = links_of_bdev_reply([bdevs.get(u, {})])
+            want = self.model.bdev_links(u)
             if got is not None and got != want:
                 found.append(Finding("wrong-links", f"{target[u]['alias']}: target reports {got}, model "
                                      f"expects {want}"))

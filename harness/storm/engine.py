@@ -28,7 +28,7 @@ from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
 from harness.storm.checker import Checker, Finding, LvstoreInfo
 from harness.storm.config import StormConfig, check_against_capabilities, check_against_lvstore
-from harness.storm.operations import CREATES, OPTIONAL_METHODS, Op
+from harness.storm.operations import OPTIONAL_METHODS, Op
 from harness.storm.progress import Progress
 from harness.storm.scheduler import HOT_SIZE, Scheduler, WorkerStream
 from harness.storm.strategies import STRATEGIES
@@ -333,7 +333,7 @@ class Storm:
                         ctx.release()
                     continue
                 op = self.sched.build(step, worker.index)
-                if op.method == "bdev_lvol_rename_lvstore":
+                if op.rule.effect == "lvstore":  # lvstore-wide: nothing else in flight
                     async with self.exclusive():
                         await self.execute(op, worker.conn, bypass_gate=True)
                 else:
@@ -399,13 +399,14 @@ class Storm:
         if op.error_code is not None:
             self.errors_by_errno[op.outcome] += 1
         self._follow_space(op)
-        if op.method == "bdev_lvol_start_shallow_copy" and op.ok:
-            await self._follow_copy(op, conn)
+        rule = op.rule
+        if rule.status_method is not None and op.ok:
+            await self._follow_job(op, conn, rule.status_method)
         if checker.wants_busy_check(op):
             await self._busy_check(op, conn)
         checker.on_reply(op)
-        if op.method == "bdev_lvol_rename_lvstore" and op.ok:
-            self.sched.lvs_name = op.params["new_name"]
+        if rule.new_lvstore_param is not None and op.ok:
+            self.sched.lvs_name = op.params[rule.new_lvstore_param]
         return op
 
     def _saw_free(self, free: int) -> None:
@@ -415,26 +416,26 @@ class Storm:
     def _follow_space(self, op: Op) -> None:
         """Free space as the target reports it; a worker whose create met ENOSPC deletes until one of its
         deletes succeeds (growth turns into deletion, as at the lvol ceiling) instead of retrying in vain."""
-        m = op.method
-        if m == "bdev_lvol_get_lvstores" and op.ok and isinstance(op.result, list):
+        rule = op.rule
+        if op.method == "bdev_lvol_get_lvstores" and op.ok and isinstance(op.result, list):
             for st in op.result:
                 if isinstance(st, dict) and st.get("name") == self.sched.lvs_name and "free_clusters" in st:
                     self._saw_free(int(st["free_clusters"]))
-        elif op.errno_name == "ENOSPC" and m in ("bdev_lvol_create", "bdev_lvol_resize"):
+        elif op.errno_name == "ENOSPC" and rule.takes_clusters != "never":
             self.sched.short_of_space.add(op.worker)
-        elif m == "bdev_lvol_delete" and op.ok:
+        elif rule.view == "remove" and op.ok:
             self.sched.short_of_space.discard(op.worker)
             if self.space_freed is not None:
                 self.space_freed.set()
 
-    async def _follow_copy(self, op: Op, conn: RpcConnection) -> None:
-        """Poll a shallow copy to its end: the snapshot stays open (busy) until then."""
+    async def _follow_job(self, op: Op, conn: RpcConnection, status_method: str) -> None:
+        """Poll a job (a shallow copy) to its end with its row's status method: the lvol stays open (busy)
+        until then."""
         op_id = (op.result or {}).get("operation_id")
         deadline = time.monotonic() + self.cfg.op_timeout
         while op_id is not None and time.monotonic() < deadline:
             try:
-                state = await conn.call("bdev_lvol_check_shallow_copy", {"operation_id": op_id},
-                                        timeout=self.cfg.op_timeout)
+                state = await conn.call(status_method, {"operation_id": op_id}, timeout=self.cfg.op_timeout)
             except (RpcConnectionLost, RpcTimeout):
                 return
             except RpcError:
@@ -826,7 +827,7 @@ class _Episode:
     def _hold(self, op: Op) -> None:
         """What the episode creates stays out of the random mix's (and other episodes') picks until it ends:
         a random clone, set_parent or delete on its tree would spoil the race it builds."""
-        if op.ok and op.method in CREATES and isinstance(op.result, str):
+        if op.ok and op.rule.creates_lvol and isinstance(op.result, str):
             self.storm.view.hide(op.result)
             self._held.append(op.result)
 

@@ -1,4 +1,4 @@
-"""One storm operation (`Op`) and what the storm knows about each SPDK method it may send.
+"""One storm operation (`Op`) and which SPDK methods the storm may send (rows of `harness.rpc_rules`).
 
 Method names and parameter names are SPDK's own, so an operation from a report pastes into `spdk-rpc`.
 """
@@ -9,74 +9,13 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-# Methods that change the lvstore; everything else is a read whose reply the checker can compare.
-MUTATING: frozenset[str] = frozenset({
-    "bdev_lvol_create",
-    "bdev_lvol_snapshot",
-    "bdev_lvol_clone",
-    "bdev_lvol_delete",
-    "bdev_lvol_resize",
-    "bdev_lvol_rename",
-    "bdev_lvol_set_read_only",
-    "bdev_lvol_inflate",
-    "bdev_lvol_decouple_parent",
-    "bdev_lvol_set_parent",
-    "bdev_lvol_detach_parent",
-    "bdev_lvol_set_xattr",
-    "bdev_lvol_register_snapshot_checksum",
-    "bdev_lvol_start_shallow_copy",
-    "bdev_lvol_rename_lvstore",
-})
+from harness.rpc_rules import BY_METHOD, OPTIONAL_LONGHORN_METHODS, RULES, Rule
 
-READS: frozenset[str] = frozenset({
-    "bdev_lvol_get_lvols",
-    "bdev_get_bdevs",
-    "bdev_lvol_get_lvstores",
-    "bdev_lvol_get_xattr",
-    "bdev_lvol_get_snapshot_checksum",
-    "bdev_lvol_check_shallow_copy",
-})
+KNOWN_METHODS: frozenset[str] = frozenset(r.method for r in RULES if r.storm is not None)
+"""Every method a mix may name: the table's rows the storm knows how to send."""
 
-# Every method a mix may name.
-KNOWN_METHODS: frozenset[str] = (MUTATING | READS) - {"bdev_lvol_check_shallow_copy"}
-
-# Only sent when `rpc_get_methods` lists them (the Longhorn fork has them, upstream v24.09 lacks some).
-OPTIONAL_METHODS: frozenset[str] = frozenset({
-    "bdev_lvol_set_xattr",
-    "bdev_lvol_get_xattr",
-    "bdev_lvol_register_snapshot_checksum",
-    "bdev_lvol_get_snapshot_checksum",
-    "bdev_lvol_detach_parent",
-    "bdev_lvol_start_shallow_copy",
-    "bdev_lvol_set_parent",
-})
-
-# Which parameter of each method names an existing lvol (the ones replay remaps and the checker follows).
-LVOL_PARAMS: dict[str, tuple[str, ...]] = {
-    "bdev_lvol_snapshot": ("lvol_name",),
-    "bdev_lvol_clone": ("snapshot_name",),
-    "bdev_lvol_delete": ("name",),
-    "bdev_lvol_resize": ("name",),
-    "bdev_lvol_rename": ("old_name",),
-    "bdev_lvol_set_read_only": ("name",),
-    "bdev_lvol_inflate": ("name",),
-    "bdev_lvol_decouple_parent": ("name",),
-    "bdev_lvol_set_parent": ("lvol_name", "parent_name"),
-    "bdev_lvol_detach_parent": ("name",),
-    "bdev_lvol_set_xattr": ("name",),
-    "bdev_lvol_get_xattr": ("name",),
-    "bdev_lvol_register_snapshot_checksum": ("name",),
-    "bdev_lvol_get_snapshot_checksum": ("name",),
-    "bdev_lvol_start_shallow_copy": ("src_lvol_name",),
-    "bdev_get_bdevs": ("name",),
-}
-
-# Methods whose reply is the UUID of a new lvol, and the parameter holding its name.
-CREATES: dict[str, str] = {
-    "bdev_lvol_create": "lvol_name",
-    "bdev_lvol_snapshot": "snapshot_name",
-    "bdev_lvol_clone": "clone_name",
-}
+OPTIONAL_METHODS: frozenset[str] = KNOWN_METHODS & OPTIONAL_LONGHORN_METHODS
+"""Only sent when `rpc_get_methods` lists them (the Longhorn fork has them, upstream v24.09 lacks some)."""
 
 _op_ids = itertools.count(1)
 
@@ -104,6 +43,11 @@ class Op:
     judged: bool = False  # judged as part of a group (the checker judges each op once)
     # Set by the checker: ops overlapping this one on a shared key, while it was in flight.
     group: Any = None
+
+    @property
+    def rule(self) -> Rule:
+        """The method's row in the RPC table (every method the storm sends has one)."""
+        return BY_METHOD[self.method]
 
     @property
     def ok(self) -> bool:
