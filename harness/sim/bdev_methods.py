@@ -9,8 +9,9 @@ from __future__ import annotations
 import errno
 import os
 
+from harness.rpc_rules import BY_METHOD
 from harness.sim.bdevs import BaseBdev
-from harness.sim.decoding import BOOL, STR, U32, U64, decode
+from harness.sim.decoding import BOOL, STR, U32, U64, decode, decode_for
 from harness.sim.protocol import ERROR_INVALID_PARAMS, RpcFault
 from harness.sim.protocol import fault as _fault  # the handlers below were moved here verbatim
 from harness.sim.protocol import no_device as _no_device
@@ -120,7 +121,7 @@ class BdevMethods(TargetState):
     def _m_bdev_get_bdevs(self, params: object) -> object:
         name = None
         if params is not None:
-            name = decode(params, (("name", STR, False), ("timeout", U64, False)))["name"]
+            name = decode_for(BY_METHOD["bdev_get_bdevs"], params)["name"]
         if name is None:
             out: list[object] = [base_bdev_json(b) for b in self.bdevs.values()]
             for store in self.stores.values():

@@ -8,7 +8,9 @@ of the RPC table (`spec_of`).
 
 from __future__ import annotations
 
-from harness.rpc_rules import Param
+import errno
+
+from harness.rpc_rules import RULES, Param, Rule
 from harness.sim.protocol import ERROR_INTERNAL, RpcFault
 
 DECODE_FAILED = "spdk_json_decode_object failed"
@@ -54,3 +56,20 @@ def decode(params: object, spec: Spec) -> dict[str, object]:
 def spec_of(params: tuple[Param, ...]) -> Spec:
     """A row's decoder table as a spec."""
     return tuple((p.name, p.kind, p.required) for p in params)
+
+
+_ROW_SPECS: dict[str, Spec] = {r.method: spec_of(r.params) for r in RULES}
+
+
+def decode_for(rule: Rule, params: object) -> dict[str, object]:
+    """Decode per the row's decoder table."""
+    return decode(params, _ROW_SPECS[rule.method])
+
+
+def check_choices(rule: Rule, p: dict[str, object]) -> None:
+    """A string param SPDK parses into one of a few values (clear_method): anything else is -EINVAL with the
+    message the row gives (SPDK's, which differs between methods)."""
+    for param in rule.params:
+        value = p.get(param.name)
+        if param.choices and value is not None and str(value).lower() not in param.choices:
+            raise RpcFault(-errno.EINVAL, param.invalid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 
+from harness.rpc_rules import BY_METHOD
 from harness.sim.bdevs import (
     BS_PAGE_SIZE,
     DEFAULT_CLUSTER_SZ,
@@ -13,7 +14,7 @@ from harness.sim.bdevs import (
     blobstore_layout,
     mask_pages,
 )
-from harness.sim.decoding import STR, U32, decode
+from harness.sim.decoding import check_choices, decode_for
 from harness.sim.protocol import ERROR_INVALID_PARAMS, RpcFault, fault, no_device
 from harness.sim.shapes import lvol_entry, lvstore_json
 from harness.sim.state import LVS_NAME_MAX, TargetState
@@ -23,12 +24,9 @@ class LvstoreMethods(TargetState):
     """bdev_lvol_create_lvstore, _rename_lvstore, _delete_lvstore, _grow_lvstore, _get_lvstores, _get_lvols."""
 
     def _m_bdev_lvol_create_lvstore(self, params: object) -> object:
-        p = decode(params, (
-            ("bdev_name", STR, True), ("cluster_sz", U32, False), ("lvs_name", STR, True),
-            ("clear_method", STR, False), ("num_md_pages_per_cluster_ratio", U32, False),
-        ))  # fmt: skip
-        if p["clear_method"] is not None and str(p["clear_method"]).lower() not in ("none", "unmap", "write_zeroes"):
-            raise RpcFault(-errno.EINVAL, "Invalid clear_method parameter")
+        rule = BY_METHOD["bdev_lvol_create_lvstore"]
+        p = decode_for(rule, params)
+        check_choices(rule, p)
         # vbdev_lvs_create, then spdk_lvs_init (both answer -errno), then spdk_bs_init (its callback: -32602).
         name = str(p["lvs_name"])
         cluster_sz = int(p["cluster_sz"] or DEFAULT_CLUSTER_SZ)  # type: ignore[call-overload]
@@ -57,7 +55,7 @@ class LvstoreMethods(TargetState):
         return uuid
 
     def _m_bdev_lvol_rename_lvstore(self, params: object) -> object:
-        p = decode(params, (("old_name", STR, True), ("new_name", STR, True)))
+        p = decode_for(BY_METHOD["bdev_lvol_rename_lvstore"], params)
         old, new = str(p["old_name"]), str(p["new_name"])
         store = self._store_by_name(old)
         if store is None:
@@ -72,14 +70,14 @@ class LvstoreMethods(TargetState):
         return True
 
     def _m_bdev_lvol_delete_lvstore(self, params: object) -> object:
-        p = decode(params, (("uuid", STR, False), ("lvs_name", STR, False)))
+        p = decode_for(BY_METHOD["bdev_lvol_delete_lvstore"], params)
         store = self._store_xor(p["uuid"], p["lvs_name"])
         self._model_call(store.destroy, ERROR_INVALID_PARAMS)
         self._drop_store(store)
         return True
 
     def _m_bdev_lvol_grow_lvstore(self, params: object) -> object:
-        p = decode(params, (("uuid", STR, False), ("lvs_name", STR, False)))
+        p = decode_for(BY_METHOD["bdev_lvol_grow_lvstore"], params)
         store = self._store_xor(p["uuid"], p["lvs_name"])
         bdev, layout = self.bdevs.get(store.base_bdev), self._layouts.get(store.uuid)
         if bdev is None or layout is None or bdev.size_bytes == layout.size_bytes:
@@ -95,12 +93,12 @@ class LvstoreMethods(TargetState):
     def _m_bdev_lvol_get_lvstores(self, params: object) -> object:
         if params is None:
             return [lvstore_json(s) for s in self.stores.values()]
-        p = decode(params, (("uuid", STR, False), ("lvs_name", STR, False)))
+        p = decode_for(BY_METHOD["bdev_lvol_get_lvstores"], params)
         return [lvstore_json(self._store_xor(p["uuid"], p["lvs_name"]))]
 
     def _m_bdev_lvol_get_lvols(self, params: object) -> object:
         stores = list(self.stores.values())
         if params is not None:
-            p = decode(params, (("lvs_uuid", STR, False), ("lvs_name", STR, False)))
+            p = decode_for(BY_METHOD["bdev_lvol_get_lvols"], params)
             stores = [self._store_xor(p["lvs_uuid"], p["lvs_name"])]
         return [lvol_entry(s, lv) for s in stores for lv in s.lvols()]

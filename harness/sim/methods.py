@@ -28,8 +28,9 @@ A run against this target is identifiable: `spdk_get_version` appends REFERENCE_
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
-from harness.rpc_rules import MUTATING_LVOL_METHODS
+from harness.rpc_rules import BY_METHOD, MUTATING_LVOL_METHODS
 from harness.sim import faults as fm
 from harness.sim.bdev_methods import BdevMethods
 from harness.sim.framework_methods import ALIASES, METHODS, FrameworkMethods
@@ -53,8 +54,11 @@ class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
         super().__init__(faults, seed)
         self.fault_after = fault_after
         self._mutations = 0
+        # A row served from the model goes to the generic handler; the others to this target's own `_m_<method>`.
         self._handlers: dict[str, Callable[[object], object]] = {
-            name: getattr(self, "_m_" + name) for name in METHODS if name not in SERVER_METHODS
+            name: (partial(self._serve_from_model, BY_METHOD[name]) if BY_METHOD[name].served == "model"
+                   else getattr(self, "_m_" + name))
+            for name in METHODS if name not in SERVER_METHODS
         }
         for alias, method in ALIASES.items():
             self._handlers[alias] = self._handlers[method]
