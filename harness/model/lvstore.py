@@ -3,7 +3,8 @@
 The reference target serves RPCs from it and the storm's checker predicts replies with it, so it imports no
 socket, process or storm code, is deterministic (UUIDs and timestamps come from injected factories), and every
 operation costs O(1) or O(parent-chain depth) in the number of lvols (cluster maps are Python ints used as bit
-sets; lookups are dicts). `copy()` snapshots the whole state.
+sets; lookups are dicts). `copy()` snapshots the whole state; `checkpoint(refs)` / `restore(cp)` save and undo
+just what operations on some trees can change (the checker orders overlapping operations with them).
 
 Ground truth is the recordings in /work/shared/spdk/transcripts; where they are silent, the fork's
 lib/lvol/lvol.c, lib/blob/blobstore.c and module/bdev/lvol/vbdev_lvol.c:
@@ -29,10 +30,10 @@ import copy
 import errno
 import functools
 import uuid as uuid_mod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 MIB = 1024 * 1024
 NAME_MAX = 255
@@ -184,6 +185,18 @@ class Lvol:
         checksum or shallow copy answer EBUSY."""
         return self.locks > 0
 
+    def _saved(self) -> tuple[Any, ...]:
+        """The fields an operation can change (uuid, blob_id and creation_time never change)."""
+        return (self.name, self.num_clusters, self.thin, self.alloc, self.read_only, self.is_snapshot, self.parent,
+                dict(self.clones), dict(self.xattrs), self.open_refs, self.locks, self.checksum, self.removed,
+                self.alias_tail)
+
+    def _restore(self, saved: tuple[Any, ...]) -> None:
+        (self.name, self.num_clusters, self.thin, self.alloc, self.read_only, self.is_snapshot, self.parent,
+         clones, xattrs, self.open_refs, self.locks, self.checksum, self.removed, self.alias_tail) = saved
+        self.clones = dict(clones)
+        self.xattrs = dict(xattrs)
+
 
 @dataclass(eq=False)
 class Job:
@@ -210,6 +223,21 @@ class Job:
     @property
     def done(self) -> bool:
         return self.error != 0 or (self.copied_clusters >= self.total_clusters and self.ticks >= self.min_ticks)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Checkpoint:
+    """What `LvolStore.checkpoint()` saved for `restore()`: the store's fields, its containers (shallow
+    copies: the blob objects are shared) and the changeable fields of the blobs and jobs it covers."""
+
+    fields: tuple[Any, ...]
+    blobs: dict[int, Lvol]
+    by_name: dict[str, int]
+    by_uuid: dict[str, int]
+    by_alias: dict[str, int]
+    jobs: tuple[Job, ...]
+    lvols: tuple[tuple[Lvol, tuple[Any, ...]], ...]
+    job_states: tuple[tuple[Job, tuple[int, int, bool, int]], ...]
 
 
 def _default_uuid() -> str:
@@ -271,6 +299,52 @@ class LvolStore:
             self._uuid_factory, self._clock = uf, ck
         dup._uuid_factory, dup._clock = uf, ck
         return dup
+
+    def checkpoint(self, refs: Iterable[str] | None = None) -> Checkpoint:
+        """The state before operations on the trees holding `refs` (lvol names, aliases or UUIDs), enough for
+        `restore()` to undo them, as often as needed: the store's fields and indexes (C-speed dict copies),
+        every blob of those trees (an operation changes only blobs in the trees it names: a parent, its
+        clones, a snapshot's origin), the blobs background jobs hold (any operation may tick them) and the
+        jobs. `refs=None`: every blob (an lvstore rename renames every alias)."""
+        if refs is None:
+            blobs: Iterable[Lvol] = self.blobs.values()
+        else:
+            picked: dict[int, Lvol] = {}
+            for ref in refs:
+                lv = self.find(ref)
+                if lv is not None and lv.blob_id not in picked:  # its tree is in already otherwise
+                    for t in self._tree(lv):
+                        picked[t.blob_id] = t
+            for job in self.jobs:
+                held = self.blobs.get(job.blob_id)
+                if held is not None:
+                    picked[held.blob_id] = held
+            blobs = picked.values()
+        return Checkpoint(
+            fields=(self.name, self.base_bdev, self.total_data_clusters, self._free, self._next_blob,
+                    self.leaked_by_fault),
+            blobs=dict(self.blobs),
+            by_name=dict(self._by_name),
+            by_uuid=dict(self._by_uuid),
+            by_alias=dict(self._by_alias),
+            jobs=tuple(self.jobs),
+            lvols=tuple((lv, lv._saved()) for lv in blobs),
+            job_states=tuple((j, (j.copied_clusters, j.error, j.holding, j.ticks)) for j in self.jobs),
+        )
+
+    def restore(self, cp: Checkpoint) -> None:
+        """Back to the state `cp` saved (operations since then touched only the trees it covers)."""
+        (self.name, self.base_bdev, self.total_data_clusters, self._free, self._next_blob,
+         self.leaked_by_fault) = cp.fields
+        self.blobs = dict(cp.blobs)
+        self._by_name = dict(cp.by_name)
+        self._by_uuid = dict(cp.by_uuid)
+        self._by_alias = dict(cp.by_alias)
+        self.jobs = list(cp.jobs)
+        for lv, saved in cp.lvols:
+            lv._restore(saved)
+        for job, (copied, error, holding, ticks) in cp.job_states:
+            job.copied_clusters, job.error, job.holding, job.ticks = copied, error, holding, ticks
 
     @property
     def free_clusters(self) -> int:
@@ -857,8 +931,9 @@ class LvolStore:
     def tree_of(self, ref: str) -> list[Lvol]:
         """Every blob in the snapshot tree holding `ref` (root first, removed blobs included); [] if unknown."""
         lv = self.find(ref)
-        if lv is None:
-            return []
+        return [] if lv is None else self._tree(lv)
+
+    def _tree(self, lv: Lvol) -> list[Lvol]:
         root, hops = lv, 0
         while root.parent is not None and hops <= len(self.blobs):
             parent = self.blobs.get(root.parent)

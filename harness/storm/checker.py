@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.model.lvstore import MIB, LvolStore, ModelCrash, ModelError
+from harness.model.lvstore import MIB, Checkpoint, LvolStore, ModelCrash, ModelError
 from harness.rpc_rules import DST_SIZE_BYTES
 from harness.rpc_rules.table import links_of_bdev_reply
 from harness.storm.following import follow
@@ -108,9 +108,8 @@ class Checker:
         self.space_margin = 0
         self.races = 0
         self.judged = 0
-        self.model: LvolStore | None = None
-        self.model = self._empty_model(lvs)
         self._next_uuid: str | None = None
+        self.model: LvolStore = self._empty_model(lvs)
         # Ops in flight by key (dicts: insertion-ordered sets with O(1) removal); renames of the lvstore also
         # by their "s:" keys, the only in-flight ops an op naming the lvstore is ordered against.
         self._inflight_by_key: dict[str, dict[Op, None]] = {}
@@ -148,7 +147,7 @@ class Checker:
             self._next_uuid = e["uuid"]
             lv = model.adopt_lvol(e["name"], n, bool(info.get("thin_provision", e.get("is_thin_provisioned"))),
                                   int(info.get("num_allocated_clusters", 0)), bool(info.get("snapshot")))
-            prev = old.find_by_uuid(e["uuid"]) if old is not None else None
+            prev = old.find_by_uuid(e["uuid"])
             if prev is not None:
                 lv.xattrs = dict(prev.xattrs)
                 lv.checksum = prev.checksum
@@ -482,43 +481,13 @@ class Checker:
 
     # -- groups -----------------------------------------------------------------------------------------
 
-    def _checkpoint(self, ops: list[Op]) -> Any:
-        """The model's state before ops, enough to undo them: shallow copies of its containers (C-speed dict
-        copies) and the fields of every blob they can change, i.e. the blobs of the trees they name (an op's
-        keys hold its lvols and their roots; set_parent names both trees), the blobs background jobs hold
-        (any op ticks them) and the jobs. An lvstore rename renames every alias: then every blob."""
-        model = self.model
-        top = {k: (v.copy() if isinstance(v, dict | list | set) else v) for k, v in vars(model).items()}
+    def _checkpoint(self, ops: list[Op]) -> Checkpoint:
+        """The model's state before ops, enough to undo them: the trees their keys name (an op's keys hold its
+        lvols and their roots; set_parent names both trees); every blob for an lvstore-wide op (a rename
+        renames every alias)."""
         if any(o.rule.effect == "lvstore" for o in ops):
-            blobs = list(model.blobs.values())
-        else:
-            picked: dict[int, Any] = {}
-            for k in {k for o in ops for k in o.keys}:
-                if k.startswith(("n:", "s:")):
-                    continue
-                lv = model.find(k)
-                if lv is not None and lv.blob_id not in picked:  # its tree is in already otherwise
-                    for t in model.tree_of(k):
-                        picked[t.blob_id] = t
-            for job in model.jobs:
-                lv = model.blobs.get(job.blob_id)
-                if lv is not None:
-                    picked[lv.blob_id] = lv
-            blobs = list(picked.values())
-        objs = [(lv, {k: (v.copy() if isinstance(v, dict | list | set) else v) for k, v in vars(lv).items()})
-                for lv in blobs]
-        jobs = [(job, dict(vars(job))) for job in model.jobs]
-        return top, objs, jobs
-
-    def _restore(self, cp: Any) -> None:
-        top, objs, jobs = cp
-        model = self.model
-        model.__dict__.update({k: (v.copy() if isinstance(v, dict | list | set) else v) for k, v in top.items()})
-        for lv, state in objs:
-            lv.__dict__.update({k: (v.copy() if isinstance(v, dict | list | set) else v)
-                                for k, v in state.items()})
-        for job, jstate in jobs:
-            job.__dict__.update(jstate)
+            return self.model.checkpoint()
+        return self.model.checkpoint({k for o in ops for k in o.keys if not k.startswith(("n:", "s:"))})
 
     def _try_order(self, ops: list[Op]) -> list[Op]:
         """Apply successes greedily in this order, retrying refused ones after each success; the leftovers."""
@@ -566,17 +535,17 @@ class Checker:
         left = self._try_order(writes)
         if not left:
             return
-        self._restore(cp)
+        self.model.restore(cp)
         left = self._try_order(sorted(writes, key=lambda o: o.t_end))
         if not left:
             return
         exhaustive = len(writes) <= GROUP_PERMUTE_MAX
         if exhaustive:
             for order in itertools.permutations(writes):
-                self._restore(cp)
+                self.model.restore(cp)
                 if all(self._apply(o)[0] == "ok" for o in order):
                     return
-        self._restore(cp)
+        self.model.restore(cp)
         left = self._try_order(writes)
         if exhaustive and not lenient:
             expected, _ = self._apply(left[0])
