@@ -1,4 +1,5 @@
-"""One storm operation (`Op`) and which SPDK methods the storm may send (rows of `harness.rpc_rules`).
+"""One storm operation (`Op`), the group of ops it overlapped with, and which SPDK methods the storm may send
+(rows of `harness.rpc_rules`).
 
 Method names and parameter names are SPDK's own, so an operation from a report pastes into `spdk-rpc`.
 """
@@ -18,6 +19,26 @@ OPTIONAL_METHODS: frozenset[str] = KNOWN_METHODS & OPTIONAL_LONGHORN_METHODS
 """Only sent when `rpc_get_methods` lists them (the Longhorn fork has them, upstream v24.09 lacks some)."""
 
 _op_ids = itertools.count(1)
+
+
+class Group:
+    """Ops that overlapped on some key while in flight; judged together once all have answered
+    (`harness.storm.grouping` forms them). `merged` points at the group that absorbed this one."""
+
+    __slots__ = ("closed", "inflight", "members", "merged", "with_rename")
+
+    def __init__(self) -> None:
+        self.members: list[Op] = []
+        self.inflight = 0
+        self.merged: Group | None = None
+        self.with_rename = False  # an lvstore rename is a member: its "s:" keys draw ops in too
+        self.closed = False  # judged (a quiesce point may judge it before the checker saw every reply)
+
+    def root(self) -> Group:
+        g = self
+        while g.merged is not None:
+            g = g.merged
+        return g
 
 
 @dataclass(eq=False, slots=True)
@@ -41,8 +62,8 @@ class Op:
     lenient: bool = False
     done: bool = False
     judged: bool = False  # judged as part of a group (the checker judges each op once)
-    # Set by the checker: ops overlapping this one on a shared key, while it was in flight.
-    group: Any = None
+    group: Group | None = None
+    """Set by the checker: the ops overlapping this one on a shared key while it was in flight."""
 
     @property
     def rule(self) -> Rule:
