@@ -10,6 +10,7 @@ storm adopting those N lvols: ops/s and the harness's CPU per operation. Flat ro
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,6 @@ def connections_depth(seconds: float, connections: tuple[int, ...], depths: tupl
                 figs.append(Figure("scaling conn x depth (sim, poll 8 ms)", f"{conns} conn x depth {depth}", ops_s,
                                    "ops/s"))
             log(f"  depth {depth}: ops/s by connections {' '.join(row)}")
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     return figs
 
@@ -138,8 +137,6 @@ def lvol_count(seconds: float, counts: tuple[int, ...], log: Any = print) -> lis
         figs.append(Figure("scaling live lvols", f"storm with {made} lvols live (sim)", ops_s, "ops/s",
                            note=f"harness CPU {cpu_per_op * 1e6:,.0f} µs/op over {ops} ops"))
         log(f"  {made} lvols: storm {ops_s:,.0f} ops/s, harness CPU {cpu_per_op * 1e6:,.0f} µs/op")
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     span = f"{counts[0]} -> {counts[-1]} lvols"
     if model_ops and model_ops[0] > 0:

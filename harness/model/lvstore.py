@@ -26,6 +26,7 @@ Fault modes the model acts on are MODEL_FAULTS (see harness/sim/faults.py for wh
 
 from __future__ import annotations
 
+import base64
 import copy
 import errno
 import functools
@@ -696,8 +697,6 @@ class LvolStore:
 
     def get_fragmap(self, name: str, offset: int = 0, size: int = 0) -> dict[str, object]:
         """Longhorn's fragmap of the lvol's own clusters: a base64 bit map, bit i = cluster offset/cs + i."""
-        import base64
-
         lv = self.lookup(name)
         cs = self.cluster_size
         total = self.size_bytes(lv)
