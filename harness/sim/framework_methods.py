@@ -35,7 +35,7 @@ class FrameworkMethods(TargetState):
                 got = decode(params, (("current", BOOL, False), ("include_aliases", BOOL, False)))
             except RpcFault:
                 raise RpcFault(ERROR_INVALID_PARAMS, "Invalid parameters") from None
-            opts.update({k: v for k, v in got.items() if v is not None})
+            opts.update({k: bool(v) for k, v in got.items() if v is not None})
         names: list[str] = []
         for name in METHODS:
             if opts["current"] and name in STARTUP_ONLY:

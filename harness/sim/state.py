@@ -121,11 +121,11 @@ class TargetState:
                 return store, lv
         for i, ch in enumerate(name):
             if ch == "/":
-                store = self._store_by_name(name[:i])
-                if store is not None:
-                    lv = store.find_by_alias_tail(name[i + 1 :])
+                named = self._store_by_name(name[:i])
+                if named is not None:
+                    lv = named.find_by_alias_tail(name[i + 1 :])
                     if lv is not None:
-                        return store, lv
+                        return named, lv
         return None
 
     def _lvol(self, name: object) -> tuple[LvolStore, Lvol]:
