@@ -240,6 +240,8 @@ def windows(total: int, first: int = 4096, factor: int = 4) -> list[int]:
 LOST_ERRNOS = frozenset({"ECONNRESET", "ETIMEDOUT"})
 """A call cut off by the death (or hung): its worker was in the middle of something when the target died."""
 MAX_SLICE_WORKERS = 8
+REPLAY_MODES: tuple[Mode, ...] = ("serial", "serial-sent", "grouped")
+"""The order a first reproduction is tried in: the plainest replay first."""
 
 NO_EFFECT_ERRNOS = frozenset({"ENODEV", "ENOENT", "EEXIST", "EPERM", "EINVAL", "ENOSPC"})
 """Refusals that change nothing in SPDK (checked before any change). Not EBUSY: the forced-removal bug answers
@@ -292,6 +294,7 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
 
     # 1. Reproduce at all, from the smallest tail window up.
     found: tuple[list[int], Mode] | None = None
+    mode: Mode
     stop_reason = "done"
     tries0, ts = budget.tries, time.monotonic()
     seen: set[frozenset[int]] = set()
@@ -331,9 +334,9 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
                     continue
                 seen.add(frozenset(candidate))
                 say(f"minimize: trying {label}{suffix} ({len(candidate)} operations with dependencies)")
-                for mode in ("serial", "serial-sent", "grouped"):
-                    if test(candidate, mode):  # type: ignore[arg-type]
-                        found = (candidate, mode)  # type: ignore[assignment]
+                for mode in REPLAY_MODES:
+                    if test(candidate, mode):
+                        found = (candidate, mode)
                         break
                 if found is not None:
                     break
