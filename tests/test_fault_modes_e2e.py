@@ -34,7 +34,7 @@ from harness.cli import main as cli_main
 from harness.config import RunConfig, load_config
 from harness.hosts.local import LocalHost
 from harness.report.crash import CrashReport
-from harness.rpc_rules import MUTATING_LVOL_METHODS
+from harness.rpc_rules.table import MUTATING_LVOL_METHODS
 from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
 from harness.target import Target

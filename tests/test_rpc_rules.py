@@ -11,15 +11,8 @@ import pytest
 
 from harness.model import LvolStore
 from harness.recordings import recordings_dir
-from harness.rpc_rules import (
-    DST_SIZE_BYTES,
-    MUTATING_LVOL_METHODS,
-    READ_METHODS,
-    READS,
-    RULES,
-    SERVED_METHODS,
-    rule_for,
-)
+from harness.rpc_rules.rule import DST_SIZE_BYTES
+from harness.rpc_rules.table import MUTATING_LVOL_METHODS, READ_METHODS, READS, RULES, SERVED_METHODS, rule_for
 from harness.storm.config import DEFAULT_MIX
 from harness.storm.operations import KNOWN_METHODS
 

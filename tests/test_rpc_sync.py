@@ -18,7 +18,7 @@ from harness.recordings import recordings_dir
 from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
 from harness.rpc.methods import Capabilities, SyncRpcMethods
 from harness.rpc.sync import SyncRpc
-from harness.rpc_rules import LONGHORN_FORK_METHODS, OPTIONAL_LONGHORN_METHODS, READ_METHODS
+from harness.rpc_rules.table import LONGHORN_FORK_METHODS, OPTIONAL_LONGHORN_METHODS, READ_METHODS
 from tests.test_rpc_client import TunnelHost
 from tests.test_rpc_fake_server import FakeSpdkProcess
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from harness.minimize.operations import Operation
-from harness.rpc_rules import rule_for
+from harness.rpc_rules.table import rule_for
 
 PRODUCED_PARAMS: dict[str, tuple[str, ...]] = {
     "bdev_nvme_attach_controller": ("name",),

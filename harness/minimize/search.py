@@ -29,7 +29,7 @@ from harness.minimize.ddmin import Budget, BudgetExhausted, ddmin
 from harness.minimize.deps import Dependencies, ObjectLives, object_units
 from harness.minimize.operations import Operation, workers_of
 from harness.minimize.plan import Mode, ReplayPlan, Split, plan_for
-from harness.rpc_rules import READS
+from harness.rpc_rules.table import READS
 
 Progress = Callable[[str], None]
 

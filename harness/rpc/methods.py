@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from harness.errors import TargetError
 from harness.rpc.client import RpcConnection
 from harness.rpc.sync import SyncRpc
-from harness.rpc_rules import (
+from harness.rpc_rules.table import (
     LONGHORN_FORK_METHODS,
     OPTIONAL_LONGHORN_METHODS,
     READ_METHODS,

@@ -22,7 +22,7 @@ from harness.hosts.base import Host
 from harness.rpc.connect import connect_unix_retrying
 from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
 from harness.rpc.framing import FramingError, ReplyParser, encode_request
-from harness.rpc_rules import READ_METHODS
+from harness.rpc_rules.table import READ_METHODS
 
 _TRANSIENT = (RpcTimeout, RpcConnectionLost, RpcConnectError)
 

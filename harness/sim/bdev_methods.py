@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 
-from harness.rpc_rules import BY_METHOD
+from harness.rpc_rules.table import BY_METHOD
 from harness.sim.bdevs import BaseBdev
 from harness.sim.decoding import BOOL, STR, U32, U64, decode, decode_for
 from harness.sim.protocol import ERROR_INVALID_PARAMS, RpcFault

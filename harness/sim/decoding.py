@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import errno
 
-from harness.rpc_rules import RULES, Param, Rule
+from harness.rpc_rules.rule import Param, Rule
+from harness.rpc_rules.table import RULES
 from harness.sim.protocol import ERROR_INTERNAL, RpcFault
 
 DECODE_FAILED = "spdk_json_decode_object failed"

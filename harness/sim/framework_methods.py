@@ -3,7 +3,7 @@ list in the recorded order, and the init calls."""
 
 from __future__ import annotations
 
-from harness.rpc_rules import RULES, SERVED_METHODS
+from harness.rpc_rules.table import RULES, SERVED_METHODS
 from harness.sim.decoding import BOOL, decode
 from harness.sim.protocol import ERROR_INVALID_PARAMS, ERROR_INVALID_STATE, RpcFault
 from harness.sim.state import TargetState

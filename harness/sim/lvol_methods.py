@@ -11,7 +11,8 @@ import errno
 import os
 
 from harness.model.lvstore import Job, Lvol, LvolStore
-from harness.rpc_rules import BY_METHOD, Param, Rule
+from harness.rpc_rules.rule import Param, Rule
+from harness.rpc_rules.table import BY_METHOD
 from harness.sim.decoding import check_choices, decode_for
 from harness.sim.protocol import ERROR_INTERNAL, ERROR_INVALID_PARAMS, DeferredReply, fault, no_device
 from harness.sim.state import ShallowCopy, TargetState

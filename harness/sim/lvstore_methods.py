@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 
-from harness.rpc_rules import BY_METHOD
+from harness.rpc_rules.table import BY_METHOD
 from harness.sim.bdevs import (
     BS_PAGE_SIZE,
     DEFAULT_CLUSTER_SZ,

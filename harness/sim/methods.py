@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from harness.rpc_rules import BY_METHOD, MUTATING_LVOL_METHODS
+from harness.rpc_rules.table import BY_METHOD, MUTATING_LVOL_METHODS
 from harness.sim import faults as fm
 from harness.sim.bdev_methods import BdevMethods
 from harness.sim.framework_methods import ALIASES, METHODS, FrameworkMethods

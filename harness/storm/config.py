@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.errors import ConfigError
-from harness.rpc_rules import RULES
+from harness.rpc_rules.table import RULES
 from harness.storm.operations import KNOWN_METHODS
 from harness.storm.strategies import STRATEGIES
 

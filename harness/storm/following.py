@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from harness.rpc_rules import Rule
-from harness.rpc_rules.rule import ViewEffect
+from harness.rpc_rules.rule import Rule, ViewEffect
 from harness.storm.view import TreeView
 
 Follow = Callable[[TreeView, Rule, dict[str, Any], Any], None]

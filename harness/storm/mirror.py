@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.model.lvstore import Checkpoint, LvolStore, ModelCrash, ModelError
-from harness.rpc_rules import DST_SIZE_BYTES
+from harness.rpc_rules.rule import DST_SIZE_BYTES
 from harness.storm.operations import Op
 
 MD_PAGES_NEAR_FULL = 0.75

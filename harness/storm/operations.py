@@ -10,7 +10,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.rpc_rules import BY_METHOD, OPTIONAL_LONGHORN_METHODS, RULES, Rule
+from harness.rpc_rules.rule import Rule
+from harness.rpc_rules.table import BY_METHOD, OPTIONAL_LONGHORN_METHODS, RULES
 
 KNOWN_METHODS: frozenset[str] = frozenset(r.method for r in RULES if r.storm is not None)
 """Every method a mix may name: the table's rows the storm knows how to send."""

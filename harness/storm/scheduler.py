@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from harness.rpc_rules import BY_METHOD
+from harness.rpc_rules.table import BY_METHOD
 from harness.storm.config import StormConfig
 from harness.storm.operations import Op
 from harness.storm.view import TreeView
