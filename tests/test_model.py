@@ -239,6 +239,26 @@ def test_fragmap_bits_offsets_and_bounds() -> None:
     assert refusal(s.get_fragmap, "KS", 0, 1024 * MIB) == errno.EINVAL
 
 
+def test_fragmap_walks_like_seek_data_and_seek_hole_past_the_end() -> None:
+    """vbdev_lvol_get_fragmap's walk: size 0 with an offset covers offset .. offset + the lvol's size; no hole
+    up to the end means data to the end of that range; a seek at or past the end is -EINVAL."""
+    s = store()
+    s.create("T", 8)  # thick: all 8 clusters
+    whole = s.get_fragmap("T", 2 * MIB)  # [2, 10): no hole is found, so all 8 bits are data
+    assert whole == {"cluster_size": MIB, "num_clusters": 8, "num_allocated_clusters": 8, "fragmap": "/w=="}
+    assert refusal(s.get_fragmap, "T", 8 * MIB) == errno.EINVAL  # the first seek is at the end
+    s.create("Z", 0)
+    assert refusal(s.get_fragmap, "Z") == errno.EINVAL  # no block to seek in
+    s.create("V", 8, thin_provision=True)
+    assert s.get_fragmap("V", 3 * MIB)["fragmap"] == "AA=="  # thin: the first seek finds no data at all
+    s.snapshot("T", "TS")
+    s.resize("T", 16)  # T: a thin clone of TS now, 16 clusters, none its own
+    s.decouple_parent("T")  # copies TS's 8 clusters: T owns clusters 0..7 of 16
+    assert s.get_fragmap("T")["fragmap"] == "/wA="
+    assert s.get_fragmap("T", 4 * MIB) == {"cluster_size": MIB, "num_clusters": 16,
+                                           "num_allocated_clusters": 4, "fragmap": "DwA="}
+
+
 # ---- busy blobs and jobs -------------------------------------------------------------------------------------------
 
 

@@ -696,24 +696,52 @@ class LvolStore:
         return lv.xattrs[xattr_name]
 
     def get_fragmap(self, name: str, offset: int = 0, size: int = 0) -> dict[str, object]:
-        """Longhorn's fragmap of the lvol's own clusters: a base64 bit map, bit i = cluster offset/cs + i."""
+        """Longhorn's fragmap of [offset, offset + size) (size 0: the lvol's size, even with an offset): a base64
+        bit map of num_clusters bits, bit i for cluster offset/cs + i, set where the lvol's own clusters are.
+
+        vbdev_lvol_get_fragmap walks the range with seek_data / seek_hole, and two of SPDK's corners show: the
+        walk starts with a seek at `offset`, and a seek at or past the lvol's end is -EINVAL (bdev_seek checks
+        one block there), so an offset at the end, a zero-size lvol, or a walk that has to look for data past
+        the end fails; a seek_hole that finds no hole (blob_find_io_unit: UINT64_MAX) counts the rest of the
+        requested range as data, past the lvol's end too."""
         lv = self.lookup(name)
         cs = self.cluster_size
         total = self.size_bytes(lv)
         if offset + size > total:
             raise ModelError(errno.EINVAL, "offset + size beyond the lvol")
-        segment = size or total  # vbdev_lvol_get_fragmap: size 0 means the lvol's size (even with an offset)
+        segment = size or total
         if offset % cs or segment % cs:
             raise ModelError(errno.EINVAL, "offset and size must be multiples of the cluster size")
-        first, n = offset // cs, segment // cs
-        bits = (lv.alloc >> first) & _mask(n)
-        data = bits.to_bytes((n + 7) // 8, "little")
+        n, end = segment // cs, offset + segment
+        bits, cur = 0, offset
+        while True:
+            if cur >= total:
+                raise ModelError(errno.EINVAL, f"seek at {cur}: at or past the lvol's end ({total})")
+            data = self._next_cluster(lv, cur // cs, allocated=True)
+            if data is None or data * cs >= end:
+                break
+            cur = data * cs
+            hole = self._next_cluster(lv, data, allocated=False)
+            nxt = end if hole is None else min(hole * cs, end)
+            first = (cur - offset) // cs
+            bits |= _mask((nxt - cur) // cs) << first
+            cur = nxt
+            if cur == end:
+                break
+        data_bytes = bits.to_bytes((n + 7) // 8, "little")
         return {
             "cluster_size": cs,
             "num_clusters": n,
             "num_allocated_clusters": _popcount(bits),
-            "fragmap": base64.b64encode(data).decode(),
+            "fragmap": base64.b64encode(data_bytes).decode(),
         }
+
+    @staticmethod
+    def _next_cluster(lv: Lvol, start: int, *, allocated: bool) -> int | None:
+        """The first cluster >= start that the lvol owns (or lacks), within its size (blob_find_io_unit)."""
+        pool = lv.alloc if allocated else _mask(lv.num_clusters) & ~lv.alloc
+        rest = pool >> start
+        return None if rest == 0 else start + (rest & -rest).bit_length() - 1
 
     # ---- busy blobs and background jobs ------------------------------------------------------------------------
 
