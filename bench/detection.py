@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +133,8 @@ def one_crash(mode: str, seed: int, clock: KmsgClock, *, hang_after_s: float = 2
 
 def _one_crash(mode: str, seed: int, clock: KmsgClock, *, hang_after_s: float) -> Crash:
     work = short_work_dir("lsd-")
-    target = BenchTarget(work, sim_fault=mode, sim_fault_after=40, bdev_mib=1024, hang_after_s=hang_after_s)
+    target = BenchTarget(work, sim_fault=mode, sim_fault_after=40, bdev_mib=1024, hang_after_s=hang_after_s,
+                         keep_evidence=False)  # only the detection time is measured
     target.start()
     death = DeathClock(target.pid)
     history = History(Path(work) / "history.jsonl")
@@ -200,7 +202,8 @@ def percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
-def run(crashes: int = 20, quick: bool = False, hangs: int | None = None, log: object = print) -> list[Figure]:
+def run(crashes: int = 20, quick: bool = False, hangs: int | None = None,
+        log: Callable[[str], object] = print) -> list[Figure]:
     clock = KmsgClock()
     results: list[Crash] = []
     for i in range(crashes):
@@ -209,8 +212,8 @@ def run(crashes: int = 20, quick: bool = False, hangs: int | None = None, log: o
         c = one_crash(mode, seed=i + 1, clock=clock)
         c.note += f" ({time.monotonic() - t0:.0f} s to crash and clean up)"
         results.append(c)
-        lat = f"{c.latency_s * 1000:.0f} ms" if c.latency_s is not None else "not measured"
-        log(f"  crash {i + 1}/{crashes} {mode}: {lat} from {c.fault_source} (stop: {c.stop_reason}) {c.note}")
+        shown = f"{c.latency_s * 1000:.0f} ms" if c.latency_s is not None else "not measured"
+        log(f"  crash {i + 1}/{crashes} {mode}: {shown} from {c.fault_source} (stop: {c.stop_reason}) {c.note}")
     section = "detection"
     figs: list[Figure] = []
     lat = [c.latency_s for c in results if c.latency_s is not None]

@@ -11,6 +11,7 @@ UUID not yet answered waits for it, as the storm had waited for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -211,7 +212,7 @@ async def replay_history(plan: ReplayPlan, sock_path: str, depth: int, *, wait_s
             params = await uuids.params(call.params, wait_s)
             fut = conn.send(call.method, params)
             inflight.add(fut)
-            fut.add_done_callback(lambda f, c=call: done(c, f))
+            fut.add_done_callback(functools.partial(done, call))
         if inflight:
             await asyncio.wait(list(inflight))
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def spdk_rpc_per_call(sock_path: str, seconds: float, max_calls: int = 200) -> t
 
 def measure(label: str, *, kind: str = "sim", poll_interval_ms: float = 0.0, seconds: float = 8.0,
             rounds: int = 2, peer_seconds: float = 4.0, workers: int = 8, depth: int = 4,
-            mix: dict[str, float] | None = None, log: object = print) -> list[Figure]:
+            mix: dict[str, float] | None = None, log: Callable[[str], object] = print) -> list[Figure]:
     """Figures for one target setting: storm and raw rates, their ratio, the peers."""
     work = short_work_dir()
     pairs: list[RoundPair] = []
@@ -147,7 +148,8 @@ def _remove_tree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run(seconds: float = 8.0, rounds: int = 2, peer_seconds: float = 4.0, log: object = print) -> list[Figure]:
+def run(seconds: float = 8.0, rounds: int = 2, peer_seconds: float = 4.0,
+        log: Callable[[str], object] = print) -> list[Figure]:
     """The reference target without and with spdk_tgt's 8 ms poll, and a real spdk_tgt when $SPDK_TGT is set."""
     from bench.session import spdk_tgt_path
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.errors import ConfigError, TargetError
 from harness.hosts.base import Host
 from harness.rpc.errors import RpcError
-
-if TYPE_CHECKING:
-    from harness.rpc.sync import SyncRpc
+from harness.rpc.sync import SyncRpc
 
 PCI_ADDR = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 

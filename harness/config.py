@@ -18,21 +18,9 @@ from harness.errors import ConfigError
 from harness.minimize.config import MinimizeConfig
 from harness.storm.config import StormConfig
 from harness.target import TargetConfig
+from harness.watch.config import WatchConfig
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-
-
-class WatchConfig(BaseModel):
-    """What the watchdog follows and how long silence may last before it calls a hang."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kernel_log: bool = True
-    hang_after_s: float = Field(30.0, gt=0)
-    core_dumps: bool = True
-    error_patterns: list[str] = Field(
-        default_factory=lambda: ["Lvol store removed with error", "forced removal"]
-    )
 
 
 class HistoryConfig(BaseModel):
@@ -87,18 +75,34 @@ def _format_validation(source: str, exc: ValidationError, data: dict[str, Any]) 
     return ConfigError(lines[0] if len(lines) == 1 else "\n".join(lines))
 
 
+def profile_dirs() -> list[Path]:
+    """Where profile names are looked up: the user's own `profiles/` in the current directory first (it wins),
+    then the ones that come with lvol-storm."""
+    own = Path.cwd() / "profiles"
+    return [own, PROFILES_DIR] if own.resolve() != PROFILES_DIR.resolve() else [PROFILES_DIR]
+
+
+def known_profiles() -> dict[str, Path]:
+    """Every profile name and the file it names (the first directory of `profile_dirs` that has it)."""
+    found: dict[str, Path] = {}
+    for folder in profile_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
 def profile_path(name_or_path: str) -> Path:
-    """A profile is a file path, or a name under profiles/ (`smoke` -> profiles/smoke.yaml)."""
+    """A profile is a file path, or a name (`smoke` -> profiles/smoke.yaml, the user's own or the built-in)."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.is_file():
-        if not p.exists():
-            raise ConfigError(f"--profile: {p} does not exist")
+    if p.suffix in (".yaml", ".yml") or p.is_file() or "/" in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"--profile: {p} does not exist" if not p.exists() else
+                              f"--profile: {p} is not a file")
         return p
-    candidate = PROFILES_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = sorted(x.stem for x in PROFILES_DIR.glob("*.yaml"))
-        raise ConfigError(f"--profile: no profile named {name_or_path!r}; known: {', '.join(known)}")
-    return candidate
+    known = known_profiles()
+    if name_or_path not in known:
+        raise ConfigError(f"--profile: no profile named {name_or_path!r}; known: {', '.join(known) or '(none)'}")
+    return known[name_or_path]
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

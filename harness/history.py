@@ -22,7 +22,7 @@ import threading
 import weakref
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -55,7 +55,7 @@ def open_history(path: str | Path) -> BinaryIO:
         return handle
     import zstandard
 
-    return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True, closefd=True)  # type: ignore[return-value]
+    return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True, closefd=True)
 
 
 def read_appended(path: str | Path, offset: int, chunk: int = 1 << 20) -> Iterator[tuple[list[bytes], int]]:

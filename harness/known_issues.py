@@ -16,6 +16,9 @@ from typing import Any, Literal
 import yaml
 
 from harness.errors import ConfigError
+from harness.report.title import crash_key
+from harness.storm.operations import KNOWN_METHODS
+from harness.storm.strategies import STRATEGIES
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "known-issues.yaml"
 Policy = Literal["fail", "xfail", "avoid"]
@@ -36,7 +39,10 @@ class KnownIssue:
     note: str = ""
 
     def matches_crash(self, title: str) -> bool:
-        return self.crash is not None and self.crash.search(title) is not None
+        """The regex finds the title, or its key (a pattern written for one build's line numbers, or for
+        none, matches every build's title of the same bug)."""
+        return self.crash is not None and (self.crash.search(title) is not None
+                                           or self.crash.search(crash_key(title)) is not None)
 
     def matches_finding(self, finding: dict[str, Any]) -> bool:
         if self.finding is None:
@@ -112,9 +118,6 @@ def _names(where: str, value: Any) -> tuple[str, ...]:
 
 
 def _entry(path: Path, i: int, item: Any) -> KnownIssue:
-    from harness.storm.operations import KNOWN_METHODS
-    from harness.storm.strategies import STRATEGIES
-
     where = f"{path}: issues[{i}]"
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: expected a mapping with id, link, policy and crash or finding")

@@ -1,14 +1,18 @@
-"""pytest plugin: options that mirror `lvol-storm run`, and the fixtures `host`, `target`, `rpc`, `bdev`, `lvstore`.
+"""pytest plugin (a face): the options of `lvol-storm run` (one table, harness.options), the markers, and the
+fixtures `host`, `target`, `rpc`, `bdev`, `lvstore`, `nodes` for your own tests.
 
-Fixtures tear down only after evidence is on disk: the target's log lives in the test's run directory from the
-first line, and a target that died is never "cleaned up" by deleting its state.
+The fixtures run under the same `TargetSession` a storm does: hugepages for the configured bdev, core_pattern,
+a watchdog from the first line. A test whose target dies fails with the crash title and its bundle (written
+before anything is torn down), not a bare `RpcConnectionLost`. Nothing is started or provisioned at collection
+(`--collect-only`, `--help`): nodes come up when the first test asks for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,99 +24,59 @@ from harness.errors import ConfigError, HarnessError
 from harness.history import History
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
+from harness.nodes import (
+    Node,
+    check_terraform_module,
+    host_nodes,
+    inventory_nodes,
+    parse_tf_vars,
+    terraform_hosts,
+)
+from harness.options import add_to_pytest, config_overrides
 from harness.rpc.sync import SyncRpc
 from harness.rundir import RunDir, default_run_dir
-from harness.target import SIM_BANNER, Target, find_spdk_tgt
+from harness.session import TargetNeeds, TargetSession
+from harness.target import SIM_BANNER, find_spdk_tgt
 
-SUITES_REFUSING_SIM = ("regression", "nightly", "soak")
-
-
-def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
-    g = parser.getgroup("lvol-storm", "lvol-storm: the target under test and the run")
-    g.addoption("--target", choices=["auto", "spdk", "sim"], default=None,
-                help="spdk: a real spdk_tgt; sim: the reference target; auto: spdk if found, else sim (loudly)")
-    g.addoption("--spdk-tgt", default=None, help="path to spdk_tgt (else $SPDK_TGT, PATH, $SPDK_DIR/build/bin)")
-    g.addoption("--bdev", choices=["malloc", "aio", "nvme"], default=None, help="base bdev kind")
-    g.addoption("--run-dir", default=None, help="where artefacts go (default runs/<time>-pytest)")
-    g.addoption("--profile", default=None, help="profile name under profiles/ or a YAML file")
-    g.addoption("--sim-fault", default=None, help="reference target fault mode(s), comma-separated")
-    g.addoption("--seed", type=int, default=None, help="storm seed")
-    g.addoption("--duration", default=None, help="storm duration, e.g. 30s, 5m, 1h")
-    g.addoption("--workers", type=int, default=None, help="storm workers (connections)")
-    g.addoption("--target-arg", action="append", default=[], help="extra spdk_tgt argument (repeatable)")
-    g.addoption("--no-minimize", action="store_true", default=False,
-                help="do not cut new crashes down to a minimal reproducer")
-    g.addoption("--set", dest="lvs_set", action="append", default=[], metavar="FIELD=VALUE",
-                help="override a config field, e.g. --set storm.depth=8 (repeatable)")
-    _add_node_options(g, pluginmanager.get_plugin("pytestconfig"))
+MARKERS = (
+    "spdk_tgt: needs a real spdk_tgt (set SPDK_TGT); skipped otherwise",
+    "slow: longer end-to-end test (still bounded)",
+    "netns: needs root and ip netns (creates network namespaces)",
+)
+SESSION_KEY = pytest.StashKey[TargetSession]()
+REMOTE_WORK_ROOT = "/tmp/lvol-storm"
 
 
-SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_to_pytest(parser)
 
 
-def _suites_conftest_loads(config: pytest.Config | None) -> bool:
-    """Will suites/conftest.py be loaded (a path argument inside, or above, suites/)? Then its own
-    --inventory/--nodes/--keep-nodes/--tf-var are used, and defining them here too would clash."""
-    ns = getattr(config, "known_args_namespace", None)
-    paths = [str(a).split("::", 1)[0] for a in (getattr(ns, "file_or_dir", None) or []) if not str(a).startswith("-")]
-    invocation = Path(config.invocation_params.dir) if config is not None else Path.cwd()
-    if not paths and config is not None and invocation == config.rootpath:
-        try:
-            paths = [str(p) for p in config.getini("testpaths")]  # what pytest collects without arguments
-        except (ValueError, KeyError):
-            paths = []
-    for raw in paths or [str(invocation)]:
-        path = (invocation / raw).resolve()
-        if path == SUITES_DIR or SUITES_DIR in path.parents or path in SUITES_DIR.parents:
-            return True
-    return False
+def pytest_configure(config: pytest.Config) -> None:
+    """Markers, and the node options checked in one line before any node is provisioned."""
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    try:
+        module, inventory = config.getoption("terraform"), config.getoption("inventory")
+        if module and inventory:
+            raise ConfigError("--inventory and --terraform exclude each other: pick one")
+        if module:
+            check_terraform_module(module, parse_tf_vars(config.getoption("tf_var") or []))
+        elif inventory:
+            inventory_nodes(inventory)
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
-def _add_node_options(g: Any, config: pytest.Config | None) -> None:
-    """Nodes to run on: `--inventory FILE` or `--terraform MODULE [--nodes N] [--keep-nodes]` (fixture `nodes`)."""
-    g.addoption("--terraform", default=None, metavar="MODULE",
-                help="provision nodes with terraform/MODULE (local, aws-sles) for the `nodes` fixture; destroyed "
-                     "at the end unless --keep-nodes")
-    if _suites_conftest_loads(config):
-        return
-    g.addoption("--inventory", default=None, help="YAML list of lab nodes for the `nodes` fixture")
-    g.addoption("--nodes", type=int, default=1, help="with --terraform: how many nodes")
-    g.addoption("--keep-nodes", action="store_true", help="with --terraform: do not destroy the nodes")
-    g.addoption("--tf-var", action="append", default=[], metavar="NAME=VALUE",
-                help="with --terraform: a module variable, e.g. --tf-var subnet_octet=201 (repeatable)")
-
-
-def cli_overrides(get: Any) -> dict[str, Any]:
-    """Map CLI flags to config paths; shared by the pytest options and `lvol-storm run`."""
-    mapping: dict[str, Any] = {
-        "target.kind": get("target"),
-        "target.spdk_tgt": get("spdk_tgt"),
-        "target.sim_fault": get("sim_fault"),
-        "bdev.kind": get("bdev"),
-        "storm.seed": get("seed"),
-        "storm.duration": get("duration"),
-        "storm.workers": get("workers"),
-    }
-    if get("no_minimize"):
-        mapping["minimize.enabled"] = False
-    extra = get("target_arg")
-    if extra:
-        mapping["target.extra_args"] = list(extra)
-    return mapping
-
-
-def _get_option(config: pytest.Config) -> Any:
-    return lambda name: config.getoption(name)
+def option_config(config: pytest.Config) -> RunConfig:
+    """The profile, the flags, then `--set`: the same composition `lvol-storm run` makes."""
+    return load_config(config.getoption("profile"), overrides=config.getoption("lvs_set"),
+                       cli=config_overrides(config.getoption, "pytest"))
 
 
 @pytest.fixture(scope="session")
 def run_config(pytestconfig: pytest.Config) -> RunConfig:
     try:
-        return load_config(
-            pytestconfig.getoption("profile"),
-            overrides=pytestconfig.getoption("lvs_set"),
-            cli=cli_overrides(_get_option(pytestconfig)),
-        )
+        return option_config(pytestconfig)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -137,90 +101,91 @@ def run_dir(request: pytest.FixtureRequest, session_run_dir: Path) -> RunDir:
     return RunDir(session_run_dir / _slug(request.node.nodeid))
 
 
-@pytest.fixture(scope="session")
-def host() -> Host:
-    return LocalHost()
+# -- nodes and hosts --------------------------------------------------------------------------------------------
 
 
-def _option(config: pytest.Config, name: str, default: Any = None) -> Any:
-    try:
-        return config.getoption(name)
-    except ValueError:
-        return default
+def node_count(config: pytest.Config) -> int:
+    """How many nodes `--inventory` or `--terraform` give (0: none asked for, this machine)."""
+    if config.getoption("inventory"):
+        return len(inventory_nodes(config.getoption("inventory")))
+    if config.getoption("terraform"):
+        return config.getoption("nodes") or 1
+    return 0
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """A bad inventory, an unknown module or missing credentials: one line before any node is provisioned."""
-    from harness.fleet import check_terraform_module, parse_tf_vars
-
-    module, inventory = _option(config, "terraform"), _option(config, "inventory")
-    try:
-        if module and inventory:
-            raise ConfigError("--inventory and --terraform exclude each other: pick one")
-        if module:
-            check_terraform_module(module, parse_tf_vars(_option(config, "tf_var", []) or []))
-        elif inventory:
-            from harness.provision.inventory import load_inventory
-
-            if not Path(inventory).is_file():
-                raise ConfigError(f"--inventory: {inventory} does not exist")
-            load_inventory(inventory)
-    except HarnessError as exc:
-        raise pytest.UsageError(str(exc)) from None
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """With nodes, a test that asks for `host` runs once per node (by position: Terraform names come later)."""
+    if "host" not in metafunc.fixturenames or "node" in metafunc.fixturenames:
+        return
+    count = node_count(metafunc.config)
+    if count:
+        inventory = metafunc.config.getoption("inventory")
+        names = [n.name for n in inventory_nodes(inventory)] if inventory else [f"node{i}" for i in range(count)]
+        metafunc.parametrize("host", range(count), indirect=True, ids=names)
 
 
 @pytest.fixture(scope="session")
-def nodes(pytestconfig: pytest.Config, session_run_dir: Path) -> Iterator[list[Host]]:
-    """The machines to run on, as Hosts: `--inventory FILE`'s nodes, `--terraform MODULE`'s (provisioned
-    here, state under the session's run dir, destroyed after the session unless `--keep-nodes`), else this one.
-
-    Inside suites/, suites/conftest.py provisions `--terraform-module` itself and points `--inventory` at the
-    nodes it made, so this fixture hands back those same nodes."""
-    from harness.fleet import parse_tf_vars, terraform_hosts
-    from harness.provision.inventory import load_inventory
-
-    module, inventory = _option(pytestconfig, "terraform"), _option(pytestconfig, "inventory")
+def nodes(pytestconfig: pytest.Config, session_run_dir: Path) -> Iterator[list[Node]]:
+    """The machines to run on: `--inventory FILE`'s nodes, `--terraform MODULE`'s (provisioned when the first
+    test asks, state under the session's run dir, destroyed after the session unless `--keep-nodes`), else
+    this one."""
+    module, inventory = pytestconfig.getoption("terraform"), pytestconfig.getoption("inventory")
     if module:
-        with terraform_hosts(module, session_run_dir, nodes=_option(pytestconfig, "nodes", 1) or 1,
-                             keep=bool(_option(pytestconfig, "keep_nodes", False)),
-                             tf_vars=parse_tf_vars(_option(pytestconfig, "tf_var", []) or [])) as hosts:
-            yield hosts
+        with terraform_hosts(module, session_run_dir, nodes=pytestconfig.getoption("nodes") or 1,
+                             keep=bool(pytestconfig.getoption("keep_nodes")),
+                             tf_vars=parse_tf_vars(pytestconfig.getoption("tf_var") or [])) as hosts:
+            yield host_nodes(hosts)
         return
     if inventory:
-        hosts: list[Host] = list(load_inventory(inventory).hosts())
+        found = inventory_nodes(inventory)
+        hosts = [n.host() for n in found]
         try:
-            yield hosts
+            yield [Node(n.name, spec=n.spec, given_host=h) for n, h in zip(found, hosts, strict=True)]
         finally:
             for h in hosts:
-                close = getattr(h, "close", None)
-                if close is not None:
-                    close()
+                with contextlib.suppress(Exception):
+                    getattr(h, "close", lambda: None)()
         return
-    yield [LocalHost()]
+    yield [Node("local", given_host=LocalHost())]
 
 
 @pytest.fixture
-def target(host: Host, run_config: RunConfig, run_dir: RunDir) -> Iterator[Target]:
-    tgt = Target(host, run_config.target, str(run_dir.path), needs_pci=run_config.bdev.kind == "nvme",
-                 bdev_memory_mb=run_config.bdev.size_mib if run_config.bdev.kind == "malloc" else 0)
-    tgt.start()
-    try:
-        yield tgt
-    finally:
-        tgt.stop()
+def host(request: pytest.FixtureRequest) -> Host:
+    """This machine, or (with --inventory / --terraform) each node in turn."""
+    index = getattr(request, "param", None)
+    if index is None:
+        return LocalHost()
+    return request.getfixturevalue("nodes")[index].host()
+
+
+# -- the target and its clients ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def history(run_dir: RunDir, run_config: RunConfig) -> Iterator[History]:
-    hist = History(run_dir.history_for(run_config.history.compress))
-    try:
-        yield hist
-    finally:
-        hist.close()
+def target(request: pytest.FixtureRequest, host: Host, run_config: RunConfig,
+           run_dir: RunDir) -> Iterator[TargetSession]:
+    """A started target under the same session a storm gets: hugepages for the configured bdev, core_pattern,
+    the watchdog. If it dies during the test, the test fails with the crash title and the crash bundle's path
+    (the report is on disk before the target is torn down)."""
+    work_dir = (str(run_dir.path) if host.is_local
+                else f"{REMOTE_WORK_ROOT}/{run_dir.path.parent.name}/{run_dir.path.name}")
+    session = TargetSession(host, run_config.target, work_dir,
+                            needs=TargetNeeds.of_run(run_config.bdev), watch=run_config.watch,
+                            evidence_dir=run_dir.path, history_path=run_dir.history_for(run_config.history.compress))
+    with session:
+        request.node.stash[SESSION_KEY] = session
+        yield session
 
 
 @pytest.fixture
-def rpc(target: Target, history: History) -> Iterator[SyncRpc]:
+def history(target: TargetSession) -> History:
+    """The target session's history: every call the fixtures' clients make, streamed to the test's run dir."""
+    assert target.history is not None
+    return target.history
+
+
+@pytest.fixture
+def rpc(target: TargetSession, history: History) -> Iterator[SyncRpc]:
     client = SyncRpc(target.host, target.sock_path, history=history, timeout=target.config.rpc_timeout_s)
     try:
         yield client
@@ -229,8 +194,8 @@ def rpc(target: Target, history: History) -> Iterator[SyncRpc]:
 
 
 @pytest.fixture
-def bdev(rpc: SyncRpc, target: Target, run_config: RunConfig, run_dir: RunDir) -> Iterator[BaseBdev]:
-    base = BaseBdev(target.host, run_config.bdev, str(run_dir.path))
+def bdev(rpc: SyncRpc, target: TargetSession, run_config: RunConfig) -> Iterator[BaseBdev]:
+    base = BaseBdev(target.host, run_config.bdev, target.work_dir)
     base.create(rpc)
     try:
         yield base
@@ -242,7 +207,7 @@ def bdev(rpc: SyncRpc, target: Target, run_config: RunConfig, run_dir: RunDir) -
 
 
 @pytest.fixture
-def lvstore(rpc: SyncRpc, bdev: BaseBdev, target: Target, run_config: RunConfig) -> Iterator[Lvstore]:
+def lvstore(rpc: SyncRpc, bdev: BaseBdev, target: TargetSession, run_config: RunConfig) -> Iterator[Lvstore]:
     lvs = Lvstore(run_config.lvstore, bdev.bdev_name)
     lvs.create(rpc)
     try:
@@ -251,6 +216,24 @@ def lvstore(rpc: SyncRpc, bdev: BaseBdev, target: Target, run_config: RunConfig)
         if target.alive():
             problems = lvs.teardown(rpc)
             assert not problems, "; ".join(problems)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                                          pytest.TestReport]:
+    """A test whose target died fails with the crash title and bundle, not a bare `RpcConnectionLost`."""
+    report = yield
+    session = item.stash.get(SESSION_KEY, None)
+    if session is None or report.when != "call" or not session.wait_for_death(lost_target=report.failed):
+        return report
+    path = session.save_crash()
+    title = session.report.title if session.report is not None else "the target died"
+    report.outcome = "failed"
+    report.longrepr = f"target crashed: {title} (crash bundle: {path})"
+    return report
+
+
+# -- what the session says about its target ---------------------------------------------------------------------
 
 
 def describe_target(config: pytest.Config) -> str:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ConfigError
 from harness.history import HISTORY_NAMES, history_in
 from harness.target import AF_UNIX_PATH_MAX
 
@@ -33,8 +34,6 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         sock = self.path / "spdk.sock"
         if len(str(sock).encode()) > AF_UNIX_PATH_MAX:
-            from harness.errors import ConfigError
-
             raise ConfigError(
                 f"--run-dir: {self.path} makes the RPC socket path {len(str(sock).encode())} bytes, over the "
                 f"AF_UNIX limit of {AF_UNIX_PATH_MAX}: choose a shorter --run-dir"

@@ -23,6 +23,8 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 from harness.errors import TargetError
 from harness.hosts.base import Host, HostProcess, describe_returncode
 from harness.hugepages import HugepageReservation
+from harness.rpc.errors import RpcError
+from harness.rpc.sync import SyncRpc
 
 AF_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL.
 
@@ -65,6 +67,8 @@ class TargetConfig(BaseModel):
     sim_fault: str = ""
     sim_fault_after: int = Field(40, ge=1)
     sim_latency_ms: float = Field(0.0, ge=0)
+    sim_poll_interval_ms: float = Field(0.0, ge=0, description="look at the sockets once every X ms, as "
+                                        "spdk_tgt's RPC poller does (~8); 0: as soon as bytes arrive")
     sim_seed: int | None = None
 
     @field_validator("cpumask", mode="before")
@@ -105,6 +109,17 @@ def find_spdk_tgt(host: Host, explicit: str | None = None, environ: Mapping[str,
         f"{host.name}: spdk_tgt not found; looked at {', '.join(looked)}: pass --spdk-tgt PATH, set SPDK_TGT, "
         "or use --target sim for the reference target"
     )
+
+
+def resolve_kind(host: Host, config: TargetConfig) -> str:
+    """`spdk` or `sim`: `kind: auto` is spdk_tgt where one is found on the host, else the reference target."""
+    if config.kind != "auto":
+        return config.kind
+    try:
+        find_spdk_tgt(host, config.spdk_tgt)
+        return "spdk"
+    except TargetError:
+        return "sim"
 
 
 def shared_library_dirs(host: Host, binary: str) -> list[str]:
@@ -155,6 +170,7 @@ class Target:
         bdev_memory_mb: int = 0,
         announce: Any = None,
     ) -> None:
+        """Built only by `harness.session.TargetSession`, which knows the memory the caller's bdevs need."""
         self.host = host
         self.config = config
         self.work_dir = work_dir
@@ -172,27 +188,40 @@ class Target:
     # -- start ------------------------------------------------------------------------------------------
 
     def _resolve_kind(self) -> str:
-        kind = self.config.kind
-        if kind != "auto":
-            return kind
-        try:
-            find_spdk_tgt(self.host, self.config.spdk_tgt)
-            return "spdk"
-        except TargetError:
-            return "sim"
+        return resolve_kind(self.host, self.config)
 
     @property
     def is_sim(self) -> bool:
         return self.kind == "sim"
 
+    @property
+    def uses_hugepages(self) -> bool:
+        return not (self.config.no_huge or "--no-huge" in self.config.extra_args)
+
+    @property
+    def memory_mib(self) -> int | None:
+        """The hugepage memory this target gets: SPDK's own (`hugepages_mb`) plus every malloc bdev the caller
+        said it will create, or `mem_size_mb` if larger; None when nothing is reserved (hugepages_mb 0). A
+        real spdk_tgt may grow into any free hugepage; the reference target gets exactly this (`-s`)."""
+        cfg = self.config
+        if not self.uses_hugepages:
+            return cfg.mem_size_mb
+        if not cfg.hugepages_mb:
+            return None
+        return max(cfg.mem_size_mb or 0, cfg.hugepages_mb + self.bdev_memory_mb)
+
     def argv(self) -> list[str]:
         cfg = self.config
         if self.is_sim:
             argv = [sys.executable, "-m", "harness.sim", "-r", self.sock_path, "-m", cfg.cpumask]
+            if self.memory_mib is not None:
+                argv += ["-s", str(self.memory_mib)]
             if cfg.sim_fault:
                 argv += ["--fault", cfg.sim_fault, "--fault-after", str(cfg.sim_fault_after)]
             if cfg.sim_latency_ms:
                 argv += ["--latency-ms", f"{cfg.sim_latency_ms:g}"]
+            if cfg.sim_poll_interval_ms:
+                argv += ["--poll-interval-ms", f"{cfg.sim_poll_interval_ms:g}"]
             if cfg.sim_seed is not None:
                 argv += ["--seed", str(cfg.sim_seed)]
             return argv
@@ -226,13 +255,11 @@ class Target:
         self.host.makedirs(self.work_dir)
         if self.host.exists(self.sock_path):
             self.host.remove(self.sock_path)
+        memory = self.memory_mib
         if self.is_sim:
             self._announce(SIM_BANNER)
-        elif not (self.config.no_huge or "--no-huge" in self.config.extra_args) and self.config.hugepages_mb:
-            self.hugepages = HugepageReservation(
-                self.host, self.config.hugepages_mb + self.bdev_memory_mb,
-                str(PurePosixPath(self.work_dir) / "hugepages"),
-            )
+        elif self.uses_hugepages and memory is not None:
+            self.hugepages = HugepageReservation(self.host, memory, str(PurePosixPath(self.work_dir) / "hugepages"))
             self.hugepages.reserve()
         argv = self.argv()
         self.info.argv = shlex.join(argv)
@@ -268,9 +295,6 @@ class Target:
         )
 
     def _wait_ready(self) -> None:
-        from harness.rpc.errors import RpcError
-        from harness.rpc.sync import SyncRpc
-
         deadline = time.monotonic() + self.config.start_timeout_s
         assert self.process is not None
 
@@ -310,8 +334,6 @@ class Target:
         proc = self.process
         if proc is not None and proc.poll() is None:
             try:
-                from harness.rpc.sync import SyncRpc
-
                 with SyncRpc(self.host, self.sock_path, timeout=2.0, connect_timeout=1.0) as rpc:
                     rpc.call("spdk_kill_instance", sig_name="SIGTERM")
             except Exception:

@@ -1,87 +1,73 @@
-"""What every suite shares: which suite this is, the checks that run before anything starts, where the run
-directory and JUnit XML go, the nodes (this machine, an inventory, or Terraform), and the merged report.
+"""What every suite shares (a face over harness.suite, harness.longrun, harness.nodes): which suite this is,
+the checks that run before anything starts, where the run directory and JUnit XML go, the nodes (this
+machine, an inventory, or Terraform), each test's time limit, and the merged report.
 
 `pytest suites/<name>` picks the suite from the path; its profile is the default `--profile`. Errors a user can
 fix (a refused reference target, a bad `--set`, no credentials, no inventory) stop pytest with one line before
-a target is started or a node provisioned.
+a target is started or a node provisioned; `--collect-only` provisions nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import platform
-import shlex
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
-import yaml
 
 import harness
-from harness.config import RunConfig, load_config
+from harness.config import RunConfig
 from harness.errors import ConfigError, HarnessError
 from harness.hosts.local import LocalHost
+from harness.interrupts import interrupt_sets
 from harness.known_issues import KnownIssues
-from harness.pytest_plugin import cli_overrides
+from harness.longrun import LongRun, LongRunOutcome
+from harness.nodes import (
+    LOCAL_NODE,
+    Node,
+    check_terraform_module,
+    inventory_from_terraform,
+    inventory_nodes,
+    parse_tf_vars,
+)
+from harness.provision.terraform import Terraform, TerraformSession
+from harness.pytest_plugin import option_config
 from harness.report.html import write_report_html
 from harness.report.timeline import Timeline
+from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir, default_run_dir
 from harness.sim.faults import parse_faults
 from harness.storm.config import parse_duration
 from harness.suite import (
-    LOCAL_NODE,
     TERRAFORM_MODULE,
-    LongRun,
-    Node,
     SuiteSpec,
+    TestResult,
     check_target_choice,
-    check_terraform_ready,
-    inventory_from_terraform,
-    load_nodes,
+    failure_line,
+    rerun_commands,
     resolve_where,
+    session_summary,
     suite_of_paths,
+    time_limit,
 )
+from harness.summary import Summary
 from harness.target import find_spdk_tgt
 
 SUITES_DIR = Path(__file__).resolve().parent
 SUITE_KEY = pytest.StashKey[SuiteSpec]()
 WHERE_KEY = pytest.StashKey[str]()
 CONFIG_KEY = pytest.StashKey[RunConfig]()
-RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
+RESULTS_KEY = pytest.StashKey[list[TestResult]]()  # appended to by pytest_runtest_logreport
 PROVISION_KEY = pytest.StashKey[contextlib.ExitStack]()
 TERMINAL_KEY = pytest.StashKey[TextIO]()
 ROLLER_KEY = pytest.StashKey[tuple[threading.Event, threading.Thread]]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("lvol-storm suites", "lvol-storm suites: nodes, known issues, long runs")
-    g.addoption("--inventory", default=None, help="YAML list of lab nodes (see docs/SUITES.md); one xdist worker each")
-    g.addoption("--terraform-module", default=None,
-                help=f"module under terraform/ to provision nodes from (nightly's default: {TERRAFORM_MODULE}); "
-                     "given explicitly, it wins over --target")
-    g.addoption("--nodes", type=int, default=1, help="how many Terraform nodes to provision (nightly)")
-    g.addoption("--keep-nodes", action="store_true", help="do not destroy Terraform nodes at the end")
-    g.addoption("--tf-var", action="append", default=[], metavar="NAME=VALUE",
-                help="Terraform variable for the node module, e.g. --tf-var runner_cidr=203.0.113.7/32 (repeatable)")
-    g.addoption("--known-issues", default=None, help="known-issues YAML (default: known-issues.yaml at the repo "
-                                                     "root); nightly and soak only")
-    g.addoption("--health-every", default="60s", help="soak/nightly: health line period")
-    g.addoption("--report-every", default="60s", help="soak/nightly: summary.json/report.html rewrite period")
-
-
-def _usage(exc: HarnessError) -> pytest.UsageError:
-    return pytest.UsageError(str(exc))
-
-
-def _effective_config(config: pytest.Config) -> RunConfig:
-    return load_config(config.getoption("profile"), overrides=config.getoption("lvs_set"),
-                       cli=cli_overrides(lambda name: config.getoption(name)))
+LONG_RUN_KEY = pytest.StashKey[LongRun]()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -89,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         spec = suite_of_paths(config.args, SUITES_DIR)
     except ConfigError as exc:
-        raise _usage(exc) from None
+        raise pytest.UsageError(str(exc)) from None
     if spec is None:
         return
     config.stash[SUITE_KEY] = spec
@@ -102,22 +88,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.run_dir = worker["lvs_run_dir"]
         if worker.get("lvs_inventory"):  # nodes the controller provisioned (or was given): use those
             config.option.inventory = worker["lvs_inventory"]
-            config.option.terraform_module = None
+            config.option.terraform = None
     else:
         if config.getoption("run_dir") is None:
             config.option.run_dir = str(default_run_dir(spec.name).absolute())
         if getattr(config.option, "xmlpath", None) is None:
             config.option.xmlpath = str(Path(config.option.run_dir) / "junit.xml")
     try:
-        cfg = _effective_config(config)
+        cfg = option_config(config)
         parse_faults(cfg.target.sim_fault)
         target_flag = config.getoption("target")
         where = resolve_where(spec, inventory=config.getoption("inventory"), target_flag=target_flag,
-                              terraform_module=config.getoption("terraform_module"))
+                              terraform=config.getoption("terraform"))
         if where == "inventory":
-            load_nodes(config.getoption("inventory"))
+            inventory_nodes(config.getoption("inventory"))
         elif where == "terraform" and worker is None:
-            check_terraform_ready(spec, config.getoption("terraform_module") or TERRAFORM_MODULE, tf_vars(config))
+            check_terraform_module(config.getoption("terraform") or TERRAFORM_MODULE,
+                                   parse_tf_vars(config.getoption("tf_var") or []), who=f"{spec.name}: --terraform")
         found = True
         if where == "local" and spec.refuses_sim and target_flag != "sim":
             try:
@@ -137,9 +124,22 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"{spec.name}: {exc}" if not str(exc).startswith(spec.name) else str(exc)) from None
     config.stash[WHERE_KEY] = where
     config.stash[CONFIG_KEY] = cfg
-    if spec.long_run and TERMINAL_KEY not in config.stash:
+    if TERMINAL_KEY not in config.stash:
         # pytest captures fd 2 during a test; configure runs with capture suspended, so this is the real one.
         config.stash[TERMINAL_KEY] = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test's time limit is its suite's own (duration, minimizer budget, start and teardown), not the
+    blanket `timeout` of the ini file or of `-o timeout=`; an explicit marker on a test still wins."""
+    spec = config.stash.get(SUITE_KEY, None)
+    cfg = config.stash.get(CONFIG_KEY, None)
+    if spec is None or cfg is None:
+        return
+    limit = time_limit(spec, cfg)
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(limit))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -149,7 +149,6 @@ def pytest_configure_node(node: Any) -> None:
     if SUITE_KEY in config.stash:
         node.workerinput["lvs_run_dir"] = config.option.run_dir
         node.workerinput["lvs_inventory"] = config.getoption("inventory")
-
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -163,51 +162,35 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
             return None
         inventory = config.getoption("inventory")
         if inventory:
-            return len(load_nodes(inventory))
+            return len(inventory_nodes(inventory))
     except HarnessError:
         return None  # pytest_configure reports it in one line
-    if config.getoption("terraform_module") or (spec.where == "terraform" and config.getoption("target") is None):
-        return max(1, config.getoption("nodes"))
+    if config.getoption("terraform") or (spec.where == "terraform" and config.getoption("target") is None):
+        return max(1, config.getoption("nodes") or 1)
     return 1
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _provision(session)
     _start_session_roller(session)
 
 
-def _provision(session: pytest.Session) -> None:
-    """Nightly on Terraform: provision once, in the controller, before any worker starts; destroy at the end."""
-    config = session.config
-    if SUITE_KEY not in config.stash or hasattr(config, "workerinput"):
+def _provision(config: pytest.Config) -> None:
+    """Nightly on Terraform: provision once, in the controller, when the first test needs nodes (never at
+    collection: `--collect-only` provisions nothing); destroyed at the end of the session."""
+    if config.stash.get(WHERE_KEY, "local") != "terraform" or PROVISION_KEY in config.stash:
         return
-    if config.stash.get(WHERE_KEY, "local") != "terraform":
-        return
-    from harness.provision.terraform import Terraform, TerraformSession
-
     run_dir = Path(config.option.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     stack = contextlib.ExitStack()
     config.stash[PROVISION_KEY] = stack
     variables = {"run_id": hashlib.sha1(str(run_dir).encode()).hexdigest()[:8],
-                 "node_count": config.getoption("nodes"), **tf_vars(config)}
-    tf = Terraform(config.getoption("terraform_module") or TERRAFORM_MODULE, run_dir / "terraform", variables,
+                 "node_count": config.getoption("nodes") or 1, **parse_tf_vars(config.getoption("tf_var") or [])}
+    tf = Terraform(config.getoption("terraform") or TERRAFORM_MODULE, run_dir / "terraform", variables,
                    run_dir / "terraform.log")
     outputs = stack.enter_context(TerraformSession(tf, keep=config.getoption("keep_nodes")).active())
     config.option.inventory = str(inventory_from_terraform(outputs, run_dir))
     config.stash[WHERE_KEY] = "inventory"
-
-
-def tf_vars(config: pytest.Config) -> dict[str, Any]:
-    """`--tf-var name=value` (values parsed as YAML, so numbers stay numbers)."""
-    out: dict[str, Any] = {}
-    for item in config.getoption("tf_var"):
-        name, sep, raw = item.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--tf-var {item}: expected NAME=VALUE, e.g. runner_cidr=203.0.113.7/32")
-        out[name.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    return out
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -235,73 +218,124 @@ def known_issues(pytestconfig: pytest.Config, suite_spec: SuiteSpec) -> KnownIss
     return KnownIssues.load(pytestconfig.getoption("known_issues"))
 
 
-def suite_nodes(config: pytest.Config) -> list[Node]:
-    inventory = config.getoption("inventory")
-    return load_nodes(inventory) if inventory else [LOCAL_NODE]
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config
     if SUITE_KEY not in config.stash:
         return
     if "node" in metafunc.fixturenames:
-        nodes = suite_nodes(config)
-        metafunc.parametrize("node", nodes, ids=[n.name for n in nodes])
+        if config.stash.get(WHERE_KEY, "local") == "terraform":
+            ids = [f"node{i}" for i in range(config.getoption("nodes") or 1)]  # names come after apply
+            metafunc.parametrize("node", ids, ids=ids, indirect=True)
+        else:
+            inventory = config.getoption("inventory")
+            nodes = inventory_nodes(inventory) if inventory else [LOCAL_NODE]
+            metafunc.parametrize("node", [n.name for n in nodes], ids=[n.name for n in nodes], indirect=True)
     if "strategy" in metafunc.fixturenames:
         names = list(config.stash[CONFIG_KEY].storm.strategies)
         metafunc.parametrize("strategy", names, ids=names)
 
 
 @pytest.fixture
+def node(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Node:
+    """The node this test runs on (provisioned on first use when the suite runs on Terraform)."""
+    _provision(pytestconfig)
+    inventory = pytestconfig.getoption("inventory")
+    if not inventory:
+        return LOCAL_NODE
+    nodes = inventory_nodes(inventory)
+    name = request.param
+    if name.startswith("node") and name[4:].isdigit() and all(n.name != name for n in nodes):
+        return nodes[int(name[4:])]
+    return next(n for n in nodes if n.name == name)
+
+
+@pytest.fixture
 def node_config(run_config: RunConfig, node: Node) -> RunConfig:
     """The run config with what the inventory says about this node (spdk_tgt, cpumask, hugepages, disk)."""
-    return node.apply(run_config)
+    return node.config(run_config)
+
+
+def _announcer(pytestconfig: pytest.Config, log: Path | None = None) -> Callable[[str], None]:
+    def announce(msg: str) -> None:
+        """Past pytest's capture (a failure is seen at once, a soak is watched live), and into a log for later."""
+        terminal = pytestconfig.stash.get(TERMINAL_KEY, None)
+        if terminal is not None:
+            with contextlib.suppress(OSError, ValueError):
+                terminal.write(msg + "\n")
+        if log is not None:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}\n")
+    return announce
+
+
+@pytest.fixture
+def storm_run(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Iterator[Callable[..., RunOutcome]]:
+    """Runs one storm (regression, smoke) and hands back its outcome; its new crashes are minimized after the
+    test's verdict is reported (in teardown), so a failure shows at once, not after the search."""
+    runs: list[StormRun] = []
+
+    def run(cfg: RunConfig, run_dir: RunDir, host: Any) -> RunOutcome:
+        request.node.user_properties.append(("run_dir", str(run_dir.path)))
+        storm = StormRun(cfg, run_dir, host, progress=False, defer_minimize=True,
+                         announce=_announcer(pytestconfig, run_dir.path / "announce.log"))
+        runs.append(storm)
+        return storm.execute()
+
+    yield run
+    for storm in runs:
+        with contextlib.suppress(Exception):
+            storm.minimize_new_crashes()
 
 
 @pytest.fixture
 def long_run(pytestconfig: pytest.Config, suite_spec: SuiteSpec, node: Node, node_config: RunConfig,
-             session_run_dir: Path, known_issues: KnownIssues, request: pytest.FixtureRequest) -> Iterator[Any]:
+             session_run_dir: Path, known_issues: KnownIssues,
+             request: pytest.FixtureRequest) -> Iterator[Callable[[], LongRunOutcome]]:
     """Runs a nightly/soak on one node (Ctrl-C drains, saves, reports) and hands back its outcome."""
-    from harness.run import interrupt_sets
 
-    def run() -> Any:
+    def run() -> LongRunOutcome:
         run_dir = session_run_dir / node.name
         run_dir.mkdir(parents=True, exist_ok=True)
+        # Known before the run starts: a test stopped by a time limit is still reported with its run's crashes.
+        request.node.user_properties.append(("run_dir", str(run_dir)))
+        request.node.user_properties.append(("node", node.name))
+        request.node.user_properties.append(("worker", os.environ.get("PYTEST_XDIST_WORKER", "main")))
         host = node.host()
         stop = threading.Event()
         work_dir = None if node.is_local else f"/var/tmp/lvol-storm/{session_run_dir.name}/{node.name}"
-        ctx = interrupt_sets(stop) if threading.current_thread() is threading.main_thread() \
-            else contextlib.nullcontext()
-        log = run_dir / "health.log"
-
-        def announce(msg: str) -> None:
-            """Past pytest's capture (a soak is watched live), and into health.log for later."""
-            terminal = pytestconfig.stash.get(TERMINAL_KEY, None)
-            if terminal is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    terminal.write(msg + "\n")
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}\n")
-
         try:
-            with ctx:
-                outcome = LongRun(
+            with interrupt_sets(stop):
+                long = LongRun(
                     suite_spec.name, node_config, run_dir, host, known=known_issues, stop_event=stop,
-                    announce=announce,
+                    announce=_announcer(pytestconfig, run_dir / "health.log"),
                     health_every_s=parse_duration(pytestconfig.getoption("health_every")),
                     report_every_s=parse_duration(pytestconfig.getoption("report_every")),
                     node=node.name, work_dir=work_dir,
-                ).execute()
+                )
+                request.node.stash[LONG_RUN_KEY] = long
+                return long.execute()
         finally:
             close = getattr(host, "close", None)
             if close is not None and not node.is_local:
                 close()
-        request.node.user_properties.append(("run_dir", str(run_dir)))
-        request.node.user_properties.append(("node", node.name))
-        request.node.user_properties.append(("worker", os.environ.get("PYTEST_XDIST_WORKER", "main")))
-        return outcome
 
     yield run
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                                          pytest.TestReport]:
+    """A long run stopped by anything but its own clock (a time limit, an error) fails with its crash titles
+    first, then why it stopped; its summary.json already holds every crash counted so far."""
+    report = yield
+    long = item.stash.get(LONG_RUN_KEY, None)
+    if long is None or report.when != "call" or not report.failed or call.excinfo is None:
+        return report
+    if call.excinfo.errisinstance(pytest.fail.Exception) and "Timeout" not in str(call.excinfo.value):
+        return report  # the test's own failure line, already built from the summary
+    why = str(call.excinfo.value).splitlines()[0] if str(call.excinfo.value) else call.excinfo.typename
+    report.longrepr = failure_line(long.summary(final=True), why=f"stopped by: {why}")
+    return report
 
 
 # -- results and the merged report ---------------------------------------------------------------------
@@ -318,16 +352,16 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     config = _CONFIG.get("config")
     if config is None or SUITE_KEY not in config.stash:
         return
-    props = dict(report.user_properties)
-    config.stash[RESULTS_KEY].append({
-        "nodeid": report.nodeid, "outcome": report.outcome, "duration_s": round(report.duration, 3),
-        "run_dir": props.get("run_dir"), "node": props.get("node", "local"), "worker": props.get("worker"),
-        "message": str(report.longrepr.reprcrash.message) if report.failed and hasattr(report.longrepr, "reprcrash")
-        and report.longrepr.reprcrash is not None else None,
-    })
+    props = {k: str(v) for k, v in report.user_properties}
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = str(crash.message) if report.failed and crash is not None else (
+        str(report.longrepr).splitlines()[0] if report.failed and report.longrepr else None)
+    config.stash[RESULTS_KEY].append(TestResult(
+        nodeid=report.nodeid, outcome=report.outcome, duration_s=round(report.duration, 3),
+        run_dir=props.get("run_dir"), node=props.get("node", "local"), worker=props.get("worker"),
+        message=message))
 
 
-@pytest.hookimpl(trylast=True)
 def _session_argv(config: pytest.Config) -> list[str]:
     argv = [str(a) for a in config.invocation_params.args]
     if not any(a == "--seed" or a.startswith("--seed=") for a in argv) and CONFIG_KEY in config.stash:
@@ -349,9 +383,7 @@ def _start_session_roller(session: pytest.Session) -> None:
     def roll() -> None:
         while not stop.wait(period):
             with contextlib.suppress(Exception):
-                write_session_report(Path(config.option.run_dir), spec, list(config.stash[RESULTS_KEY]),
-                                     config.stash.get(CONFIG_KEY, None), None, _session_argv(config),
-                                     timeline=timeline)
+                write_session_report(config, None, timeline=timeline)
 
     thread = threading.Thread(target=roll, name="lvol-storm-session-report", daemon=True)
     thread.start()
@@ -367,111 +399,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if roller is not None:
         roller[0].set()
         roller[1].join(timeout=30)
-    write_session_report(Path(config.option.run_dir), config.stash[SUITE_KEY], config.stash[RESULTS_KEY],
-                         config.stash.get(CONFIG_KEY, None), int(exitstatus), _session_argv(config))
+    write_session_report(config, int(exitstatus))
 
 
-def _still_running(run_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Nodes whose long run has a rolling summary.json but no test result yet."""
-    done = {str(Path(r["run_dir"])) for r in results if r.get("run_dir")}
-    out = []
-    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        data = _read_json(sub / "summary.json")
-        if data.get("running") and str(sub) not in done:
-            out.append({"nodeid": sub.name, "outcome": "running", "run_dir": str(sub),
-                        "node": data.get("node", sub.name), "worker": None, "message": None})
-    return out
+def write_session_report(config: pytest.Config, exitstatus: int | None, timeline: Timeline | None = None) -> Path:
+    """One summary.json and report.html for the whole session (harness.suite.session_summary)."""
+    run_dir = Path(config.option.run_dir)
+    results = config.stash[RESULTS_KEY].copy()
+    versions = {"harness": harness.__version__, "python": platform.python_version(), "pytest": pytest.__version__,
+                "kernel": platform.release()}
+    summary: Summary = session_summary(run_dir, config.stash[SUITE_KEY], results,
+                                       config.stash.get(CONFIG_KEY, None), exitstatus, versions=versions,
+                                       reproducer=rerun_commands(_session_argv(config), results))
+    RunDir(run_dir).write_json("summary.json", summary.to_json())
+    return write_report_html(run_dir, timeline, live=exitstatus is None)
 
-
-def write_session_report(run_dir: Path, spec: SuiteSpec, results: list[dict[str, Any]],
-                         cfg: RunConfig | None, exitstatus: int | None, argv: list[str] | None = None,
-                         timeline: Timeline | None = None) -> Path:
-    """One summary.json and report.html for the whole session: tests (and nodes) merged, crashes counted.
-
-    `exitstatus` None means the session is still running (a long run's rolling rewrite)."""
-    rd = RunDir(run_dir)
-    running = exitstatus is None
-    if running:
-        results = results + _still_running(run_dir, results)
-    breakdown: list[dict[str, Any]] = []
-    ops: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    crashes: dict[str, int] = {}
-    target: dict[str, Any] = {}
-    for res in results:
-        sub = _read_json(Path(res["run_dir"]) / "summary.json") if res.get("run_dir") else {}
-        for k, v in (sub.get("ops_by_method") or {}).items():
-            ops[k] = ops.get(k, 0) + v
-        for k, v in (sub.get("errors_by_errno") or {}).items():
-            errors[k] = errors.get(k, 0) + v
-        sub_crashes = sub.get("crashes") or []
-        for c in sub_crashes:
-            crashes[c["title"]] = crashes.get(c["title"], 0) + int(c.get("count", 1))
-        target = sub.get("target") or target
-        breakdown.append({"name": res["nodeid"].split("::")[-1], "node": res.get("node"),
-                          "outcome": res["outcome"], "ops": sum((sub.get("ops_by_method") or {}).values()),
-                          "findings": sub.get("findings") or [],
-                          "crashes": [{"title": c["title"], "count": c.get("count", 1)} for c in sub_crashes],
-                          "message": res.get("message"), "run_dir": res.get("run_dir"), "worker": res.get("worker"),
-                          "incarnations": sub.get("incarnations")})
-    nodes: dict[str, dict[str, Any]] = {}
-    for b in breakdown:
-        n = nodes.setdefault(str(b["node"]), {"tests": 0, "failed": 0, "ops": 0, "crashes": 0})
-        n["tests"] += 1
-        n["failed"] += b["outcome"] == "failed"
-        n["ops"] += b["ops"]
-        n["crashes"] += sum(c["count"] for c in b["crashes"])
-    summary = {
-        "suite": spec.name,
-        "versions": {"harness": harness.__version__, "python": platform.python_version(),
-                     "pytest": pytest.__version__, "kernel": platform.release(),
-                     "target": target.get("version")},
-        "profile": cfg.profile if cfg else spec.profile,
-        "seed": cfg.storm.seed if cfg else None,
-        "exit_status": exitstatus,
-        "running": running,
-        "updated": time.time(),
-        "finished": time.time(),
-        "target": target,
-        "tests": len(results),
-        "failed": sum(r["outcome"] == "failed" for r in results),
-        "ops_by_method": ops,
-        "errors_by_errno": errors,
-        "crashes": [{"title": t, "count": n} for t, n in sorted(crashes.items(), key=lambda kv: -kv[1])],
-        "nodes": nodes,
-        "breakdown": breakdown,
-        "junit": str(run_dir / "junit.xml"),
-        "reproducer": _rerun_commands(argv or [], results),
-        "config": cfg.model_dump(mode="json") if cfg else None,
-    }
-    rd.write_json("summary.json", summary)
-    return write_report_html(run_dir, timeline, live=running)
-
-
-def _rerun_commands(argv: list[str], results: list[dict[str, Any]]) -> list[str]:
-    """The session's own command (same seed), then each failed test alone (`-k`), into a new run directory."""
-    base: list[str] = []
-    skip_next = False
-    for arg in argv:
-        if skip_next:
-            skip_next = False
-        elif arg in ("--run-dir", "--junitxml", "-k"):
-            skip_next = True
-        elif not arg.startswith(("--run-dir=", "--junitxml=", "-k=")):
-            base.append(arg)
-    head = [".venv/bin/python", "-m", "pytest", *base]
-    cmds = [shlex.join([*head, *(["-k", argv[argv.index("-k") + 1]] if "-k" in argv[:-1] else [])])]
-    for res in results:
-        if res["outcome"] == "failed":
-            node = res["nodeid"]
-            ident = node.split("[", 1)[1].rstrip("]") if "[" in node else node.split("::")[-1]
-            cmds.append(shlex.join([*head, "-k", ident]))
-    return list(dict.fromkeys(cmds))[:6]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -10,18 +10,16 @@ from harness.bdev import BaseBdev, BdevConfig, Lvstore, LvstoreConfig, verify_cl
 from harness.errors import ConfigError, TargetError
 from harness.hosts.local import LocalHost
 from harness.rpc.sync import SyncRpc
-from harness.target import Target, TargetConfig
+from harness.session import TargetNeeds, TargetSession
+from harness.target import TargetConfig
 
 
 @pytest.fixture
 def sim(tmp_path: Path):
-    tgt = Target(LocalHost(), TargetConfig(kind="sim"), str(tmp_path), announce=lambda m: None)
-    tgt.start()
-    try:
-        with SyncRpc(tgt.host, tgt.sock_path) as rpc:
-            yield tgt, rpc
-    finally:
-        tgt.stop()
+    needs = TargetNeeds.of_run(BdevConfig(size_mib=64))
+    with TargetSession(LocalHost(), TargetConfig(kind="sim"), str(tmp_path), needs=needs,
+                       announce=lambda m: None) as session, SyncRpc(session.host, session.sock_path) as rpc:
+        yield session, rpc
 
 
 def _tree(rpc: SyncRpc, lvs: str) -> None:
@@ -52,8 +50,8 @@ def test_lvstore_teardown_deletes_children_first_and_leaves_nothing(sim, kind: s
 
 def test_teardown_reports_leaked_clusters(tmp_path: Path) -> None:
     cfg = TargetConfig(kind="sim", sim_fault="leak-cluster")
-    with Target(LocalHost(), cfg, str(tmp_path), announce=lambda m: None) as tgt, \
-            SyncRpc(tgt.host, tgt.sock_path) as rpc:
+    with TargetSession(LocalHost(), cfg, str(tmp_path), needs=TargetNeeds.of_run(BdevConfig(size_mib=64)),
+                       announce=lambda m: None) as tgt, SyncRpc(tgt.host, tgt.sock_path) as rpc:
         base = BaseBdev(tgt.host, BdevConfig(size_mib=64), str(tmp_path))
         lvs = Lvstore(LvstoreConfig(), base.create(rpc))
         lvs.create(rpc)

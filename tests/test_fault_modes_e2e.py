@@ -23,7 +23,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,13 @@ import pytest
 from harness.cli import main as cli_main
 from harness.config import RunConfig, load_config
 from harness.hosts.local import LocalHost
-from harness.report.crash import CrashReport
+from harness.minimize.operations import load_operations
+from harness.minimize.trial import needs_of
 from harness.rpc_rules.table import MUTATING_LVOL_METHODS
 from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
-from harness.target import Target
-from harness.watch.probe import version_probe
-from harness.watch.watchdog import Watchdog
+from harness.session import TargetSession
+from harness.watch.config import WatchConfig
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -78,7 +77,7 @@ def storm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                       cli={"target.kind": "sim", "target.sim_fault": mode, "target.sim_fault_after": FAULT_AFTER,
                            "storm.duration": 40, "minimize.enabled": False})
     outcome = StormRun(cfg, RunDir(run_dir), progress=False, announce=lambda m: None).execute()
-    assert outcome.exit_code == 3, outcome.summary["storm"]
+    assert outcome.exit_code == 3, outcome.summary.to_json()["storm"]
     [crash_dir] = outcome.crash_dirs
     crash = json.loads((crash_dir / "crash.json").read_text())
     return StormCrash(mode, run_dir, cfg, outcome, crash_dir, crash)
@@ -86,7 +85,7 @@ def storm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def test_each_fault_mode_ends_the_run_with_a_complete_crash_report(storm: StormCrash) -> None:
     mode, crash, crash_dir, outcome = storm.mode, storm.crash, storm.crash_dir, storm.outcome
-    assert outcome.summary["storm"]["stop_reason"] in ("crash", "connection_lost", "unresponsive")
+    assert outcome.summary.to_json()["storm"]["stop_reason"] in ("crash", "connection_lost", "unresponsive")
     assert re.search(MODES[mode], crash["title"]), crash["title"]
     assert list(outcome.crash_titles) == [crash["title"]]
     assert crash["last_operations"], "the operations before the crash belong in the report"
@@ -122,25 +121,21 @@ def _needs_every_counted_call(storm: StormCrash) -> None:
             f"only {counted}: no fresh target can reach it from them (see this module's docstring)")
 
 
-def _probe(sock: str) -> Callable[[], bool]:
-    """The hang probe a storm run uses: `spdk_get_version` on a connection of its own."""
-    return version_probe(LocalHost(), sock)
-
-
 def test_repro_py_crashes_a_fresh_faulty_target_with_the_same_title(storm: StormCrash, tmp_path: Path) -> None:
     _needs_every_counted_call(storm)
     host = LocalHost()
     fresh = load_config(str(storm.run_dir / "config.yaml"))  # the run's own target: same fault, same N
     assert (fresh.target.sim_fault, fresh.target.sim_fault_after) == (storm.mode, FAULT_AFTER)
-    target = Target(host, fresh.target, str(tmp_path / "t"), announce=lambda _m: None)
-    info = target.start()
-    assert target.process is not None
-    watchdog = Watchdog(host, pid=target.process.pid, log_path=target.log_path, process=target.process,
-                        probe=_probe(target.sock_path), hang_after_s=HANG_AFTER_S, probe_interval_s=0.5).start()
-    repro = subprocess.Popen([sys.executable, str(storm.crash_dir / "repro.py"), target.sock_path],
+    needs = needs_of(load_operations(storm.crash_dir / "last-operations.jsonl"))
+    session = TargetSession(host, fresh.target, str(tmp_path / "t"), needs=needs,
+                            watch=WatchConfig(hang_after_s=HANG_AFTER_S, probe_interval_s=0.5, core_dumps=False),
+                            announce=lambda _m: None, keep_evidence=False).start()
+    process = session.target.process
+    assert process is not None
+    repro = subprocess.Popen([sys.executable, str(storm.crash_dir / "repro.py"), session.sock_path],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        crashed = watchdog.wait(30)
+        crashed = session.wait_for_death(settle_s=30)
         deadline = time.monotonic() + 3
         while repro.poll() is None and time.monotonic() < deadline and storm.mode != "hang":
             time.sleep(0.05)
@@ -148,18 +143,16 @@ def test_repro_py_crashes_a_fresh_faulty_target_with_the_same_title(storm: Storm
             repro.kill()  # a hung target never answers the call in flight
         out = repro.communicate(timeout=10)[0]
         assert crashed, f"the reproducer left the fresh target alive:\n{out[-3000:]}"
-        evidence = watchdog.settle(5.0)
-        title = CrashReport.build(evidence, host, str(tmp_path), [], {**info.to_dict(), "pid": info.pid}).title
-        assert title == storm.crash["title"], out[-3000:]
+        report = session.crash_report(history_tail=[])
+        assert report is not None and report.title == storm.crash["title"], out[-3000:]
         if storm.mode != "hang":
             assert repro.returncode == 1 and "target closed the connection at operation" in out, out[-3000:]
-            assert target.process.wait(5) == EXIT_RC[storm.mode]
+            assert process.wait(5) == EXIT_RC[storm.mode]
     finally:
         if repro.poll() is None:
             repro.kill()
             repro.wait(5)
-        watchdog.stop()
-        target.stop()
+        session.close()
 
 
 def test_lvol_storm_replay_of_the_crash_operations_crashes_a_fresh_target_again(

@@ -100,7 +100,7 @@ def test_a_run_with_a_compressed_history_reports_replays_and_minimizes_from_it(
     assert outcome.exit_code == 3
     assert (run.path / "history.jsonl.zst").is_file() and not (run.path / "history.jsonl").exists()
     records = list(History.read(run.history))
-    assert records and len(records) == sum(outcome.summary["ops_by_method"].values())
+    assert records and len(records) == sum(outcome.summary.ops_by_method.values())
     assert "history.jsonl.zst" in (run.path / "report.html").read_text()  # the replay command names it
     [crash_dir] = outcome.crash_dirs
     assert read_crash(crash_dir)[1] == run.path / "history.jsonl.zst"

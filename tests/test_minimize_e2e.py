@@ -29,12 +29,14 @@ from harness.minimize.crash import minimize_crash
 from harness.minimize.operations import load_operations
 from harness.minimize.plan import plan_from_operations
 from harness.minimize.replayer import replay_plan
-from harness.report.crash import CrashReport
+from harness.minimize.trial import plan_needs
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcError
 from harness.rpc.sync import SyncRpc
-from harness.target import Target, TargetConfig
-from harness.watch.watchdog import Watchdog
+from harness.session import TargetNeeds, TargetSession
+from harness.spdk_memory import malloc_total_mib
+from harness.target import TargetConfig
+from harness.watch.config import WatchConfig
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -112,32 +114,26 @@ def make_crash(run_dir: Path) -> Path:
     host = LocalHost()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text("target:\n  kind: sim\n  sim_fault: forced-removal\n")
-    target = Target(host, SIM, str(run_dir / "t"), announce=lambda _m: None)
-    info = target.start()
-    assert target.process is not None
-    watchdog = Watchdog(host, pid=target.process.pid, log_path=target.log_path, process=target.process).start()
-    history = History(run_dir / "history.jsonl")
-    try:
-        with SyncRpc(host, target.sock_path, history=history) as rpc:
+    session = TargetSession(host, SIM, str(run_dir / "t"), needs=TargetNeeds(malloc_mib=malloc_total_mib([512])),
+                            watch=WatchConfig(core_dumps=False), evidence_dir=run_dir,
+                            history_path=run_dir / "history.jsonl", announce=lambda _m: None)
+    with session:
+        history = session.history
+        assert history is not None
+        with SyncRpc(host, session.sock_path, history=history) as rpc:
             rpc.call("bdev_malloc_create", name="Malloc0", num_blocks=512 * 256, block_size=4096)
             rpc.call("bdev_lvol_create_lvstore", bdev_name="Malloc0", lvs_name=LVS, cluster_sz=1 << 20)
 
         async def storm() -> None:
             stop = asyncio.Event()
-            await asyncio.gather(_crasher(host, target.sock_path, history, stop),
-                                 *(_noise(host, target.sock_path, history, w, stop) for w in (1, 2, 3)))
+            await asyncio.gather(_crasher(host, session.sock_path, history, stop),
+                                 *(_noise(host, session.sock_path, history, w, stop) for w in (1, 2, 3)))
 
         asyncio.run(storm())
-        assert watchdog.wait(10), "the reference target did not crash"
-        evidence = watchdog.settle(5)
-        history.flush()
-        report = CrashReport.build(evidence, host, run_dir, history.tail(),
-                                   {**info.to_dict(), "pid": info.pid})
-        return report.write(run_dir / "crashes")
-    finally:
-        history.close()
-        watchdog.stop()
-        target.stop()
+        assert session.wait_for_death(settle_s=10), "the reference target did not crash"
+        crash_dir = session.save_crash()
+        assert crash_dir is not None
+        return crash_dir
 
 
 @pytest.fixture(scope="module")
@@ -235,12 +231,9 @@ def test_grouped_replay_sends_the_recorded_overlaps_and_remaps_uuids(minimized: 
     plan = plan_from_operations(load_operations(history))
     assert plan.concurrent_steps > 0  # the noise workers pipelined
     host = LocalHost()
-    target = Target(host, SIM, str(crash_dir.parent.parent / "g"), announce=lambda _m: None)
-    target.start()
-    try:
-        outcome = asyncio.run(replay_plan(host, target.sock_path, plan, op_timeout_s=5))
-    finally:
-        target.stop()
+    with TargetSession(host, SIM, str(crash_dir.parent.parent / "g"), needs=plan_needs(plan),
+                       announce=lambda _m: None) as session:
+        outcome = asyncio.run(replay_plan(host, session.sock_path, plan, op_timeout_s=5))
     assert outcome.lost is not None  # the full history crashes the target too
     assert len(outcome.remap) > 10  # every create answered a new UUID, later calls used it
     # A snapshot that succeeded in the recording succeeds again, unless a call in flight with it named the same

@@ -20,6 +20,7 @@ from harness.rpc.framing import ReplyParser, encode_request
 from harness.rpc.sync import SyncRpc
 from harness.run import StormRun
 from harness.rundir import RunDir
+from harness.session import TargetNeeds, TargetSession
 from harness.target import Target, TargetConfig, find_spdk_tgt
 from tests.test_conformance import TRANSCRIPTS, Outcome, Replayer
 
@@ -75,15 +76,22 @@ class RealTargetReplayer(Replayer):
         return super().judge(method, request, expected, reply)
 
 
+def transcript_needs() -> TargetNeeds:
+    """The most hugepages any recording's malloc bdevs hold at once: what a fresh target must be given."""
+    calls = []
+    for path in TRANSCRIPTS.glob("*.json"):
+        steps = json.loads(path.read_text())["steps"]
+        calls.append(TargetNeeds.of_calls((s["request"].get("method"), s["request"].get("params"),
+                                           s["response"].get("result")) for s in steps if "request" in s))
+    return max(calls, key=lambda n: n.malloc_mib)
+
+
 @pytest.fixture
 def real_target(tmp_path: Path):
     binary = find_spdk_tgt(LocalHost(), os.environ.get("SPDK_TGT"))
-    tgt = Target(LocalHost(), TargetConfig(kind="spdk", spdk_tgt=binary, hugepages_mb=2048), str(tmp_path / "t"))
-    tgt.start()
-    try:
-        yield tgt
-    finally:
-        tgt.stop()
+    with TargetSession(LocalHost(), TargetConfig(kind="spdk", spdk_tgt=binary), str(tmp_path / "t"),
+                       needs=transcript_needs()) as session:
+        yield session.target
 
 
 def test_lifecycle_version_methods_and_clean_stop(real_target: Target) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.fleet import terraform_hosts, terraform_run_id
+from harness.nodes import terraform_hosts, terraform_run_id
 from tests.test_remote_fleet import LVOL_STORM, REPO, _free_octet, _wait_gone, needs_netns
 
 

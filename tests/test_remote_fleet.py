@@ -19,17 +19,17 @@ import pytest
 
 from harness.config import load_config
 from harness.errors import ConfigError
-from harness.fleet import (
-    FleetNode,
-    FleetRun,
-    hosts_as_nodes,
+from harness.fleet import FleetRun
+from harness.hosts.local import LocalHost
+from harness.nodes import (
+    Node,
+    host_nodes,
     node_config,
     overrides_for,
     parse_node_overrides,
     terraform_hosts,
     terraform_run_id,
 )
-from harness.hosts.local import LocalHost
 from harness.report.core import CORE_PATTERN, REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_node_config_layers_inventory_then_overrides_on_the_profile() -> None:
 def test_node_overrides_by_name_or_position_and_unknown_nodes_are_one_line() -> None:
     parsed = parse_node_overrides(["1:target.sim_fault=exit", "a:storm.depth=2", "a:storm.workers=1"])
     assert parsed == {"1": ["target.sim_fault=exit"], "a": ["storm.depth=2", "storm.workers=1"]}
-    assert overrides_for(parsed, ["a", "b"]) == [["storm.depth=2", "storm.workers=1"], ["target.sim_fault=exit"]]
+    assert overrides_for(parsed, ["a", "b"]) == [("storm.depth=2", "storm.workers=1"), ("target.sim_fault=exit",)]
     with pytest.raises(ConfigError, match=r"no node 'c'; nodes are a, b"):
         overrides_for({"c": ["x=1"]}, ["a", "b"])
     with pytest.raises(ConfigError, match="expected NODE:FIELD=VALUE"):
@@ -146,18 +146,17 @@ def test_fleet_of_local_nodes_merges_summaries_and_keeps_a_failed_node_apart(tmp
     counts both, per node and in total, and each node has a complete run directory of its own."""
     profile = load_config("smoke", overrides=["storm.duration=3s", "storm.workers=2", "minimize.enabled=false"],
                           cli={"target.kind": "sim"})
-    nodes = [FleetNode("good", LocalHost(), profile),
-             FleetNode("bad", LocalHost(), node_config(profile, overrides=["target.sim_fault=exit",
-                                                                              "target.sim_fault_after=2"]))]
+    nodes = [Node("good", given_host=LocalHost()),
+             Node("bad", given_host=LocalHost(), overrides=("target.sim_fault=exit", "target.sim_fault_after=2"))]
     lines: list[str] = []
     outcome = FleetRun(profile, tmp_path / "run", nodes, announce=lines.append).execute()
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert s == outcome.summary and s["fleet"] is True and set(s["nodes"]) == {"good", "bad"}
+    assert s == outcome.summary.to_json() and s["fleet"] is True and set(s["nodes"]) == {"good", "bad"}
     good, bad = s["nodes"]["good"], s["nodes"]["bad"]
     assert good["outcome"] == "clean" and good["ops"] > 20 and good["ops_per_s"] > 0, good
     assert bad["outcome"] == "crash" and bad["crashes"] == 1 and bad["crash_titles"][0]["count"] == 1, bad
     title = bad["crash_titles"][0]["title"]
-    assert s["crashes"] == [{"title": title, "count": 1, "nodes": {"bad": 1}}]
+    assert [(c["title"], c["count"], c["nodes"]) for c in s["crashes"]] == [(title, 1, {"bad": 1})]
     assert s["ops"] == good["ops"] + bad["ops"]
     assert sum(s["ops_by_method"].values()) >= s["ops"]
     assert s["errors_by_errno"].get("ECONNRESET", 0) == bad["errors_by_errno"].get("ECONNRESET", 0)
@@ -175,7 +174,7 @@ def test_one_stop_event_drains_every_node(tmp_path: Path) -> None:
     profile = load_config("smoke", overrides=["storm.duration=60s", "storm.workers=2", "minimize.enabled=false"],
                           cli={"target.kind": "sim"})
     stop = threading.Event()
-    run = FleetRun(profile, tmp_path / "run", [FleetNode(n, LocalHost(), profile) for n in ("n0", "n1")],
+    run = FleetRun(profile, tmp_path / "run", [Node(n, given_host=LocalHost()) for n in ("n0", "n1")],
                    stop_event=stop, announce=lambda _m: None)
     result: list[object] = []
     worker = threading.Thread(target=lambda: result.append(run.execute()), daemon=True)
@@ -219,7 +218,7 @@ def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_p
         with terraform_hosts("local", run_dir, nodes=2, keep=False,
                              tf_vars={"subnet_octet": _free_octet(0)}) as hosts:
             assert [h.is_local for h in hosts] == [False, False]
-            nodes = hosts_as_nodes(hosts, profile, {"1": ["target.sim_fault=abort-assert"]})
+            nodes = host_nodes(hosts, {"1": ["target.sim_fault=abort-assert"]})
             lines: list[str] = []
             with others:
                 outcome = FleetRun(profile, run_dir, nodes, run_id=fleet_id, announce=lines.append).execute()
@@ -234,7 +233,7 @@ def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_p
     assert bad["outcome"] == "crash" and bad["crashes"] == 1, bad
     title = bad["crash_titles"][0]["title"]
     assert title.startswith("SIGABRT: Assertion 'snapshot_entry->clone_count == 1' failed"), title
-    assert s["crashes"] == [{"title": title, "count": 1, "nodes": {faulty: 1}}]
+    assert [(c["title"], c["count"], c["nodes"]) for c in s["crashes"]] == [(title, 1, {faulty: 1})]
     assert outcome.exit_code == 3
     # the bundle is local and complete
     bundle = next((run_dir / faulty / "crashes").glob("001-*"))
@@ -271,13 +270,14 @@ def test_node_without_the_reference_target_is_a_one_line_node_error(tmp_path: Pa
     try:
         with terraform_hosts("local", run_dir, nodes=1, keep=False, tf_vars={"subnet_octet": _free_octet(30)}) as h:
             monkeypatch.setattr(sys, "executable", "/opt/nowhere/bin/python3")
-            outcome = FleetRun(profile, run_dir, hosts_as_nodes(h, profile), run_id=f"n{os.getpid()}",
+            outcome = FleetRun(profile, run_dir, host_nodes(h), run_id=f"n{os.getpid()}",
                                announce=lambda _m: None).execute()
             monkeypatch.undo()
     finally:
         left = _wait_gone(terraform_run_id(run_dir), f"/tmp/lvol-storm/n{os.getpid()}")
     assert not left, left
-    (name, error), = outcome.summary["errors"].items()
+    summary = outcome.summary.to_json()
+    (name, error), = summary["errors"].items()
     assert "/opt/nowhere/bin/python3 -m harness.sim" in error and "install lvol-storm on the node" in error, error
-    assert "\n" not in error and outcome.summary["nodes"][name]["outcome"] == "error"
+    assert "\n" not in error and summary["nodes"][name]["outcome"] == "error"
     assert outcome.exit_code == 4

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.fleet import terraform_run_id
+from harness.nodes import terraform_run_id
 from tests.test_remote_fleet import _free_octet, _leftovers, _wait_gone, needs_netns
 
 USES_NODES = textwrap.dedent("""
     import json, os
 
     def test_nodes(nodes):
-        out = {"names": [h.name for h in nodes], "local": [h.is_local for h in nodes],
-               "addrs": [h.run(["ip", "-o", "-4", "addr", "show"]).stdout for h in nodes]}
+        hosts = [n.host() for n in nodes]
+        out = {"names": [h.name for h in hosts], "local": [h.is_local for h in hosts],
+               "addrs": [h.run(["ip", "-o", "-4", "addr", "show"]).stdout for h in hosts]}
         with open(os.environ["NODES_OUT"], "w") as f:
             json.dump(out, f)
 """)

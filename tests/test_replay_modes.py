@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.cli import main as cli_main
-from harness.minimize import command
+from harness.minimize import replay as replay_module
 from harness.minimize.operations import Operation, execution_order
 from harness.minimize.plan import ReplayPlan
 from harness.minimize.search import TrialResult
@@ -64,7 +64,7 @@ class FakeTrials:
 @pytest.fixture
 def fake_trials(monkeypatch: pytest.MonkeyPatch) -> type[FakeTrials]:
     FakeTrials.made = []
-    monkeypatch.setattr(command, "TargetTrials", FakeTrials)
+    monkeypatch.setattr(replay_module, "TargetTrials", FakeTrials)
     return FakeTrials
 
 

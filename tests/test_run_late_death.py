@@ -44,6 +44,6 @@ def test_an_exit_the_watchdog_hears_of_after_the_storm_lost_the_target_is_a_cras
                                           "target.stop_timeout_s=2"],
                       cli={"target.kind": "sim", "target.sim_fault": "exit", "storm.duration": "20s"})
     outcome = StormRun(cfg, RunDir(tmp_path / "run"), progress=False, announce=lambda _m: None).execute()
-    assert outcome.summary["storm"]["stop_reason"] == "connection_lost"  # the storm saw it first
-    assert list(outcome.crash_titles) == ["exit: target exited 0 unexpectedly"], outcome.summary["storm"]
+    assert outcome.summary.to_json()["storm"]["stop_reason"] == "connection_lost"  # the storm saw it first
+    assert list(outcome.crash_titles) == ["exit: target exited 0 unexpectedly"], outcome.summary.to_json()["storm"]
     assert outcome.exit_code == 3 and len(outcome.crash_dirs) == 1

@@ -36,7 +36,8 @@ VERSION = {
 class FakeDispatcher:
     """Just enough of `harness.sim.methods.Dispatcher` to drive the server: version, echo, crash, log."""
 
-    def __init__(self, faults: str = "", seed: int | None = None, fault_after: int = 40) -> None:
+    def __init__(self, faults: str = "", seed: int | None = None, fault_after: int = 40,
+                 memory_mib: int | None = None) -> None:
         self.pending_log: list[str] = []
         self.calls = 0
 

@@ -37,7 +37,7 @@ def error_line(out: str) -> str:
     (["suites/soak", "--target", "auto"], "soak: needs a real spdk_tgt"),
     (["suites/regression", "--sim-fault", "forced-removal"], "--sim-fault only applies to the reference target: "
                                                              "add --target sim"),
-    (["suites/nightly"], "nightly: provisioning aws-sles needs AWS credentials: set AWS_ACCESS_KEY_ID"),
+    (["suites/nightly"], "nightly: --terraform aws-sles: needs AWS credentials: set AWS_ACCESS_KEY_ID"),
     (["suites/soak"], "soak: needs an inventory of lab machines: --inventory FILE"),
     (["suites/nightly", "--tf-var", "region"], "--tf-var region: expected NAME=VALUE"),
     (["suites/soak", "--inventory", "missing-lab.yaml"], "soak: --inventory: missing-lab.yaml does not exist"),

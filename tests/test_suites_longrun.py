@@ -20,7 +20,8 @@ import yaml
 from harness.config import load_config
 from harness.hosts.local import LocalHost
 from harness.known_issues import KnownIssues
-from harness.suite import LongRun, long_run_failure
+from harness.longrun import LongRun
+from harness.suite import long_run_failure
 
 REPO = Path(__file__).resolve().parent.parent
 EXIT_TITLE = "exit: target exited 0 unexpectedly"
@@ -59,13 +60,16 @@ def test_nightly_restarts_after_each_crash_and_a_known_xfail_passes(tmp_path: Pa
     assert summary["incarnations"] == len(incs) and summary["running"] is False
     crashed = [b for b in summary["breakdown"] if b["outcome"] == "crash"]
     assert crashed and summary["crash_counts"] == {EXIT_TITLE: len(crashed)}
-    assert summary["crashes"][0] == {"title": EXIT_TITLE, "count": len(crashed), "known": "sim-exit",
-                                     "policy": "xfail", "link": "https://example.invalid/sim-exit"}
+    first = summary["crashes"][0]
+    assert {k: first[k] for k in ("title", "count", "known", "policy", "link")} == {
+        "title": EXIT_TITLE, "count": len(crashed), "known": "sim-exit", "policy": "xfail",
+        "link": "https://example.invalid/sim-exit"}
+    assert first["nodes"] == {inc["name"]: 1 for inc in crashed}
     assert summary["known_issues"]["hits"] == {"sim-exit": len(crashed)}
     for inc in crashed:  # every incarnation has its own target, lvstore and crash bundle
         assert (node / inc["name"] / "crashes" / "index.json").exists()
         assert (node / inc["name"] / "target.log").exists()
-    assert summary["verdict"] == "pass" and summary["failing"] == []
+    assert summary["verdict"] == "crash" and summary["passed"] is True and summary["failing"] == []
     session = json.loads((run_dir / "summary.json").read_text())
     assert session["nodes"]["local"]["crashes"] == len(crashed)
     assert (run_dir / "report.html").exists() and (node / "report.html").exists()
@@ -103,9 +107,10 @@ def test_avoid_policy_stops_issuing_the_named_strategy_and_method(tmp_path: Path
     inc_cfg = yaml.safe_load((tmp_path / "run" / "inc-001" / "config.yaml").read_text())
     assert "busy-delete" not in inc_cfg["storm"]["strategies"]
     assert "bdev_lvol_resize" not in inc_cfg["storm"]["mix"]
-    ops = outcome.incarnations[0].summary["ops_by_method"]
+    assert outcome.incarnations[0].summary is not None
+    ops = outcome.incarnations[0].summary.ops_by_method
     assert "bdev_lvol_resize" not in ops and ops.get("bdev_lvol_create", 0) > 0
-    assert outcome.summary["known_issues"]["avoided"] == {"strategies": ["busy-delete"],
+    assert outcome.summary.to_json()["known_issues"]["avoided"] == {"strategies": ["busy-delete"],
                                                           "methods": ["bdev_lvol_resize"]}
 
 
@@ -146,10 +151,11 @@ def test_soak_runs_until_ctrl_c_with_a_rolling_report(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 0, (out + err)[-3000:]
     final = json.loads((node / "summary.json").read_text())
-    assert final["running"] is False and final["verdict"] == "pass" and final["incarnations"] == 1
+    assert final["running"] is False and final["verdict"] == "clean" and final["passed"] is True
+    assert final["incarnations"] == 1 and final["stopped_by"] == "interrupted"
     assert final["breakdown"][0]["ops"] > 0
     top = json.loads((run_dir / "summary.json").read_text())
-    assert top["running"] is False and top["exit_status"] == 0 and top["breakdown"][0]["outcome"] == "passed"
+    assert top["running"] is False and top["exit_status"] == 0 and top["breakdown"][0]["test_outcome"] == "passed"
     assert 'http-equiv="refresh"' not in (run_dir / "report.html").read_text()
     health = (node / "health.log").read_text().splitlines()
     assert sum(" soak [local] " in line and " ops " in line for line in health) >= 2, health
@@ -234,7 +240,7 @@ def test_nightly_on_two_terraform_nodes_one_xdist_worker_each(tmp_path: Path) ->
     # so findings (not crashes) are xfail here: a checker disagreement must not hide a broken plumbing.
     known = _known(tmp_path, "issues:\n  - id: any-finding\n    finding: '.'\n"
                              "    link: https://example.invalid/plumbing-test\n    policy: xfail\n")
-    proc = subprocess.run(_pytest("suites/nightly", "--terraform-module", "local", "--nodes", "2",
+    proc = subprocess.run(_pytest("suites/nightly", "--terraform", "local", "--nodes", "2",
                                   "--known-issues", str(known),
                                   "--tf-var", f"subnet_octet={_free_octet()}", "-n", "auto", "--target", "sim",
                                   "--bdev", "malloc", "--set", "storm.workers=2", "--duration", "5s",

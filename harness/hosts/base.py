@@ -14,7 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 from harness.errors import HostError
 
@@ -94,7 +94,7 @@ class LineStream:
 
     _EOF = object()
 
-    def __init__(self, reader: BinaryIO, name: str, on_close: object | None = None) -> None:
+    def __init__(self, reader: IO[bytes], name: str, on_close: object | None = None) -> None:
         self.name = name
         self._reader = reader
         self._on_close = on_close

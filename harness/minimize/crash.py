@@ -144,20 +144,6 @@ def operations_before_crash(history: Path, detected_at: float | None) -> list[Op
     return ops
 
 
-def target_from_run(crash_dir: Path) -> TargetConfig:
-    """The target section of the run's config.yaml (what the run drove), for the CLI."""
-    from harness.config import read_yaml
-
-    config_path = crash_dir.parent.parent / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"{crash_dir}: no {config_path}; pass the target with --target/--sim-fault")
-    section = read_yaml(config_path).get("target") or {}
-    try:
-        return TargetConfig.model_validate(section)
-    except Exception as exc:
-        raise ConfigError(f"{config_path}: target: {exc}") from exc
-
-
 def minimize_crash(
     crash_dir: str | os.PathLike[str],
     target_config: TargetConfig,

@@ -29,6 +29,7 @@ from harness.minimize.ddmin import Budget, BudgetExhausted, ddmin
 from harness.minimize.deps import Dependencies, ObjectLives, object_units
 from harness.minimize.operations import Operation, workers_of
 from harness.minimize.plan import Mode, ReplayPlan, Split, plan_for
+from harness.report.title import crash_key
 from harness.rpc_rules.table import READS
 
 Progress = Callable[[str], None]
@@ -62,7 +63,20 @@ RATELIMIT_PAUSE_S = 1.0
 """After a try whose fault line the kernel dropped: printk_ratelimit (5 s, burst 10) recovers in seconds."""
 SETUP_REFUSED = "replay not faithful"
 """The start of a try's title when the fresh target refused what the recording did not for reasons of this
-machine (`trial.environment_refusal`: ENOMEM from hugepages other jobs hold): the candidate never ran."""
+machine (`trial.environment_refusal`: ENOMEM from hugepages other jobs hold, a core another SPDK app claims, a
+target that did not start): the candidate never ran."""
+REFUSALS_BEFORE_STOP = 2
+"""Refused tries in a row that stop the search: one may be a passing squeeze (another job took the hugepages a
+moment), two say this machine cannot run the replay, and every further try would be refused the same way."""
+UNANIMOUS_BEFORE_ONE_TRY = 3
+"""Candidates whose every try agreed (all crashed, or none did) before one try decides a candidate: a crash
+that reproduces every time needs no k-of-n, and on a real target each try is a target start. The final rate
+runs still measure the reproducer's flakiness."""
+
+
+class EnvironmentRefused(BudgetExhausted):
+    """The fresh targets refuse what the recording did (a reason of this machine, not of the candidate): the
+    search stops at once and says why, keeping what it has."""
 _INDETERMINATE = ("no kernel line", "exit code unknown", SETUP_REFUSED)
 
 
@@ -73,23 +87,9 @@ def indeterminate(title: str) -> bool:
     return any(text in title for text in _INDETERMINATE)
 
 
-# harness.report.title names a libc string routine by its base name only when a core's backtrace gives the
-# frame ("SIGSEGV in memcpy (libc)"); a try without a core titles the same fault from addr2line with glibc's
-# per-CPU variant ("SIGSEGV in __memcpy_avx512_unaligned_erms (memmove-vec-unaligned-erms.S:372)"). Compared here
-# as one title, so a run with cores and tries without them agree.
-_LIBC_VARIANT = re.compile(
-    r"\b__(?P<base>memcpy|memmove|memset|memcmp|memchr|strlen|strnlen|strcmp|strncmp|strchr|strrchr|strcpy|stpcpy)"
-    r"_[a-z0-9_]+(?: \([^)]*\))?"
-)
-
-
 def title_key(title: str) -> str:
-    """What makes two titles the same crash: the title, with libc string-routine variants named alike."""
-    def base(m: re.Match[str]) -> str:
-        name = "memcpy" if m["base"] == "memmove" else m["base"]
-        return f"{name} (libc)"
-
-    return _LIBC_VARIANT.sub(base, title)
+    """What makes two titles the same crash (harness.report.title.crash_key: lines, offsets, libc variants)."""
+    return crash_key(title)
 
 
 def signal_of(title: str) -> str:
@@ -116,20 +116,25 @@ class Oracle:
         self.survived = 0
         self.candidates = 0
         self.indeterminate = 0
+        self.refused_in_a_row = 0
+        self.unanimous = 0
+        """Candidates decided so far whose every try agreed; once UNANIMOUS_BEFORE_ONE_TRY, one try decides."""
+        self.mixed = False
 
     def reproduces(self, plan: ReplayPlan, key: CandidateKey | None = None) -> bool:
         if key is not None and key in self.cache:
             return self.cache[key]
-        cfg = self.config
+        k, tries = self.k_of_n
         hits = misses = unsure = 0
         self.candidates += 1
-        while hits < cfg.k and misses <= cfg.tries - cfg.k:
+        while hits < k and misses <= tries - k:
             # As many at once as could still all be needed: k at first, fewer once some are in.
-            batch = max(1, min(cfg.parallel, cfg.k - hits, cfg.tries - hits - misses))
+            batch = max(1, min(self.config.parallel, k - hits, tries - hits - misses))
             self.budget.spend(batch)
             for result in run_many(self.runner, plan, batch):
+                self._refused(result)
                 verdict = self.verdict(result.title)
-                if verdict is None and unsure < cfg.tries:
+                if verdict is None and unsure < tries:
                     unsure += 1  # say nothing either way: run it again (bounded), after a pause
                     self.indeterminate += 1
                     time.sleep(RATELIMIT_PAUSE_S)
@@ -138,10 +143,33 @@ class Oracle:
                 else:
                     misses += 1
                     self._note(result)
-        ok = hits >= cfg.k
+        if hits and misses:
+            self.mixed = True
+        elif not self.mixed:
+            self.unanimous += 1
+        ok = hits >= k
         if key is not None:
             self.cache[key] = ok
         return ok
+
+    @property
+    def k_of_n(self) -> tuple[int, int]:
+        """The configured k of n, or 1 of 1 once the crash has shown itself deterministic (see
+        UNANIMOUS_BEFORE_ONE_TRY); a candidate with mixed results ends that for the rest of the search."""
+        if not self.mixed and self.unanimous >= UNANIMOUS_BEFORE_ONE_TRY:
+            return 1, 1
+        return self.config.k, self.config.tries
+
+    def _refused(self, result: TrialResult) -> None:
+        """Stop the search when fresh targets keep refusing the replay for reasons of this machine."""
+        if result.title is None or not result.title.startswith(SETUP_REFUSED):
+            self.refused_in_a_row = 0
+            return
+        self.refused_in_a_row += 1
+        if self.refused_in_a_row >= REFUSALS_BEFORE_STOP:
+            raise EnvironmentRefused(f"stopped after {self.refused_in_a_row} tries in a row the fresh target could "
+                                     f"not run as recorded ({result.title.removeprefix(SETUP_REFUSED + ': ')}): "
+                                     "a reason of this machine, not of the candidate")
 
     def verdict(self, got: str | None) -> bool | None:
         """Same crash? None when the try's evidence was too thin to tell (the kernel dropped its fault line)."""
@@ -176,6 +204,7 @@ class Oracle:
         while done < runs:
             batch = min(self.config.parallel, runs - done)
             for result in run_many(self.runner, plan, batch):
+                self._refused(result)
                 verdict = self.verdict(result.title)
                 if verdict is None and unsure < runs:
                     unsure += 1
@@ -240,8 +269,6 @@ def windows(total: int, first: int = 4096, factor: int = 4) -> list[int]:
 LOST_ERRNOS = frozenset({"ECONNRESET", "ETIMEDOUT"})
 """A call cut off by the death (or hung): its worker was in the middle of something when the target died."""
 MAX_SLICE_WORKERS = 8
-REPLAY_MODES: tuple[Mode, ...] = ("serial", "serial-sent", "grouped")
-"""The order a first reproduction is tried in: the plainest replay first."""
 
 NO_EFFECT_ERRNOS = frozenset({"ENODEV", "ENOENT", "EEXIST", "EPERM", "EINVAL", "ENOSPC"})
 """Refusals that change nothing in SPDK (checked before any change). Not EBUSY: the forced-removal bug answers
@@ -294,7 +321,6 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
 
     # 1. Reproduce at all, from the smallest tail window up.
     found: tuple[list[int], Mode] | None = None
-    mode: Mode
     stop_reason = "done"
     tries0, ts = budget.tries, time.monotonic()
     seen: set[frozenset[int]] = set()
@@ -334,9 +360,10 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
                     continue
                 seen.add(frozenset(candidate))
                 say(f"minimize: trying {label}{suffix} ({len(candidate)} operations with dependencies)")
-                for mode in REPLAY_MODES:
-                    if test(candidate, mode):
-                        found = (candidate, mode)
+                modes: tuple[Mode, ...] = ("serial", "serial-sent", "grouped")
+                for each in modes:
+                    if test(candidate, each):
+                        found = (candidate, each)
                         break
                 if found is not None:
                     break
@@ -437,7 +464,10 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
 
     final = plan(current, mode, dissolved, split)
     say(f"minimize: running the {len(final)}-operation reproducer {config.rate_runs} more times")
-    rate = oracle.rate(final, config.rate_runs)
+    try:
+        rate = oracle.rate(final, config.rate_runs)
+    except EnvironmentRefused as exc:
+        rate, stop_reason = (0, 0), f"{stop_reason}; rate not measured: {exc}"
     say(f"minimize: reproduction rate {rate[0]}/{rate[1]}")
     return SearchOutcome(True, final, len(order), phases, rate, dict(oracle.other_titles), budget.tries,
                          time.monotonic() - t0, stop_reason)

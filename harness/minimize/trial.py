@@ -8,31 +8,33 @@ second, so hundreds of tries fit a minimization budget.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import TargetError
-from harness.history import SETUP_WORKER, History
+from harness.history import SETUP_WORKER
 from harness.hosts.base import Host
 from harness.minimize.config import MinimizeConfig
+from harness.minimize.operations import Operation
 from harness.minimize.plan import ReplayPlan
 from harness.minimize.replayer import ReplayOutcome, replay_plan_sync
 from harness.minimize.search import SETUP_REFUSED, TrialResult
 from harness.report.core import CorePattern
-from harness.report.crash import CrashReport
 from harness.rpc.errors import RpcConnectError
-from harness.target import Target, TargetConfig
-from harness.watch.probe import version_probe
-from harness.watch.watchdog import Watchdog
+from harness.session import TargetNeeds, TargetSession
+from harness.target import TargetConfig
+from harness.watch.config import WatchConfig
 
 DEFAULT_HANG_AFTER_S = 30.0
 
@@ -48,6 +50,16 @@ def quiet_watchdogs() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(old)
+
+
+def needs_of(ops: Iterable[Operation]) -> TargetNeeds:
+    """The memory a fresh target must have to replay these calls: their malloc bdevs, as recorded."""
+    return TargetNeeds.of_calls((op.method, op.params, op.result if op.ok else None) for op in ops)
+
+
+def plan_needs(plan: ReplayPlan) -> TargetNeeds:
+    """What a try's fresh target needs for this candidate (a smaller candidate may need less)."""
+    return needs_of(plan.ops)
 
 
 def environment_refusal(outcome: ReplayOutcome) -> str | None:
@@ -87,6 +99,8 @@ class TargetTrials:
             work_root = (tempfile.mkdtemp(prefix="lvs-min-") if host.is_local
                          else f"/tmp/lvs-min-{os.getpid()}-{int(time.time() * 1000)}")
         self.work_root = work_root
+        self.evidence_root = Path(tempfile.mkdtemp(prefix="lvs-min-ev-")) if not host.is_local else Path(work_root)
+        """Where a try's report is staged (local: inside the try's own work dir); nothing there is kept."""
         self.cores = cores
         self.kernel_log = kernel_log
         self.hang_after_s = hang_after_s
@@ -96,47 +110,40 @@ class TargetTrials:
         self.last_outcome: ReplayOutcome | None = None
         self.last_target_log: str = ""
         self._lock = threading.Lock()
-        self._live: dict[int, Target] = {}
+        self._live: dict[int, TargetSession] = {}
         """Targets of tries in progress: `close()` kills any an interrupted search left behind."""
 
     def run(self, plan: ReplayPlan) -> TrialResult:
         n = self.count = next(self._count)
         work_dir = f"{self.work_root}/t{n}"
         t0 = time.monotonic()
-        target = Target(self.host, self.target_config, work_dir, announce=lambda _msg: None)
+        hist_path = self.history_path(n) if self.history_path else None
+        session = TargetSession(
+            self.host, self.target_config, work_dir, needs=plan_needs(plan),
+            watch=WatchConfig(kernel_log=self.kernel_log, hang_after_s=self.hang_after_s, core_dumps=False),
+            cores=self.cores if self.cores is not None else False, evidence_dir=self.evidence_root / f"t{n}",
+            history_path=hist_path, announce=lambda _msg: None, keep_evidence=False)
         with self._lock:
-            self._live[n] = target
-        watchdog: Watchdog | None = None
-        history: History | None = None
+            self._live[n] = session
         try:
-            target.start()
-            assert target.process is not None
-            info = target.info
-            watchdog = Watchdog(
-                self.host, pid=target.process.pid, log_path=target.log_path,
-                binary_paths=[info.binary] if info.binary else [], probe=self._probe(target),
-                hang_after_s=self.hang_after_s, kmsg=self.kernel_log, process=target.process,
-            ).start()
-            hist_path = self.history_path(n) if self.history_path else None
-            history = History(hist_path) if hist_path is not None else None
+            try:
+                session.start()
+            except TargetError as exc:  # a core another app claims, hugepages short: this machine, not the plan
+                first = str(exc).splitlines()[0]
+                return TrialResult(f"{SETUP_REFUSED}: the fresh target did not start: {first}",
+                                   time.monotonic() - t0, 0, first)
             title: str | None = None
             try:
-                outcome = replay_plan_sync(self.host, target.sock_path, plan, history=history,
-                                           op_timeout_s=self.config.op_timeout_s, crashed=watchdog.crashed)
+                outcome = replay_plan_sync(self.host, session.sock_path, plan, history=session.history,
+                                           op_timeout_s=self.config.op_timeout_s,
+                                           crashed=session.watchdog.crashed if session.watchdog else None)
             except RpcConnectError as exc:
                 outcome = ReplayOutcome(lost=str(exc))
             self.last_outcome = outcome
-            if not watchdog.crashed.is_set():
-                # A death may follow the last reply (or the target may be dying as it closed our socket).
-                watchdog.wait(self.config.settle_s if target.alive() else watchdog.death_grace_s + 1.0)
-            if watchdog.crashed.is_set():
-                evidence = watchdog.settle(5.0)
-                report = CrashReport.build(
-                    evidence, self.host, work_dir, [],
-                    {**info.to_dict(), "pid": info.pid, "executable": info.binary or None},
-                    cores=self.cores, binary_paths=[info.binary] if info.binary else [],
-                )
-                title = report.title
+            # A death may follow the last reply (or the target may be dying as it closed our socket).
+            if session.wait_for_death(lost_target=bool(outcome.lost), settle_s=self.config.settle_s):
+                report = session.crash_report(history_tail=[])
+                title = report.title if report is not None else None
             starved = environment_refusal(outcome)
             if starved is not None and title is None:
                 # The candidate never ran as recorded: this try says nothing either way (search.indeterminate).
@@ -147,35 +154,28 @@ class TargetTrials:
             return TrialResult(title, time.monotonic() - t0, len(outcome.answers), detail)
         finally:
             # Whatever failed above (a watchdog that could not start, an interrupt), the target goes.
-            if history is not None:
-                history.close()
-            if watchdog is not None:
-                watchdog.stop()
-            try:
-                target.stop()
-            except TargetError:
-                pass
+            with contextlib.suppress(TargetError):
+                session.close()
             with self._lock:
                 self._live.pop(n, None)
-            self.last_target_log = target.log_tail(30)
+            self.last_target_log = session.target.log_tail(30)
             self.host.run(["rm", "-rf", work_dir], timeout=30)
+            shutil.rmtree(self.evidence_root / f"t{n}", ignore_errors=True)
 
     def run_many(self, plan: ReplayPlan, count: int) -> list[TrialResult]:
         """`count` tries of `plan` at once, each on its own fresh target (the k of k-of-n in one round)."""
         with ThreadPoolExecutor(max_workers=count, thread_name_prefix="minimize-try") as pool:
             return list(pool.map(lambda _i: self.run(plan), range(count)))
 
-    def _probe(self, target: Target) -> Callable[[], bool]:
-        """The hang probe a storm run uses: `spdk_get_version` on a connection of its own."""
-        return version_probe(self.host, target.sock_path)
-
     def close(self) -> None:
         """Kill the targets of tries still running (an interrupt mid-try), then remove the work root."""
         with self._lock:
             live = list(self._live.values())
             self._live.clear()
-        for target in live:
-            if target.process is not None and target.process.poll() is None:
-                target.process.send_signal(signal.SIGKILL)
-                target.process.wait(5.0)
+        for session in live:
+            process = session.target.process
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait(5.0)
         self.host.run(["rm", "-rf", self.work_root], timeout=30)
+        shutil.rmtree(self.evidence_root, ignore_errors=True)

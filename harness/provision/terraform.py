@@ -224,9 +224,10 @@ class Terraform:
         logf.write("\n=== interrupted: sending SIGINT to terraform and waiting for it to save state\n")
         logf.flush()
         proc.send_signal(signal.SIGINT)
-        assert proc.stdout is not None
+        out = proc.stdout
+        assert out is not None
         drain = threading.Thread(target=lambda: logf.writelines(
-            raw.decode("utf-8", "replace") for raw in iter(proc.stdout.readline, b"")), daemon=True)
+            raw.decode("utf-8", "replace") for raw in iter(out.readline, b"")), daemon=True)
         drain.start()
         try:
             proc.wait(timeout=120)
@@ -296,14 +297,14 @@ class TerraformSession:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
-        sig = self._received
-        if sig is None:
+        received = self._received
+        if received is None:
             return
-        previous = signal.getsignal(sig)
+        previous = signal.getsignal(received)
         if callable(previous):
-            previous(sig, None)  # Python's default SIGINT handler raises KeyboardInterrupt here
+            previous(received, None)  # Python's default SIGINT handler raises KeyboardInterrupt here
         elif previous in (signal.SIG_DFL, None):
-            os.kill(os.getpid(), sig)
+            os.kill(os.getpid(), received)
 
     def _destroy(self) -> None:
         if self.keep:

@@ -19,7 +19,7 @@ from harness.report.backtrace import Backtrace, parse_gdb_backtrace
 from harness.report.core import CORE_PATTERN, CorePattern, compress_core, gdb_backtrace
 from harness.report.reproducer import SPDK_RPC_NOTE, last_operations, reproducer_script
 from harness.report.symbolize import Symbolization, locate_file, symbolize
-from harness.report.title import crash_title, primary_evidence, title_slug
+from harness.report.title import crash_key, crash_title, primary_evidence, title_slug
 from harness.watch.evidence import CrashEvidence, MapEntry
 from harness.watch.kmsg import UserFault
 
@@ -131,6 +131,7 @@ class CrashReport:
         primary = primary_evidence(self.evidence)
         out: dict[str, Any] = {
             "title": self.title,
+            "key": crash_key(self.title),
             "kind": primary.kind,
             "time": self.created,
             "detected_at": min(ev.t for ev in self.evidence),
@@ -173,7 +174,8 @@ class CrashReport:
         out = root / f"{number:03d}-{title_slug(self.title)}"
         out.mkdir(parents=True, exist_ok=False)
         data = self.to_json()
-        seen = index.get(self.title)
+        key = crash_key(self.title)
+        seen = next((entry for title, entry in index.items() if crash_key(title) == key), None)
         if seen is not None:
             data["duplicate_of"] = seen["dirs"][0]
         (out / "title.txt").write_text(self.title + "\n")
@@ -196,7 +198,7 @@ class CrashReport:
         repro.write_text(reproducer_script(self.operations, self.title))
         repro.chmod(0o755)
         (out / "crash.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-        entry = index.setdefault(self.title, {"count": 0, "dirs": []})
+        entry = index.setdefault(self.title, {"count": 0, "dirs": [], "key": key})
         entry["count"] += 1
         entry["dirs"].append(out.name)
         tmp = index_path.with_suffix(".tmp")

@@ -381,7 +381,7 @@ def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool
                        _td(b.get("ops", 0), num=True), _td(len(b.get("findings") or []), num=True),
                        _td("; ".join(f"{c['title']} x{c['count']}" for c in b.get("crashes") or []))]
                       for b in breakdown if isinstance(b, dict)]
-    nodes = summary.get("nodes") if isinstance(summary.get("nodes"), dict) else {}
+    nodes: dict[str, Any] = summary["nodes"] if isinstance(summary.get("nodes"), dict) else {}
     node_rows = [[_td(name), _td(v.get("tests", 0), num=True), _td(v.get("failed", 0), num=True),
                   _td(v.get("ops", 0), num=True), _td(v.get("crashes", 0), num=True)]
                  for name, v in sorted(nodes.items()) if isinstance(v, dict)]

@@ -4,6 +4,10 @@ Titles name the signal and the place (`SIGSEGV in spdk_lvol_destroy (lvol.c:1884
 message (`SIGABRT: malloc(): unsorted double linked list corrupted`), never pids, pointers or times.
 The reference target's segfaults are real reads that fault in libc; their place is the SPDK function its model
 crashed in (`SIGSEGV in spdk_lvol_destroy (reference target)`), taken from the line it logs just before.
+
+The title people read keeps the line (`(lvol.c:1884)`); `crash_key` drops what differs between builds of the
+same code (line numbers, offsets, addresses, glibc's per-CPU routine names, a hang's threshold), and the key
+decides deduplication, known issues and the minimizer's match: one bug found on two builds is one bug.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import signal as signal_module
 from harness.report.backtrace import Backtrace
 from harness.report.symbolize import Symbol
 from harness.watch.evidence import CrashEvidence
+
+OUTSIDE_SIGNALS = frozenset({"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"})
+KILLED_FROM_OUTSIDE = "target killed from outside"
 
 # Which evidence explains a crash best when several arrived (a fault line, then the exit it caused).
 _RANK = {"fault": 0, "abort": 1, "oom": 2, "exit-signal": 3, "hang": 4, "exit": 5}
@@ -135,13 +142,18 @@ def crash_title(
                 return f"{sig} in {where}"
             if sig == "SIGABRT":
                 return "SIGABRT: no message in the target log"
-            if sig in {"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"}:
-                return f"{sig}: target killed from outside"
+            if sig in OUTSIDE_SIGNALS:
+                return f"{sig}: {KILLED_FROM_OUTSIDE}"
             return f"{sig}: no kernel line (kernel log unavailable or ratelimited)"
         return f"exit: target exited {ev.exit_rc} unexpectedly"
     if ev.kind == "exit":
         return "exit: target exited unexpectedly (exit code unknown)"
     return f"{ev.kind}: {ev.summary}"
+
+
+def killed_from_outside(title: str) -> bool:
+    """A death someone else caused (SIGKILL by an operator, the OOM killer's sibling): no bug to minimize."""
+    return title.endswith(KILLED_FROM_OUTSIDE)
 
 
 _SLUG = re.compile(r"[^A-Za-z0-9_.+-]+")
@@ -150,3 +162,30 @@ _SLUG = re.compile(r"[^A-Za-z0-9_.+-]+")
 def title_slug(title: str, limit: int = 80) -> str:
     """A directory name for a title: `SIGSEGV-in-spdk_lvol_destroy-lvol.c-1884`."""
     return _SLUG.sub("-", title).strip("-")[:limit] or "crash"
+
+
+def _libc_base(m: re.Match[str]) -> str:
+    return f"{'memcpy' if m['base'] == 'memmove' else m['base']} (libc)"
+
+
+KEY_RULES: tuple[tuple[re.Pattern[str], str | object, str], ...] = (
+    (re.compile(r"\b__(?P<base>memcpy|memmove|memset|memcmp|memchr|strlen|strnlen|strcmp|strncmp|strchr|strrchr|"
+                r"strcpy|stpcpy)_[a-z0-9_]+(?: \([^)]*\))?"), _libc_base,
+     "glibc's per-CPU variant of a string routine (a try without a core names it; a backtrace names the base)"),
+    (re.compile(r"\((?:[\w.+-]+/)*([\w.+-]+\.(?:c|h|cc|cpp|S|s)):\d+\)"), r"(\1)",
+     "a source line (and the path gdb or addr2line printed): the same function's bug moves with every patch"),
+    (re.compile(r"\b([\w.+-]+\.(?:c|h|cc|cpp)):\s*\d+:"), r"\1:", "an assertion's `file.c:1234:` prefix"),
+    (re.compile(r"\+0x[0-9a-fA-F]+\b"), "+OFFSET", "an offset into a binary or library (`spdk_tgt+0x4de88`)"),
+    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "ADDR", "an address"),
+    (re.compile(r"\.so(?:\.\d+)+\b"), ".so", "a library's version suffix (`libspdk_lvol.so.10.0`)"),
+    (re.compile(r"^(hang: no RPC reply for )\d+(?:\.\d+)? s$"), r"\1N s", "the hang threshold the run chose"),
+)
+"""How a title becomes its key, syzkaller's way: substitutions as data, each with why."""
+
+
+def crash_key(title: str) -> str:
+    """What makes two titles the same bug (see the module docstring); the title itself stays as it was."""
+    key = title
+    for pattern, replacement, _why in KEY_RULES:
+        key = pattern.sub(replacement, key)  # type: ignore[arg-type]
+    return key

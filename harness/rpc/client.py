@@ -275,7 +275,7 @@ class RpcConnection(asyncio.Protocol):
         pending = self._pending
         for msg in messages:
             try:
-                fut = pending.pop(msg.get("id"), None) if type(msg) is dict else None
+                fut = pending.pop(msg.get("id"), None) if type(msg) is dict else None  # type: ignore[arg-type]
             except TypeError:  # an unhashable id: not one of ours
                 fut = None
             if fut is None:

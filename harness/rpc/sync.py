@@ -137,11 +137,11 @@ class SyncRpc:
             raise
         if "error" in reply:
             err = reply["error"]
-            refusal = (RpcError(method, err.get("code"), str(err.get("message", ""))) if isinstance(err, dict)
+            refused = (RpcError(method, err.get("code"), str(err.get("message", ""))) if isinstance(err, dict)
                        else RpcError(method, None, str(err)))
             if history is not None:
-                history.record(self.worker, self.conn, method, params, t_start, t_end, error=refusal, seq=seq)
-            raise refusal
+                history.record(self.worker, self.conn, method, params, t_start, t_end, error=refused, seq=seq)
+            raise refused
         result = reply.get("result")
         if history is not None:
             history.record(self.worker, self.conn, method, params, t_start, t_end, result=result, seq=seq)

@@ -1,7 +1,7 @@
 """`spdk-sim`: start the reference target with spdk_tgt's flags, so the same Target code starts either.
 
 `-r/--rpc-socket`, `-m`, `-s`, `--no-pci`, `--huge-dir`, `--no-huge` and `-L` are spdk_tgt's and are
-accepted (only the socket and the core mask mean anything here); `--fault`, `--fault-after`, `--seed`,
+accepted (the socket, the core mask and the memory size mean something here); `--fault`, `--fault-after`, `--seed`,
 `--latency-ms`, `--latency-jitter-ms` and `--poll-interval-ms` shape the model and its timing.
 Bad flags are one line on stderr and exit status 2.
 """
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
+from harness.sim.faults import FAULT_MODES, parse_faults
+from harness.sim.methods import Dispatcher
 from harness.sim.server import (
     ListenError,
     RpcServer,
@@ -22,6 +25,7 @@ from harness.sim.server import (
     spdk_log_line,
     startup_lines,
 )
+from harness.spdk_memory import SPDK_BASE_MIB, START_WITHOUT_MEMORY_ABORT, START_WITHOUT_MEMORY_LOG
 
 DEFAULT_SOCKET = "/var/tmp/spdk.sock"
 
@@ -68,18 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"RPC listen address, a Unix socket path (default {DEFAULT_SOCKET})")
     spdk.add_argument("-m", "--cpumask", default="0x1", metavar="MASK",
                       help="core mask (0x1, [0,1]); the reactor reports its first core")
-    spdk.add_argument("-s", "--mem-size", metavar="MB", help="ignored (memory size)")
+    spdk.add_argument("-s", "--mem-size", metavar="MB", type=_mem_size,
+                      help="hugepage memory this target may use, SPDK's own share included (the harness passes "
+                           "what it reserved); a malloc bdev beyond it is ENOMEM, and below SPDK's own share "
+                           f"({SPDK_BASE_MIB} MiB) start-up fails, as spdk_tgt's does. Default: unlimited")
     spdk.add_argument("--no-pci", action="store_true", help="ignored")
     spdk.add_argument("--huge-dir", metavar="DIR", help="ignored (no hugepages are used)")
     spdk.add_argument("--no-huge", action="store_true", help="ignored")
     spdk.add_argument("-L", "--logflag", action="append", default=[], metavar="FLAG", help="ignored")
     sim = parser.add_argument_group("reference target")
-    try:
-        from harness.sim.faults import FAULT_MODES
-
-        modes = ", ".join(sorted(FAULT_MODES))
-    except ImportError:
-        modes = "see harness/sim/faults.py"
+    modes = ", ".join(sorted(FAULT_MODES))
     sim.add_argument("--fault", default="", metavar="MODE[,MODE]",
                      help=f"fault modes to inject ({modes}; 'none' for a healthy target)")
     sim.add_argument("--fault-after", type=_positive_int, default=40, metavar="N",
@@ -99,11 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _real_dispatcher(faults: str, seed: int | None, fault_after: int) -> object:
-    from harness.sim.faults import parse_faults
-    from harness.sim.methods import Dispatcher
+def _mem_size(text: str) -> int:
+    """spdk_tgt's `-s`: MiB, or with a K/M/G suffix (spdk_parse_capacity)."""
+    units = {"": 1, "M": 1, "MB": 1, "G": 1024, "GB": 1024}
+    number = text.rstrip("KMGBkmgb")
+    unit = text[len(number):].upper()
+    if unit in ("K", "KB") and number.isdigit():
+        return max(1, -(-int(number) // 1024))
+    if not number.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"expected a size in MiB (e.g. 2048 or 2G), got {text!r}")
+    return int(number) * units[unit]
 
-    return Dispatcher(faults=parse_faults(faults), seed=seed, fault_after=fault_after)
+
+def _real_dispatcher(faults: str, seed: int | None, fault_after: int, memory_mib: int | None) -> object:
+    return Dispatcher(faults=parse_faults(faults), seed=seed, fault_after=fault_after, memory_mib=memory_mib)
+
+
+def _fail_start_without_memory(out: TextIO, memory_mib: int) -> int:
+    """What spdk_tgt prints when the hugepages cannot hold its own pools (measured, spdk_memory), then its
+    abort; no core (the harness would take it for a crash of the storm, and it is a start-up failure)."""
+    for line in (f"spdk-sim: -s {memory_mib}: SPDK's own pools need {SPDK_BASE_MIB} MiB",
+                 *START_WITHOUT_MEMORY_LOG):
+        out.write(spdk_log_line(line) + "\n")
+    out.flush()
+    sys.stderr.write(START_WITHOUT_MEMORY_ABORT + "\n")
+    sys.stderr.flush()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.abort()
 
 
 def main(argv: Sequence[str] | None = None, dispatcher_factory: DispatcherFactory | None = None) -> int:
@@ -120,7 +144,8 @@ def main(argv: Sequence[str] | None = None, dispatcher_factory: DispatcherFactor
         parser.error(f"-m/--cpumask: {args.cpumask!r} is not a core mask: use e.g. 0x1 or [0,1]")
     factory = dispatcher_factory or _real_dispatcher
     try:
-        dispatcher = factory(faults=args.fault, seed=args.seed, fault_after=args.fault_after)
+        dispatcher = factory(faults=args.fault, seed=args.seed, fault_after=args.fault_after,
+                             memory_mib=args.mem_size)
     except ValueError as exc:  # parse_faults: an unknown fault mode
         sys.stderr.write(f"spdk-sim: --fault {args.fault}: {exc}\n")
         return 2
@@ -130,6 +155,8 @@ def main(argv: Sequence[str] | None = None, dispatcher_factory: DispatcherFactor
     for line in startup_lines(args.cpumask, args_list, os.getpid()):
         out.write((line if line.startswith("***") else spdk_log_line(line)) + "\n")
     out.flush()
+    if args.mem_size is not None and args.mem_size < SPDK_BASE_MIB:
+        return _fail_start_without_memory(out, args.mem_size)
     server = RpcServer(
         args.rpc_socket,
         dispatcher,  # type: ignore[arg-type]

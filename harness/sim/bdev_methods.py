@@ -17,6 +17,7 @@ from harness.sim.protocol import fault as _fault  # the handlers below were move
 from harness.sim.protocol import no_device as _no_device
 from harness.sim.shapes import base_bdev_json, lvol_bdev_json
 from harness.sim.state import TargetState
+from harness.spdk_memory import MALLOC_ENOMEM_LOG, SPDK_BASE_MIB, malloc_cost_mib
 
 
 class BdevMethods(TargetState):
@@ -36,10 +37,16 @@ class BdevMethods(TargetState):
         assert isinstance(name, str)
         if not name or self._name_taken(name):
             raise _fault(errno.EEXIST)
+        cost = malloc_cost_mib(block_size * num_blocks)
+        if self.memory_mib is not None and \
+                SPDK_BASE_MIB + sum(self._malloc_mib.values()) + cost > self.memory_mib:
+            self._log.append(MALLOC_ENOMEM_LOG)  # spdk_zmalloc found no hugepages for the buffer
+            raise _fault(errno.ENOMEM)
         self._malloc_count += 1
         uuid = str(p["uuid"]) if p["uuid"] is not None else self._new_uuid()
         self.bdevs[name] = BaseBdev(name=name, uuid=uuid, driver="malloc", block_size=block_size,
                                     num_blocks=num_blocks, creation_time=self._now())
+        self._malloc_mib[name] = cost
         return name
 
     def _delete_base(self, name: str, driver: str) -> object:
@@ -57,6 +64,7 @@ class BdevMethods(TargetState):
                 self._on_disk[bdev.filename] = (store, self._layouts[store.uuid])
             self._drop_store(store)  # hot remove: the lvstore is unloaded
         del self.bdevs[name]
+        self._malloc_mib.pop(name, None)
         return True
 
     def _examine(self, bdev: BaseBdev) -> None:

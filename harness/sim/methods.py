@@ -45,13 +45,14 @@ SERVER_METHODS = frozenset({"spdk_kill_instance"})
 class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
     """One reference target's state and its RPC methods (see the module docstring)."""
 
-    def __init__(self, faults: frozenset[str] = frozenset(), seed: int | None = None, fault_after: int = 40) -> None:
+    def __init__(self, faults: frozenset[str] = frozenset(), seed: int | None = None, fault_after: int = 40,
+                 memory_mib: int | None = None) -> None:
         unknown = set(faults) - set(fm.FAULT_MODES)
         if unknown:
             raise ValueError(f"unknown fault modes {sorted(unknown)}; valid: {sorted(fm.FAULT_MODES)}")
         if fault_after < 1:
             raise ValueError(f"fault_after must be >= 1, got {fault_after}")
-        super().__init__(faults, seed)
+        super().__init__(faults, seed, memory_mib)
         self.fault_after = fault_after
         self._mutations = 0
         # A row served from the model goes to the generic handler; the others to this target's own `_m_<method>`.

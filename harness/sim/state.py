@@ -38,8 +38,14 @@ class ShallowCopy:
 class TargetState:
     """One reference target's state (see the module docstring)."""
 
-    def __init__(self, faults: frozenset[str] = frozenset(), seed: int | None = None) -> None:
+    def __init__(self, faults: frozenset[str] = frozenset(), seed: int | None = None,
+                 memory_mib: int | None = None) -> None:
         self.faults = frozenset(faults)
+        self.memory_mib = memory_mib
+        """Hugepage memory this target may use (`-s`: what the harness reserved for it), SPDK's own share
+        included; None: unlimited. spdk_tgt can grow into any free hugepage, this target only into this."""
+        self._malloc_mib: dict[str, int] = {}
+        """Hugepage MiB each malloc bdev holds (spdk_memory.malloc_cost_mib)."""
         self._rng = random.Random(seed) if seed is not None else None
         self._tick_per_call = True
         """Until a server calls start_poll(): every call is its own poll (the in-process conformance replay)."""

@@ -16,6 +16,12 @@ from harness.rpc_rules.table import RULES
 from harness.storm.operations import KNOWN_METHODS
 from harness.storm.strategies import STRATEGIES
 
+MIB = 1024 * 1024
+BUSY_MIN_CLUSTERS = 96
+"""A busy snapshot's least size: its job must outlast the call behind it (the reference target advances a job
+64 clusters per call; spdk_tgt reads 96 MiB for tens of milliseconds)."""
+BUSY_MAX_MIB = 256
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -161,3 +167,16 @@ def check_against_capabilities(cfg: StormConfig, capabilities: set[str]) -> list
     if not capabilities:
         return []
     return sorted(m for m, w in cfg.mix.items() if w > 0 and m not in capabilities)
+
+
+def copy_destination_mib(cfg: StormConfig, cluster_size: int) -> int:
+    """The malloc bdev the storm makes as its shallow copies' destination (0: it makes none): as large as the
+    largest mix lvol and, for busy-delete, as a busy snapshot of BUSY_MIN_CLUSTERS (a smaller destination
+    fails the copy at once: never busy). The target session reserves its hugepages before the target starts."""
+    wants_copy = cfg.mix.get("bdev_lvol_start_shallow_copy", 0) > 0 or "busy-delete" in cfg.strategies
+    if not wants_copy:
+        return 0
+    hi = cfg.lvol_size_mib[1]
+    if "busy-delete" in cfg.strategies:
+        hi = max(hi, min(BUSY_MAX_MIB, -(-BUSY_MIN_CLUSTERS * cluster_size // MIB)))
+    return hi

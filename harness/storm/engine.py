@@ -27,9 +27,15 @@ from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
 from harness.rpc_rules.table import COPY_DST
 from harness.storm.checker import Checker, Finding, LvstoreInfo
-from harness.storm.config import StormConfig, check_against_capabilities, check_against_lvstore
+from harness.storm.config import (
+    MIB,
+    StormConfig,
+    check_against_capabilities,
+    check_against_lvstore,
+    copy_destination_mib,
+)
 from harness.storm.control import Stopping, Worker
-from harness.storm.episodes import BUSY_MAX_MIB, BUSY_MIN_CLUSTERS, MIB, Episode
+from harness.storm.episodes import Episode
 from harness.storm.operations import Op
 from harness.storm.progress import Progress
 from harness.storm.result import StormResult
@@ -159,9 +165,7 @@ class Storm:
         """The shallow copies' destination: as large as the largest mix lvol and, for busy-delete, as a busy
         snapshot of BUSY_MIN_CLUSTERS (a smaller destination fails the copy at once: never busy)."""
         assert self.setup_conn is not None
-        hi = self.cfg.lvol_size_mib[1]
-        if "busy-delete" in self.cfg.strategies:
-            hi = max(hi, min(BUSY_MAX_MIB, -(-BUSY_MIN_CLUSTERS * self.lvs.cluster_size // MIB)))
+        hi = copy_destination_mib(self.cfg, self.lvs.cluster_size) or self.cfg.lvol_size_mib[1]
         block = self.lvs.block_size or 4096
         try:
             self.copy_dst = await self.setup_conn.call("bdev_malloc_create", {

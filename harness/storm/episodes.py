@@ -15,15 +15,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from harness.storm.config import BUSY_MAX_MIB, BUSY_MIN_CLUSTERS, MIB
 from harness.storm.control import Stopping, StormControl, Worker
 from harness.storm.lvstore_cycles import recreate_lvstore, reload_lvstore
 from harness.storm.operations import OPTIONAL_METHODS, Op
 
-MIB = 1024 * 1024
-BUSY_MIN_CLUSTERS = 96
-"""A busy snapshot's least size: its job must outlast the call behind it (the reference target advances a job
-64 clusters per call; spdk_tgt reads 96 MiB for tens of milliseconds)."""
-BUSY_MAX_MIB = 256
 SPACE_WAIT_S = 2.0
 SPACE_TRIES = 40
 SPACE_REREAD_S = 0.1

@@ -170,7 +170,8 @@ class KernelLogWatch:
     def _run_fd(self, fd: int) -> None:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        if self._wake_r is not None:
+            poller.register(self._wake_r, select.POLLIN)
         while not self._stop.is_set():
             if not poller.poll(5000):
                 continue

@@ -191,7 +191,7 @@ def parse_fault(record: KernelRecord | str) -> UserFault | None:
     if rec is None:
         return None
     msg = rec.message.strip()
-    common = {"kmsg_seq": rec.seq, "kmsg_usec": rec.usec, "message": msg}
+    common: dict[str, Any] = {"kmsg_seq": rec.seq, "kmsg_usec": rec.usec, "message": msg}
     m = _SEGFAULT.match(msg)
     if m:
         error = int(m["error"], 16)

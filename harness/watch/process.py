@@ -86,9 +86,10 @@ class ProcessWatch:
 
     def _wait_exit_once(self, timeout: float) -> bool:
         """Block up to `timeout` s; True once the process has ended."""
-        if self._pidfd is not None:
-            ready, _, _ = select.select([self._pidfd, self._wake_r], [], [], timeout)
-            return self._pidfd in ready
+        pidfd, wake = self._pidfd, self._wake_r
+        if pidfd is not None and wake is not None:
+            ready, _, _ = select.select([pidfd, wake], [], [], timeout)
+            return pidfd in ready
         if self._stream is not None:
             line = self._stream.get(timeout=timeout)
             return line == "exited" or self._stream.eof
