@@ -184,3 +184,15 @@ def test_an_lvol_made_from_a_tainted_one_is_judged_leniently_too() -> None:
     _do(c, "bdev_get_bdevs", result=[{"driver_specific": {"lvol": {"snapshot": True, "clone": False,
                                                                   "base_snapshot": None, "clones": []}}}], name=fresh)
     assert [f.kind for f in c.findings] == ["wrong-links"]  # an untainted lvol is still judged exactly
+
+
+def test_fragmaps_are_judged_against_the_model() -> None:
+    c = _checker()
+    a = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="a", size_in_mib=4).result  # thick: 4 clusters
+    whole = {"cluster_size": 1 << 20, "num_clusters": 4, "num_allocated_clusters": 4, "fragmap": "Dw=="}
+    _do(c, "bdev_lvol_get_fragmap", result=whole, name=a)
+    _do(c, "bdev_lvol_get_fragmap", result=whole, name=a, offset=1 << 20)  # to 1 + 4 clusters: all 4 set
+    _do(c, "bdev_lvol_get_fragmap", errno_name="EINVAL", name=a, offset=4 << 20)  # a seek at the end
+    assert c.findings == []
+    _do(c, "bdev_lvol_get_fragmap", result={**whole, "num_allocated_clusters": 3, "fragmap": "Bw=="}, name=a)
+    assert [f.kind for f in c.findings] == ["wrong-fragmap"]

@@ -107,6 +107,11 @@ RULES: tuple[Rule, ...] = (
     Rule("bdev_lvol_get_fragmap",
          (_lvol("name", required=False), Param("offset", "uint64", False), Param("size", "uint64", False)),
          availability="longhorn", served="model", model=Transition("get_fragmap", ("name", "offset", "size")),
+         judge=Judge("wrong-fragmap"),
+         # The whole lvol, or from an offset with size 0 (to offset + the lvol's size: past its end, SPDK's
+         # corner); an offset that is no whole number of clusters, or at the end, is -EINVAL, judged too.
+         storm=StormUse(2, lambda d: {"name": d.target("any"),
+                                      **({"offset": d.size_mib // 4 << 20} if d.u_extra >= 0.6 else {})}),
          why="a bit map of the lvol's own allocated clusters (seek_data/seek_hole over [offset, offset+size))"),
     Rule("bdev_lvol_set_parent_bdev", (_lvol("lvol_name"), Param("parent_name", role="bdev")), effect="lvol",
          availability="newer-upstream", served="no",
