@@ -9,6 +9,7 @@ are SPDK's decoder tables, in their order. Adding an RPC: one row here, plus its
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 from harness.rpc_rules.rule import (
@@ -57,7 +58,9 @@ def _lvol(name: str, **kw: Any) -> Param:
     return Param(name, role="lvol", **kw)
 
 
-def _name_of(kind: str) -> Any:
+def _name_of(kind: str) -> Callable[[Draw], dict[str, Any]]:
+    """An argument builder aiming the row's `name` param at a live lvol of `kind`."""
+
     def args(d: Draw) -> dict[str, Any]:
         return {"name": d.target(kind)}
 
