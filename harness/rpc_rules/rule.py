@@ -80,10 +80,19 @@ class Transition:
     method: str
     args: tuple[str, ...] = ()
 
+    def kwargs(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The call's keyword arguments from `values` (the params, resolved), None ones left out."""
+        out = {}
+        for a in self.args:  # a loop, not a comprehension: no frame of its own per call (a hot path)
+            v = values.get(a)
+            if v is not None:
+                out[a] = v
+        return out
+
     def run(self, store: Any, values: Mapping[str, Any]) -> Any:
-        """`store.<method>(**args)`; ModelError / ModelCrash pass through to the caller."""
-        kwargs = {a: v for a in self.args if (v := values.get(a)) is not None}
-        return getattr(store, self.method)(**kwargs)
+        """`store.<method>(**args)`; ModelError / ModelCrash pass through to the caller. (Hot callers look the
+        LvolStore function up once and call it with `kwargs(values)`.)"""
+        return getattr(store, self.method)(**self.kwargs(values))
 
 
 @dataclass(frozen=True, slots=True)

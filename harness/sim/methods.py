@@ -34,7 +34,7 @@ from harness.rpc_rules.table import BY_METHOD, MUTATING_LVOL_METHODS
 from harness.sim import faults as fm
 from harness.sim.bdev_methods import BdevMethods
 from harness.sim.framework_methods import ALIASES, METHODS, FrameworkMethods
-from harness.sim.lvol_methods import LvolMethods
+from harness.sim.lvol_methods import PLANS, LvolMethods
 from harness.sim.lvstore_methods import LvstoreMethods
 from harness.sim.protocol import ERROR_METHOD_NOT_FOUND, RpcFault, SimulatedCrash
 
@@ -57,7 +57,7 @@ class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
         self._mutations = 0
         # A row served from the model goes to the generic handler; the others to this target's own `_m_<method>`.
         self._handlers: dict[str, Callable[[object], object]] = {
-            name: (partial(self._serve_from_model, BY_METHOD[name]) if BY_METHOD[name].served == "model"
+            name: (partial(self._serve_from_model, PLANS[name]) if BY_METHOD[name].served == "model"
                    else getattr(self, "_m_" + name))
             for name in METHODS if name not in SERVER_METHODS
         }

@@ -80,14 +80,19 @@ class TargetState:
         """Run a model operation; a refusal becomes SPDK's reply (`-errno` for `sync` errnos, else `code`)."""
         try:
             return fn()
-        except ModelError as exc:
-            if exc.forced_removal:
-                # bs_is_blob_deletable's line only when the blob itself was open; the other two always.
-                lines = fm.FORCED_REMOVAL_LOG_LINES
-                self._log.extend(lines if exc.cause == "open" else lines[1:])
-            raise fault(exc.errno, None if (code is None or exc.errno in sync) else code) from None
-        except ModelCrash as exc:
+        except (ModelError, ModelCrash) as exc:
+            self._model_failed(exc, code, sync)
+
+    def _model_failed(self, exc: ModelError | ModelCrash, code: int | None, sync: frozenset[int]) -> NoReturn:
+        """A model refusal as SPDK's error reply (with the log lines a forced removal prints), or the death a
+        model crash means."""
+        if isinstance(exc, ModelCrash):
             self._die(self._crash_for(exc))
+        if exc.forced_removal:
+            # bs_is_blob_deletable's line only when the blob itself was open; the other two always.
+            lines = fm.FORCED_REMOVAL_LOG_LINES
+            self._log.extend(lines if exc.cause == "open" else lines[1:])
+        raise fault(exc.errno, None if (code is None or exc.errno in sync) else code) from None
 
     @staticmethod
     def _crash_for(exc: ModelCrash) -> SimulatedCrash:

@@ -28,6 +28,19 @@ class BusyWindows:
         if len(self._until) > self._sweep_at:
             self._sweep(now)
 
+    def any_busy(self, keys: tuple[str, ...], now: float) -> bool:
+        """Is any of `keys` inside a window? (Passed windows of these keys are forgotten on the way.)"""
+        until = self._until
+        found = False
+        for k in keys:
+            t = until.get(k)
+            if t is not None:
+                if t > now:
+                    found = True
+                else:
+                    del until[k]
+        return found
+
     def busy(self, key: str, now: float) -> bool:
         """Is `key` inside a window? (A passed window is forgotten on the way.)"""
         until = self._until.get(key)

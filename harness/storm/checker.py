@@ -96,13 +96,12 @@ class Checker:
         if rule.view == "remove":
             # Until it answers, no other op is aimed at it (a pick would mostly meet No such device).
             self.view.hide(str(op.params.get(rule.lvol_params[0])))
-        now = time.monotonic()
-        for k in op.keys:
-            if self.busy.busy(k, now):
-                op.contended = True
-            if self.taint.covers(k):
-                op.contended = True
-                op.lenient = True
+        if self.busy.any_busy(op.keys, time.monotonic()):
+            op.contended = True
+        taint = self.taint
+        if taint.everything or taint.any_of(op.keys):
+            op.contended = True
+            op.lenient = True
         self.grouping.join(op)
 
     def abandon(self, op: Op) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import errno as errno_mod
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from harness.model.lvstore import Checkpoint, LvolStore, ModelCrash, ModelError
 from harness.rpc_rules.rule import DST_SIZE_BYTES
+from harness.rpc_rules.table import RULES
 from harness.storm.operations import Op
 
 MD_PAGES_NEAR_FULL = 0.75
@@ -22,6 +24,10 @@ MD_PAGES_NEAR_FULL = 0.75
 free page) is legal for an op whose row claims metadata pages."""
 JOB_DONE_TICKS = 1 << 20
 """Ticks that finish any job: the mirror has no polls, so a job is done before the next op is judged."""
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    r.method: getattr(LvolStore, r.model.method) for r in RULES if r.model is not None}
+"""Each row's transition as the LvolStore function (looked up once, not per op)."""
 
 
 @dataclass
@@ -104,10 +110,10 @@ class ModelMirror:
                 return "ok", None
             if rule.creates_lvol:
                 self._next_uuid = op.result if op.ok else None
-            values = p
+            kwargs = transition.kwargs(p)
             if DST_SIZE_BYTES in transition.args:
-                values = {**p, DST_SIZE_BYTES: self.copy_dst_bytes or (1 << 62)}
-            result = transition.run(model, values)
+                kwargs[DST_SIZE_BYTES] = self.copy_dst_bytes or (1 << 62)
+            result = _FUNCTIONS[op.method](model, **kwargs)
             if rule.starts_job:
                 model.tick(JOB_DONE_TICKS)
             return "ok", rule.reply(result)

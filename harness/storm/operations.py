@@ -65,11 +65,11 @@ class Op:
     judged: bool = False  # judged as part of a group (the checker judges each op once)
     group: Group | None = None
     """Set by the checker: the ops overlapping this one on a shared key while it was in flight."""
+    rule: Rule = field(init=False, repr=False)
+    """The method's row in the RPC table (every method the storm sends has one), looked up once."""
 
-    @property
-    def rule(self) -> Rule:
-        """The method's row in the RPC table (every method the storm sends has one)."""
-        return BY_METHOD[self.method]
+    def __post_init__(self) -> None:
+        self.rule = BY_METHOD[self.method]
 
     @property
     def ok(self) -> bool:

@@ -107,6 +107,7 @@ class Scheduler:
         self.copy_dst: str | None = None
         self.short_of_space: set[int] = set()
         """Workers whose last create (or grow) met ENOSPC and who have not freed anything since."""
+        self._draw = _Draw(self)
 
     def build(self, step: Step, worker: int) -> Op:
         """The op for a single-method step, its params from the method's row (`StormUse.args`). A method with
@@ -121,38 +122,29 @@ class Scheduler:
                                                 (rule.takes_clusters == "if-thick" and not step.thin)):
             rule = DELETE  # out of space: free some rather than meet ENOSPC again
         assert rule.storm is not None, f"{rule.method} has no StormUse in its row"
-        return Op(rule.method, rule.storm.args(_Draw(self, step, f"w{worker}n{step.name_no}")), worker)
+        draw = self._draw
+        draw.set(step, f"w{worker}n{step.name_no}")
+        return Op(rule.method, rule.storm.args(draw), worker)
 
 
 class _Draw:
-    """What a row's argument builder sees of one step (see `harness.rpc_rules.Draw`)."""
+    """What a row's argument builder sees of one step (see `harness.rpc_rules.rule.Draw`); the scheduler keeps
+    one and sets it per step (builders use it only while they run)."""
 
-    __slots__ = ("_sched", "_step", "name")
+    __slots__ = ("_sched", "_step", "copy_dst", "lvs_name", "name", "size_mib", "thin", "u_extra")
 
-    def __init__(self, sched: Scheduler, step: Step, name: str) -> None:
+    def __init__(self, sched: Scheduler) -> None:
         self._sched = sched
+
+    def set(self, step: Step, name: str) -> None:
+        sched = self._sched
         self._step = step
         self.name = name
-
-    @property
-    def size_mib(self) -> int:
-        return self._step.size_mib
-
-    @property
-    def thin(self) -> bool:
-        return self._step.thin
-
-    @property
-    def u_extra(self) -> float:
-        return self._step.u_extra
-
-    @property
-    def lvs_name(self) -> str:
-        return self._sched.lvs_name
-
-    @property
-    def copy_dst(self) -> str | None:
-        return self._sched.copy_dst
+        self.size_mib = step.size_mib
+        self.thin = step.thin
+        self.u_extra = step.u_extra
+        self.lvs_name = sched.lvs_name
+        self.copy_dst = sched.copy_dst
 
     def target(self, kind: str) -> str:
         s, step = self._sched, self._step

@@ -22,7 +22,12 @@ class Taint:
         return self.everything or key in self.keys
 
     def any_of(self, keys: tuple[str, ...]) -> bool:
-        return any(k in self.keys for k in keys)
+        """Is any of `keys` tainted (everything tainted aside)?"""
+        tainted = self.keys
+        for k in keys:
+            if k in tainted:
+                return True
+        return False
 
     def __bool__(self) -> bool:
         return self.everything or bool(self.keys)
