@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from harness.recordings import recordings_dir
-from harness.sim.methods import REFERENCE_SUFFIX, Dispatcher
+from harness.sim.framework_methods import REFERENCE_SUFFIX
+from harness.sim.methods import Dispatcher
 from harness.sim.protocol import RpcFault
 
 TRANSCRIPTS = recordings_dir() / "transcripts"

@@ -34,10 +34,10 @@ from harness.config import RunConfig, load_config
 from harness.hosts.local import LocalHost
 from harness.minimize.operations import load_operations
 from harness.minimize.trial import needs_of
+from harness.rpc_rules.table import MUTATING_LVOL_METHODS
 from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
 from harness.session import TargetSession
-from harness.sim.faults import MUTATING_LVOL_METHODS
 from harness.watch.config import WatchConfig
 
 pytestmark = pytest.mark.timeout(90)

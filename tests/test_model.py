@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import random
 import time
+from typing import Any
 
 import pytest
 
@@ -237,6 +239,26 @@ def test_fragmap_bits_offsets_and_bounds() -> None:
     assert refusal(s.get_fragmap, "KS", 0, 1024 * MIB) == errno.EINVAL
 
 
+def test_fragmap_walks_like_seek_data_and_seek_hole_past_the_end() -> None:
+    """vbdev_lvol_get_fragmap's walk: size 0 with an offset covers offset .. offset + the lvol's size; no hole
+    up to the end means data to the end of that range; a seek at or past the end is -EINVAL."""
+    s = store()
+    s.create("T", 8)  # thick: all 8 clusters
+    whole = s.get_fragmap("T", 2 * MIB)  # [2, 10): no hole is found, so all 8 bits are data
+    assert whole == {"cluster_size": MIB, "num_clusters": 8, "num_allocated_clusters": 8, "fragmap": "/w=="}
+    assert refusal(s.get_fragmap, "T", 8 * MIB) == errno.EINVAL  # the first seek is at the end
+    s.create("Z", 0)
+    assert refusal(s.get_fragmap, "Z") == errno.EINVAL  # no block to seek in
+    s.create("V", 8, thin_provision=True)
+    assert s.get_fragmap("V", 3 * MIB)["fragmap"] == "AA=="  # thin: the first seek finds no data at all
+    s.snapshot("T", "TS")
+    s.resize("T", 16)  # T: a thin clone of TS now, 16 clusters, none its own
+    s.decouple_parent("T")  # copies TS's 8 clusters: T owns clusters 0..7 of 16
+    assert s.get_fragmap("T")["fragmap"] == "/wA="
+    assert s.get_fragmap("T", 4 * MIB) == {"cluster_size": MIB, "num_clusters": 16,
+                                           "num_allocated_clusters": 4, "fragmap": "DwA="}
+
+
 # ---- busy blobs and jobs -------------------------------------------------------------------------------------------
 
 
@@ -407,6 +429,71 @@ def test_copy_is_independent() -> None:
     assert dup.find("T") is not None and dup.free_clusters == 246 and s.free_clusters == 254
     dup.create("U", 1)
     assert s.find("U") is None
+
+
+PROBES = ("a", "b", "s1", "c1", "sb", "new", "z" * 255, "z" * 256)
+"""Names the checkpoint tests look up before and after (ones that come and go included)."""
+
+
+def _observed(s: LvolStore) -> Any:
+    """Everything the model shows: its fields, every blob and job, and what each name and UUID finds."""
+    blobs = {bid: dataclasses.asdict(lv) for bid, lv in s.blobs.items()}
+    names = {*PROBES, *(lv.uuid for lv in s.blobs.values())}
+    found = {n: (getattr(s.find_by_name(n), "blob_id", None), getattr(s.find_by_uuid(n), "blob_id", None),
+                 getattr(s.find_by_alias_tail(n), "blob_id", None)) for n in names}
+    return (s.name, s.free_clusters, s.total_data_clusters, blobs, found, [dataclasses.asdict(j) for j in s.jobs])
+
+
+def _tree_with_a_job() -> tuple[LvolStore, dict[str, str]]:
+    s = store()
+    ids: dict[str, str] = {}
+    ids["a"] = s.create("a", 8).uuid
+    ids["s1"] = s.snapshot("a", "s1").uuid
+    ids["c1"] = s.clone("s1", "c1").uuid
+    ids["b"] = s.create("b", 8).uuid
+    ids["sb"] = s.snapshot("b", "sb").uuid
+    s.create("elsewhere", 4)  # another tree: not covered, not touched
+    s.register_snapshot_checksum("sb")  # a job holding sb open across ticks
+    return s, ids
+
+
+def test_checkpoint_of_some_trees_restores_exactly_what_operations_on_them_changed() -> None:
+    s, ids = _tree_with_a_job()
+    before = _observed(s)
+    cp = s.checkpoint([ids["c1"], ids["s1"], "lvs0/b"])  # the trees of a, s1, c1 and of b, sb
+    s.tick(1 << 20)  # the job finishes and lets sb go
+    s.set_parent("lvs0/c1", ids["sb"])
+    s.decouple_parent(ids["a"])
+    s.inflate("lvs0/b")
+    s.delete(ids["s1"])
+    s.create("new", 2)
+    assert _observed(s) != before
+    s.restore(cp)
+    assert _observed(s) == before and s.check_invariants() == []
+    s.delete("lvs0/c1")  # the same checkpoint restores again after other changes
+    s.restore(cp)
+    assert _observed(s) == before
+
+
+def test_checkpoint_covers_the_blobs_jobs_hold_outside_the_trees_named() -> None:
+    s, ids = _tree_with_a_job()
+    before = _observed(s)
+    cp = s.checkpoint([ids["a"]])  # a's tree only; the job holds sb in another
+    s.tick(1 << 20)  # any operation may tick: the job ends, sb is let go and gets its checksum
+    s.delete("lvs0/c1")
+    assert s.lookup("sb").checksum is not None
+    s.restore(cp)
+    assert _observed(s) == before and s.lookup("sb").busy
+
+
+def test_checkpoint_of_everything_undoes_an_lvstore_rename() -> None:
+    s, _ = _tree_with_a_job()
+    before = _observed(s)
+    cp = s.checkpoint()
+    s.rename_store("lvs1")
+    s.rename("lvs1/a", "z" * 256)
+    s.restore(cp)
+    assert _observed(s) == before and s.find("lvs0/a") is not None
 
 
 @pytest.mark.timeout(60)

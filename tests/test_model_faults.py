@@ -8,7 +8,8 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.sim.faults import FAULT_MODES, parse_faults
-from harness.sim.methods import REFERENCE_SUFFIX, Dispatcher
+from harness.sim.framework_methods import REFERENCE_SUFFIX
+from harness.sim.methods import Dispatcher
 from harness.sim.protocol import RpcFault, SimulatedCrash
 
 RECORDED_FORCED_REMOVAL = [
@@ -325,7 +326,7 @@ def test_random_rpc_sequences_only_answer_results_or_spdk_errors_and_keep_invari
 
 
 def test_blobstore_layout_reproduces_the_recorded_cluster_counts() -> None:
-    from harness.sim.methods import blobstore_layout
+    from harness.sim.bdevs import blobstore_layout
 
     mib = 1024 * 1024
     for size, cluster, data in [(256, 1, 254), (256, 4, 63), (512, 1, 509), (64, 1, 63)]:

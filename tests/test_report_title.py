@@ -12,7 +12,7 @@ from harness.report.symbolize import Symbol
 from harness.report.title import crash_title, modelled_site, title_slug
 from harness.sim.death import modelled_site_line
 from harness.sim.faults import FORCED_REMOVAL_LOG_LINES
-from harness.sim.server import spdk_log_line
+from harness.sim.target_log import spdk_log_line
 from harness.watch.evidence import CrashEvidence
 from harness.watch.kmsg import parse_fault
 from harness.watch.targetlog import parse_abort_line

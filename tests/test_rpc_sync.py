@@ -16,13 +16,9 @@ from harness.history import SETUP_WORKER, History
 from harness.hosts.local import LocalHost
 from harness.recordings import recordings_dir
 from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
-from harness.rpc.methods import (
-    LONGHORN_FORK_METHODS,
-    OPTIONAL_LONGHORN_METHODS,
-    Capabilities,
-    SyncRpcMethods,
-)
-from harness.rpc.sync import READ_METHODS, SyncRpc
+from harness.rpc.methods import Capabilities, SyncRpcMethods
+from harness.rpc.sync import SyncRpc
+from harness.rpc_rules.table import LONGHORN_FORK_METHODS, OPTIONAL_LONGHORN_METHODS, READ_METHODS
 from tests.test_rpc_client import TunnelHost
 from tests.test_rpc_fake_server import FakeSpdkProcess
 
@@ -126,6 +122,17 @@ def test_call_read_retries_a_read_but_call_never_retries(fake: FakeSpdkProcess) 
     deletes = [r for r in history.tail() if r["method"] == "bdev_lvol_delete"]
     assert [r["params"]["name"] for r in deletes] == ["a", "b"]
     assert deletes[0]["error"]["errno"] == "ECONNRESET"
+
+
+def test_a_shallow_copy_status_is_never_sent_twice(fake: FakeSpdkProcess) -> None:
+    """spdk_tgt reports a finished copy once and then forgets it: a retry after a lost reply would turn
+    `complete` into No such device, so the typed method sends it once, like a mutating call."""
+    assert "bdev_lvol_check_shallow_copy" not in READ_METHODS
+    host = FlakyHost(failures=1)
+    with SyncRpc(host, fake.sock_path) as rpc:
+        with pytest.raises(RpcConnectionLost):
+            SyncRpcMethods(rpc).bdev_lvol_check_shallow_copy(7)
+        assert host.connects == 1
 
 
 def test_works_over_a_tunnelled_socket_and_from_threads(fake: FakeSpdkProcess) -> None:

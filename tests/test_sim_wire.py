@@ -2,7 +2,7 @@
 
 Every raw step of transcript 06 is replayed byte for byte on a fresh connection to the real `spdk-sim`
 process, including whether the target closed the connection; the framing and writer quirks behind them
-are checked directly on `harness.sim.server`'s functions.
+are checked directly on the functions of `harness.sim.framing`, `envelope` and `json_writer`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,9 @@ from typing import Any
 import pytest
 
 from harness.recordings import recordings_dir
-from harness.sim.server import (
-    COMPLETE,
-    INCOMPLETE,
-    INVALID,
-    JSON_WRITE_BUF,
-    notification_reply,
-    parse_envelope,
-    result_reply,
-    scan_value,
-    spdk_json,
-)
+from harness.sim.envelope import parse_envelope
+from harness.sim.framing import COMPLETE, INCOMPLETE, INVALID, scan_value
+from harness.sim.json_writer import JSON_WRITE_BUF, notification_reply, result_reply, spdk_json
 from tests.test_sim_server import VERSION, SimProcess, read_raw, read_replies, real_dispatcher_available
 
 TRANSCRIPTS = recordings_dir() / "transcripts"

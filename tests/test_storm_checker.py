@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from harness.storm import busy as busy_mod
 from harness.storm import checker as checker_mod
 from harness.storm.checker import Checker, LvstoreInfo
 from harness.storm.operations import Op
@@ -86,34 +87,26 @@ def test_enomem_is_legal_only_when_metadata_pages_run_short() -> None:
     assert c.findings == [] and c.model.find("lvs0/late") is None
 
 
-def _state(c: Checker) -> Any:
-    m = c.model
-    blobs = {bid: {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(lv).items()}
-             for bid, lv in m.blobs.items()}
-    return (m.free_clusters, m.name, blobs, dict(m._by_name), dict(m._by_uuid),
-            [dict(vars(j)) for j in m.jobs])
-
-
-def test_checkpoint_restores_exactly_what_a_group_of_writes_changed() -> None:
+def test_a_group_whose_only_legal_order_is_not_send_order_is_undone_and_retried() -> None:
+    """inflate(c1) then set_parent(c1, sb) fails (c1 is thick after the inflate); the other order is legal. The
+    checker must undo the first try exactly (the model's checkpoint of both trees) to find it."""
     c = _checker()
     a = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="a", size_in_mib=8).result
     s1 = _do(c, "bdev_lvol_snapshot", lvol_name=a, snapshot_name="s1").result
-    _do(c, "bdev_lvol_clone", snapshot_name=s1, clone_name="c1")
+    c1 = _do(c, "bdev_lvol_clone", snapshot_name=s1, clone_name="c1").result
     b = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="b", size_in_mib=8).result
     sb = _do(c, "bdev_lvol_snapshot", lvol_name=b, snapshot_name="sb").result
-    _do(c, "bdev_lvol_register_snapshot_checksum", name=sb)
-    before = _state(c)
-    writes = [Op("bdev_lvol_set_parent", {"lvol_name": "lvs0/c1", "parent_name": sb}, 0),
-              Op("bdev_lvol_decouple_parent", {"name": a}, 0), Op("bdev_lvol_inflate", {"name": "lvs0/b"}, 0),
-              Op("bdev_lvol_delete", {"name": s1}, 0)]
-    for w in writes:
-        w.keys = c.keys_of(w)
-    cp = c._checkpoint(writes)
-    for w in writes:
-        assert c._apply(w)[0] == "ok", w.describe()
-    assert _state(c) != before
-    c._restore(cp)
-    assert _state(c) == before
+    inflate = _send(c, "bdev_lvol_inflate", name=c1)
+    set_parent = _send(c, "bdev_lvol_set_parent", lvol_name=c1, parent_name=sb)
+    assert inflate.group is not None and inflate.group.root() is set_parent.group.root()
+    _answer(c, inflate)
+    _answer(c, set_parent)
+    assert c.findings == [] and c.races == 0
+    clone = c.model.lookup(c1)
+    assert c.model.parent_of(clone) is None and not clone.thin  # set_parent ran first, then the inflate
+    assert [x.name for x in c.model.clones_of(c.model.lookup(sb))] == ["b"]
+    assert [x.name for x in c.model.clones_of(c.model.lookup(s1))] == ["a"]
+    assert c.model.check_invariants() == []
 
 
 def test_groups_merge_and_every_op_is_judged_once() -> None:
@@ -150,8 +143,8 @@ def test_busy_windows_of_gone_lvols_are_forgotten(monkeypatch: pytest.MonkeyPatc
         op.result, op.done = True, True
         checker.on_reply(op)
         clock[0] += 0.01  # 100 checksums a second, each on an lvol named once
-    busy = checker._busy_until
-    assert len(busy) <= 2 * checker_mod.BUSY_SWEEP_MIN
+    busy = checker.busy
+    assert len(busy) <= 2 * busy_mod.BUSY_SWEEP_MIN
     assert "snap-19999" in busy and "snap-0" not in busy  # the window still open is kept
 
 
@@ -177,7 +170,11 @@ def test_an_lvol_made_from_a_tainted_one_is_judged_leniently_too() -> None:
     stale idea of D's parent (`wrong-links`). A snapshot or clone inherits its origin's taint."""
     c = _checker()
     d = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="d", size_in_mib=4, thin_provision=True).result
-    c._taint_trees([_do(c, "bdev_lvol_get_xattr", name=d, xattr_name="name", result="d")])
+    # A race on d: two writes overlapped, so the model cannot know their order and taints d's tree.
+    races = [_send(c, "bdev_lvol_set_xattr", name=d, xattr_name="k", xattr_value=v) for v in "ab"]
+    for op in races:
+        _answer(c, op)
+    assert c.findings == []
     s2 = _do(c, "bdev_lvol_snapshot", lvol_name=d, snapshot_name="s2").result
     wrong = [{"driver_specific": {"lvol": {"snapshot": True, "clone": True, "base_snapshot": "elsewhere",
                                           "clones": ["d"]}}}]
@@ -187,3 +184,15 @@ def test_an_lvol_made_from_a_tainted_one_is_judged_leniently_too() -> None:
     _do(c, "bdev_get_bdevs", result=[{"driver_specific": {"lvol": {"snapshot": True, "clone": False,
                                                                   "base_snapshot": None, "clones": []}}}], name=fresh)
     assert [f.kind for f in c.findings] == ["wrong-links"]  # an untainted lvol is still judged exactly
+
+
+def test_fragmaps_are_judged_against_the_model() -> None:
+    c = _checker()
+    a = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="a", size_in_mib=4).result  # thick: 4 clusters
+    whole = {"cluster_size": 1 << 20, "num_clusters": 4, "num_allocated_clusters": 4, "fragmap": "Dw=="}
+    _do(c, "bdev_lvol_get_fragmap", result=whole, name=a)
+    _do(c, "bdev_lvol_get_fragmap", result=whole, name=a, offset=1 << 20)  # to 1 + 4 clusters: all 4 set
+    _do(c, "bdev_lvol_get_fragmap", errno_name="EINVAL", name=a, offset=4 << 20)  # a seek at the end
+    assert c.findings == []
+    _do(c, "bdev_lvol_get_fragmap", result={**whole, "num_allocated_clusters": 3, "fragmap": "Bw=="}, name=a)
+    assert [f.kind for f in c.findings] == ["wrong-fragmap"]

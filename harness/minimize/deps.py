@@ -13,27 +13,22 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from harness.minimize.operations import Operation
+from harness.rpc_rules.table import rule_for
 
 PRODUCED_PARAMS: dict[str, tuple[str, ...]] = {
-    "bdev_malloc_create": ("name",),
-    "bdev_aio_create": ("name",),
-    "bdev_null_create": ("name",),
     "bdev_nvme_attach_controller": ("name",),
-    "bdev_lvol_create_lvstore": ("lvs_name",),
-    "bdev_lvol_create": ("lvol_name",),
-    "bdev_lvol_snapshot": ("snapshot_name",),
-    "bdev_lvol_clone": ("clone_name",),
-    "bdev_lvol_clone_bdev": ("clone_name",),
-    "bdev_lvol_rename": ("new_name",),
-    "bdev_lvol_rename_lvstore": ("new_name",),
 }
-"""Params that name a new object (SPDK's own parameter names); other `*_create` methods produce `name`."""
+"""Methods outside the RPC table whose params name a new object; other `*_create` methods produce `name`."""
 
 ID_KEYS = frozenset({"uuid", "operation_id", "name"})
 """Keys of a dict result that identify what the call made (shallow copy's `operation_id`, ...)."""
 
 
 def produced_params(method: str) -> tuple[str, ...]:
+    """Params that name a new object (SPDK's own parameter names): by their role in the method's row."""
+    rule = rule_for(method)
+    if rule is not None and rule.params:
+        return rule.names("new_lvol", "renamed", "new_lvstore")
     if method in PRODUCED_PARAMS:
         return PRODUCED_PARAMS[method]
     return ("name",) if method.endswith("_create") else ()

@@ -30,7 +30,7 @@ from harness.minimize.deps import Dependencies, ObjectLives, object_units
 from harness.minimize.operations import Operation, workers_of
 from harness.minimize.plan import Mode, ReplayPlan, Split, plan_for
 from harness.report.title import crash_key
-from harness.rpc.sync import READ_METHODS
+from harness.rpc_rules.table import READS
 
 Progress = Callable[[str], None]
 
@@ -404,7 +404,7 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
                 candidate = deps.closure([i for i in current if by_index[i].worker != worker])
                 if len(candidate) < len(current) and test(candidate, mode):
                     current = candidate
-        candidate = deps.closure([i for i in current if by_index[i].method not in READ_METHODS])
+        candidate = deps.closure([i for i in current if by_index[i].method not in READS])
         if len(candidate) < len(current) and test(candidate, mode):
             current = candidate
         phase("drop workers and reads", before, len(current), tries0, ts)

@@ -3,7 +3,8 @@
 The reference target serves RPCs from it and the storm's checker predicts replies with it, so it imports no
 socket, process or storm code, is deterministic (UUIDs and timestamps come from injected factories), and every
 operation costs O(1) or O(parent-chain depth) in the number of lvols (cluster maps are Python ints used as bit
-sets; lookups are dicts). `copy()` snapshots the whole state.
+sets; lookups are dicts). `copy()` snapshots the whole state; `checkpoint(refs)` / `restore(cp)` save and undo
+just what operations on some trees can change (the checker orders overlapping operations with them).
 
 Ground truth is the recordings in /work/shared/spdk/transcripts; where they are silent, the fork's
 lib/lvol/lvol.c, lib/blob/blobstore.c and module/bdev/lvol/vbdev_lvol.c:
@@ -25,14 +26,15 @@ Fault modes the model acts on are MODEL_FAULTS (see harness/sim/faults.py for wh
 
 from __future__ import annotations
 
+import base64
 import copy
 import errno
 import functools
 import uuid as uuid_mod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 MIB = 1024 * 1024
 NAME_MAX = 255
@@ -184,6 +186,18 @@ class Lvol:
         checksum or shallow copy answer EBUSY."""
         return self.locks > 0
 
+    def _saved(self) -> tuple[Any, ...]:
+        """The fields an operation can change (uuid, blob_id and creation_time never change)."""
+        return (self.name, self.num_clusters, self.thin, self.alloc, self.read_only, self.is_snapshot, self.parent,
+                dict(self.clones), dict(self.xattrs), self.open_refs, self.locks, self.checksum, self.removed,
+                self.alias_tail)
+
+    def _restore(self, saved: tuple[Any, ...]) -> None:
+        (self.name, self.num_clusters, self.thin, self.alloc, self.read_only, self.is_snapshot, self.parent,
+         clones, xattrs, self.open_refs, self.locks, self.checksum, self.removed, self.alias_tail) = saved
+        self.clones = dict(clones)
+        self.xattrs = dict(xattrs)
+
 
 @dataclass(eq=False)
 class Job:
@@ -210,6 +224,21 @@ class Job:
     @property
     def done(self) -> bool:
         return self.error != 0 or (self.copied_clusters >= self.total_clusters and self.ticks >= self.min_ticks)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Checkpoint:
+    """What `LvolStore.checkpoint()` saved for `restore()`: the store's fields, its containers (shallow
+    copies: the blob objects are shared) and the changeable fields of the blobs and jobs it covers."""
+
+    fields: tuple[Any, ...]
+    blobs: dict[int, Lvol]
+    by_name: dict[str, int]
+    by_uuid: dict[str, int]
+    by_alias: dict[str, int]
+    jobs: tuple[Job, ...]
+    lvols: tuple[tuple[Lvol, tuple[Any, ...]], ...]
+    job_states: tuple[tuple[Job, tuple[int, int, bool, int]], ...]
 
 
 def _default_uuid() -> str:
@@ -272,6 +301,52 @@ class LvolStore:
         dup._uuid_factory, dup._clock = uf, ck
         return dup
 
+    def checkpoint(self, refs: Iterable[str] | None = None) -> Checkpoint:
+        """The state before operations on the trees holding `refs` (lvol names, aliases or UUIDs), enough for
+        `restore()` to undo them, as often as needed: the store's fields and indexes (C-speed dict copies),
+        every blob of those trees (an operation changes only blobs in the trees it names: a parent, its
+        clones, a snapshot's origin), the blobs background jobs hold (any operation may tick them) and the
+        jobs. `refs=None`: every blob (an lvstore rename renames every alias)."""
+        if refs is None:
+            blobs: Iterable[Lvol] = self.blobs.values()
+        else:
+            picked: dict[int, Lvol] = {}
+            for ref in refs:
+                lv = self.find(ref)
+                if lv is not None and lv.blob_id not in picked:  # its tree is in already otherwise
+                    for t in self._tree(lv):
+                        picked[t.blob_id] = t
+            for job in self.jobs:
+                held = self.blobs.get(job.blob_id)
+                if held is not None:
+                    picked[held.blob_id] = held
+            blobs = picked.values()
+        return Checkpoint(
+            fields=(self.name, self.base_bdev, self.total_data_clusters, self._free, self._next_blob,
+                    self.leaked_by_fault),
+            blobs=dict(self.blobs),
+            by_name=dict(self._by_name),
+            by_uuid=dict(self._by_uuid),
+            by_alias=dict(self._by_alias),
+            jobs=tuple(self.jobs),
+            lvols=tuple((lv, lv._saved()) for lv in blobs),
+            job_states=tuple((j, (j.copied_clusters, j.error, j.holding, j.ticks)) for j in self.jobs),
+        )
+
+    def restore(self, cp: Checkpoint) -> None:
+        """Back to the state `cp` saved (operations since then touched only the trees it covers)."""
+        (self.name, self.base_bdev, self.total_data_clusters, self._free, self._next_blob,
+         self.leaked_by_fault) = cp.fields
+        self.blobs = dict(cp.blobs)
+        self._by_name = dict(cp.by_name)
+        self._by_uuid = dict(cp.by_uuid)
+        self._by_alias = dict(cp.by_alias)
+        self.jobs = list(cp.jobs)
+        for lv, saved in cp.lvols:
+            lv._restore(saved)
+        for job, (copied, error, holding, ticks) in cp.job_states:
+            job.copied_clusters, job.error, job.holding, job.ticks = copied, error, holding, ticks
+
     @property
     def free_clusters(self) -> int:
         return self._free
@@ -325,6 +400,18 @@ class LvolStore:
             if not lv.removed:
                 lv.alias_tail = lv.name
                 self._by_alias[lv.name] = lv.blob_id
+
+    def bdev_links(self, name: str) -> dict[str, object]:
+        """The links bdev_get_bdevs reports for an lvol (driver_specific.lvol): snapshot, clone, its parent's
+        name and its clones' names (sorted), removed blobs included as the model keeps them."""
+        lv = self.lookup(name)
+        parent = self.parent_of(lv)
+        return {
+            "snapshot": lv.is_snapshot,
+            "clone": parent is not None,
+            "base_snapshot": parent.name if parent is not None else None,
+            "clones": sorted(c.name for c in self.clones_of(lv)),
+        }
 
     def parent_of(self, lv: Lvol) -> Lvol | None:
         return None if lv.parent is None else self.blobs.get(lv.parent)
@@ -427,7 +514,7 @@ class LvolStore:
         self._link_to_parent(origin, snap)
         return snap
 
-    def clone(self, snapshot_name: str, clone_name: str | None) -> Lvol:
+    def clone(self, snapshot_name: str, clone_name: str | None = None) -> Lvol:
         snap = self.lookup(snapshot_name)
         name = self._check_new_name(clone_name)
         if not snap.read_only:
@@ -609,26 +696,52 @@ class LvolStore:
         return lv.xattrs[xattr_name]
 
     def get_fragmap(self, name: str, offset: int = 0, size: int = 0) -> dict[str, object]:
-        """Longhorn's fragmap of the lvol's own clusters: a base64 bit map, bit i = cluster offset/cs + i."""
-        import base64
+        """Longhorn's fragmap of [offset, offset + size) (size 0: the lvol's size, even with an offset): a base64
+        bit map of num_clusters bits, bit i for cluster offset/cs + i, set where the lvol's own clusters are.
 
+        vbdev_lvol_get_fragmap walks the range with seek_data / seek_hole, and two of SPDK's corners show: the
+        walk starts with a seek at `offset`, and a seek at or past the lvol's end is -EINVAL (bdev_seek checks
+        one block there), so an offset at the end, a zero-size lvol, or a walk that has to look for data past
+        the end fails; a seek_hole that finds no hole (blob_find_io_unit: UINT64_MAX) counts the rest of the
+        requested range as data, past the lvol's end too."""
         lv = self.lookup(name)
         cs = self.cluster_size
         total = self.size_bytes(lv)
         if offset + size > total:
             raise ModelError(errno.EINVAL, "offset + size beyond the lvol")
-        segment = size or total  # vbdev_lvol_get_fragmap: size 0 means the lvol's size (even with an offset)
+        segment = size or total
         if offset % cs or segment % cs:
             raise ModelError(errno.EINVAL, "offset and size must be multiples of the cluster size")
-        first, n = offset // cs, segment // cs
-        bits = (lv.alloc >> first) & _mask(n)
-        data = bits.to_bytes((n + 7) // 8, "little")
+        n, end = segment // cs, offset + segment
+        bits, cur = 0, offset
+        while True:
+            if cur >= total:
+                raise ModelError(errno.EINVAL, f"seek at {cur}: at or past the lvol's end ({total})")
+            data = self._next_cluster(lv, cur // cs, allocated=True)
+            if data is None or data * cs >= end:
+                break
+            cur = data * cs
+            hole = self._next_cluster(lv, data, allocated=False)
+            nxt = end if hole is None else min(hole * cs, end)
+            first = (cur - offset) // cs
+            bits |= _mask((nxt - cur) // cs) << first
+            cur = nxt
+            if cur == end:
+                break
+        data_bytes = bits.to_bytes((n + 7) // 8, "little")
         return {
             "cluster_size": cs,
             "num_clusters": n,
             "num_allocated_clusters": _popcount(bits),
-            "fragmap": base64.b64encode(data).decode(),
+            "fragmap": base64.b64encode(data_bytes).decode(),
         }
+
+    @staticmethod
+    def _next_cluster(lv: Lvol, start: int, *, allocated: bool) -> int | None:
+        """The first cluster >= start that the lvol owns (or lacks), within its size (blob_find_io_unit)."""
+        pool = lv.alloc if allocated else _mask(lv.num_clusters) & ~lv.alloc
+        rest = pool >> start
+        return None if rest == 0 else start + (rest & -rest).bit_length() - 1
 
     # ---- busy blobs and background jobs ------------------------------------------------------------------------
 
@@ -845,8 +958,9 @@ class LvolStore:
     def tree_of(self, ref: str) -> list[Lvol]:
         """Every blob in the snapshot tree holding `ref` (root first, removed blobs included); [] if unknown."""
         lv = self.find(ref)
-        if lv is None:
-            return []
+        return [] if lv is None else self._tree(lv)
+
+    def _tree(self, lv: Lvol) -> list[Lvol]:
         root, hops = lv, 0
         while root.parent is not None and hops <= len(self.blobs):
             parent = self.blobs.get(root.parent)

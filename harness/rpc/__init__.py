@@ -1,29 +1,4 @@
-"""SPDK's JSON-RPC, typed: `RpcConnection` (asyncio, pipelined, the storm's), `SyncRpc` (blocking, setup's),
-`RpcError` and its subclasses, and the lvol methods with SPDK's own names (`RpcMethods`, `SyncRpcMethods`)."""
-
-from harness.rpc.client import RpcConnection
-from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout, errno_name_of
-from harness.rpc.methods import (
-    OPTIONAL_LONGHORN_METHODS,
-    REQUIRED_LVOL_METHODS,
-    Capabilities,
-    RpcMethods,
-    SyncRpcMethods,
-)
-from harness.rpc.sync import READ_METHODS, SyncRpc
-
-__all__ = [
-    "OPTIONAL_LONGHORN_METHODS",
-    "READ_METHODS",
-    "REQUIRED_LVOL_METHODS",
-    "Capabilities",
-    "RpcConnectError",
-    "RpcConnection",
-    "RpcConnectionLost",
-    "RpcError",
-    "RpcMethods",
-    "RpcTimeout",
-    "SyncRpc",
-    "SyncRpcMethods",
-    "errno_name_of",
-]
+"""SPDK's JSON-RPC, typed: `client.RpcConnection` (asyncio, pipelined, the storm's), `sync.SyncRpc` (blocking,
+setup's), `errors.RpcError` and its subclasses, and the lvol methods with SPDK's own names
+(`methods.RpcMethods`, `methods.SyncRpcMethods`). This package imports none of its modules (importing one
+must not pull in the rest): import them by their own names."""

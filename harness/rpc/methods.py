@@ -15,47 +15,15 @@ from typing import Any, Generic, TypeVar
 
 from harness.errors import TargetError
 from harness.rpc.client import RpcConnection
-from harness.rpc.sync import READ_METHODS, SyncRpc
+from harness.rpc.sync import SyncRpc
+from harness.rpc_rules.table import (
+    LONGHORN_FORK_METHODS,
+    OPTIONAL_LONGHORN_METHODS,
+    READ_METHODS,
+    REQUIRED_LVOL_METHODS,
+)
 
 R = TypeVar("R")
-
-LONGHORN_FORK_METHODS: frozenset[str] = frozenset({
-    "bdev_lvol_set_xattr",
-    "bdev_lvol_get_xattr",
-    "bdev_lvol_detach_parent",
-    "bdev_lvol_get_fragmap",
-    "bdev_lvol_register_snapshot_checksum",
-    "bdev_lvol_get_snapshot_checksum",
-})
-"""Registered by Longhorn's SPDK fork (longhorn-v24.09) beyond upstream v24.09."""
-
-OPTIONAL_LONGHORN_METHODS: frozenset[str] = LONGHORN_FORK_METHODS | frozenset({
-    "bdev_lvol_start_shallow_copy",
-    "bdev_lvol_check_shallow_copy",
-    "bdev_lvol_set_parent",
-    "bdev_lvol_set_parent_bdev",
-    "bdev_lvol_clone_bdev",
-    "bdev_lvol_grow_lvstore",
-})
-"""Methods Longhorn uses that an older or plain upstream target may lack; the storm checks before using them."""
-
-REQUIRED_LVOL_METHODS: frozenset[str] = frozenset({
-    "bdev_get_bdevs",
-    "bdev_lvol_create_lvstore",
-    "bdev_lvol_delete_lvstore",
-    "bdev_lvol_get_lvstores",
-    "bdev_lvol_get_lvols",
-    "bdev_lvol_create",
-    "bdev_lvol_snapshot",
-    "bdev_lvol_clone",
-    "bdev_lvol_delete",
-    "bdev_lvol_resize",
-    "bdev_lvol_rename",
-    "bdev_lvol_set_read_only",
-    "bdev_lvol_inflate",
-    "bdev_lvol_decouple_parent",
-})
-"""What any lvol-capable target (upstream SPDK since v23) has; the harness cannot run without these."""
 
 
 def spdk_params(**params: Any) -> dict[str, Any] | None:

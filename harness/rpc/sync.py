@@ -22,24 +22,7 @@ from harness.hosts.base import Host
 from harness.rpc.connect import connect_unix_retrying
 from harness.rpc.errors import RpcAbandoned, RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
 from harness.rpc.framing import FramingError, ReplyParser, encode_request
-
-READ_METHODS: frozenset[str] = frozenset({
-    "spdk_get_version",
-    "rpc_get_methods",
-    "framework_wait_init",
-    "bdev_get_bdevs",
-    "bdev_get_iostat",
-    "bdev_lvol_get_lvols",
-    "bdev_lvol_get_lvstores",
-    "bdev_lvol_get_xattr",
-    "bdev_lvol_get_snapshot_checksum",
-    "bdev_lvol_get_fragmap",
-    "bdev_lvol_check_shallow_copy",
-    "framework_get_reactors",
-    "thread_get_stats",
-    "env_dpdk_get_mem_stats",
-})
-"""Methods with no effect on the target: safe to send again after a timeout or a lost connection."""
+from harness.rpc_rules.table import READ_METHODS
 
 _TRANSIENT = (RpcTimeout, RpcConnectionLost, RpcConnectError)
 ABORT_POLL_S = 0.25

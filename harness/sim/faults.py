@@ -67,28 +67,6 @@ LVS_REMOVE_LOG_LINE = "vbdev_lvol.c: 489:_vbdev_lvs_remove_lvol_cb: *ERROR*: Lvo
 LVS_REMOVE_STDERR = "spdk_tgt: vbdev_lvol.c:490: _vbdev_lvs_remove_lvol_cb: Assertion `false' failed.\n"
 EXIT_CODE = 0
 
-MUTATING_LVOL_METHODS = frozenset(
-    {
-        "bdev_lvol_create",
-        "bdev_lvol_snapshot",
-        "bdev_lvol_clone",
-        "bdev_lvol_clone_bdev",
-        "bdev_lvol_delete",
-        "bdev_lvol_resize",
-        "bdev_lvol_rename",
-        "bdev_lvol_set_read_only",
-        "bdev_lvol_inflate",
-        "bdev_lvol_decouple_parent",
-        "bdev_lvol_detach_parent",
-        "bdev_lvol_set_parent",
-        "bdev_lvol_set_parent_bdev",
-        "bdev_lvol_set_xattr",
-        "bdev_lvol_register_snapshot_checksum",
-        "bdev_lvol_start_shallow_copy",
-    }
-)
-"""Calls counted by `hang` and `exit` (lvstore-level calls and reads are not counted)."""
-
 
 class FaultSpecError(ConfigError, ValueError):
     """An unknown fault mode name (a ConfigError for the CLI, a ValueError for plain callers)."""

@@ -7,8 +7,15 @@ for real, the way SPDK dies (a genuine SIGSEGV, SIGABRT, hang or exit), so the w
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+ERROR_INVALID_STATE = -1
+ERROR_INVALID_PARAMS = -32602
+ERROR_INTERNAL = -32603
+ERROR_METHOD_NOT_FOUND = -32601
 
 
 class RpcFault(Exception):
@@ -18,6 +25,15 @@ class RpcFault(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+def fault(err: int, code: int | None = None) -> RpcFault:
+    """An error reply carrying strerror(err): code -err unless SPDK sends it with a JSON-RPC code."""
+    return RpcFault(-err if code is None else code, os.strerror(err))
+
+
+def no_device() -> RpcFault:
+    return fault(errno.ENODEV)
 
 
 @dataclass

@@ -4,16 +4,11 @@ One reactor (the process's main thread, named `reactor_0` so tid == pid as in th
 Unix socket, reads every connection, runs each request in arrival order and writes the replies: a storm
 sees the same serialisation, pipelining and wire quirks as against the real target.
 
-SPDK's quirks kept on purpose (see /work/shared/spdk/transcripts/*06_malformed_requests.json):
-- requests are JSON values concatenated on the stream; replies are compact JSON plus "\\n";
-- a truncated value waits for more bytes; invalid JSON (or more than 1,024 JSON values, or a request
-  that does not fit the 32 KiB receive buffer) gets no reply and the connection is closed;
-- a bad envelope is `{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request"}}`;
-  a missing "jsonrpc" is accepted; a batch array is an invalid request;
-- a successful call without an id (or with id null) is answered with SPDK's buffer tail: the reply without
-  its closing brace and without "\\n" (SPDK's skip_response flushes its writer instead of discarding it);
-- strings are written as SPDK's JSON writer does (non-ASCII as \\uXXXX, upper-case hex; DEL escaped);
-- at most 64 connections are served; more wait in the listen backlog until one closes.
+SPDK's quirks kept on purpose (see /work/shared/spdk/transcripts/*06_malformed_requests.json), each in its
+module: where a JSON value ends and what closes a connection (`framing`), the envelope checks (`envelope`),
+how replies are written (`json_writer`); here: more than 1,024 JSON values in a request, or a request that
+does not fit the 32 KiB receive buffer, gets no reply and the connection is closed; at most 64 connections
+are served, more wait in the listen backlog until one closes. The log's layouts are `target_log`'s.
 """
 
 from __future__ import annotations
@@ -22,10 +17,8 @@ import contextlib
 import fcntl
 import heapq
 import itertools
-import json
 import os
 import random
-import re
 import selectors
 import signal
 import socket
@@ -34,28 +27,32 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from harness.sim import death
+from harness.sim.envelope import Request, parse_envelope
+from harness.sim.framing import INCOMPLETE, INVALID, scan_value
+from harness.sim.json_writer import error_reply, notification_reply, result_reply
 from harness.sim.protocol import DeferredReply, RpcFault, SimulatedCrash
+from harness.sim.target_log import cpumask_cores, spdk_log_line, spdk_log_text, startup_lines
+
+__all__ = [  # what `spdk-sim` (harness/sim/__main__.py) takes from here
+    "ListenError",
+    "RpcServer",
+    "check_socket_path",
+    "cpumask_cores",
+    "spdk_log_line",
+    "startup_lines",
+]
 
 RECV_BUF_SIZE = 32 * 1024  # SPDK_JSONRPC_RECV_BUF_SIZE
 MAX_CONNS = 64  # SPDK_JSONRPC_MAX_CONNS
 MAX_VALUES = 1024  # SPDK_JSONRPC_MAX_VALUES: more JSON values in one request is a parse error
-JSON_WRITE_BUF = 4096  # spdk_json_write_ctx.buf: what a notification's reply keeps (see notification_reply)
 LISTEN_BACKLOG = 512
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
 REACTOR_NAME = "reactor_0"
 
-ERROR_INVALID_REQUEST = -32600
 ERROR_INVALID_PARAMS = -32602
-
-SPDK_VERSION_LINE = "SPDK v24.09.1-pre git sha1 1975133e9 / DPDK 22.11.11"
-BANNER = (
-    "*** lvol-storm REFERENCE TARGET (spdk-sim): a Python model of spdk_tgt serving SPDK's JSON-RPC, "
-    "NOT spdk_tgt; its crashes are simulated faults ***"
-)
 
 # How often a reactor round passes when only background jobs are running (a deferred reply is waiting).
 DEFERRED_ROUND_S = 0.001
@@ -77,241 +74,6 @@ class Dispatch(Protocol):
     def handle(self, method: str, params: object) -> object: ...
 
     def drain_log_lines(self) -> list[str]: ...
-
-
-# -- the target log -----------------------------------------------------------------------------------------
-
-_STAMPED = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\] ")
-
-
-def spdk_log_line(text: str, now: float | None = None) -> str:
-    """`[YYYY-MM-DD HH:MM:SS.ffffff] text`, SPDK's log prefix (local time); stamped lines pass unchanged."""
-    if _STAMPED.match(text):
-        return text
-    stamp = datetime.fromtimestamp(time.time() if now is None else now).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return f"[{stamp}] {text}"
-
-
-def spdk_log_text(file: str, line: int, func: str, level: str, message: str) -> str:
-    """`file.c:LINE:func: *LEVEL*: message`, SPDK's SPDK_ERRLOG/NOTICELOG layout (line right-aligned to 4)."""
-    return f"{file}:{line:4d}:{func}: *{level}*: {message}"
-
-
-# -- framing: where one JSON value ends, as spdk_json_parse decides ------------------------------------------
-
-INCOMPLETE = "incomplete"
-INVALID = "invalid"
-COMPLETE = "complete"
-
-_TOKEN = re.compile(
-    rb"[ \t\n\r]*(?:"
-    rb"(?P<punct>[{}\[\]:,])"
-    rb'|(?P<str>"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+")'
-    rb"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
-    rb"|(?P<lit>true|false|null))"
-)
-_STRING_PREFIX = re.compile(rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+(?:\\(?:u[0-9a-fA-F]{0,3})?)?')
-_NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.(?:[0-9]+(?:[eE][+-]?[0-9]*)?)?|[eE][+-]?[0-9]*)?)?")
-_WHITESPACE = b" \t\n\r"
-
-_VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _COLON, _COMMA_OR_CLOSE = range(6)
-
-
-def _is_partial_token(rest: bytes, expect: int) -> bool:
-    """Could `rest` (the end of the buffer) still become a valid token where the grammar is now?"""
-    if expect in (_KEY, _KEY_OR_CLOSE):
-        return _STRING_PREFIX.fullmatch(rest) is not None
-    if expect in (_VALUE, _VALUE_OR_CLOSE):
-        return (
-            _STRING_PREFIX.fullmatch(rest) is not None
-            or _NUMBER_PREFIX.fullmatch(rest) is not None
-            or any(lit.startswith(rest) for lit in (b"true", b"false", b"null"))
-        )
-    return False
-
-
-def scan_value(buf: bytes | bytearray, pos: int = 0) -> tuple[str, int, int, int]:
-    """Find the JSON value starting at `pos` (after whitespace): `(status, start, end, values)`.
-
-    `status` is COMPLETE (the value is `buf[start:end]`), INCOMPLETE (wait for more bytes) or INVALID
-    (no bytes can make it valid: SPDK closes the connection). `values` counts JSON values the way
-    spdk_json_parse does (containers' begin and end, names, scalars), for the MAX_VALUES limit.
-    """
-    length = len(buf)
-    start = pos
-    while start < length and buf[start] in _WHITESPACE:
-        start += 1
-    if start == length:
-        return INCOMPLETE, start, start, 0
-    stack: list[int] = []
-    expect = _VALUE
-    values = 0
-    pos = start
-    while True:
-        m = _TOKEN.match(buf, pos)
-        if m is None:
-            rest = bytes(buf[pos:]).lstrip(_WHITESPACE)
-            if not rest or _is_partial_token(rest, expect):
-                return INCOMPLETE, start, pos, values
-            return INVALID, start, pos, values
-        kind = m.lastgroup
-        token = m.group(kind or 0)
-        token_start = m.start(kind or 0)
-        pos = m.end()
-        if kind == "num" and _NUMBER_PREFIX.fullmatch(bytes(buf[token_start:])) is not None:
-            return INCOMPLETE, start, pos, values  # the number may go on in the next bytes
-        if kind != "punct" or token in b"{}[]":
-            values += 1
-        closed_value = False
-        if expect in (_VALUE, _VALUE_OR_CLOSE):
-            if token == b"]" and expect == _VALUE_OR_CLOSE:
-                stack.pop()
-                closed_value = True
-            elif token == b"{":
-                stack.append(ord("{"))
-                expect = _KEY_OR_CLOSE
-            elif token == b"[":
-                stack.append(ord("["))
-                expect = _VALUE_OR_CLOSE
-            elif kind != "punct":
-                closed_value = True
-            else:
-                return INVALID, start, pos, values
-        elif expect in (_KEY, _KEY_OR_CLOSE):
-            if kind == "str":
-                expect = _COLON
-            elif token == b"}" and expect == _KEY_OR_CLOSE:
-                stack.pop()
-                closed_value = True
-            else:
-                return INVALID, start, pos, values
-        elif expect == _COLON:
-            if token != b":":
-                return INVALID, start, pos, values
-            expect = _VALUE
-        else:  # _COMMA_OR_CLOSE
-            if token == b",":
-                expect = _KEY if stack[-1] == ord("{") else _VALUE
-            elif (token == b"}" and stack[-1] == ord("{")) or (token == b"]" and stack[-1] == ord("[")):
-                stack.pop()
-                closed_value = True
-            else:
-                return INVALID, start, pos, values
-        if closed_value:
-            if not stack:
-                return COMPLETE, start, pos, values
-            expect = _COMMA_OR_CLOSE
-
-
-# -- SPDK's JSON writer -------------------------------------------------------------------------------------
-
-_ESCAPE = re.compile(r"(\\\\)|\\u([0-9a-f]{4})")
-
-
-def _upper_escape(m: re.Match[str]) -> str:
-    return m.group(1) or "\\u" + m.group(2).upper()
-
-
-def spdk_json(value: object) -> str:
-    """Compact JSON as spdk_json_write_* prints it: non-ASCII and DEL as \\uXXXX with upper-case hex."""
-    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    if "\\u" in text:
-        text = _ESCAPE.sub(_upper_escape, text)
-    if "\x7f" in text:
-        text = text.replace("\x7f", "\\u007F")
-    return text
-
-
-def reply_head(id_json: str) -> str:
-    return '{"jsonrpc":"2.0","id":' + id_json
-
-
-def result_reply(id_json: str, result: object) -> bytes:
-    return (reply_head(id_json) + ',"result":' + spdk_json(result) + "}\n").encode()
-
-
-def error_reply(id_json: str, code: int, message: str) -> bytes:
-    return (reply_head(id_json) + ',"error":{"code":' + str(int(code)) + ',"message":'
-            + spdk_json(message) + "}}\n").encode()
-
-
-def notification_reply(result: object) -> bytes:
-    """What SPDK sends for a successful call without an id: its writer's unflushed tail, unterminated.
-
-    skip_response() discards what was already flushed to the send buffer, then spdk_json_write_end()
-    flushes the writer's last partial 4 KiB buffer into it and the request is sent: the reply minus its
-    closing brace and newline, cut to what followed the last full 4 KiB flush.
-    """
-    body = (reply_head("null") + ',"result":' + spdk_json(result)).encode()
-    flushed = JSON_WRITE_BUF * ((len(body) - 1) // JSON_WRITE_BUF) if body else 0
-    return body[flushed:]
-
-
-class _DuplicateKeys(dict):  # type: ignore[type-arg]
-    """A JSON object that named a key twice (spdk_json_decode_object refuses it)."""
-
-
-def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    return obj if len(obj) == len(pairs) else _DuplicateKeys(obj)
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"not JSON: {name}")
-
-
-class _RawNumber(str):
-    """A JSON number's text as sent, so an id like 1.50 or -0 comes back byte for byte."""
-
-
-def _id_json(text: str, request_id: object) -> str:
-    """The request id as SPDK writes it back: numbers verbatim, strings re-escaped, null."""
-    if request_id is None:
-        return "null"
-    if isinstance(request_id, str):
-        return spdk_json(request_id)
-    if isinstance(request_id, int) and request_id != 0:
-        return str(request_id)  # a JSON integer without fraction or exponent reads back identically
-    raw = json.loads(text, parse_int=_RawNumber, parse_float=_RawNumber, parse_constant=_reject_constant)
-    return str(raw["id"])
-
-
-_ENVELOPE_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
-
-
-@dataclass
-class Request:
-    """A request that passed SPDK's envelope checks (parse_single_request)."""
-
-    method: str
-    params: object
-    id_json: str
-    notification: bool
-
-
-def parse_envelope(text: str) -> Request | bytes:
-    """Check the envelope as SPDK does; return the request, or the error reply SPDK would send."""
-    invalid = error_reply("null", ERROR_INVALID_REQUEST, "Invalid request")
-    obj = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_reject_constant)
-    if not isinstance(obj, dict) or isinstance(obj, _DuplicateKeys) or not obj.keys() <= _ENVELOPE_KEYS:
-        return invalid
-    if "jsonrpc" in obj and obj["jsonrpc"] != "2.0":
-        return invalid
-    method = obj.get("method")
-    if not isinstance(method, str):
-        return invalid
-    has_id = "id" in obj
-    request_id = obj.get("id")
-    if has_id and (isinstance(request_id, bool) or not isinstance(request_id, str | int | float | None)):
-        return invalid
-    id_json = _id_json(text, request_id)
-    params = obj.get("params")
-    if params is not None and not isinstance(params, dict | list):
-        return error_reply(id_json, ERROR_INVALID_REQUEST, "Invalid request")
-    return Request(method=method, params=params, id_json=id_json, notification=request_id is None)
-
-
-# -- the reactor --------------------------------------------------------------------------------------------
 
 
 @dataclass(eq=False)
@@ -768,34 +530,3 @@ class RpcServer:
             os.kill(os.getpid(), sig)
         ok = notification_reply(True) if request.notification else result_reply(request.id_json, True)
         self._queue_reply(conn, ok)
-
-
-def startup_lines(cpumask: str, argv: list[str], pid: int) -> list[str]:
-    """SPDK's start-up lines (spdk_app_start), with the banner saying loudly what this target is."""
-    cores = cpumask_cores(cpumask) or [0]
-    eal = " ".join(
-        ["spdk_tgt", "--no-shconf", f"-c {cpumask}", *[a for a in argv if a in ("--no-pci", "--no-huge")],
-         "--huge-unlink", "--log-level=lib.eal:6", "--iova-mode=pa", f"--file-prefix=spdk_pid{pid}"]
-    )
-    return [
-        f"Starting {SPDK_VERSION_LINE} initialization...",
-        f"[ DPDK EAL parameters: {eal} ]",
-        BANNER,
-        spdk_log_text("app.c", 917, "spdk_app_start", "NOTICE", f"Total cores available: {len(cores)}"),
-    ]
-
-
-def cpumask_cores(mask: str) -> list[int] | None:
-    """Cores named by an SPDK core mask (`0x3`, `3`, `[0,1]`, `[0-3]`), or None if it is not one."""
-    text = mask.strip()
-    try:
-        if text.startswith("[") and text.endswith("]"):
-            cores: set[int] = set()
-            for part in filter(None, (p.strip() for p in text[1:-1].split(","))):
-                low, _, high = part.partition("-")
-                cores.update(range(int(low), int(high or low) + 1))
-            return sorted(cores) or None
-        value = int(text, 16)
-    except ValueError:
-        return None
-    return [bit for bit in range(value.bit_length()) if value >> bit & 1] or None

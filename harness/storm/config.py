@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.errors import ConfigError
+from harness.rpc_rules.table import RULES
 from harness.storm.operations import KNOWN_METHODS
 from harness.storm.strategies import STRATEGIES
 
@@ -45,27 +46,9 @@ def parse_duration(value: Any, field: str = "duration") -> float:
     return seconds
 
 
-# What Longhorn's replica does most: create/snapshot/clone/delete, with the rest as seasoning.
-DEFAULT_MIX: dict[str, float] = {
-    "bdev_lvol_create": 20,
-    "bdev_lvol_snapshot": 14,
-    "bdev_lvol_clone": 12,
-    "bdev_lvol_delete": 22,
-    "bdev_lvol_resize": 4,
-    "bdev_lvol_rename": 3,
-    "bdev_lvol_set_read_only": 1,
-    "bdev_lvol_inflate": 2,
-    "bdev_lvol_decouple_parent": 2,
-    "bdev_lvol_set_parent": 2,
-    "bdev_lvol_detach_parent": 2,
-    "bdev_lvol_set_xattr": 3,
-    "bdev_lvol_get_xattr": 2,
-    "bdev_lvol_register_snapshot_checksum": 3,
-    "bdev_lvol_get_snapshot_checksum": 2,
-    "bdev_lvol_get_lvols": 1,
-    "bdev_get_bdevs": 2,
-    "bdev_lvol_get_lvstores": 1,
-}
+DEFAULT_MIX: dict[str, float] = {r.method: r.storm.weight for r in RULES if r.storm is not None and r.storm.weight > 0}
+"""Each row's weight (`StormUse.weight`): what Longhorn's replica does most, create/snapshot/clone/delete, with
+the rest as seasoning."""
 
 
 class StormConfig(BaseModel):

@@ -1,4 +1,5 @@
-"""One storm operation (`Op`) and what the storm knows about each SPDK method it may send.
+"""One storm operation (`Op`), the group of ops it overlapped with, and which SPDK methods the storm may send
+(rows of `harness.rpc_rules`).
 
 Method names and parameter names are SPDK's own, so an operation from a report pastes into `spdk-rpc`.
 """
@@ -9,76 +10,36 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-# Methods that change the lvstore; everything else is a read whose reply the checker can compare.
-MUTATING: frozenset[str] = frozenset({
-    "bdev_lvol_create",
-    "bdev_lvol_snapshot",
-    "bdev_lvol_clone",
-    "bdev_lvol_delete",
-    "bdev_lvol_resize",
-    "bdev_lvol_rename",
-    "bdev_lvol_set_read_only",
-    "bdev_lvol_inflate",
-    "bdev_lvol_decouple_parent",
-    "bdev_lvol_set_parent",
-    "bdev_lvol_detach_parent",
-    "bdev_lvol_set_xattr",
-    "bdev_lvol_register_snapshot_checksum",
-    "bdev_lvol_start_shallow_copy",
-    "bdev_lvol_rename_lvstore",
-})
+from harness.rpc_rules.rule import Rule
+from harness.rpc_rules.table import BY_METHOD, OPTIONAL_LONGHORN_METHODS, RULES
 
-READS: frozenset[str] = frozenset({
-    "bdev_lvol_get_lvols",
-    "bdev_get_bdevs",
-    "bdev_lvol_get_lvstores",
-    "bdev_lvol_get_xattr",
-    "bdev_lvol_get_snapshot_checksum",
-    "bdev_lvol_check_shallow_copy",
-})
+KNOWN_METHODS: frozenset[str] = frozenset(r.method for r in RULES if r.storm is not None)
+"""Every method a mix may name: the table's rows the storm knows how to send."""
 
-# Every method a mix may name.
-KNOWN_METHODS: frozenset[str] = (MUTATING | READS) - {"bdev_lvol_check_shallow_copy"}
-
-# Only sent when `rpc_get_methods` lists them (the Longhorn fork has them, upstream v24.09 lacks some).
-OPTIONAL_METHODS: frozenset[str] = frozenset({
-    "bdev_lvol_set_xattr",
-    "bdev_lvol_get_xattr",
-    "bdev_lvol_register_snapshot_checksum",
-    "bdev_lvol_get_snapshot_checksum",
-    "bdev_lvol_detach_parent",
-    "bdev_lvol_start_shallow_copy",
-    "bdev_lvol_set_parent",
-})
-
-# Which parameter of each method names an existing lvol (the ones replay remaps and the checker follows).
-LVOL_PARAMS: dict[str, tuple[str, ...]] = {
-    "bdev_lvol_snapshot": ("lvol_name",),
-    "bdev_lvol_clone": ("snapshot_name",),
-    "bdev_lvol_delete": ("name",),
-    "bdev_lvol_resize": ("name",),
-    "bdev_lvol_rename": ("old_name",),
-    "bdev_lvol_set_read_only": ("name",),
-    "bdev_lvol_inflate": ("name",),
-    "bdev_lvol_decouple_parent": ("name",),
-    "bdev_lvol_set_parent": ("lvol_name", "parent_name"),
-    "bdev_lvol_detach_parent": ("name",),
-    "bdev_lvol_set_xattr": ("name",),
-    "bdev_lvol_get_xattr": ("name",),
-    "bdev_lvol_register_snapshot_checksum": ("name",),
-    "bdev_lvol_get_snapshot_checksum": ("name",),
-    "bdev_lvol_start_shallow_copy": ("src_lvol_name",),
-    "bdev_get_bdevs": ("name",),
-}
-
-# Methods whose reply is the UUID of a new lvol, and the parameter holding its name.
-CREATES: dict[str, str] = {
-    "bdev_lvol_create": "lvol_name",
-    "bdev_lvol_snapshot": "snapshot_name",
-    "bdev_lvol_clone": "clone_name",
-}
+OPTIONAL_METHODS: frozenset[str] = KNOWN_METHODS & OPTIONAL_LONGHORN_METHODS
+"""Only sent when `rpc_get_methods` lists them (the Longhorn fork has them, upstream v24.09 lacks some)."""
 
 _op_ids = itertools.count(1)
+
+
+class Group:
+    """Ops that overlapped on some key while in flight; judged together once all have answered
+    (`harness.storm.grouping` forms them). `merged` points at the group that absorbed this one."""
+
+    __slots__ = ("closed", "inflight", "members", "merged", "with_rename")
+
+    def __init__(self) -> None:
+        self.members: list[Op] = []
+        self.inflight = 0
+        self.merged: Group | None = None
+        self.with_rename = False  # an lvstore rename is a member: its "s:" keys draw ops in too
+        self.closed = False  # judged (a quiesce point may judge it before the checker saw every reply)
+
+    def root(self) -> Group:
+        g = self
+        while g.merged is not None:
+            g = g.merged
+        return g
 
 
 @dataclass(eq=False, slots=True)
@@ -102,8 +63,13 @@ class Op:
     lenient: bool = False
     done: bool = False
     judged: bool = False  # judged as part of a group (the checker judges each op once)
-    # Set by the checker: ops overlapping this one on a shared key, while it was in flight.
-    group: Any = None
+    group: Group | None = None
+    """Set by the checker: the ops overlapping this one on a shared key while it was in flight."""
+    rule: Rule = field(init=False, repr=False)
+    """The method's row in the RPC table (every method the storm sends has one), looked up once."""
+
+    def __post_init__(self) -> None:
+        self.rule = BY_METHOD[self.method]
 
     @property
     def ok(self) -> bool:

@@ -48,7 +48,7 @@ class Progress:
         errs = ", ".join(f"{e} {n}" for e, n in s.errors_by_errno.most_common(4)) or "none"
         # The target's own count (its latest bdev_lvol_get_lvstores reply), not the model's: the model judges
         # overlapping allocations leniently and can drift (even below zero) until the next quiesce point.
-        free = s.lvs_free if getattr(s, "lvs_free", None) is not None else "?"
+        free = s.space.free if s.space.free is not None else "?"
         findings = len(s.checker.findings) if s.checker is not None else 0
         return (f"storm {elapsed:.0f}s ({remaining}) | {ops} ops, {rate:.0f}/s | {top} | errors: {errs} | "
                 f"lvols {len(s.view.nodes)} | free clusters {free} | findings {findings}")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
 
+from harness.rpc_rules.table import BY_METHOD
 from harness.storm.config import StormConfig
 from harness.storm.operations import Op
 from harness.storm.view import TreeView
@@ -22,27 +22,8 @@ from harness.storm.view import TreeView
 HOT_SHARE = {"low": 0.0, "medium": 0.5, "high": 0.9}
 HOT_SIZE = {"low": 16, "medium": 8, "high": 3}
 
-# The kind of lvol each method targets.
-TARGET_KIND: dict[str, str] = {
-    "bdev_lvol_snapshot": "volume",
-    "bdev_lvol_clone": "snapshot",
-    "bdev_lvol_delete": "any",
-    "bdev_lvol_resize": "volume",
-    "bdev_lvol_rename": "any",
-    "bdev_lvol_set_read_only": "volume",
-    "bdev_lvol_inflate": "clone",
-    "bdev_lvol_decouple_parent": "clone",
-    "bdev_lvol_set_parent": "volume",
-    "bdev_lvol_detach_parent": "clone",
-    "bdev_lvol_set_xattr": "volume",
-    "bdev_lvol_get_xattr": "any",
-    "bdev_lvol_register_snapshot_checksum": "snapshot",
-    "bdev_lvol_get_snapshot_checksum": "snapshot",
-    "bdev_lvol_start_shallow_copy": "snapshot",
-    "bdev_get_bdevs": "any",
-}
-
 MISSING = "storm_missing_lvol"
+DELETE = BY_METHOD["bdev_lvol_delete"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,58 +107,49 @@ class Scheduler:
         self.copy_dst: str | None = None
         self.short_of_space: set[int] = set()
         """Workers whose last create (or grow) met ENOSPC and who have not freed anything since."""
-
-    def pick(self, kind: str, step: Step) -> str | None:
-        return self.view.pick(kind, step.u_target, self.hot, step.u_hot)
+        self._draw = _Draw(self)
 
     def build(self, step: Step, worker: int) -> Op:
-        """The op for a single-method step. A method with no possible target is sent at a missing name (the
-        target must answer No such device), so the per-worker method sequence never depends on state."""
+        """The op for a single-method step, its params from the method's row (`StormUse.args`). A method with
+        no possible target is sent at a missing name (the target must answer No such device), so the
+        per-worker method sequence never depends on state."""
         method = step.method
         assert method is not None
-        view = self.view
-        name = f"w{worker}n{step.name_no}"
-        if method in ("bdev_lvol_create", "bdev_lvol_snapshot", "bdev_lvol_clone") and \
-                len(view) >= self.cfg.max_lvols:
-            method = "bdev_lvol_delete"  # at the ceiling, growth turns into deletion
-        elif worker in self.short_of_space and (method == "bdev_lvol_resize" or
-                                                (method == "bdev_lvol_create" and not step.thin)):
-            method = "bdev_lvol_delete"  # out of space: free some rather than meet ENOSPC again
-        params: dict[str, Any]
-        if method == "bdev_lvol_create":
-            params = {"lvs_name": self.lvs_name, "lvol_name": name, "size_in_mib": step.size_mib,
-                      "thin_provision": step.thin}
-        elif method in ("bdev_lvol_get_lvols", "bdev_lvol_get_lvstores"):
-            params = {"lvs_name": self.lvs_name}
-        elif method == "bdev_lvol_rename_lvstore":
-            base = self.lvs_name.removesuffix("_r")
-            new = base if self.lvs_name.endswith("_r") else f"{base}_r"
-            params = {"old_name": self.lvs_name, "new_name": new}
-        else:
-            kind = TARGET_KIND[method]
-            if method == "bdev_lvol_delete" and step.u_extra < 0.6:
-                kind = "leaf"  # mostly leaves, so the population turns over; sometimes inner snapshots
-            target = self.pick(kind, step) or MISSING
-            params = _params_for(method, target, name, step, self)
-        return Op(method, params, worker)
+        rule = BY_METHOD[method]
+        if rule.creates_lvol and len(self.view) >= self.cfg.max_lvols:
+            rule = DELETE  # at the ceiling, growth turns into deletion
+        elif worker in self.short_of_space and (rule.takes_clusters == "always" or
+                                                (rule.takes_clusters == "if-thick" and not step.thin)):
+            rule = DELETE  # out of space: free some rather than meet ENOSPC again
+        assert rule.storm is not None, f"{rule.method} has no StormUse in its row"
+        draw = self._draw
+        draw.set(step, f"w{worker}n{step.name_no}")
+        return Op(rule.method, rule.storm.args(draw), worker)
 
 
-def _params_for(method: str, target: str, name: str, step: Step, sched: Scheduler) -> dict[str, Any]:
-    if method == "bdev_lvol_snapshot":
-        return {"lvol_name": target, "snapshot_name": name}
-    if method == "bdev_lvol_clone":
-        return {"snapshot_name": target, "clone_name": name}
-    if method == "bdev_lvol_resize":
-        return {"name": target, "size_in_mib": step.size_mib}
-    if method == "bdev_lvol_rename":
-        return {"old_name": target, "new_name": name}
-    if method == "bdev_lvol_set_parent":
-        parent = sched.view.pick("snapshot", step.u_extra, sched.hot, step.u_hot) or MISSING
-        return {"lvol_name": target, "parent_name": parent}
-    if method == "bdev_lvol_set_xattr":
-        return {"name": target, "xattr_name": "storm", "xattr_value": name}
-    if method == "bdev_lvol_get_xattr":
-        return {"name": target, "xattr_name": "storm" if step.u_extra < 0.7 else "name"}
-    if method == "bdev_lvol_start_shallow_copy":
-        return {"src_lvol_name": target, "dst_bdev_name": sched.copy_dst or "storm_copy_dst"}
-    return {"name": target}
+class _Draw:
+    """What a row's argument builder sees of one step (see `harness.rpc_rules.rule.Draw`); the scheduler keeps
+    one and sets it per step (builders use it only while they run)."""
+
+    __slots__ = ("_sched", "_step", "copy_dst", "lvs_name", "name", "size_mib", "thin", "u_extra")
+
+    def __init__(self, sched: Scheduler) -> None:
+        self._sched = sched
+
+    def set(self, step: Step, name: str) -> None:
+        sched = self._sched
+        self._step = step
+        self.name = name
+        self.size_mib = step.size_mib
+        self.thin = step.thin
+        self.u_extra = step.u_extra
+        self.lvs_name = sched.lvs_name
+        self.copy_dst = sched.copy_dst
+
+    def target(self, kind: str) -> str:
+        s, step = self._sched, self._step
+        return s.view.pick(kind, step.u_target, s.hot, step.u_hot) or MISSING
+
+    def other(self, kind: str) -> str:
+        s, step = self._sched, self._step
+        return s.view.pick(kind, step.u_extra, s.hot, step.u_hot) or MISSING

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,12 @@ class IndexedSet:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(list(self._items))
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._pos.clear()
 
 
 @dataclass(slots=True)
@@ -230,7 +235,7 @@ class TreeView:
         self.nodes.clear()
         self.by_name.clear()
         for s in self.by_kind.values():
-            s.__init__()  # type: ignore[misc]
+            s.clear()
         name_to_uuid = {e["name"]: e["uuid"] for e in lvols}
         for e in lvols:
             info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})

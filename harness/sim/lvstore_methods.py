@@ -1,0 +1,104 @@
+"""The lvstore RPCs as spdk_tgt serves them: create (spdk_bs_init's layout), rename, delete (every lvol goes,
+busy or not), grow, and the two listings."""
+
+from __future__ import annotations
+
+import errno
+
+from harness.rpc_rules.table import BY_METHOD
+from harness.sim.bdevs import (
+    BS_PAGE_SIZE,
+    DEFAULT_CLUSTER_SZ,
+    DEFAULT_MD_PAGES_RATIO,
+    BlobstoreLayout,
+    blobstore_layout,
+    mask_pages,
+)
+from harness.sim.decoding import check_choices, decode_for
+from harness.sim.protocol import ERROR_INVALID_PARAMS, RpcFault, fault, no_device
+from harness.sim.shapes import lvol_entry, lvstore_json
+from harness.sim.state import LVS_NAME_MAX, TargetState
+
+
+class LvstoreMethods(TargetState):
+    """bdev_lvol_create_lvstore, _rename_lvstore, _delete_lvstore, _grow_lvstore, _get_lvstores, _get_lvols."""
+
+    def _m_bdev_lvol_create_lvstore(self, params: object) -> object:
+        rule = BY_METHOD["bdev_lvol_create_lvstore"]
+        p = decode_for(rule, params)
+        check_choices(rule, p)
+        # vbdev_lvs_create, then spdk_lvs_init (both answer -errno), then spdk_bs_init (its callback: -32602).
+        name = str(p["lvs_name"])
+        cluster_sz = int(p["cluster_sz"] or DEFAULT_CLUSTER_SZ)  # type: ignore[call-overload]
+        if not name or len(name) > LVS_NAME_MAX:
+            raise fault(errno.EINVAL)  # recorded: an empty name is -22 even on a claimed bdev
+        bdev = self.bdevs.get(str(p["bdev_name"]))
+        if bdev is None:
+            raise no_device()
+        if bdev.lvs_uuid is not None or self._copy_target(bdev.name):
+            raise fault(errno.EPERM)  # claimed: cannot be opened for writing
+        if cluster_sz < bdev.block_size:
+            raise fault(errno.EINVAL)
+        if self._store_by_name(name) is not None:
+            raise fault(errno.EEXIST)
+        ratio = int(p["num_md_pages_per_cluster_ratio"] or DEFAULT_MD_PAGES_RATIO)  # type: ignore[call-overload]
+        layout = blobstore_layout(bdev.size_bytes, cluster_sz, ratio)
+        total, md = layout.total_clusters, layout.md_clusters
+        if total == 0 or total * ratio // 100 == 0 or cluster_sz < BS_PAGE_SIZE:
+            raise fault(errno.EINVAL, ERROR_INVALID_PARAMS)  # no md pages, or cluster below a page
+        if md > total:
+            raise fault(errno.ENOMEM, ERROR_INVALID_PARAMS)  # "metadata cannot use more clusters than..."
+        uuid = self._new_uuid()
+        self.stores[uuid] = self._new_store(name, uuid, bdev, total - md, cluster_sz)
+        self._layouts[uuid] = layout
+        bdev.lvs_uuid = uuid
+        return uuid
+
+    def _m_bdev_lvol_rename_lvstore(self, params: object) -> object:
+        p = decode_for(BY_METHOD["bdev_lvol_rename_lvstore"], params)
+        old, new = str(p["old_name"]), str(p["new_name"])
+        store = self._store_by_name(old)
+        if store is None:
+            raise RpcFault(-errno.ENOENT, f"Lvol store {old} not found")
+        if new == old:
+            return True
+        # spdk_lvs_rename checks only for a clash; the name is truncated to fit (no length or empty check).
+        new = new[:LVS_NAME_MAX]
+        if self._store_by_name(new) is not None:
+            raise fault(errno.EEXIST, ERROR_INVALID_PARAMS)
+        store.rename_store(new)
+        return True
+
+    def _m_bdev_lvol_delete_lvstore(self, params: object) -> object:
+        p = decode_for(BY_METHOD["bdev_lvol_delete_lvstore"], params)
+        store = self._store_xor(p["uuid"], p["lvs_name"])
+        self._model_call(store.destroy, ERROR_INVALID_PARAMS)
+        self._drop_store(store)
+        return True
+
+    def _m_bdev_lvol_grow_lvstore(self, params: object) -> object:
+        p = decode_for(BY_METHOD["bdev_lvol_grow_lvstore"], params)
+        store = self._store_xor(p["uuid"], p["lvs_name"])
+        bdev, layout = self.bdevs.get(store.base_bdev), self._layouts.get(store.uuid)
+        if bdev is None or layout is None or bdev.size_bytes == layout.size_bytes:
+            return True  # bs_grow_live: same device size, nothing to do
+        total = bdev.size_bytes // store.cluster_size
+        if bdev.size_bytes < layout.size_bytes or mask_pages(total) > layout.cluster_mask_pages:
+            raise fault(errno.ENOSPC, ERROR_INVALID_PARAMS)  # cannot shrink; mask has no room
+        store.grow(total - layout.md_clusters)
+        self._layouts[store.uuid] = BlobstoreLayout(total, layout.md_clusters, layout.cluster_mask_pages,
+                                                    bdev.size_bytes)
+        return True
+
+    def _m_bdev_lvol_get_lvstores(self, params: object) -> object:
+        if params is None:
+            return [lvstore_json(s) for s in self.stores.values()]
+        p = decode_for(BY_METHOD["bdev_lvol_get_lvstores"], params)
+        return [lvstore_json(self._store_xor(p["uuid"], p["lvs_name"]))]
+
+    def _m_bdev_lvol_get_lvols(self, params: object) -> object:
+        stores = list(self.stores.values())
+        if params is not None:
+            p = decode_for(BY_METHOD["bdev_lvol_get_lvols"], params)
+            stores = [self._store_xor(p["lvs_uuid"], p["lvs_name"])]
+        return [lvol_entry(s, lv) for s in stores for lv in s.lvols()]

@@ -1,0 +1,85 @@
+"""What only the target's whole listing can show, at quiesce points and at the end: lvols the model does not
+have (or has and the target lost), wrong parent/child links, free clusters the model does not expect, and
+clusters in use that no live lvol holds (a leak, exposed by the deletes and shrinks since the last check)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from harness.model.lvstore import LvolStore
+from harness.rpc_rules.table import links_of_bdev_reply
+from harness.storm.findings import Finding
+from harness.storm.mirror import LvstoreInfo
+from harness.storm.operations import Op
+
+SUSPECTS_KEPT = 64
+
+
+def listing_diff(lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]], store: LvstoreInfo,
+                 model: LvolStore) -> list[Finding]:
+    """The target's listing (bdev_lvol_get_lvols, bdev_get_bdevs by UUID, the lvstore) against the model."""
+    found: list[Finding] = []
+    target = {e["uuid"]: e for e in lvols}
+    ours = {lv.uuid: lv for lv in model.lvols()}
+    for u in target.keys() - ours.keys():
+        found.append(Finding("orphan-lvol", f"target lists {target[u]['alias']} ({u}) which the model "
+                             "does not have (nothing created it, or a delete answered ok without deleting)"))
+    for u in ours.keys() - target.keys():
+        found.append(Finding("missing-lvol", f"model has {ours[u].name} ({u}) but the target does not "
+                             "list it (deleted without a successful delete)"))
+    for u in target.keys() & ours.keys():
+        got = links_of_bdev_reply([bdevs.get(u, {})])
+        want = model.bdev_links(u)
+        if got is not None and got != want:
+            found.append(Finding("wrong-links", f"{target[u]['alias']}: target reports {got}, model "
+                                 f"expects {want}"))
+    if store.free_clusters != model.free_clusters and not found:
+        found.append(Finding("free-clusters", f"lvstore {store.name}: free_clusters {store.free_clusters}, "
+                             f"model expects {model.free_clusters}"))
+    return found
+
+
+class LeakWatch:
+    """The deletes and shrinks since the last check (the suspects a leak names) and whether a leak was
+    reported already (one per run: after it every check would repeat it)."""
+
+    def __init__(self) -> None:
+        self.suspects: deque[Op] = deque(maxlen=SUSPECTS_KEPT)
+        self.reported = False
+
+    def note(self, op: Op) -> None:
+        """A successful op that gives clusters back (its row's returns_clusters)."""
+        self.suspects.append(op)
+
+    def clear(self) -> None:
+        self.suspects.clear()
+
+    def text(self) -> str:
+        ops = list(self.suspects)
+        if not ops:
+            return "no delete or shrink since the last check"
+        return "; ".join(o.describe() for o in ops[:5]) + (f" (+{len(ops) - 5} more)" if len(ops) > 5 else "")
+
+    def record(self) -> dict[str, Any] | None:
+        return self.suspects[0].record() if self.suspects else None
+
+    def in_listing(self, bdevs: dict[str, dict[str, Any]], store: LvstoreInfo) -> Finding | None:
+        """The target's own accounting: total - free must equal what its live lvols hold."""
+        held = sum(int(((b.get("driver_specific") or {}).get("lvol") or {}).get("num_allocated_clusters", 0))
+                   for b in bdevs.values())
+        used = store.total_data_clusters - store.free_clusters
+        if used == held or self.reported:
+            return None
+        self.reported = True
+        return Finding("leaked-clusters",
+                       f"lvstore {store.name}: {used} clusters in use but live lvols hold {held}: {used - held} "
+                       f"clusters leaked since the last check; exposed by {self.text()}", self.record())
+
+    def in_release(self, op: Op, before: int, after: int, held: int) -> Finding | None:
+        """Cleanup deletes one lvol at a time: its clusters must all come back."""
+        if after - before >= held or self.reported:
+            return None
+        self.reported = True
+        return Finding("leaked-clusters", f"{op.describe()}: the lvol held {held} clusters but "
+                       f"free_clusters went {before} -> {after}", op.record())

@@ -1,0 +1,151 @@
+"""The model beside the target: an `LvolStore` made from the target's own listing and kept in step by
+running each operation through its row's transition (`harness.rpc_rules`).
+
+It predicts replies: `apply(op)` is ("ok", the reply the model gives) or (errno name, None), and a refusal
+changes nothing. New lvols take the UUIDs the target answered, so the model and the target name them alike.
+Model per-op cost is O(1) in the number of lvols (dict lookups).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.model.lvstore import Checkpoint, LvolStore, ModelCrash, ModelError
+from harness.rpc_rules.rule import DST_SIZE_BYTES
+from harness.rpc_rules.table import RULES
+from harness.storm.operations import Op
+
+MD_PAGES_NEAR_FULL = 0.75
+"""With the estimate of metadata pages in use above this share of all pages, ENOMEM (bs_create_blob finds no
+free page) is legal for an op whose row claims metadata pages."""
+JOB_DONE_TICKS = 1 << 20
+"""Ticks that finish any job: the mirror has no polls, so a job is done before the next op is judged."""
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    r.method: getattr(LvolStore, r.model.method) for r in RULES if r.model is not None}
+"""Each row's transition as the LvolStore function (looked up once, not per op)."""
+
+
+@dataclass
+class LvstoreInfo:
+    """An lvstore as `bdev_lvol_get_lvstores` reports it."""
+
+    name: str
+    uuid: str
+    base_bdev: str
+    total_data_clusters: int
+    free_clusters: int
+    cluster_size: int
+    block_size: int
+
+    @classmethod
+    def from_reply(cls, d: dict[str, Any]) -> LvstoreInfo:
+        return cls(d["name"], d["uuid"], d.get("base_bdev", ""), d["total_data_clusters"], d["free_clusters"],
+                   d["cluster_size"], d.get("block_size", 4096))
+
+
+class ModelMirror:
+    """The model of the storm's lvstore, as the target's replies say it is."""
+
+    def __init__(self, lvs: LvstoreInfo, *, copy_dst_bytes: int = 0) -> None:
+        self.copy_dst_bytes = copy_dst_bytes
+        self._next_uuid: str | None = None
+        self.model = self._empty(lvs)
+
+    def _uuid(self) -> str:
+        u = self._next_uuid
+        self._next_uuid = None
+        return u or f"model-{id(self)}-{time.monotonic_ns()}"
+
+    def _empty(self, lvs: LvstoreInfo) -> LvolStore:
+        return LvolStore(lvs.name, lvs.uuid, lvs.base_bdev, lvs.total_data_clusters, lvs.cluster_size,
+                         lvs.block_size, uuid_factory=self._uuid)
+
+    def adopt(self, lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]], store: LvstoreInfo) -> None:
+        """A new model equal to the target's listing (bdev_lvol_get_lvols, bdev_get_bdevs by UUID); what a
+        listing does not show (xattrs, checksums, read-only) is kept from the old model for lvols it knew."""
+        old = self.model
+        model = self._empty(store)
+        by_name: dict[str, str] = {}
+        for e in lvols:
+            info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
+            bdev = bdevs.get(e["uuid"]) or {}
+            nbytes = bdev.get("num_blocks", 0) * bdev.get("block_size", store.block_size)
+            n = -(-nbytes // store.cluster_size)
+            self._next_uuid = e["uuid"]
+            lv = model.adopt_lvol(e["name"], n, bool(info.get("thin_provision", e.get("is_thin_provisioned"))),
+                                  int(info.get("num_allocated_clusters", 0)), bool(info.get("snapshot")))
+            prev = old.find_by_uuid(e["uuid"])
+            if prev is not None:
+                lv.xattrs = dict(prev.xattrs)
+                lv.checksum = prev.checksum
+                lv.read_only = prev.read_only or lv.read_only
+            by_name[e["name"]] = e["uuid"]
+        for e in lvols:
+            info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
+            base = info.get("base_snapshot")
+            if base and base in by_name:
+                child = model.find_by_uuid(e["uuid"])
+                parent = model.find_by_uuid(by_name[base])
+                if child is not None and parent is not None:
+                    model.adopt_link(child, parent)
+        model.set_free_clusters(store.free_clusters)
+        self.model = model
+
+    def apply(self, op: Op) -> tuple[str, Any]:
+        """Run op's row's transition: ("ok", the reply the model predicts) or (errno name, None); "crash" with
+        the detail when the state reached kills the target. Refusals change nothing."""
+        rule, p, model = op.rule, op.params, self.model
+        try:
+            for param in rule.lvstore_params:  # vbdev_get_lvol_store_by_uuid_xor_name, ..._by_name
+                value = p.get(param.name)
+                if value is not None and value != (model.uuid if param.role == "lvstore_uuid" else model.name):
+                    return errno_mod.errorcode[param.missing], None
+            transition = rule.model
+            if transition is None:
+                return "ok", None
+            if rule.creates_lvol:
+                self._next_uuid = op.result if op.ok else None
+            kwargs = transition.kwargs(p)
+            if DST_SIZE_BYTES in transition.args:
+                kwargs[DST_SIZE_BYTES] = self.copy_dst_bytes or (1 << 62)
+            result = _FUNCTIONS[op.method](model, **kwargs)
+            if rule.starts_job:
+                model.tick(JOB_DONE_TICKS)
+            return "ok", rule.reply(result)
+        except ModelError as exc:
+            return errno_mod.errorcode.get(exc.errno, str(exc.errno)), None
+        except ModelCrash as exc:
+            return "crash", exc.detail
+        finally:
+            self._next_uuid = None
+
+    def checkpoint(self, ops: list[Op]) -> Checkpoint:
+        """The model's state before ops, enough to undo them: the trees their keys name (an op's keys hold its
+        lvols and their roots; set_parent names both trees); every blob for an lvstore-wide op (a rename
+        renames every alias)."""
+        if any(o.rule.effect == "lvstore" for o in ops):
+            return self.model.checkpoint()
+        return self.model.checkpoint({k for o in ops for k in o.keys if not k.startswith(("n:", "s:"))})
+
+    def restore(self, cp: Checkpoint) -> None:
+        self.model.restore(cp)
+
+    def md_pages_short(self) -> bool:
+        used, total = self.model.md_pages_estimate()
+        return used >= total * MD_PAGES_NEAR_FULL
+
+    def context(self, op: Op) -> str:
+        """What the model knew about the op's target: why it expected what it expected."""
+        model = self.model
+        for k in op.keys:
+            lv = model.find(k) if not k.startswith("n:") else None
+            if lv is not None:
+                clones = [c.name for c in model.clones_of(lv)]
+                return (f" ({lv.name}: snapshot={lv.is_snapshot}, {len(clones)} clones {clones}, "
+                        f"read_only={lv.read_only}, thin={lv.thin})")
+        return ""

@@ -1,0 +1,42 @@
+"""What a storm did and found: `StormResult`, the storm part of summary.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.storm.findings import Finding
+
+
+@dataclass
+class StormResult:
+    """What a storm did and found; `to_dict()` is the storm part of summary.json."""
+
+    ops: int = 0
+    ops_by_method: dict[str, int] = field(default_factory=dict)
+    errors_by_errno: dict[str, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    stop_reason: str = "duration"
+    wall_s: float = 0.0
+    ops_per_s: float = 0.0
+    lvols_live: int = 0
+    free_clusters_start: int | None = None
+    free_clusters_end: int | None = None
+    races: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ops": self.ops,
+            "ops_by_method": dict(self.ops_by_method),
+            "errors_by_errno": dict(self.errors_by_errno),
+            "findings": [f.to_dict() for f in self.findings],
+            "stop_reason": self.stop_reason,
+            "wall_s": round(self.wall_s, 3),
+            "ops_per_s": round(self.ops_per_s, 1),
+            "lvols_live": self.lvols_live,
+            "free_clusters_start": self.free_clusters_start,
+            "free_clusters_end": self.free_clusters_end,
+            "races": self.races,
+            "notes": list(self.notes),
+        }
