@@ -267,11 +267,15 @@ class TargetSession:
                 self._cores_entered = False
             if not self.host.is_local and self._started:
                 stack.callback(self._fetch_log)
-            stack.callback(self.target.stop)
+            stack.callback(lambda: self.target.stop(hung=self._hung()))
             if self.watchdog is not None:
                 stack.callback(self.watchdog.stop)
             if self.keep_evidence and self.crashed and self.report_path is None:
                 self.save_crash()
+
+    def _hung(self) -> bool:
+        """The watchdog called the target hung (its evidence is a hang, and the process is still there)."""
+        return self.watchdog is not None and self.alive() and any(ev.kind == "hang" for ev in self.watchdog.evidence)
 
     def _fetch_log(self) -> None:
         """A remote target's log, whole, beside the local evidence (the node's work dir may be removed)."""

@@ -4,6 +4,7 @@ teardown never spends its timeouts and retries on a target the watchdog calls hu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,8 +50,22 @@ def test_a_target_stopped_past_the_threshold_is_a_hang_not_a_clean_run(tmp_path:
     try:
         time.sleep(3 * HANG)
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # a hung target is killed once reported
+            os.kill(pid, signal.SIGCONT)
     out = proc.communicate(timeout=90)[0]
     assert proc.returncode == 3, out[-3000:]
     titles = [c["title"] for c in _summary(tmp_path)["crashes"]]  # type: ignore[attr-defined]
     assert titles == [f"hang: no RPC reply for {HANG} s"], titles
+@pytest.mark.timeout(120)
+def test_a_hang_whose_threshold_outlives_the_storm_is_reported_without_a_teardown_finding(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    proc = _run(tmp_path, "--sim-fault", "hang", "--set", "target.sim_fault_after=5", "--duration", "2s")
+    out = proc.communicate(timeout=100)[0]
+    wall = time.monotonic() - t0
+    assert proc.returncode == 3, out[-3000:]
+    summary = _summary(tmp_path)
+    assert [c["title"] for c in summary["crashes"]] == [f"hang: no RPC reply for {HANG} s"]  # type: ignore[attr-defined]
+    assert not [f for f in summary["findings"] if f.get("kind") == "teardown"], summary["findings"]  # type: ignore[attr-defined]
+    assert wall < 2 + 3 * HANG + 20, f"{wall:.0f} s: teardown retried against a hung target"
+
+

@@ -440,17 +440,21 @@ class Storm:
 
     # -- the end ----------------------------------------------------------------------------------------
 
-    async def _target_alive(self) -> bool:
+    async def _target_answers(self) -> str:
+        """"yes", "gone" (the connection is lost) or "silent" (no answer in 5 s: hung, or stopped, which the
+        watchdog decides; the run then waits for its verdict instead of tearing down)."""
         conn = self.setup_conn
         if conn is None or not conn.is_open:
-            return False
+            return "gone"
         try:
             await conn.call("spdk_get_version", None, timeout=min(self.cfg.op_timeout, 5.0))
-            return True
-        except (RpcConnectionLost, RpcTimeout):
-            return False
+            return "yes"
+        except RpcTimeout:
+            return "silent"
+        except RpcConnectionLost:
+            return "gone"
         except RpcError:
-            return True  # it answered
+            return "yes"  # it answered
 
     async def _finish(self) -> None:
         res = self.result
@@ -459,7 +463,12 @@ class Storm:
         assert conn is not None
         if self.stop_reason is None:
             self.stop_reason = "duration"
-        alive = self.stop_reason not in ("crash", "unresponsive", "lvstore_lost") and await self._target_alive()
+        stopped_dead = self.stop_reason in ("crash", "unresponsive", "lvstore_lost")
+        answers = "no" if stopped_dead else await self._target_answers()
+        if answers == "silent":
+            res.notes.append("the target did not answer the final checks within 5 s")
+            self.stop_reason = "unresponsive"
+        alive = answers == "yes"
         if alive and self.stop_reason == "connection_lost":
             res.notes.append("a connection was lost but the target still answers")
         if alive:
