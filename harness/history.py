@@ -15,6 +15,7 @@ a follower (the rolling report) decodes every frame written so far. `zstdcat his
 from __future__ import annotations
 
 import atexit
+import contextvars
 import io
 import itertools
 import json
@@ -29,6 +30,9 @@ from typing import IO, Any, BinaryIO
 from harness.errors import ConfigError
 
 HISTORY_VERSION = 1
+EPISODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("lvol_storm_episode", default=None)
+"""The strategy episode the calls of this asyncio task (and the tasks it starts) belong to: `<worker>.<n>:<name>`,
+written as the line's optional `episode` (the storm sets it; the minimizer tries a crashing episode first)."""
 HISTORY_NAMES = ("history.jsonl", "history.jsonl.zst")
 """A run directory's history file: plain, or zstd-compressed (`history.compress: zstd`)."""
 ZSTD_LEVEL = 1  # ~900 MB/s of history per core: under half a percent of one at a storm's full rate
@@ -297,6 +301,9 @@ class History:
             head = _HEAD % (worker, conn, seq, method_json, params_json, t_start, t_end)
             if batch is not None:
                 head += '"batch":' + _encode_str(batch) + ","
+            episode = EPISODE.get()
+            if episode is not None:
+                head += '"episode":' + _encode_str(episode) + ","
             if error is None:
                 errno_name = None
                 text = head + '"result":' + _encode_result(result) + "}"
@@ -306,7 +313,7 @@ class History:
                 text = head + '"error":' + _encode(err) + "}"
         except (TypeError, ValueError, RecursionError):
             text, errno_name = self._encode_odd(worker, conn, seq, method, params, t_start, t_end, result, error,
-                                                batch)
+                                                batch, EPISODE.get())
         with self._lock:
             self._tail.append(text)
             wtail = self._per_worker.get(worker)
@@ -328,12 +335,15 @@ class History:
 
     @staticmethod
     def _encode_odd(worker: int, conn: int, seq: int, method: str, params: Any, t_start: float, t_end: float,
-                    result: Any, error: Any, batch: str | None = None) -> tuple[str, str | None]:
+                    result: Any, error: Any, batch: str | None = None,
+                    episode: str | None = None) -> tuple[str, str | None]:
         """The slow path for params or results plain JSON cannot encode (bytes, sets, objects)."""
         line: dict[str, Any] = {"v": HISTORY_VERSION, "worker": worker, "conn": conn, "seq": seq,
                                 "method": method, "params": params, "t_start": t_start, "t_end": t_end}
         if batch is not None:
             line["batch"] = batch
+        if episode is not None:
+            line["episode"] = episode
         errno_name = None
         if error is None:
             line["result"] = result

@@ -704,3 +704,18 @@ def test_a_crash_that_reproduces_every_time_is_decided_by_one_try_per_candidate(
     out_fixed = search(ops, SEGV_TITLE, fixed, fast_config())
     assert [o.index for o in out_fixed.plan.ops] == [o.index for o in out.plan.ops]  # the same reproducer
     assert adaptive.runs < fixed.runs * 0.75, (adaptive.runs, fixed.runs)
+
+
+def test_the_crashing_strategy_episode_is_tried_first_and_saves_tries() -> None:
+    """The history tags a strategy episode's calls (`episode`); the episode the death cut off is the first
+    candidate, and the search gets there in fewer tries than from the worker's whole history."""
+    ops, _, positions = crashing_history(noise_workers=(0, 1, 2))  # worker 0 also sends plain mix calls
+    tagged = [dataclasses.replace(op, episode="0.7:busy-delete") if op.index in positions else op for op in ops]
+    messages: list[str] = []
+    untagged_runner, tagged_runner = DispatcherRunner(), DispatcherRunner()
+    plain = search(ops, SEGV_TITLE, untagged_runner, fast_config())
+    out = search(tagged, SEGV_TITLE, tagged_runner, fast_config(), progress=messages.append)
+    first = next(m for m in messages if m.startswith("minimize: trying"))
+    assert first.startswith("minimize: trying the crashing episode 0.7:busy-delete"), first
+    assert out.reproduced and out.ops_after == plain.ops_after == 10
+    assert tagged_runner.runs < untagged_runner.runs, (tagged_runner.runs, untagged_runner.runs)

@@ -45,6 +45,8 @@ class Operation:
     group: int = -1
     batch: str | None = None
     """The one-write batch it was sent in (the history's `batch`), None when it was written alone."""
+    episode: str | None = None
+    """The strategy episode it was sent in (the history's `episode`), None for a plain mix call."""
 
     @property
     def conn_key(self) -> ConnKey:
@@ -82,6 +84,7 @@ class Operation:
                 t_start=float(record.get("t_start", 0.0)), t_end=float(record.get("t_end", 0.0)),
                 result=record.get("result"), error=record.get("error"), group=int(record.get("group", -1)),
                 batch=None if record.get("batch") is None else str(record["batch"]),
+                episode=None if record.get("episode") is None else str(record["episode"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"history line {index + 1}: not an operation record ({exc!r}); "
@@ -98,6 +101,8 @@ class Operation:
             out["result"] = self.result
         if self.batch is not None:
             out["batch"] = self.batch
+        if self.episode is not None:
+            out["episode"] = self.episode
         out["index"] = self.index
         out["group"] = self.group
         return out

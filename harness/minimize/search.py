@@ -348,6 +348,13 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
                                    lives.complete(mine[worker][-k:], rounds=1)))
         for worker in slices:
             sliced.append((f"worker {worker}'s episode", lives.complete(mine[worker])))
+        # The strategy episodes the death cut off (the history tags each call with its episode): a storm's
+        # crash is most often one episode's, and its calls alone, with what they name, replay cleanly.
+        crashing = list(dict.fromkeys(op.episode for op in ops if op.episode is not None and op.error is not None
+                                      and op.error.get("errno") in LOST_ERRNOS))
+        episodes = [(f"the crashing episode {ep}", lives.complete([op.index for op in ops if op.episode == ep]))
+                    for ep in crashing[:MAX_SLICE_WORKERS]]
+        yield from sorted(episodes, key=lambda item: len(item[1]))
         # Smallest first: cheap to replay, and a replies-queued death cuts off several workers' calls at once
         # (the target answers a whole poll's requests after running them), so "oldest cut-off call" misleads.
         yield from sorted(sliced, key=lambda item: len(item[1]))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.allocator import release_free_memory
-from harness.history import SETUP_WORKER, History
+from harness.history import EPISODE, SETUP_WORKER, History
 from harness.hosts.base import Host
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
@@ -279,9 +279,11 @@ class Storm:
                 if step.strategy is not None:
                     ctx = Episode(self, worker, step.strategy, step.episode_seed)
                     self.episode_counts[step.strategy] += 1
+                    tag = EPISODE.set(f"{worker.index}.{sum(self.episode_counts.values())}:{step.strategy}")
                     try:
                         await STRATEGIES[step.strategy](ctx)
                     finally:
+                        EPISODE.reset(tag)
                         ctx.release()
                     continue
                 op = self.sched.build(step, worker.index)
