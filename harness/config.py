@@ -14,8 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.bdev import BdevConfig, LvstoreConfig
+from harness.crash_budget import EvidenceConfig
 from harness.errors import ConfigError
 from harness.minimize.config import MinimizeConfig
+from harness.steering import SteeringConfig
 from harness.storm.config import StormConfig
 from harness.target import TargetConfig
 from harness.watch.config import WatchConfig
@@ -44,6 +46,8 @@ class RunConfig(BaseModel):
     watch: WatchConfig = Field(default_factory=WatchConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     minimize: MinimizeConfig = Field(default_factory=MinimizeConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    steer: SteeringConfig = Field(default_factory=SteeringConfig)
 
     def dump_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import RunConfig
+from harness.crash_budget import CrashBudget
 from harness.errors import HarnessError, TargetError
 from harness.hosts.base import Host
 from harness.known_issues import KnownIssues
 from harness.outcome import Verdict
 from harness.report.html import history_sources, write_report_html
 from harness.report.timeline import Timeline
-from harness.run import StormRun
+from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
+from harness.steering import Steering
 from harness.summary import CrashTally, Part, Summary
 
 Announce = Callable[[str], None]
@@ -129,6 +131,8 @@ class LongRun:
         self.notes: list[str] = []
         self.known_hits: Counter[str] = Counter()
         self.minimized_keys: set[str] = set()  # each crash key is minimized once per long run
+        self.budget = CrashBudget(config.evidence, self.run_dir.path)
+        self.steering = Steering(config.steer)
         self.to_minimize: list[StormRun] = []
         """Incarnations whose crashes wait for the minimizer, which runs once the clock is done: the run's
         hour goes to storms, not to searches (`_minimize_at_end`)."""
@@ -186,7 +190,8 @@ class LongRun:
             cfg = with_storm(self._config_now(), duration=round(remaining, 3), seed=base_seed + n - 1)
             work = f"{self.work_dir}/{inc.name}" if self.work_dir else None
             run = StormRun(cfg, inc_dir, self.host, stop_event=self.stop_event, announce=self.announce,
-                           progress=False, work_dir=work, minimized_keys=self.minimized_keys, defer_minimize=True)
+                           progress=False, work_dir=work, minimized_keys=self.minimized_keys, defer_minimize=True,
+                           budget=self.budget)
             try:
                 outcome = run.execute()
             except TargetError as exc:
@@ -198,6 +203,7 @@ class LongRun:
             self._judge(inc)
             if outcome.crash_dirs:
                 self.to_minimize.append(run)
+                self._steer(outcome)
             stop_reason = (outcome.summary.storm or {}).get("stop_reason")
             if not outcome.crash_titles:
                 if stop_reason in ("duration", "interrupted", "max_ops") or self.stop_event.is_set():
@@ -280,13 +286,23 @@ class LongRun:
             if issue.policy == "avoid":
                 self._avoid(issue.avoid_strategies, issue.avoid_methods, issue.id)
 
-    def _avoid(self, strategies: Sequence[str], methods: Sequence[str], ident: str) -> None:
+    def _steer(self, outcome: RunOutcome) -> None:
+        """Count the incarnation's crash with what preceded it; leave that out once its key is common."""
+        for crash in outcome.summary.crashes:
+            crash_dir = next((d for d in outcome.crash_dirs), None)
+            decision = self.steering.observe(crash.key, crash.title, crash_dir)
+            if decision is not None:
+                self._avoid(decision.strategies, decision.methods, f"{decision.title!r} ({decision.why})",
+                            source="steering away from what keeps crashing")
+
+    def _avoid(self, strategies: Sequence[str], methods: Sequence[str], ident: str, *,
+               source: str = "known issue") -> None:
         new_s = set(strategies) - self.avoid_strategies
         new_m = set(methods) - self.avoid_methods
         if new_s or new_m:
             self.avoid_strategies |= new_s
             self.avoid_methods |= new_m
-            self.announce(f"{self.suite}: known issue {ident}: no longer issuing "
+            self.announce(f"{self.suite}: {source} {ident}: no longer issuing "
                           f"{', '.join(sorted(new_s | new_m))}")
 
     # -- rolling report and health --------------------------------------------------------------------------
@@ -321,11 +337,12 @@ class LongRun:
             crashes = sum(c.count for c in self.tally.counts())
             keys = len(self.tally)
             findings = sum(len(i.findings) for i in self.incarnations)
+        steered = sorted({*self.avoid_strategies, *self.avoid_methods})
         return (f"{self.suite} [{self.node}] {elapsed // 3600:02d}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d} "
                 f"{inc} ops {self.timeline.records} ({rate:.0f}/s) p99 "
                 f"{'-' if p99 is None else f'{p99:.1f} ms'} live lvols {last.get('live_lvols', '-')} "
                 f"free clusters {last.get('free_clusters', '-')} crashes {crashes} ({keys} keys) "
-                f"findings {findings}")
+                f"findings {findings}" + (f" steered away from {', '.join(steered)}" if steered else ""))
 
     def summary(self, final: bool) -> Summary:
         with self._lock:
@@ -367,6 +384,10 @@ class LongRun:
             "known_issues": {"source": self.known.source, "hits": dict(self.known_hits),
                              "avoided": {"strategies": sorted(self.avoid_strategies),
                                          "methods": sorted(self.avoid_methods)}},
+            "steered": [d.to_dict() for d in self.steering.decisions.values()],
+            "evidence": {"kept_whole": sum(min(n, self.config.evidence.cores_per_key or n)
+                                           for n in self.budget.seen.values()),
+                         "capped": self.budget.capped},
             "failing": failing})
 
     def write_rolling(self, final: bool) -> Summary:

@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.bdev import BaseBdev, Lvstore, verify_clean
 from harness.config import RunConfig
+from harness.crash_budget import CrashBudget
 from harness.errors import HarnessError
 from harness.history import History
 from harness.hosts.base import Host
@@ -86,6 +87,7 @@ class StormRun:
         work_dir: str | None = None,
         minimized_keys: set[str] | None = None,
         defer_minimize: bool = False,
+        budget: CrashBudget | None = None,
     ) -> None:
         """`defer_minimize`: `execute()` returns with the evidence and the verdict, and the caller minimizes
         later with `minimize_new_crashes()` (a suite reports the failure first, then minimizes)."""
@@ -101,6 +103,8 @@ class StormRun:
         self.minimized_keys = minimized_keys if minimized_keys is not None else set()
         """Crash keys already minimized (share one set across incarnations: each bug is minimized once)."""
         self.defer_minimize = defer_minimize
+        self.budget = budget
+        """A long run's crash budget: a repeat of a key seen often enough keeps no core (harness.crash_budget)."""
         self.outcome: RunOutcome | None = None
 
     @property
@@ -232,7 +236,7 @@ class StormRun:
         if not session.wait_for_death(lost_target=stop_reason in ("connection_lost", "unresponsive"),
                                       settle_s=wait_s):
             return []
-        path = session.save_crash()
+        path = session.save_crash(budget=self.budget)
         if path is None or session.report is None:
             return []
         self.announce(f"CRASH: {session.report.title}\n  report: {path}")

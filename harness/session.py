@@ -19,12 +19,14 @@ from types import TracebackType
 from typing import Any
 
 from harness.bdev import BdevConfig
+from harness.crash_budget import CrashBudget, Keep
 from harness.errors import TargetError
 from harness.history import History
 from harness.hosts.base import Host
 from harness.leftovers import SessionRecord, process_start, reap
 from harness.report.core import CorePattern
 from harness.report.crash import CrashReport
+from harness.report.title import crash_key, indeterminate_title
 from harness.spdk_memory import malloc_total_mib, peak_malloc_mib
 from harness.storm.config import StormConfig, copy_destination_mib
 from harness.target import Target, TargetConfig, TargetInfo
@@ -221,8 +223,12 @@ class TargetSession:
     def crash_report(self, *, history_tail: list[Any] | None = None, notes: Iterable[str] = ()) -> CrashReport | None:
         """The report of the death the watchdog saw (settled: the exit after a fault line, the Code: line), or
         None if it saw none. Built once; later calls return the same report."""
-        if self.report is not None:
-            return self.report
+        if self.report is None:
+            self.report = self._build_report(history_tail, notes, with_core=True)
+        return self.report
+
+    def _build_report(self, history_tail: list[Any] | None, notes: Iterable[str], *,
+                      with_core: bool) -> CrashReport | None:
         watchdog = self.watchdog
         if watchdog is None or not watchdog.crashed.is_set():
             return None
@@ -233,24 +239,53 @@ class TargetSession:
             self.history.flush()
             history_tail = self.history.tail()
         info = self.target.info
-        self.report = CrashReport.build(
+        return CrashReport.build(
             evidence, self.host, self.evidence_dir, list(history_tail or []),
             {**info.to_dict(), "pid": info.pid, "executable": info.binary or None},
-            cores=self.cores, binary_paths=[info.binary] if info.binary else [],
+            cores=self.cores if with_core else None, binary_paths=[info.binary] if info.binary else [],
             notes=[*self.notes, *notes, *(f"watchdog: {w}" for w in watchdog.warnings
                                           if f"watchdog: {w}" not in self.notes)],
         )
-        return self.report
 
-    def save_crash(self, *, history_tail: list[Any] | None = None, notes: Iterable[str] = ()) -> Path | None:
-        """Write the crash report under `evidence_dir/crashes/` (once); its directory, or None if no death."""
+    def save_crash(self, *, history_tail: list[Any] | None = None, notes: Iterable[str] = (),
+                   budget: CrashBudget | None = None) -> Path | None:
+        """Write the crash report under `evidence_dir/crashes/` (once); its directory, or None if no death.
+        With a `budget` (a long run's), a repeat of a key seen often enough is titled without its core (no
+        gdb, no compression: the restart comes sooner) and written without core, backtrace or reproducer."""
         if self.report_path is not None:
             return self.report_path
-        report = self.crash_report(history_tail=history_tail, notes=notes)
+        if budget is None:
+            report = self.crash_report(history_tail=history_tail, notes=notes)
+            keep = Keep.ALL
+        else:
+            quick = self._build_report(history_tail, notes, with_core=False)
+            if quick is None:
+                return None
+            key = crash_key(quick.title)
+            keep = budget.claim(key)
+            if keep is Keep.ALL:
+                report = self.crash_report(history_tail=history_tail, notes=notes)
+                if report is not None and not indeterminate_title(quick.title):
+                    report.title = quick.title  # one title per key, whether or not a core came with it
+            else:
+                report = self.report = quick
+                self._drop_core()
+            note = budget.note(keep, key)
+            if report is not None and note:
+                report.notes.append(note)
         if report is None:
             return None
-        self.report_path = report.write(self.evidence_dir / "crashes")
+        self.report_path = report.write(self.evidence_dir / "crashes", keep=keep)
         return self.report_path
+
+    def _drop_core(self) -> None:
+        """A repeat's core is not kept: remove the one the kernel wrote (waiting until it is whole)."""
+        if self.cores is None or not self.cores.active or self.target.info.pid is None:
+            return
+        found = self.cores.find_core(int(self.target.info.pid), timeout=5.0)
+        if found is not None:
+            with contextlib.suppress(Exception):
+                self.host.remove(found)
 
     # -- stop -------------------------------------------------------------------------------------------------
 

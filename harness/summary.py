@@ -113,6 +113,10 @@ class Summary(BaseModel):
     """What ended a long run: duration, interrupted (a Ctrl-C), interrupted (Failed) (a time limit), ..."""
     crash_counts: dict[str, int] | None = None
     known_issues: dict[str, Any] | None = None
+    steered: list[dict[str, Any]] | None = None
+    """What crash-aware steering left out, per crash key, and why (harness.steering)."""
+    evidence: dict[str, Any] | None = None
+    """How much evidence the crash budget kept (harness.crash_budget)."""
     failing: list[str] | None = None
     # -- a suite session's ---------------------------------------------------------------------------------
     versions: dict[str, Any] | None = None

@@ -29,7 +29,7 @@ from harness.minimize.ddmin import Budget, BudgetExhausted, ddmin
 from harness.minimize.deps import Dependencies, ObjectLives, object_units
 from harness.minimize.operations import Operation, workers_of
 from harness.minimize.plan import Mode, ReplayPlan, Split, plan_for
-from harness.report.title import crash_key
+from harness.report.title import THIN_EVIDENCE, crash_key
 from harness.rpc_rules.table import READS
 
 Progress = Callable[[str], None]
@@ -79,7 +79,7 @@ runs still measure the reproducer's flakiness."""
 class EnvironmentRefused(BudgetExhausted):
     """The fresh targets refuse what the recording did (a reason of this machine, not of the candidate): the
     search stops at once and says why, keeping what it has."""
-_INDETERMINATE = ("no kernel line", "exit code unknown", SETUP_REFUSED)
+_INDETERMINATE = (*THIN_EVIDENCE, SETUP_REFUSED)
 
 
 def indeterminate(title: str) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.crash_budget import Keep
 from harness.hosts.base import Host
 from harness.report.backtrace import Backtrace, parse_gdb_backtrace
 from harness.report.core import CORE_PATTERN, CorePattern, compress_core, gdb_backtrace
@@ -168,8 +169,10 @@ class CrashReport:
         out["last_operations"] = self.operations
         return out
 
-    def write(self, crashes_dir: str | Path) -> Path:
-        """Write the report into a new `crashes_dir/NNN-<title slug>/`; update `crashes_dir/index.json`."""
+    def write(self, crashes_dir: str | Path, *, keep: Keep = Keep.ALL) -> Path:
+        """Write the report into a new `crashes_dir/NNN-<title slug>/`; update `crashes_dir/index.json`.
+        `keep` (harness.crash_budget): a REPEAT leaves out the core, the backtrace and repro.py (and the last
+        operations from crash.json: they are in last-operations.jsonl); COUNT writes crash.json alone."""
         root = Path(crashes_dir)
         root.mkdir(parents=True, exist_ok=True)
         index_path = root / "index.json"
@@ -178,13 +181,36 @@ class CrashReport:
         out = root / f"{number:03d}-{title_slug(self.title)}"
         out.mkdir(parents=True, exist_ok=False)
         data = self.to_json()
+        data["kept"] = keep.value
+        if keep is not Keep.ALL:
+            data.pop("last_operations", None)
+            data["target"] = {k: v for k, v in data.get("target", {}).items() if k != "methods"}
+        if keep is Keep.COUNT:
+            data = {k: data[k] for k in ("title", "key", "kind", "time", "detected_at", "notes", "kept") if k in data}
         key = crash_key(self.title)
         seen = next((entry for title, entry in index.items() if crash_key(title) == key), None)
         if seen is not None:
             data["duplicate_of"] = seen["dirs"][0]
         (out / "title.txt").write_text(self.title + "\n")
+        if keep is not Keep.COUNT:
+            self._write_evidence(out, keep)
+        (out / "crash.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        entry = index.setdefault(self.title, {"count": 0, "dirs": [], "key": key})
+        entry["count"] += 1
+        entry["dirs"].append(out.name)
+        tmp = index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(index, indent=2) + "\n")
+        tmp.replace(index_path)
+        return out
+
+    def _write_evidence(self, out: Path, keep: Keep) -> None:
         (out / "kernel.log").write_text("\n".join(self.kernel_lines) + ("\n" if self.kernel_lines else ""))
         (out / "target.log").write_text("\n".join(self.target_log) + ("\n" if self.target_log else ""))
+        with open(out / "last-operations.jsonl", "w", encoding="utf-8") as f:
+            for op in self.operations:
+                f.write(json.dumps(op, default=str) + "\n")
+        if keep is not Keep.ALL:
+            return
         if self.backtrace_text:
             (out / "backtrace.txt").write_text(self.backtrace_text)
         if self.core_path is not None and self.core_path.exists():
@@ -195,20 +221,9 @@ class CrashReport:
             except OSError:
                 pass
             self.core_path = moved
-        with open(out / "last-operations.jsonl", "w", encoding="utf-8") as f:
-            for op in self.operations:
-                f.write(json.dumps(op, default=str) + "\n")
         repro = out / "repro.py"
         repro.write_text(reproducer_script(self.operations, self.title))
         repro.chmod(0o755)
-        (out / "crash.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-        entry = index.setdefault(self.title, {"count": 0, "dirs": [], "key": key})
-        entry["count"] += 1
-        entry["dirs"].append(out.name)
-        tmp = index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(index, indent=2) + "\n")
-        tmp.replace(index_path)
-        return out
 
 
 CORE_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,

@@ -151,6 +151,15 @@ def crash_title(
     return f"{ev.kind}: {ev.summary}"
 
 
+THIN_EVIDENCE = ("no kernel line", "exit code unknown")
+"""What a title says when its evidence was incomplete (the kernel's ratelimit dropped the fault line)."""
+
+
+def indeterminate_title(title: str) -> bool:
+    """A title from incomplete evidence: it names the signal, not the place."""
+    return any(text in title for text in THIN_EVIDENCE)
+
+
 def killed_from_outside(title: str) -> bool:
     """A death someone else caused (SIGKILL by an operator, the OOM killer's sibling): no bug to minimize."""
     return title.endswith(KILLED_FROM_OUTSIDE)

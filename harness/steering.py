@@ -1,0 +1,114 @@
+"""Crash-aware storms: a long run that keeps re-finding one bug stops issuing what triggers it.
+
+A nightly on a buggy build mostly re-finds what it found in its first minute. Once a crash key has been seen
+`steer.after` times, the next incarnations leave out what preceded its crashes: the strategy whose episode the
+deaths cut off (each call carries its episode, harness.history.EPISODE), or, for crashes outside any episode,
+the method of the calls the deaths cut off. It steers away from one thing per key, says so (health line,
+summary), and never from everything (harness.longrun keeps the last mix when nothing would be left).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.rpc_rules.table import READ_METHODS
+
+LOST = frozenset({"ECONNRESET", "ETIMEDOUT"})
+"""A call the death cut off (or that hung): what the target was doing when it died."""
+
+
+class SteeringConfig(BaseModel):
+    """The `steer:` section of a profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    after: int = Field(3, ge=0, description="crashes of one key before a long run stops issuing what triggers "
+                                            "it (0: never steer)")
+
+
+@dataclass
+class SteeredAway:
+    """One decision: what a key's crashes made the run leave out, and why."""
+
+    key: str
+    title: str
+    count: int
+    strategies: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    why: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "title": self.title, "count": self.count, "strategies": self.strategies,
+                "methods": self.methods, "why": self.why}
+
+
+def triggers_of(crash_dir: Path) -> tuple[Counter[str], Counter[str]]:
+    """(strategies, methods) of the calls a crash cut off, from its last-operations.jsonl."""
+    strategies: Counter[str] = Counter()
+    methods: Counter[str] = Counter()
+    try:
+        lines = (crash_dir / "last-operations.jsonl").read_text().splitlines()
+    except OSError:
+        return strategies, methods
+    for line in lines:
+        try:
+            op = json.loads(line)
+        except ValueError:
+            continue
+        error = op.get("error") or {}
+        if not isinstance(error, dict) or error.get("errno") not in LOST:
+            continue
+        episode = op.get("episode")
+        if isinstance(episode, str) and ":" in episode:
+            strategies[episode.split(":", 1)[1]] += 1
+        method = op.get("method")
+        if isinstance(method, str) and int(op.get("worker", 0)) >= 0 and method not in READ_METHODS:
+            methods[method] += 1
+    return strategies, methods
+
+
+class Steering:
+    """Counts crashes by key with what preceded them; decides, once per key, what to leave out."""
+
+    def __init__(self, config: SteeringConfig) -> None:
+        self.config = config
+        self.seen: Counter[str] = Counter()
+        self.strategies: dict[str, Counter[str]] = {}
+        self.methods: dict[str, Counter[str]] = {}
+        self.decisions: dict[str, SteeredAway] = {}
+
+    def observe(self, key: str, title: str, crash_dir: Path | None) -> SteeredAway | None:
+        """Count one crash; the new decision when this crash made its key cross `steer.after`."""
+        self.seen[key] += 1
+        if crash_dir is not None:
+            strategies, methods = triggers_of(crash_dir)
+            self.strategies.setdefault(key, Counter()).update(strategies)
+            self.methods.setdefault(key, Counter()).update(methods)
+        if not self.config.after or key in self.decisions or self.seen[key] < self.config.after:
+            return None
+        n = self.seen[key]
+        by_strategy = self.strategies.get(key) or Counter()
+        by_method = self.methods.get(key) or Counter()
+        if by_strategy:
+            name, hits = by_strategy.most_common(1)[0]
+            decision = SteeredAway(key, title, n, strategies=[name],
+                                   why=f"{n} crashes; the deaths cut off its episodes {hits} times")
+        elif by_method:
+            name, hits = by_method.most_common(1)[0]
+            decision = SteeredAway(key, title, n, methods=[name],
+                                   why=f"{n} crashes, none in an episode; the deaths cut off {name} {hits} times")
+        else:
+            return None
+        self.decisions[key] = decision
+        return decision
+
+    def avoided(self) -> tuple[set[str], set[str]]:
+        strategies = {s for d in self.decisions.values() for s in d.strategies}
+        methods = {m for d in self.decisions.values() for m in d.methods}
+        return strategies, methods

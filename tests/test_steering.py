@@ -1,0 +1,89 @@
+"""Crash-aware long runs: once a crash key is common, the run stops issuing what triggers it, and a repeat keeps
+its count, last operations and log slice but no core, so a crashy hour stays small on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_config
+from harness.crash_budget import CrashBudget, EvidenceConfig, Keep
+from harness.hosts.local import LocalHost
+from harness.known_issues import KnownIssues
+from harness.longrun import LongRun
+from harness.steering import Steering, SteeringConfig
+
+
+def _crash_dir(tmp_path: Path, name: str, lost: list[dict[str, object]]) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    ok = {"worker": 0, "method": "bdev_lvol_create", "params": {}, "result": "u1"}
+    with open(path / "last-operations.jsonl", "w") as f:
+        for line in [ok, *lost]:
+            f.write(json.dumps(line) + "\n")
+    return path
+
+
+LOST = {"code": None, "message": "connection lost", "errno": "ECONNRESET"}
+
+
+def test_a_common_key_steers_away_from_the_episode_its_deaths_cut_off(tmp_path: Path) -> None:
+    steering = Steering(SteeringConfig(after=3))
+    lost = [{"worker": 1, "method": "bdev_lvol_delete", "params": {}, "episode": "1.4:busy-delete", "error": LOST},
+            {"worker": 2, "method": "bdev_lvol_resize", "params": {}, "error": LOST}]
+    decisions = [steering.observe("K", "SIGSEGV in x", _crash_dir(tmp_path, f"c{i}", lost)) for i in range(4)]
+    assert decisions[:2] == [None, None] and decisions[3] is None  # decided once, at the third
+    decision = decisions[2]
+    assert decision is not None and decision.strategies == ["busy-delete"] and decision.methods == []
+    assert steering.avoided() == ({"busy-delete"}, set())
+
+
+def test_outside_any_episode_the_cut_off_method_is_left_out_and_reads_never(tmp_path: Path) -> None:
+    steering = Steering(SteeringConfig(after=2))
+    lost = [{"worker": 0, "method": "bdev_lvol_get_lvols", "params": {}, "error": LOST},
+            {"worker": 0, "method": "bdev_lvol_rename", "params": {}, "error": LOST}]
+    assert steering.observe("K", "t", _crash_dir(tmp_path, "a", lost)) is None
+    decision = steering.observe("K", "t", _crash_dir(tmp_path, "b", lost))
+    assert decision is not None and decision.methods == ["bdev_lvol_rename"] and decision.strategies == []
+    assert Steering(SteeringConfig(after=0)).observe("K", "t", _crash_dir(tmp_path, "c", lost)) is None
+
+
+def test_the_budget_keeps_whole_evidence_for_the_first_crashes_of_a_key_then_counts(tmp_path: Path) -> None:
+    budget = CrashBudget(EvidenceConfig(cores_per_key=2), tmp_path)
+    assert [budget.claim("A") for _ in range(3)] == [Keep.ALL, Keep.ALL, Keep.REPEAT]
+    assert budget.claim("B") is Keep.ALL
+    (tmp_path / "big").write_bytes(b"x" * (2 * 1024 * 1024))
+    capped = CrashBudget(EvidenceConfig(cap_mb=1), tmp_path)
+    assert capped.claim("C") is Keep.COUNT and capped.capped
+
+
+@pytest.mark.timeout(120)
+def test_a_nightly_stops_reissuing_what_keeps_crashing_and_keeps_repeats_small(tmp_path: Path) -> None:
+    """The reference target's forced removal crashes every busy-delete episode: after two crashes of that key
+    the run leaves busy-delete out and goes on; the second crash keeps no core or reproducer."""
+    cfg = load_config("nightly", overrides=[
+        "storm.workers=2", "minimize.enabled=false", "steer.after=2", "evidence.cores_per_key=1",
+        "storm.strategies={busy-delete: 1.0, delete-vs-clone: 1.0}", "storm.strategy_share=0.5"],
+        cli={"target.kind": "sim", "target.sim_fault": "forced-removal", "bdev.kind": "malloc",
+             "storm.duration": "12s"})
+    said: list[str] = []
+    outcome = LongRun("nightly", cfg, tmp_path / "run", LocalHost(), known=KnownIssues(),
+                      announce=said.append).execute()
+    summary = outcome.summary
+    assert summary.steered and summary.steered[0]["strategies"] == ["busy-delete"], summary.steered
+    assert any("steering away from what keeps crashing" in m and "busy-delete" in m for m in said), said
+    crashed = [i for i in outcome.incarnations if i.outcome == "crash"]
+    assert len(crashed) >= 2
+    later = outcome.incarnations[len(crashed):] if len(outcome.incarnations) > len(crashed) else []
+    for inc in outcome.incarnations[2:]:
+        inc_cfg = (inc.path / "config.yaml").read_text()
+        assert "busy-delete" not in inc_cfg, inc.name
+    assert later, "the run went on after steering away"
+    first, second = (next(c.glob("crashes/*/crash.json")).parent for c in (crashed[0].path, crashed[1].path))
+    assert (first / "repro.py").exists() and json.loads((first / "crash.json").read_text())["kept"] == "all"
+    assert not (second / "repro.py").exists() and not list(second.glob("core*"))
+    assert (second / "last-operations.jsonl").stat().st_size > 0
+    repeat = json.loads((second / "crash.json").read_text())
+    assert repeat["kept"] == "repeat" and any("evidence: crash 2 of this key" in n for n in repeat["notes"])
