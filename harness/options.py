@@ -158,6 +158,8 @@ OPTIONS: tuple[Option, ...] = (
     # -- suites ----------------------------------------------------------------------------------------------
     Option(("--known-issues",), "known_issues", "known-issues YAML for nightly and soak (default: known-issues.yaml "
            "at the repository root)", "suite", frozenset({"pytest"}), metavar="FILE"),
+    Option(("--crash-db",), "crash_db", "nightly/soak: append the session's crashes to this crash database (a "
+           "folder; `lvol-storm triage --db` reads it)", "suite", frozenset({"pytest"}), metavar="DIR"),
     Option(("--health-every",), "health_every", "nightly/soak: period of the health line (default 60s)", "suite",
            frozenset({"pytest"}), type=_duration, default="60s", metavar="TIME"),
     Option(("--report-every",), "report_every", "nightly/soak: period of the summary.json/report.html rewrite "

@@ -58,6 +58,7 @@ from harness.suite import (
 )
 from harness.summary import Summary
 from harness.target import find_spdk_tgt
+from harness.triage import crashes_in, record_runs
 
 SUITES_DIR = Path(__file__).resolve().parent
 SUITE_KEY = pytest.StashKey[SuiteSpec]()
@@ -400,6 +401,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         roller[0].set()
         roller[1].join(timeout=30)
     write_session_report(config, int(exitstatus))
+    db = config.getoption("crash_db")
+    if db:  # the session's bugs into the crash database, for `lvol-storm triage --db` over many nights
+        run_dir = Path(config.option.run_dir)
+        record_runs(Path(db).absolute(), [run_dir], crashes_in(run_dir))
 
 
 def write_session_report(config: pytest.Config, exitstatus: int | None, timeline: Timeline | None = None) -> Path:

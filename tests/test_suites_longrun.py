@@ -49,7 +49,8 @@ def test_nightly_restarts_after_each_crash_and_a_known_xfail_passes(tmp_path: Pa
     proc = subprocess.run(_pytest("suites/nightly", "--target", "sim", "--bdev", "malloc", "--sim-fault", "exit",
                                   "--set", "target.sim_fault_after=300", "--set", "storm.workers=2",
                                   "--set", "minimize.enabled=false",
-                                  "--duration", "8s", "--known-issues", str(known), "--run-dir", str(run_dir)),
+                                  "--duration", "8s", "--known-issues", str(known), "--run-dir", str(run_dir),
+                                  "--crash-db", str(tmp_path / "db")),
                           cwd=REPO, capture_output=True, text=True, timeout=80, env=_env())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "known issues met (not failing this run): sim-exit x" in proc.stdout
@@ -72,6 +73,9 @@ def test_nightly_restarts_after_each_crash_and_a_known_xfail_passes(tmp_path: Pa
     assert summary["verdict"] == "crash" and summary["passed"] is True and summary["failing"] == []
     session = json.loads((run_dir / "summary.json").read_text())
     assert session["nodes"]["local"]["crashes"] == len(crashed)
+    runs = [json.loads(line) for line in (tmp_path / "db" / "runs.jsonl").read_text().splitlines()]
+    assert [r["run_dir"] for r in runs] == [str(run_dir)]  # the night went into the crash database
+    assert [v["count"] for v in runs[0]["keys"].values()] == [len(crashed)]
     assert (run_dir / "report.html").exists() and (node / "report.html").exists()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import harness
 from harness.cli.replay import main_minimize, main_replay
 from harness.cli.run import main_run
+from harness.cli.triage import main_triage
 from harness.config import known_profiles
 from harness.errors import ConfigError, HarnessError
 from harness.interrupts import Interrupted
@@ -57,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     minimize.add_argument("crash_dir", help="a crash directory: <run_dir>/crashes/NNN-slug/")
     add_to_argparse(minimize, "minimize")
 
+    triage = sub.add_parser("triage", help="one row per bug (crash key) over run directories; with --db, which "
+                                           "bugs are new, gone or back across nightlies")
+    triage.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (a run, fleet, nightly)")
+    triage.add_argument("--db", default=None, metavar="DIR",
+                        help="a crash database (a folder): append these runs to it and compare with earlier ones")
+    triage.add_argument("--html", default=None, metavar="FILE",
+                        help="where the page goes (default: DIR/triage.html, else the first run dir's)")
+    triage.add_argument("--known-issues", default=None, metavar="FILE",
+                        help="known-issues YAML (default: known-issues.yaml at the repository root)")
+
     sub.add_parser("profiles", help="list the profiles (built in, and profiles/ in the current directory)")
     return parser
 
@@ -72,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return main_run(args)
         if args.command == "replay":
             return main_replay(args)
+        if args.command == "triage":
+            return main_triage(args)
         return main_minimize(args)
     except ConfigError as exc:
         print(f"lvol-storm: {exc}", file=sys.stderr)
