@@ -64,7 +64,7 @@ def test_the_limit_of_a_nightly_hour_and_a_soak_of_12_hours_is_their_own() -> No
     (["suites/nightly", "--target", "sim", "--bdev", "malloc"], 3600 + 600 + 2 * START_AND_TEARDOWN_S),
     (["suites/soak", "--target", "sim", "--duration", "12h"], 12 * 3600 + 600 + 2 * START_AND_TEARDOWN_S),
     (["suites/soak", "--target", "sim"], 0),
-    (["suites/regression", "--target", "sim", "-o", "timeout=5"], 120 + 600 + 2 * START_AND_TEARDOWN_S),
+    (["suites/regression", "--target", "sim", "-o", "timeout=5"], 120 + 180 + 2 * START_AND_TEARDOWN_S),
 ])
 def test_every_collected_test_carries_its_suites_limit_whatever_the_ini_says(
         tmp_path: Path, args: list[str], expect: float) -> None:
