@@ -1,3 +1,1 @@
-"""Registers the harness's pytest plugin for `tests/` and `suites/` alike."""
-
-pytest_plugins = ["harness.pytest_plugin"]
+"""The harness's pytest plugin comes in by its entry point (pyproject.toml `pytest11`): nothing to register here."""

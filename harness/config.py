@@ -22,7 +22,8 @@ from harness.storm.config import StormConfig
 from harness.target import TargetConfig
 from harness.watch.config import WatchConfig
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+"""The built-in profiles: package data, so an installed wheel has them too."""
 
 
 class HistoryConfig(BaseModel):

@@ -78,3 +78,16 @@ def test_bad_known_issues_file_is_refused(tmp_path: Path) -> None:
     rc, out, _ = run(tmp_path, "suites/nightly", "--target", "sim", "--bdev", "malloc", "--known-issues", str(bad))
     assert rc == pytest.ExitCode.USAGE_ERROR
     assert "issues[0].policy: expected one of fail, xfail, avoid, got 'ignore'" in error_line(out)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--terraform local is checked for root before anything")
+def test_collect_only_provisions_nothing(tmp_path: Path) -> None:
+    """`--collect-only` (and `--help`) list what would run: no terraform init/apply/destroy, no target."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "suites/nightly", "--terraform", "local", "--nodes", "2",
+                           "--target", "sim", "--bdev", "malloc", "--co", "-q", "-p", "no:cacheprovider",
+                           "--run-dir", str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "test_mixed_storm[node0]" in proc.stdout and "test_mixed_storm[node1]" in proc.stdout
+    assert "INTERNALERROR" not in proc.stdout + proc.stderr
+    assert not (run_dir / "terraform").exists() and not (run_dir / "terraform.log").exists()
