@@ -187,6 +187,13 @@ class TargetSession:
         with contextlib.suppress(OSError):
             record.write(self._record_path)
 
+    def _forget_record(self) -> None:
+        """Everything given back (process gone, hugepages and mount released): nothing left to undo. Until
+        then the record stays, for the next session to finish the job."""
+        if self._record_path is not None and not self.alive() and self.target.hugepages is None:
+            self._record_path.unlink(missing_ok=True)
+            self._record_path = None
+
     def _start_watchdog(self) -> Watchdog:
         cfg = self.watch
         assert cfg is not None and self.target.process is not None
@@ -293,8 +300,7 @@ class TargetSession:
         """Evidence first (a death nobody reported is written now), then the watchdog, the process, the cores,
         the history; every step runs even if one before it failed."""
         with contextlib.ExitStack() as stack:
-            if self._record_path is not None:
-                stack.callback(self._record_path.unlink, missing_ok=True)  # given back: nothing to undo
+            stack.callback(self._forget_record)
             if self.history is not None:
                 stack.callback(self.history.close)
             if self._cores_entered and self.cores is not None:

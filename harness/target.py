@@ -333,24 +333,34 @@ class Target:
         """`spdk_kill_instance SIGTERM`, then SIGTERM, then SIGKILL, each bounded. Returns the exit description.
         A target known to be hung gets SIGKILL at once: asking it to stop only spends the bounds (22 s)."""
         proc = self.process
-        if proc is not None and proc.poll() is None and hung:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(5.0)
-        if proc is not None and proc.poll() is None:
-            try:
-                with SyncRpc(self.host, self.sock_path, timeout=2.0, connect_timeout=1.0) as rpc:
-                    rpc.call("spdk_kill_instance", sig_name="SIGTERM")
-            except Exception:
-                pass  # Dead, hung or gone: the signals below decide.
-            bound = self.config.stop_timeout_s
-            if proc.wait(bound) is None:
-                proc.send_signal(signal.SIGTERM)
-                if proc.wait(bound / 2) is None:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait(5.0)
-        if proc is not None:
-            self.record_exit()
-        self._release()
+        try:
+            if proc is not None and proc.poll() is None and hung:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(5.0)
+            if proc is not None and proc.poll() is None:
+                try:
+                    with SyncRpc(self.host, self.sock_path, timeout=2.0, connect_timeout=1.0) as rpc:
+                        rpc.call("spdk_kill_instance", sig_name="SIGTERM")
+                except Exception:
+                    pass  # Dead, hung or gone: the signals below decide.
+                bound = self.config.stop_timeout_s
+                if proc.wait(bound) is None:
+                    proc.send_signal(signal.SIGTERM)
+                    if proc.wait(bound / 2) is None:
+                        proc.send_signal(signal.SIGKILL)
+                        proc.wait(5.0)
+        except BaseException:
+            # Interrupted while stopping (a second Ctrl-C): the process goes now, and what it held is given
+            # back below, so an abort never leaves hugepages reserved or a hugetlbfs mounted.
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(5.0)
+            raise
+        finally:
+            if proc is not None:
+                self.record_exit()
+            if proc is None or proc.poll() is not None:
+                self._release()
         return self.info.exit
 
     def record_exit(self) -> None:

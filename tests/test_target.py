@@ -133,3 +133,31 @@ def test_a_claimed_core_at_start_up_says_what_to_do() -> None:
     assert "core 0 is claimed by process 25070" in hint and "--disable-cpumask-locks" in hint
     assert "target.cpumask" in hint
     assert startup_hint("app.c: 910:spdk_app_start: *ERROR*: something else") == ""
+
+
+def test_an_interrupt_while_stopping_still_kills_and_gives_back_what_the_target_held(tmp_path: Path) -> None:
+    """A second Ctrl-C lands while stop() waits for the target: the process is killed and its hugepages and
+    mount given back anyway (an aborted minimize once left 1,025 hugepages reserved and a hugetlbfs mounted)."""
+    tgt = Target(LocalHost(), TargetConfig(kind="sim", stop_timeout_s=5), str(tmp_path), announce=lambda m: None)
+    tgt.start()
+    released: list[bool] = []
+
+    class Held:
+        def release(self) -> None:
+            released.append(True)
+
+    tgt.hugepages = Held()  # type: ignore[assignment]
+    assert tgt.process is not None
+    real_wait = tgt.process.wait
+    calls = []
+
+    def interrupted_wait(timeout: float | None = None) -> int | None:
+        calls.append(timeout)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_wait(timeout)
+
+    tgt.process.wait = interrupted_wait  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        tgt.stop()
+    assert not tgt.alive() and released == [True] and tgt.hugepages is None

@@ -236,5 +236,6 @@ class TargetTrials:
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 process.wait(5.0)
+            self._discard(session)  # gives back its hugepages and mount too
         self.host.run(["rm", "-rf", self.work_root], timeout=30)
         shutil.rmtree(self.evidence_root, ignore_errors=True)
