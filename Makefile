@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: venv storm test lint regression nightly soak smoke bench clean
+.PHONY: venv storm test test-stress lint regression nightly soak smoke bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -22,6 +22,16 @@ storm: venv
 test: venv
 	$(VENV)/bin/ruff check harness suites tests bench conftest.py
 	$(PY) -m pytest tests -q $(ARGS)
+
+# The suite twice at once on this machine (CI runs right after a session, often while other work winds down):
+# a test that fails here depends on timing or on machine-wide state, and will flake in CI. Logs in .stress/.
+test-stress: venv
+	@mkdir -p .stress
+	@echo "test-stress: two test runs at once; logs in .stress/a.log and .stress/b.log"
+	@( $(PY) -m pytest tests -q $(ARGS) > .stress/a.log 2>&1; echo $$? > .stress/a.rc ) & \
+	 ( $(PY) -m pytest tests -q $(ARGS) > .stress/b.log 2>&1; echo $$? > .stress/b.rc ) & wait
+	@tail -n 3 .stress/a.log .stress/b.log
+	@[ "$$(cat .stress/a.rc)" = 0 ] && [ "$$(cat .stress/b.rc)" = 0 ] || { grep -h '^FAILED' .stress/*.log; exit 1; }
 
 # The suites (docs/SUITES.md). Each writes runs/<time>-<suite>/ with junit.xml, summary.json, report.html.
 # regression, nightly and soak refuse the reference target unless ARGS has --target sim.
