@@ -160,7 +160,7 @@ class TargetSession:
                 self._cores_entered = True
                 if not self.cores.active:
                     self.notes.append(f"core dumps: {self.cores.reason}")
-            self.target.start()
+            self.target.start(on_spawn=self.cores.adopt if self.cores is not None else None)
             self._started = True
             self._record_holdings()
             if self.watch is not None:
@@ -308,6 +308,8 @@ class TargetSession:
                 self._cores_entered = False
             if not self.host.is_local and self._started:
                 stack.callback(self._fetch_log)
+            if self.cores is not None and self.target.info.pid is not None:
+                stack.callback(self.cores.forget, self.target.info.pid)
             stack.callback(lambda: self.target.stop(hung=self._hung()))
             if self.watchdog is not None:
                 stack.callback(self.watchdog.stop)

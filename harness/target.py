@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -249,8 +249,9 @@ class Target:
                 env["LD_LIBRARY_PATH"] = ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(":")
         return env
 
-    def start(self) -> TargetInfo:
-        """Spawn the target and return once it answers `spdk_get_version` and has finished init."""
+    def start(self, on_spawn: Callable[[int], None] | None = None) -> TargetInfo:
+        """Spawn the target and return once it answers `spdk_get_version` and has finished init; `on_spawn`
+        gets the pid the moment the process exists (its cores are claimed before it can crash)."""
         check_socket_path(self.sock_path)
         self.host.makedirs(self.work_dir)
         if self.host.exists(self.sock_path):
@@ -273,6 +274,8 @@ class Target:
             raise
         self.info.pid = self.process.pid
         try:
+            if on_spawn is not None:
+                on_spawn(self.process.pid)
             self._wait_ready()
         except Exception:
             self.stop()

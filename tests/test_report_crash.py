@@ -131,6 +131,8 @@ def crash_fake_target(tmp_path: Path, variant: str, *, cores: CorePattern | None
     trigger = tmp_path / f"trigger-{variant}"
     log = tmp_path / f"target-{variant}.log"
     proc = host.spawn([str(exe), str(trigger)], log_path=str(log), core_unlimited=cores is not None)
+    if cores is not None:
+        cores.adopt(proc.pid)
     wd = Watchdog(host, pid=proc.pid, log_path=str(log), binary_paths=files, process=proc).start()
     try:
         time.sleep(0.2)

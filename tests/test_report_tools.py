@@ -123,23 +123,22 @@ def test_core_pattern_set_and_restored(tmp_path: Path) -> None:
     proc = _pattern_file(tmp_path, ORIGINAL)
     with _cp(tmp_path, proc, "a") as a:
         assert a.active and a.still_ours() and a.previous == ORIGINAL
-        assert Path(proc).read_text().strip() == f"{tmp_path}/a/core.%p.%e"
+        assert Path(proc).read_text().strip() == a.pattern and a.pattern.startswith(f"|{a.handler} %P %e %c")
     assert Path(proc).read_text().strip() == ORIGINAL and a.restored == "restored"
 
 
 @pytest.mark.parametrize("first_out", ["a", "b"])
-def test_overlapping_runs_hand_over_and_the_last_restores(tmp_path: Path, first_out: str) -> None:
-    """pytest-xdist workers or two storms on one host: whoever leaves first, the other keeps its cores and
-    the machine gets its own value back at the end (not a dead run's directory)."""
+def test_overlapping_runs_share_one_pattern_and_the_last_restores(tmp_path: Path, first_out: str) -> None:
+    """pytest-xdist workers or two storms on one host: both set the same pattern, so neither takes the
+    other's cores, whoever leaves first; the machine gets its own value back at the end."""
     proc = _pattern_file(tmp_path, ORIGINAL)
     a, b = _cp(tmp_path, proc, "a"), _cp(tmp_path, proc, "b")
     a.__enter__()
-    time.sleep(0.05)
     b.__enter__()
-    assert Path(proc).read_text().strip() == b.pattern
+    assert a.pattern == b.pattern == Path(proc).read_text().strip()
     first, second = (a, b) if first_out == "a" else (b, a)
     first.__exit__(None, None, None)
-    assert Path(proc).read_text().strip() == second.pattern, "the run still going must keep its cores"
+    assert Path(proc).read_text().strip() == second.pattern and second.still_ours()
     second.__exit__(None, None, None)
     assert Path(proc).read_text().strip() == ORIGINAL
 
@@ -170,17 +169,42 @@ def test_a_dead_harness_does_not_keep_the_pattern(tmp_path: Path) -> None:
     assert Path(proc).read_text().strip() == ORIGINAL
 
 
-def test_a_core_written_while_another_run_held_the_pattern_is_still_found(tmp_path: Path) -> None:
-    """Two runs on one machine: a crash of a's target while b held the machine-wide pattern puts the core in
-    b's directory; a finds it there once b has left (seen with two `make test` runs at once)."""
+def _pipe_core(cp: CorePattern, pid: int, comm: str, data: bytes, limit: str = "18446744073709551615",
+               cwd: Path | None = None) -> None:
+    """What the kernel does for a dumping process: run the pattern's handler with the core on stdin."""
+    args = [str(pid), comm, limit, "11", "1700000000", "0", "0", "node"]
+    subprocess.run([cp.handler, *args], input=data, check=True, timeout=30, cwd=cwd)
+
+
+def test_each_runs_cores_land_in_its_own_dir_while_another_run_is_in(tmp_path: Path) -> None:
+    """Two runs on one machine (two `make test` at once): a's target's core goes to a's directory and b's to
+    b's, whichever entered last (with one pattern per run, a crash while b held it once lost a's core)."""
     proc = _pattern_file(tmp_path, ORIGINAL)
     a, b = _cp(tmp_path, proc, "a"), _cp(tmp_path, proc, "b")
-    with a:
-        with b:
-            (tmp_path / "b" / "core.4242.reactor_0").write_bytes(b"\x7fELF" + b"\0" * 64)  # the kernel wrote it
-        assert a.still_ours()  # b handed the pattern back: nothing says it was elsewhere at the crash
-        assert a.find_core(4242, timeout=1.0) == f"{tmp_path}/b/core.4242.reactor_0"
-        assert a.find_core(4243, timeout=0.3) is None
+    with a, b:
+        a.adopt(4242)
+        b.adopt(4343)
+        _pipe_core(a, 4242, "reactor_0", b"\x7fELF-a")
+        _pipe_core(b, 4343, "reactor_0", b"\x7fELF-b")
+        assert a.find_core(4242, timeout=1.0) == f"{tmp_path}/a/core.4242.reactor_0"
+        assert (tmp_path / "b" / "core.4343.reactor_0").read_bytes() == b"\x7fELF-b"
+        assert a.find_core(4343, timeout=0.3) is None
+
+
+def test_another_processs_core_goes_where_the_machines_own_pattern_says(tmp_path: Path) -> None:
+    proc = _pattern_file(tmp_path, "core.%p")  # relative: in the dumping process's cwd
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    sleeper = subprocess.Popen(["sleep", "30"], cwd=cwd)
+    try:
+        with _cp(tmp_path, proc, "a") as a:
+            _pipe_core(a, sleeper.pid, "sleep", b"core of someone else")
+            assert (cwd / f"core.{sleeper.pid}").read_bytes() == b"core of someone else"
+            _pipe_core(a, sleeper.pid + 1, "x", b"no core for a limit of 0", limit="0")
+            assert not (cwd / f"core.{sleeper.pid + 1}").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_the_last_operations_of_a_long_storm_are_found_in_well_under_a_second_each() -> None:

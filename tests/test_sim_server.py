@@ -631,6 +631,7 @@ def test_segv_leaves_a_core_when_the_limit_allows(tmp_path: Path) -> None:
         if not cores.active:
             pytest.skip(f"cannot point core_pattern into the test: {cores.reason}")
         sim = SimProcess(tmp_path, cwd=workdir, core_unlimited=True).wait_ready()
+        cores.adopt(sim.proc.pid)
         try:
             crash(sim, kind="segv")
             assert sim.wait(30) == -signal.SIGSEGV

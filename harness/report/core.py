@@ -1,8 +1,13 @@
-"""Core dumps: point the kernel's core_pattern into the run directory for the run, then collect the core.
+"""Core dumps: every core of a target lands in its own run's directory, whatever else runs on the machine.
 
-SPDK's CI does the same (it sets /proc/sys/kernel/core_pattern to its output directory and restores it).
-The pattern is machine-wide: restore it even when the run fails, and say clearly when it cannot be set
-(not root, a container with a read-only /proc/sys), since then cores land wherever the old pattern says.
+The kernel's core_pattern is machine-wide, and two runs that each pointed it at their own directory stole
+each other's cores (two `make test` at once, xdist workers, fleet nodes on one kernel). So every lvol-storm run
+sets the same pattern, a pipe to a small handler (`|<handler> %P %e %c ...`), and registers the pid of each
+target it starts with its core directory; the handler writes a registered pid's core there and hands any other
+process's core to what the machine's own pattern says. The first run in keeps the machine's original, the last
+one out restores it, and the pattern never changes while any run is in (harness/leftovers.py puts it back
+after a killed one). Say clearly when it cannot be set (not root, a read-only /proc/sys): cores then land
+wherever the old pattern says.
 """
 
 from __future__ import annotations
@@ -21,6 +26,28 @@ from harness.hosts.base import CommandResult, Host
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 REGISTRY = "/run/lvol-storm/core_pattern"
+
+# The kernel runs this with the core on stdin (core(5), "Piping core dumps to a program"), as root, for every
+# process that dumps while an lvol-storm run is in. A registered pid's core goes to its run's directory; any
+# other's goes where the machine's own pattern (the registry's `original`) says: a path (relative ones in the
+# process's cwd), or a pipe of its own (systemd-coredump, apport) run with the same arguments. A process whose
+# core limit is 0 gets none, as without a pipe.
+_HANDLER = r"""#!/bin/sh
+# lvol-storm core handler (harness/report/core.py): core_pattern = |this %P %e %c %s %t %u %g %h
+pid=$1; exe=$(printf '%s' "$2" | tr '/' '!'); limit=$3; sig=$4; t=$5; uid=$6; gid=$7; host=$8
+dir=$(cat "{pids}/$pid" 2>/dev/null)
+if [ -n "$dir" ] && [ -d "$dir" ]; then exec cat > "$dir/core.$pid.$exe"; fi
+[ "$limit" = 0 ] && exit 0
+orig=$(cat "{registry}/original" 2>/dev/null)
+[ -n "$orig" ] || exit 0
+expanded=$(printf '%s' "$orig" | sed -e "s/%p/$pid/g; s/%P/$pid/g; s/%i/$pid/g; s/%I/$pid/g; s/%e/$exe/g" \
+  -e "s/%c/$limit/g; s/%s/$sig/g; s/%t/$t/g; s/%u/$uid/g; s/%g/$gid/g; s/%h/$host/g; s/%%/%/g")
+case "$expanded" in
+  "|"*) exec ${{expanded#|}} ;;
+  /*) exec cat > "$expanded" ;;
+  *) exec cat > "/proc/$pid/cwd/$expanded" ;;
+esac
+"""
 
 # Run under `flock` on the host. Users register their pattern; the first one keeps the machine's original;
 # the last one out restores it; one leaving while others run hands the pattern to the newest of them.
@@ -64,13 +91,17 @@ class CorePattern:
     A run whose harness died is dropped from the registry when this machine sees its pid gone.
     """
 
-    def __init__(self, host: Host, core_dir: str, name: str = "core.%p.%e", *,
-                 proc_path: str = CORE_PATTERN, registry: str = REGISTRY) -> None:
+    def __init__(self, host: Host, core_dir: str, *, proc_path: str = CORE_PATTERN,
+                 registry: str = REGISTRY) -> None:
         self.host = host
         self.core_dir = core_dir.rstrip("/")
-        self.pattern = f"{self.core_dir}/{name}"
         self.proc_path = proc_path
         self.registry = registry.rstrip("/")
+        base = self.registry.rsplit("/", 1)[0] or "/"
+        self.handler = f"{base}/core-handler"
+        self.pids_dir = f"{base}/core-pids"
+        self.pattern = f"|{self.handler} %P %e %c %s %t %u %g %h"
+        """The same for every run on the machine: none can take another's cores by setting its own."""
         self.token = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.previous: str | None = None
         self.active = False
@@ -105,12 +136,30 @@ class CorePattern:
             except PermissionError:
                 pass
 
+    def _install_handler(self) -> None:
+        """The handler script and the pid registry, written fresh each time (atomically: a core being piped
+        now must find a whole script)."""
+        self.host.makedirs(self.pids_dir)
+        tmp = f"{self.handler}.{os.getpid()}.tmp"
+        self.host.write_file(tmp, _HANDLER.format(pids=self.pids_dir, registry=self.registry).encode())
+        self.host.run(["sh", "-c", f"chmod 755 {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} "
+                                   f"{shlex.quote(self.handler)}"], timeout=20)
+
+    def adopt(self, pid: int) -> None:
+        """Cores of `pid` go to this run's core_dir (call it as soon as the target is spawned)."""
+        if self.active:
+            self.host.write_file(f"{self.pids_dir}/{pid}", self.core_dir.encode())
+
+    def forget(self, pid: int) -> None:
+        self.host.run(["rm", "-f", f"{self.pids_dir}/{pid}"], timeout=20)
+
     def __enter__(self) -> CorePattern:
         before = self._read()
         if before is None:
             self.reason = f"{self.proc_path} is not readable on {self.host.name}; cores not collected"
             return self
         self.host.makedirs(self.core_dir)
+        self._install_handler()
         self._prune_dead_users()
         res = self._locked(_ENTER)
         if not res.ok:
@@ -133,7 +182,7 @@ class CorePattern:
         if not self.active:
             return
         self.active = False
-        self._prune_dead_users()  # never hand the pattern to a run that was killed
+        self._prune_dead_users()  # a run that was killed does not keep the pattern in
         res = self._locked(_LEAVE)
         self.restored = res.stdout.strip() or None
         if self.restored and self.restored.startswith("changed by someone else"):
