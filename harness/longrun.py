@@ -384,7 +384,7 @@ class LongRun:
             "known_issues": {"source": self.known.source, "hits": dict(self.known_hits),
                              "avoided": {"strategies": sorted(self.avoid_strategies),
                                          "methods": sorted(self.avoid_methods)}},
-            "steered": [d.to_dict() for d in self.steering.decisions.values()],
+            "steered": [d.to_dict() for d in self.steering.all_decisions()],
             "evidence": {"kept_whole": sum(min(n, self.config.evidence.cores_per_key or n)
                                            for n in self.budget.seen.values()),
                          "capped": self.budget.capped},

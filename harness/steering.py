@@ -3,8 +3,9 @@
 A nightly on a buggy build mostly re-finds what it found in its first minute. Once a crash key has been seen
 `steer.after` times, the next incarnations leave out what preceded its crashes: the strategy whose episode the
 deaths cut off (each call carries its episode, harness.history.EPISODE), or, for crashes outside any episode,
-the method of the calls the deaths cut off. It steers away from one thing per key, says so (health line,
-summary), and never from everything (harness.longrun keeps the last mix when nothing would be left).
+the method of the calls the deaths cut off. A key that keeps crashing after that is steered again every
+`steer.after` crashes, from what preceded its crashes since, one more thing each time. It says so (health
+line, summary), and never steers away from everything (harness.longrun keeps the last mix then).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class Steering:
         self.seen: Counter[str] = Counter()
         self.strategies: dict[str, Counter[str]] = {}
         self.methods: dict[str, Counter[str]] = {}
-        self.decisions: dict[str, SteeredAway] = {}
+        """What preceded each key's crashes since its last decision."""
+        self.decisions: dict[str, list[SteeredAway]] = {}
 
     def observe(self, key: str, title: str, crash_dir: Path | None) -> SteeredAway | None:
         """Count one crash; the new decision when this crash made its key cross `steer.after`."""
@@ -90,25 +92,35 @@ class Steering:
             strategies, methods = triggers_of(crash_dir)
             self.strategies.setdefault(key, Counter()).update(strategies)
             self.methods.setdefault(key, Counter()).update(methods)
-        if not self.config.after or key in self.decisions or self.seen[key] < self.config.after:
+        earlier = self.decisions.get(key, [])
+        since = self.seen[key] - (earlier[-1].count if earlier else 0)
+        if not self.config.after or since < self.config.after:
             return None
         n = self.seen[key]
-        by_strategy = self.strategies.get(key) or Counter()
-        by_method = self.methods.get(key) or Counter()
+        strategies_left, methods_left = self.avoided()
+        by_strategy = Counter({s: c for s, c in (self.strategies.get(key) or Counter()).items()
+                               if s not in strategies_left})
+        by_method = Counter({m: c for m, c in (self.methods.get(key) or Counter()).items() if m not in methods_left})
+        again = " more, after what was left out before" if earlier else ""
         if by_strategy:
             name, hits = by_strategy.most_common(1)[0]
             decision = SteeredAway(key, title, n, strategies=[name],
-                                   why=f"{n} crashes; the deaths cut off its episodes {hits} times")
+                                   why=f"{since} crashes{again}; the deaths cut off its episodes {hits} times")
         elif by_method:
             name, hits = by_method.most_common(1)[0]
             decision = SteeredAway(key, title, n, methods=[name],
-                                   why=f"{n} crashes, none in an episode; the deaths cut off {name} {hits} times")
+                                   why=f"{since} crashes{again}, none in a new episode; the deaths cut off {name} "
+                                       f"{hits} times")
         else:
             return None
-        self.decisions[key] = decision
+        self.decisions.setdefault(key, []).append(decision)
+        self.strategies[key], self.methods[key] = Counter(), Counter()  # the next decision learns afresh
         return decision
 
+    def all_decisions(self) -> list[SteeredAway]:
+        return [d for ds in self.decisions.values() for d in ds]
+
     def avoided(self) -> tuple[set[str], set[str]]:
-        strategies = {s for d in self.decisions.values() for s in d.strategies}
-        methods = {m for d in self.decisions.values() for m in d.methods}
+        strategies = {s for d in self.all_decisions() for s in d.strategies}
+        methods = {m for d in self.all_decisions() for m in d.methods}
         return strategies, methods

@@ -33,11 +33,13 @@ def test_a_common_key_steers_away_from_the_episode_its_deaths_cut_off(tmp_path: 
     steering = Steering(SteeringConfig(after=3))
     lost = [{"worker": 1, "method": "bdev_lvol_delete", "params": {}, "episode": "1.4:busy-delete", "error": LOST},
             {"worker": 2, "method": "bdev_lvol_resize", "params": {}, "error": LOST}]
-    decisions = [steering.observe("K", "SIGSEGV in x", _crash_dir(tmp_path, f"c{i}", lost)) for i in range(4)]
-    assert decisions[:2] == [None, None] and decisions[3] is None  # decided once, at the third
+    decisions = [steering.observe("K", "SIGSEGV in x", _crash_dir(tmp_path, f"c{i}", lost)) for i in range(6)]
+    assert decisions[:2] == [None, None] and decisions[3:5] == [None, None]  # at the 3rd, then 3 more later
     decision = decisions[2]
     assert decision is not None and decision.strategies == ["busy-delete"] and decision.methods == []
-    assert steering.avoided() == ({"busy-delete"}, set())
+    again = decisions[5]  # still crashing without busy-delete: the next thing its deaths cut off
+    assert again is not None and again.methods == ["bdev_lvol_delete"] and again.strategies == []
+    assert steering.avoided() == ({"busy-delete"}, {"bdev_lvol_delete"})
 
 
 def test_outside_any_episode_the_cut_off_method_is_left_out_and_reads_never(tmp_path: Path) -> None:
