@@ -170,8 +170,11 @@ class Summary(BaseModel):
         rows: list[Part] = []
         ops = 0
         ops_per_s = 0.0
+        spans: list[tuple[float, float]] = []
         for part, sub in parts:
             if sub is not None:
+                if sub.started is not None and sub.wall_s > 0:
+                    spans.append((sub.started, sub.started + sub.wall_s))
                 ops_by_method.update(sub.ops_by_method)
                 errors.update(sub.errors_by_errno)
                 findings += [{**f, "run": f.get("run") or part.name} for f in sub.findings]
@@ -190,7 +193,15 @@ class Summary(BaseModel):
                 for crash in part.crashes:
                     tally.add(crash.title, crash.count, where=part.name, titles=crash.titles)
             rows.append(row)
+        timing: dict[str, Any] = {}
+        if spans and len(spans) == sum(sub is not None for _, sub in parts):
+            # Over the parts' own span: incarnations run one after another (their rates are not a sum), nodes
+            # side by side (theirs are); summing rates made a 15-minute nightly 264,135 ops/s, 276x the truth.
+            lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+            ops_per_s = ops / (hi - lo) if hi > lo else ops_per_s
+            timing = {"started": lo, "wall_s": round(hi - lo, 3)}
         data: dict[str, Any] = {
+            **timing,
             "kind": kind, "ops": ops, "ops_per_s": round(ops_per_s, 1), "ops_by_method": dict(ops_by_method),
             "errors_by_errno": dict(errors), "findings": findings, "crashes": tally.counts(),
             "crash_dirs": crash_dirs, "target": target, "breakdown": rows,

@@ -210,6 +210,12 @@ def test_real_core_backtrace_and_report_layout(tmp_path: Path) -> None:
     assert "#0" in (out / "backtrace.txt").read_text()
     data = json.loads((out / "crash.json").read_text())
     assert data["backtrace"]["frames"][0]["line"] == CRASH_LINE and data["core"] == core.name
+    # the gdb command names the core where it lies now (moved into the bundle, gzipped) and works as given
+    assert str(core) in data["gdb"] and not any(str(tmp_path / "cores") in n for n in data["notes"]), data
+    if shutil.which("gdb"):
+        res = subprocess.run(data["gdb"] + " -batch -ex bt", shell=True, capture_output=True, text=True,
+                             timeout=120)
+        assert "spdk_lvol_destroy" in res.stdout, (data["gdb"], res.stdout[-2000:], res.stderr[-2000:])
     ops = [json.loads(line) for line in (out / "last-operations.jsonl").read_text().splitlines()]
     assert [op["worker"] for op in ops[:2]] == [-1, -1]
     assert sum(op["worker"] == 0 for op in ops) == 20 and sum(op["worker"] == 1 for op in ops) == 20

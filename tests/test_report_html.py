@@ -151,7 +151,7 @@ def test_report_opens_in_headless_chromium(crashed_run: Path, tmp_path: Path) ->
     ready = re.search(r'data-timeline-ready="(\d+)"', html)
     assert ready and int(ready.group(1)) >= 3, "the page's script did not run to the end"
     panels = re.findall(r'<svg class="panel" data-panel="([^"]+)"', html)
-    assert panels == ["operations/s", "RPC latency", "live lvols", "free clusters"]
+    assert panels == ["operations/s", "errors/s by errno", "RPC latency", "live lvols", "free clusters"]
     ops_panel = html.split('data-panel="operations/s"', 1)[1].split("</svg>", 1)[0]
     counts = [int(n) for n in re.findall(r'class="series"[^>]*data-n="(\d+)"', ops_panel)]
     assert counts and max(counts) >= 3, "the ops/s line has no points"
@@ -184,3 +184,67 @@ def test_the_badge_is_the_summarys_verdict_and_a_suites_judgement(tmp_path: Path
         assert 'id="judgement"' not in page
     else:
         assert f'id="judgement">{judgement}</span>' in page
+
+
+def _bundle(run: Path, inc: str, n: int, title: str, t: float, *, dup: str | None = None) -> Path:
+    d = run / inc / "crashes" / f"{n:03d}-x"
+    d.mkdir(parents=True)
+    frames = [{"n": i, "func": f, "file": "x.c" if not f.startswith("__") else None, "line": i, "lib": "libc.so.6"}
+              for i, f in enumerate(["__pthread_kill_implementation", "__GI_raise", "__GI_abort",
+                                     "__assert_fail_base", "blob_free", "bs_delete_blob_finish", "spdk_thread_poll"])]
+    data = {"title": title, "key": title, "kind": "abort", "detected_at": t, "backtrace": {"signal": "SIGABRT",
+            "frames": frames}, "evidence": [{"kind": "abort", "summary": "assert: Assertion 'x' failed",
+                                             "source": "target log"}],
+            "gdb": f"gzip -dk {d}/core.1.gz && gdb -nx /usr/bin/spdk_tgt {d}/core.1",
+            "minimized": {"reproduced": True, "ops_before": 90, "ops_after": 3, "steps": 2,
+                          "rate": {"text": "3/3 fresh targets crashed with the same title"}}}
+    if dup:
+        data["duplicate_of"] = dup
+    (d / "crash.json").write_text(json.dumps(data))
+    (d / "kernel.log").write_text("someone_else[1]: segfault at 8 ip 0 sp 0 error 4 in libc.so.6\n")
+    ops = [{"method": "bdev_lvol_create", "params": {"lvs_name": "lvs0", "lvol_name": "a"}, "result": "u1",
+            "group": 0},
+           {"method": "bdev_lvol_delete", "params": {"name": "u1"}, "error": {"errno": "EBUSY"}, "group": 1},
+           {"method": "bdev_lvol_snapshot", "params": {"lvol_name": "u1", "snapshot_name": "s"}, "result": "u2",
+            "group": 1}]
+    (d / "repro.min.jsonl").write_text("".join(json.dumps(o) + "\n" for o in ops))
+    return d
+
+
+def test_report_draws_the_crash_at_a_glance_bands_errnos_and_methods(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    for i, inc in enumerate(["inc-001", "inc-002"]):
+        (run / inc).mkdir(parents=True)
+        t0 = T0 + 10 * i
+        lines = [line(0, s, "bdev_lvol_create", t0 + 0.01 * s, 0.002 * (1 + s % 5)) for s in range(200)]
+        lines += [line(1, s, "bdev_lvol_delete", t0 + 0.01 * s, 0.02, error="EBUSY" if s % 2 else "ENOENT")
+                  for s in range(100)]
+        (run / inc / "history.jsonl").write_text("".join(sorted(lines, key=lambda ln: json.loads(ln)["t_end"])))
+        (run / inc / "storm.json").write_text(json.dumps({"pauses": [[t0 + 1.0, t0 + 1.2]]}))
+    _bundle(run, "inc-001", 1, "SIGABRT: Assertion 'x' failed in blob_free", T0 + 3.0)
+    _bundle(run, "inc-002", 2, "SIGABRT: Assertion 'x' failed in blob_free", T0 + 13.0, dup="001-x")
+    page = write_report_html(run).read_text()
+
+    glance = re.findall(r'<div class="glance" data-key="([^"]+)"><h3>.*?</h3>(.*?)</table></div>', page, re.S)
+    assert len(glance) == 1 and "\u00d72" in page, "one block per key, with its count"
+    body = glance[0][1]
+    assert "4 frames of abort() above" in body and "#4 blob_free (x.c:4)" in body and "__GI_raise" not in body
+    assert "someone_else" not in body, "a kernel line that is not the target's own fault is not shown"
+    assert "assert: Assertion" in body and "gzip -dk" in body
+    assert re.search(r"1  bdev_lvol_create lvs_name=lvs0 lvol_name=a  -&gt; u1", body)
+    assert re.search(r"2  bdev_lvol_delete name=u1  -&gt; error EBUSY\n\s+2  bdev_lvol_snapshot", body), body
+    assert "3/3 fresh targets" in body
+
+    assert len(re.findall(r'<rect class="band pause"', page)) == 2 * 5, "two pauses drawn on every panel"
+    downs = re.findall(r'<rect class="band down"[^>]*><title>([^<]+)</title>', page)
+    assert len(downs) == 5 and "target down 7.0 s" in downs[0], downs[:1]  # crash at +3, next start +10
+
+    errno_panel = page.split('data-panel="errors/s by errno"', 1)[1].split("</svg>", 1)[0]
+    legends = re.findall(r'class="legend">([^<]+)</text>', errno_panel)
+    assert sorted(legends) == ["EBUSY", "ENOENT"]
+    rows = re.findall(r'<tr class="ops-row">(.*?)</tr>', page)
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", r) for r in rows]
+    assert [c[0] for c in cells] == ["bdev_lvol_create", "bdev_lvol_delete"]
+    create, delete = cells
+    assert create[1] == "400" and delete[1] == "200" and delete[5] == "200" and "EBUSY 100" in delete[6]
+    assert float(create[3]) < float(delete[3]), "p50 per method: creates took 2-10 ms, deletes 20 ms"

@@ -29,6 +29,11 @@ _DEATH_FRAMES = re.compile(
 )
 
 
+def is_death_frame(func: str) -> bool:
+    """A frame of the machinery of dying (raise, abort, __assert_fail, malloc_printerr...), not of the bug."""
+    return bool(_DEATH_FRAMES.match(func))
+
+
 @dataclass(frozen=True)
 class Frame:
     """One `#N` line of a gdb backtrace."""

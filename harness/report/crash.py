@@ -9,6 +9,7 @@ Same title, same bug: `index.json` in the crashes directory counts each title on
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class CrashReport:
     target_info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    executable: str | None = None
 
     @classmethod
     def build(
@@ -109,7 +111,8 @@ class CrashReport:
                     report_notes.append(f"backtrace: {how}")
                 else:
                     backtrace = parse_gdb_backtrace(backtrace_text)
-                report_notes.append(f"backtrace: {how}")
+                    report_notes.append("backtrace: gdb over the core before it was compressed (crash.json "
+                                        "`gdb` is the command over the kept core)")
                 core_path = compress_core(host, found, staging)
 
         target_log = _merge_lines(evidence, "log_tail")
@@ -129,7 +132,7 @@ class CrashReport:
             backtrace_text=backtrace_text, core_path=core_path,
             kernel_lines=_merge_lines(evidence, "kernel_lines") or list(latest.kernel_lines),
             target_log=target_log,
-            operations=operations, target_info=dict(target_info), notes=report_notes,
+            operations=operations, target_info=dict(target_info), notes=report_notes, executable=executable,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -166,8 +169,19 @@ class CrashReport:
                 "file": "backtrace.txt",
             }
         out["core"] = self.core_path.name if self.core_path else None
+        out["gdb"] = self.gdb_command()
         out["last_operations"] = self.operations
         return out
+
+    def gdb_command(self) -> str | None:
+        """The command that opens the kept core where it lies now (moved into the bundle and gzipped)."""
+        if self.core_path is None:
+            return None
+        core = str(self.core_path)
+        plain = core[:-3] if core.endswith(".gz") else core
+        unpack = f"gzip -dk {shlex.quote(core)} && " if core.endswith(".gz") else ""
+        gdb = ["gdb", "-nx", *([self.executable] if self.executable else ["-c"]), plain]
+        return unpack + shlex.join(gdb)
 
     def write(self, crashes_dir: str | Path, *, keep: Keep = Keep.ALL) -> Path:
         """Write the report into a new `crashes_dir/NNN-<title slug>/`; update `crashes_dir/index.json`.
@@ -180,9 +194,12 @@ class CrashReport:
         number = 1 + sum(entry["count"] for entry in index.values())
         out = root / f"{number:03d}-{title_slug(self.title)}"
         out.mkdir(parents=True, exist_ok=False)
+        if keep is not Keep.COUNT:
+            self._write_evidence(out, keep)
         data = self.to_json()
         data["kept"] = keep.value
         if keep is not Keep.ALL:
+            data["core"] = data["gdb"] = None
             data.pop("last_operations", None)
             data["target"] = {k: v for k, v in data.get("target", {}).items() if k != "methods"}
         if keep is Keep.COUNT:
@@ -192,8 +209,6 @@ class CrashReport:
         if seen is not None:
             data["duplicate_of"] = seen["dirs"][0]
         (out / "title.txt").write_text(self.title + "\n")
-        if keep is not Keep.COUNT:
-            self._write_evidence(out, keep)
         (out / "crash.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
         entry = index.setdefault(self.title, {"count": 0, "dirs": [], "key": key})
         entry["count"] += 1

@@ -20,11 +20,17 @@ import yaml
 
 from harness.history import HISTORY_NAMES
 from harness.outcome import Verdict
+from harness.report.backtrace import is_death_frame
 from harness.report.timeline import Timeline
 
 SKIP_DIRS = frozenset({"crashes", "cores", "terraform", ".pytest_cache"})
 MAX_DEPTH = 3
 MAX_TABLE_ROWS = 500
+MAX_GLANCE = 20
+"""Crash keys drawn at a glance (the table lists every crash; a nightly has tens of keys at most)."""
+GLANCE_FRAMES = 6
+GLANCE_STEPS = 40
+MAX_BANDS = 2000
 
 PANEL_W, PANEL_H, LEFT, RIGHT, TOP, BOTTOM = 960, 124, 70, 20, 18, 22
 
@@ -76,13 +82,183 @@ def crash_bundles(run_dir: Path) -> list[dict[str, Any]]:
         data = _load_json(path)
         if isinstance(data, dict):
             out.append({"title": data.get("title", "?"), "time": data.get("detected_at") or data.get("time"),
-                        "kind": data.get("kind"),
+                        "kind": data.get("kind"), "key": data.get("key") or data.get("title", "?"),
                         "href": path.relative_to(run_dir).as_posix(),
                         "dir": path.parent.relative_to(run_dir).as_posix(),
                         "duplicate_of": data.get("duplicate_of"),
-                        "minimized": (path.parent / "repro.min.py").exists()})
+                        "minimized": (path.parent / "repro.min.py").exists(),
+                        **_glance_fields(data)})
     out.sort(key=lambda c: c.get("time") or 0)
     return out
+
+
+def _glance_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows of one crash without the 50-100 KB crash.json: fault, evidence, frames, reduction."""
+    fault: dict[str, Any] = data["fault"] if isinstance(data.get("fault"), dict) else {}
+    evidence = [ev for ev in data.get("evidence") or [] if isinstance(ev, dict)]
+    bt: dict[str, Any] = data["backtrace"] if isinstance(data.get("backtrace"), dict) else {}
+    frames = [f for f in bt.get("frames") or [] if isinstance(f, dict)]
+    dying = 0
+    if bt.get("signal") == "SIGABRT":  # start where the bug is, past raise/abort/__assert_fail
+        while dying < len(frames) - 1 and is_death_frame(str(frames[dying].get("func"))):
+            dying += 1
+    minimized = data.get("minimized") if isinstance(data.get("minimized"), dict) else None
+    return {
+        "decoded": fault.get("decoded"),
+        "evidence": [f"{ev.get('kind')}: {ev.get('summary')} ({ev.get('source')})" for ev in evidence[:3]],
+        "frames": [f"#{f.get('n')} {f.get('func') or '??'}"
+                   + (f" ({f.get('file')}:{f.get('line')})" if f.get("file") else
+                      (f" in {f.get('lib')}" if f.get("lib") else ""))
+                   for f in frames[dying:dying + GLANCE_FRAMES]],
+        "frames_total": len(frames), "frames_skipped": dying,
+        "min": {k: minimized.get(k) for k in ("reproduced", "ops_before", "ops_after", "steps", "stop_reason")}
+               | {"rate": (minimized.get("rate") or {}).get("text") if isinstance(minimized.get("rate"), dict)
+                  else None} if minimized else None,
+        "gdb": data.get("gdb"),
+    }
+
+
+def _head_lines(path: Path, n: int, max_bytes: int = 16384) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            text = f.read(max_bytes).decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][:n]
+
+
+def _brief(value: Any, limit: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def minimized_steps(path: Path, limit: int = GLANCE_STEPS) -> tuple[list[str], int]:
+    """repro.min.jsonl as numbered steps (operations sent together share a step): (lines, operations)."""
+    lines: list[str] = []
+    groups: dict[Any, int] = {}
+    count = 0
+    try:
+        f = open(path, encoding="utf-8", errors="replace")
+    except OSError:
+        return [], 0
+    with f:
+        for raw in f:
+            try:
+                op = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(op, dict):
+                continue
+            count += 1
+            if len(lines) >= limit:
+                continue
+            step = groups.setdefault(op.get("group", count), len(groups) + 1)
+            params: dict[str, Any] = op["params"] if isinstance(op.get("params"), dict) else {}
+            args = " ".join(f"{k}={_brief(v)}" for k, v in params.items())
+            if "error" in op:
+                err = op["error"] if isinstance(op["error"], dict) else {}
+                got = "error " + _brief(err.get("errno") or err.get("message") or err, 60)
+            else:
+                got = _brief(op.get("result"))
+            lines.append(f"{step:>3}  {op.get('method')} {args}  -> {got}")
+    return lines, count
+
+
+def crash_glance(run_dir: Path, crashes: list[dict[str, Any]]) -> str:
+    """One block per crash key (its first bundle): title, count, decoded fault, the kernel line, the top frames
+    of the backtrace and the minimized steps; a developer triages from here without opening JSON."""
+    counts: dict[str, int] = {}
+    first: dict[str, dict[str, Any]] = {}
+    for c in crashes:
+        counts[c["key"]] = counts.get(c["key"], 0) + 1
+        first.setdefault(c["key"], c)
+    blocks = []
+    for key, c in list(first.items())[:MAX_GLANCE]:
+        bundle = run_dir / c["dir"]
+        rows: list[tuple[str, str]] = []
+        if c.get("decoded"):
+            rows.append(("fault", _e(c["decoded"])))
+        kernel = _head_lines(bundle / "kernel.log", 2) if c.get("decoded") else []  # the target's own fault line
+        if kernel:
+            rows.append(("kernel log", "<br>".join(f"<code>{_e(ln)}</code>" for ln in kernel)))
+        elif c.get("evidence"):
+            rows.append(("evidence", "<br>".join(_e(ev) for ev in c["evidence"])))
+        if c.get("frames"):
+            more = c["frames_total"] - len(c["frames"]) - c["frames_skipped"]
+            skipped = (f'<span class="skipped">{c["frames_skipped"]} frames of abort() above</span><br>'
+                       if c["frames_skipped"] else "")
+            rows.append(("backtrace", skipped + "<br>".join(f"<code>{_e(fr)}</code>" for fr in c["frames"])
+                         + (f'<br><a href="{_e(c["dir"])}/backtrace.txt">{more} more frames, all threads</a>'
+                            if more > 0 else "")))
+        m = c.get("min")
+        if m:
+            head = (f"{m.get('ops_before')} operations before the crash \u2192 {m.get('ops_after')}, "
+                    f"{m.get('steps')} steps; reproduced {m.get('rate') or 'no'}" if m.get("reproduced") else
+                    f"not reproduced on replay: {m.get('stop_reason')}")
+            steps, total = minimized_steps(bundle / "repro.min.jsonl") if m.get("reproduced") else ([], 0)
+            body = (f'<pre class="steps">{_e(chr(10).join(steps))}'
+                    f'{_e(chr(10) + f"... {total - len(steps)} more in repro.min.jsonl") if total > len(steps) else ""}'
+                    "</pre>" if steps else "")
+            rows.append(("minimized", _e(head) + body))
+        else:
+            rows.append(("minimized", "not minimized (" + ("a repeat of this key" if c.get("duplicate_of") else
+                                                           "minimize off, or still running") + ")"))
+        if c.get("gdb"):
+            rows.append(("core", f"<code>{_e(c['gdb'])}</code>"))
+        files = "".join(f' <a href="{_e(c["dir"])}/{name}">{name}</a>'
+                        for name in ("crash.json", "repro.min.py", "repro.py", "target.log", "kernel.log")
+                        if (bundle / name).exists())
+        rows.append(("files", files))
+        table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+        blocks.append(f'<div class="glance" data-key="{_e(key)}"><h3>{_e(c["title"])} '
+                      f'<span class="count">\u00d7{counts[key]}</span></h3><table>{table}</table></div>')
+    if len(first) > MAX_GLANCE:
+        blocks.append(f"<p>{len(first) - MAX_GLANCE} more crash keys: see the table below and "
+                      "<code>lvol-storm triage</code>.</p>")
+    return "".join(blocks) or '<p class="empty glance-empty">No crashes.</p>'
+
+
+def pause_bands(sources: list[tuple[str, Path]]) -> list[dict[str, Any]]:
+    """Every lane held (quiesce points, lvstore-wide calls), from each leaf run's storm.json."""
+    bands: list[dict[str, Any]] = []
+    for _rel, hist in sources:
+        storm = _load_json(hist.parent / "storm.json")
+        for pause in (storm.get("pauses") or []) if isinstance(storm, dict) else []:
+            if isinstance(pause, list) and len(pause) == 2 and len(bands) < MAX_BANDS:
+                bands.append({"t0": pause[0], "t1": pause[1], "kind": "pause",
+                              "label": f"lanes paused {1000 * (pause[1] - pause[0]):.0f} ms (quiesce check)"})
+    return bands
+
+
+def down_bands(timeline: Timeline, crashes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """From each crash to the first operation of the next incarnation beside it: the target was down."""
+    starts: dict[tuple[str, ...], list[float]] = {}
+    for rel, src in timeline.sources.items():
+        if src.first_t is not None:
+            starts.setdefault(Path(rel).parts[:-1], []).append(src.first_t)  # rel: the leaf run's dir
+    bands: list[dict[str, Any]] = []
+    for c in crashes:
+        if c.get("time") is None:
+            continue
+        t = float(c["time"])
+        later = [s for s in starts.get(Path(c["dir"]).parts[:-3], []) if s > t]
+        if later and len(bands) < MAX_BANDS:
+            bands.append({"t0": t, "t1": min(later), "kind": "down",
+                          "label": f"target down {min(later) - t:.1f} s after {c['title']}"})
+    return bands
+
+
+def method_rows(timeline: Timeline) -> list[list[str]]:
+    """Calls, rate, latency and errors per method (what Jepsen plots per operation type)."""
+    rows = []
+    for method, stats in sorted(timeline.per_method.items(), key=lambda kv: -kv[1].calls):
+        d = stats.to_dict()
+        top = ", ".join(f"{k} {n}" for k, n in sorted(d["errnos"].items(), key=lambda kv: -kv[1])[:3])
+        rows.append([_td(method), _td(d["calls"], num=True), _td(d["calls_per_s"] or "-", num=True),
+                     _td(d["p50_ms"] if d["p50_ms"] is not None else "-", num=True),
+                     _td(d["p99_ms"] if d["p99_ms"] is not None else "-", num=True),
+                     _td(d["errors"], num=True), _td(top)])
+    return rows
 
 
 def collect_findings(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -161,8 +337,10 @@ def _fmt(v: float) -> str:
 
 
 def _panel(title: str, series: list[tuple[str, str, list[tuple[float, float | None]]]], t0: float, t1: float,
-           markers: list[dict[str, Any]], log_y: bool = False, unit: str = "") -> str:
-    """One chart: polylines for each (name, colour, points), a y axis, and vertical crash/finding markers."""
+           markers: list[dict[str, Any]], log_y: bool = False, unit: str = "",
+           bands: list[dict[str, Any]] | None = None) -> str:
+    """One chart: shaded bands (lanes paused, target down) under polylines for each (name, colour, points),
+    a y axis, and vertical crash/finding markers."""
     w, h = PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM
     values = [v for _, _, pts in series for _, v in pts if v is not None and (v > 0 or not log_y)]
     lo = 0.0
@@ -186,6 +364,11 @@ def _panel(title: str, series: list[tuple[str, str, list[tuple[float, float | No
              f'width="{PANEL_W}" height="{PANEL_H}" xmlns="http://www.w3.org/2000/svg" role="img">',
              f'<text x="{LEFT}" y="12" class="ptitle">{_e(title)}</text>',
              f'<rect x="{LEFT}" y="{TOP}" width="{w}" height="{h}" class="frame"/>']
+    for b in bands or []:
+        bx0, bx1 = max(LEFT, x(float(b["t0"]))), min(LEFT + w, x(float(b["t1"])))
+        if bx1 >= LEFT and bx0 <= LEFT + w:
+            parts.append(f'<rect class="band {b["kind"]}" x="{bx0:.1f}" y="{TOP}" width="{max(bx1 - bx0, 1.0):.1f}" '
+                         f'height="{h}"><title>{_e(b["label"])}</title></rect>')
     ticks = ([10 ** k for k in range(math.ceil(lo), math.floor(hi) + 1)] if log_y else _ticks(lo, hi))
     for tv in ticks:
         yy = y(tv)
@@ -223,7 +406,34 @@ def _panel(title: str, series: list[tuple[str, str, list[tuple[float, float | No
     return "".join(parts)
 
 
-def timeline_svg(points: list[dict[str, Any]], markers: list[dict[str, Any]], width_s: float) -> str:
+ERRNO_COLOURS = ("#c05621", "#b7791f", "#805ad5", "#d53f8c", "#718096")
+MAX_ERRNO_SERIES = 4
+"""The most frequent errnos get a line each; the rest are summed as "other"."""
+
+
+Series = list[tuple[str, str, list[tuple[float, float | None]]]]
+
+
+def errno_series(points: list[dict[str, Any]], width_s: float) -> Series:
+    """Errors per second by errno, one series per frequent errno (the run's whole error mix over time)."""
+    totals: dict[str, int] = {}
+    for p in points:
+        for name, n in (p.get("errnos") or {}).items():
+            totals[name] = totals.get(name, 0) + n
+    top = sorted(totals, key=lambda k: -totals[k])[:MAX_ERRNO_SERIES]
+    out = []
+    for i, name in enumerate(top):
+        out.append((name, ERRNO_COLOURS[i], [(p["t"] + width_s / 2, (p.get("errnos") or {}).get(name, 0) / width_s)
+                                             for p in points]))
+    if len(totals) > len(top):
+        out.append(("other", ERRNO_COLOURS[-1], [
+            (p["t"] + width_s / 2, sum(n for k, n in (p.get("errnos") or {}).items() if k not in top) / width_s)
+            for p in points]))
+    return out
+
+
+def timeline_svg(points: list[dict[str, Any]], markers: list[dict[str, Any]], width_s: float,
+                 bands: list[dict[str, Any]] | None = None) -> str:
     if not points:
         return '<p class="empty">No operations recorded (history.jsonl is empty or missing).</p>'
     t0, t1 = points[0]["t"], points[-1]["t"] + width_s
@@ -234,13 +444,18 @@ def timeline_svg(points: list[dict[str, Any]], markers: list[dict[str, Any]], wi
     def col(key: str) -> list[tuple[float, float | None]]:
         return [(t, p[key]) for t, p in mid]
 
+    errnos = errno_series(points, width_s)
     panels = [
         _panel("operations/s", [("ops/s", "#2b6cb0", col("ops_per_s")), ("errors/s", "#c05621",
-               [(t, p["errors"] / width_s) for t, p in mid])], t0, t1, markers),
+               [(t, p["errors"] / width_s) for t, p in mid])], t0, t1, markers, bands=bands),
+        _panel("errors/s by errno", errnos or [("no errors", "#718096", [(t, 0.0) for t, _ in mid])],
+               t0, t1, markers, bands=bands),
         _panel("RPC latency", [("p50", "#2f855a", col("p50_ms")), ("p99", "#9b2c2c", col("p99_ms"))],
-               t0, t1, markers, log_y=True, unit=" ms"),
-        _panel("live lvols", [("lvols + snapshots + clones", "#6b46c1", col("live_lvols"))], t0, t1, markers),
-        _panel("free clusters", [("free clusters", "#2c7a7b", col("free_clusters"))], t0, t1, markers),
+               t0, t1, markers, log_y=True, unit=" ms", bands=bands),
+        _panel("live lvols", [("lvols + snapshots + clones", "#6b46c1", col("live_lvols"))], t0, t1, markers,
+               bands=bands),
+        _panel("free clusters", [("free clusters", "#2c7a7b", col("free_clusters"))], t0, t1, markers,
+               bands=bands),
     ]
     axis = [f'<svg class="axis" viewBox="0 0 {PANEL_W} 18" width="{PANEL_W}" height="18" '
             'xmlns="http://www.w3.org/2000/svg">']
@@ -286,6 +501,12 @@ svg.panel{display:block} .ptitle{font-size:11px;font-weight:600;fill:#4a5568}
 .ytick{text-anchor:end} .legend{font-size:11px}
 .marker{stroke-width:2;stroke-dasharray:3 2} .marker.crash{stroke:#e53e3e} .marker.finding{stroke:#dd6b20}
 #readout{font:12px ui-monospace,monospace;min-height:1.4em;color:#2d3748}
+.band.pause{fill:#bee3f8;opacity:.55}.band.down{fill:#fed7d7;opacity:.8}
+.swatch{display:inline-block;width:12px;height:10px;margin:0 4px 0 12px}.swatch.pause{background:#bee3f8}
+.swatch.down{background:#fed7d7} .legend-bands{font-size:12px;color:#4a5568;margin:2px 0}
+.glance{border:1px solid #e2e8f0;border-left:4px solid #9b2c2c;padding:4px 10px;margin:8px 0}
+.glance h3{font-size:14px;margin:4px 0} .glance th{width:90px;background:none;color:#718096;font-weight:500}
+.glance .count{color:#9b2c2c} .skipped{color:#a0aec0;font-size:12px} pre.steps{margin:4px 0;max-height:320px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;margin:0} dt{color:#718096}
 """
 
@@ -361,6 +582,7 @@ def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool
     markers = ([{"t": c["time"], "kind": "crash", "label": f"crash: {c['title']}"} for c in crashes]
                + [{"t": f.get("t"), "kind": "finding", "label": f"{f.get('kind')}: {f.get('message')}"}
                   for f in findings[:MAX_TABLE_ROWS]])
+    bands = pause_bands(sources) + down_bands(timeline, crashes)
     verdict = _verdict(summary, crashes, findings)
     css_verdict = verdict.replace(" ", "-")
     target = summary.get("target") or {}
@@ -391,8 +613,7 @@ def render_report(run_dir: Path, timeline: Timeline | None = None, *, live: bool
     finding_rows = [[_td(f.get("kind")), _td(f.get("message")), _td(_when(f.get("t"))),
                      _td((f.get("op") or {}).get("method", "") if isinstance(f.get("op"), dict) else ""),
                      _td(f.get("run", ""))] for f in findings[:MAX_TABLE_ROWS]]
-    ops_by_method = summary.get("ops_by_method") or {}
-    op_rows = [[_td(m), _td(n, num=True)] for m, n in sorted(ops_by_method.items(), key=lambda kv: -kv[1])]
+    op_rows = method_rows(timeline)
     errs = summary.get("errors_by_errno") or {}
     err_rows = [[_td(k), _td(n, num=True)] for k, n in sorted(errs.items(), key=lambda kv: -kv[1])]
     breakdown = summary.get("breakdown") or []
@@ -425,8 +646,12 @@ script-src 'unsafe-inline'; img-src data:">
 {banner}
 <dl id="facts">{fact_html}</dl>
 <h2>Timeline</h2>
-<div id="timeline">{timeline_svg(points, markers, timeline.width)}</div>
+<div id="timeline">{timeline_svg(points, markers, timeline.width, bands)}</div>
 <div id="readout"></div>
+<p class="legend-bands"><span class="swatch pause"></span> lanes paused (quiesce check)
+<span class="swatch down"></span> target down (crash to restart)</p>
+<h2>Crashes at a glance ({len({c["key"] for c in crashes})} keys)</h2>
+<div id="glance">{crash_glance(run_dir, crashes)}</div>
 <h2>Crashes ({len(crashes)})</h2>
 {_table(["title", "count", "time", "bundle"], crash_rows, "crashes", "No crashes.")}
 <h2>Findings ({len(findings)})</h2>
@@ -438,7 +663,8 @@ script-src 'unsafe-inline'; img-src data:">
 <h2>Reproduce</h2>
 <pre id="reproducer">{_e(chr(10).join(repro + crash_repro))}</pre>
 <h2>Operations by method</h2>
-{_table(["method", "ops"], op_rows, "ops", "No operations.")}
+{_table(["method", "calls", "calls/s", "p50 ms", "p99 ms", "errors", "top errnos"], op_rows, "ops",
+        "No operations.")}
 <h2>Errors by errno</h2>
 {_table(["errno", "count"], err_rows, "errors", "No errors.")}
 {"<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else ""}

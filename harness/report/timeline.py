@@ -31,6 +31,9 @@ RESETTING_METHODS = frozenset({"bdev_lvol_create_lvstore", "bdev_lvol_delete_lvs
 # Lines are written by History with a fixed layout; this reads the few fields the timeline needs without
 # decoding the whole line (ten times faster than json.loads). Anything else falls back to json.loads.
 _FAST = re.compile(rb'"method":"([A-Za-z0-9_]+)",.*,"t_start":([0-9.eE+-]+),"t_end":([0-9.eE+-]+),"(result|error)"')
+_ERRNO = re.compile(rb'"errno":(?:"([A-Z0-9]+)"|null)')
+MAX_ERRNOS = 32
+"""Distinct errno names kept per bucket and per method (a bound on memory; the rest count as OTHER)."""
 
 
 def _bin(latency_s: float) -> int:
@@ -45,6 +48,23 @@ def _bin_ms(index: int) -> float:
     return _BIN_FLOOR_US * _BIN_BASE ** (index + 0.5) / 1000.0
 
 
+def _percentile_ms(hist: list[int], q: float) -> float | None:
+    total = sum(hist)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(hist):
+        seen += n
+        if seen >= rank:
+            return _bin_ms(i)
+    return _bin_ms(LATENCY_BINS - 1)
+
+
+def _count_errno(counter: Counter[str], name: str) -> None:
+    counter[name if name in counter or len(counter) < MAX_ERRNOS else "OTHER"] += 1
+
+
 @dataclass
 class _Bucket:
     ops: int = 0
@@ -52,6 +72,7 @@ class _Bucket:
     hist: list[int] = field(default_factory=lambda: [0] * LATENCY_BINS)
     live: dict[str, int] = field(default_factory=dict)
     free: dict[str, int] = field(default_factory=dict)
+    errnos: Counter[str] = field(default_factory=Counter)
 
     def merge(self, later: _Bucket) -> None:
         self.ops += later.ops
@@ -59,18 +80,28 @@ class _Bucket:
         self.hist = [a + b for a, b in zip(self.hist, later.hist, strict=True)]
         self.live.update(later.live)
         self.free.update(later.free)
+        for name, n in later.errnos.items():
+            self.errnos[name] += n
 
     def percentile_ms(self, q: float) -> float | None:
-        total = sum(self.hist)
-        if total == 0:
-            return None
-        rank = q * total
-        seen = 0
-        for i, n in enumerate(self.hist):
-            seen += n
-            if seen >= rank:
-                return _bin_ms(i)
-        return _bin_ms(LATENCY_BINS - 1)
+        return _percentile_ms(self.hist, q)
+
+
+@dataclass
+class MethodStats:
+    """One method over the whole timeline: calls, errors by errno, a latency histogram, its time span."""
+
+    calls: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    hist: list[int] = field(default_factory=lambda: [0] * LATENCY_BINS)
+    first_t: float | None = None
+    last_t: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        span = (self.last_t - self.first_t) if self.first_t is not None and self.last_t is not None else 0.0
+        return {"calls": self.calls, "errors": sum(self.errors.values()), "errnos": dict(self.errors),
+                "calls_per_s": round(self.calls / span, 2) if span > 0 else None,
+                "p50_ms": _round(_percentile_ms(self.hist, 0.5)), "p99_ms": _round(_percentile_ms(self.hist, 0.99))}
 
 
 @dataclass
@@ -87,7 +118,7 @@ class Timeline:
     """Buckets keyed by floor(t / width) on absolute time, so files from several nodes merge without a common
     start; when there are more than `max_points` buckets the width doubles and neighbours merge."""
 
-    def __init__(self, max_points: int = 600, width_s: float = 0.25) -> None:
+    def __init__(self, max_points: int = 600, width_s: float = 0.05) -> None:
         self.max_points = max_points
         self.width = width_s
         self.buckets: dict[int, _Bucket] = {}
@@ -95,6 +126,7 @@ class Timeline:
         self.records = 0
         self.bad_lines = 0
         self.methods: Counter[str] = Counter()
+        self.per_method: dict[str, MethodStats] = {}
 
     # -- feeding ----------------------------------------------------------------------------------------
 
@@ -125,21 +157,27 @@ class Timeline:
     def _line(self, line: bytes, source: str) -> None:
         m = _FAST.search(line)
         if m is not None and m.group(1) != b"bdev_lvol_get_lvstores":
+            ok = m.group(4) == b"result"
+            errno_name = None
+            if not ok:
+                e = _ERRNO.search(line, m.end())
+                errno_name = e.group(1).decode() if e is not None and e.group(1) else "no errno"
             try:
-                self.add(m.group(1).decode(), float(m.group(2)), float(m.group(3)), m.group(4) == b"result",
-                         None, source)
+                self.add(m.group(1).decode(), float(m.group(2)), float(m.group(3)), ok, None, source, errno_name)
             except ValueError:
                 self.bad_lines += 1
             return
         try:
             rec = json.loads(line)
+            err = rec.get("error")
+            errno_name = (err.get("errno") or "no errno") if isinstance(err, dict) else None
             self.add(rec["method"], float(rec["t_start"]), float(rec["t_end"]), "error" not in rec,
-                     rec.get("result"), source)
-        except (ValueError, KeyError, TypeError):
+                     rec.get("result"), source, errno_name)
+        except (ValueError, KeyError, TypeError, AttributeError):
             self.bad_lines += 1
 
     def add(self, method: str, t_start: float, t_end: float, ok: bool, result: Any = None,
-            source: str = "") -> None:
+            source: str = "", errno_name: str | None = None) -> None:
         """One RPC: counted in the bucket of its reply; its effect on live lvols and free clusters recorded."""
         src = self.sources.setdefault(source, _Source())
         key = self._key(t_end)
@@ -148,10 +186,20 @@ class Timeline:
             bucket = self.buckets[key] = _Bucket()
         self.records += 1
         self.methods[method] += 1
+        stats = self.per_method.get(method)
+        if stats is None:
+            stats = self.per_method[method] = MethodStats()
+        stats.calls += 1
+        stats.first_t = t_start if stats.first_t is None else min(stats.first_t, t_start)
+        stats.last_t = t_end if stats.last_t is None else max(stats.last_t, t_end)
         bucket.ops += 1
+        latency_bin = _bin(max(0.0, t_end - t_start))
+        bucket.hist[latency_bin] += 1
+        stats.hist[latency_bin] += 1
         if not ok:
             bucket.errors += 1
-        bucket.hist[_bin(max(0.0, t_end - t_start))] += 1
+            _count_errno(bucket.errnos, errno_name or "no errno")
+            _count_errno(stats.errors, errno_name or "no errno")
         if ok:
             if method in CREATING_METHODS:
                 src.live += 1
@@ -223,6 +271,7 @@ class Timeline:
                 "ops": bucket.ops if bucket else 0,
                 "ops_per_s": round((bucket.ops if bucket else 0) / self.width, 2),
                 "errors": bucket.errors if bucket else 0,
+                "errnos": dict(bucket.errnos) if bucket else {},
                 "p50_ms": _round(bucket.percentile_ms(0.50)) if bucket else None,
                 "p99_ms": _round(bucket.percentile_ms(0.99)) if bucket else None,
                 "live_lvols": live if active else None,

@@ -407,6 +407,7 @@ class Storm:
             if self.stopping:
                 raise Stopping
             self.gate_open.clear()
+            paused = time.time()
             try:
                 try:
                     await asyncio.wait_for(self.drained.wait(), timeout=self.cfg.op_timeout)
@@ -420,6 +421,7 @@ class Storm:
                     raise Stopping
                 yield
             finally:
+                self.result.pauses.append((paused, time.time()))
                 if not self.stopping:
                     self.gate_open.set()
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.storm.findings import Finding
+
+MAX_PAUSES = 1000
+"""The latest pauses kept (a soak pauses every 10 s for days; the report draws the latest)."""
 
 
 @dataclass
@@ -24,6 +28,8 @@ class StormResult:
     free_clusters_end: int | None = None
     races: int = 0
     notes: list[str] = field(default_factory=list)
+    pauses: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_PAUSES))
+    """(start, end) wall times when every lane was held (quiesce points, lvstore-wide ops): the report's bands."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,4 +45,5 @@ class StormResult:
             "free_clusters_end": self.free_clusters_end,
             "races": self.races,
             "notes": list(self.notes),
+            "pauses": [[round(a, 3), round(b, 3)] for a, b in self.pauses],
         }
