@@ -25,6 +25,7 @@ from harness.hosts.base import Host, HostProcess, describe_returncode
 from harness.hugepages import HugepageReservation
 from harness.rpc.errors import RpcError
 from harness.rpc.sync import SyncRpc
+from harness.target_log_cap import TargetLogCap
 
 AF_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL.
 
@@ -63,6 +64,8 @@ class TargetConfig(BaseModel):
     start_timeout_s: float = Field(60.0, gt=0)
     stop_timeout_s: float = Field(15.0, gt=0)
     rpc_timeout_s: float = Field(30.0, gt=0)
+    log_cap_mb: float = Field(16.0, ge=0, description="target.log on disk at most this (the rest kept in "
+                              "target.log.zst; harness.target_log_cap); 0: never capped")
     # Reference-target knobs (ignored for a real spdk_tgt).
     sim_fault: str = ""
     sim_fault_after: int = Field(40, ge=1)
@@ -152,6 +155,8 @@ class TargetInfo:
     exit: str = "running"
     exit_code: int | None = None
     methods: list[str] = field(default_factory=list)
+    log_archive: str = ""
+    """Set when the log outgrew target.log_cap_mb: what harness.target_log_cap did with it."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -181,6 +186,7 @@ class Target:
         self.log_path = str(PurePosixPath(work_dir) / "target.log")
         self.process: HostProcess | None = None
         self.hugepages: HugepageReservation | None = None
+        self.log_cap: TargetLogCap | None = None
         self.info = TargetInfo(kind=self.kind, host=host.name, argv="", sock_path=self.sock_path,
                                log_path=self.log_path)
         self._announce = announce or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -273,6 +279,9 @@ class Target:
             self._release()
             raise
         self.info.pid = self.process.pid
+        if self.host.is_local and self.config.log_cap_mb > 0:
+            self.log_cap = TargetLogCap(self.log_path, int(self.config.log_cap_mb * 2**20))
+            self.log_cap.start()
         try:
             if on_spawn is not None:
                 on_spawn(self.process.pid)
@@ -283,11 +292,10 @@ class Target:
         return self.info
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.host.read_file(self.log_path).decode("utf-8", "replace")
-        except OSError:
+        res = self.host.run(["tail", "-n", str(lines), self.log_path], timeout=30)  # never the whole log
+        if not res.ok:
             return "(no target log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(target log is empty)"
+        return res.stdout.rstrip("\n") or "(target log is empty)"
 
     def _died(self, what: str) -> TargetError:
         rc = self.process.poll() if self.process else None
@@ -364,7 +372,16 @@ class Target:
                 self.record_exit()
             if proc is None or proc.poll() is not None:
                 self._release()
+                self._finish_log()
         return self.info.exit
+
+    def _finish_log(self) -> None:
+        cap, self.log_cap = self.log_cap, None
+        if cap is not None:
+            try:
+                self.info.log_archive = cap.finish() or ""
+            except OSError as exc:
+                self.info.log_archive = f"target log: archiving failed ({exc}); {self.log_path} is as written"
 
     def record_exit(self) -> None:
         if self.process is not None:
