@@ -137,6 +137,10 @@ class LongRun:
         """Incarnations whose crashes wait for the minimizer, which runs once the clock is done: the run's
         hour goes to storms, not to searches (`_minimize_at_end`)."""
         self.avoid_strategies, self.avoid_methods = self.known.avoided()
+        self.steered_out: list[tuple[str, str]] = []
+        """What steering (not a known issue) left out, oldest first: ("strategy"|"method", name)."""
+        self.given_back: list[str] = []
+        """What a quiet incarnation gave back; steering never leaves it out again."""
         self.started = time.time()
         self.stopped_by: str | None = None
         self._lock = threading.Lock()
@@ -187,7 +191,11 @@ class LongRun:
             inc = Incarnation(inc_dir.path.name, inc_dir.path, time.time())
             with self._lock:
                 self.incarnations.append(inc)
-            cfg = with_storm(self._config_now(), duration=round(remaining, 3), seed=base_seed + n - 1)
+            # While steering leaves something out, an incarnation gets at most steer.quiet_s (0 = no limit).
+            quiet_s = self.config.steer.quiet_s if self.steered_out else 0.0
+            sliced = quiet_s > 0 and (deadline is None or quiet_s < remaining - 1.0)
+            slice_s = quiet_s if sliced else remaining
+            cfg = with_storm(self._config_now(), duration=round(slice_s, 3), seed=base_seed + n - 1)
             work = f"{self.work_dir}/{inc.name}" if self.work_dir else None
             run = StormRun(cfg, inc_dir, self.host, stop_event=self.stop_event, announce=self.announce,
                            progress=False, work_dir=work, minimized_keys=self.minimized_keys, defer_minimize=True,
@@ -205,6 +213,9 @@ class LongRun:
                 self.to_minimize.append(run)
                 self._steer(outcome)
             stop_reason = (outcome.summary.storm or {}).get("stop_reason")
+            if sliced and not outcome.crash_titles and stop_reason == "duration" and not self.stop_event.is_set():
+                self._give_back(inc, slice_s)
+                continue
             if not outcome.crash_titles:
                 if stop_reason in ("duration", "interrupted", "max_ops") or self.stop_event.is_set():
                     self.stopped_by = "interrupted" if self.stop_event.is_set() else str(stop_reason)
@@ -295,10 +306,23 @@ class LongRun:
                 self._avoid(decision.strategies, decision.methods, f"{decision.title!r} ({decision.why})",
                             source="steering away from what keeps crashing")
 
+    def _give_back(self, inc: Incarnation, quiet_s: float) -> None:
+        """A quiet incarnation under steering: the last thing steering left out is issued again, for good."""
+        kind, name = self.steered_out.pop()
+        (self.avoid_strategies if kind == "strategy" else self.avoid_methods).discard(name)
+        self.given_back.append(name)
+        note = (f"{inc.name} ran {quiet_s:g} s without a crash with {name} left out: issuing {name} again "
+                "(steer.quiet_s; steering leaves it in from now on)")
+        self.notes.append(note)
+        self.announce(f"{self.suite}: {note}")
+
     def _avoid(self, strategies: Sequence[str], methods: Sequence[str], ident: str, *,
                source: str = "known issue") -> None:
-        new_s = set(strategies) - self.avoid_strategies
-        new_m = set(methods) - self.avoid_methods
+        steering = source != "known issue"
+        new_s = set(strategies) - self.avoid_strategies - (set(self.given_back) if steering else set())
+        new_m = set(methods) - self.avoid_methods - (set(self.given_back) if steering else set())
+        if steering:
+            self.steered_out += [("strategy", s) for s in sorted(new_s)] + [("method", m) for m in sorted(new_m)]
         if new_s or new_m:
             self.avoid_strategies |= new_s
             self.avoid_methods |= new_m
@@ -385,6 +409,7 @@ class LongRun:
                              "avoided": {"strategies": sorted(self.avoid_strategies),
                                          "methods": sorted(self.avoid_methods)}},
             "steered": [d.to_dict() for d in self.steering.all_decisions()],
+            "given_back": list(self.given_back),
             "evidence": {"kept_whole": sum(min(n, self.config.evidence.cores_per_key or n)
                                            for n in self.budget.seen.values()),
                          "capped": self.budget.capped},

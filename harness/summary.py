@@ -115,6 +115,8 @@ class Summary(BaseModel):
     known_issues: dict[str, Any] | None = None
     steered: list[dict[str, Any]] | None = None
     """What crash-aware steering left out, per crash key, and why (harness.steering)."""
+    given_back: list[str] | None = None
+    """What a quiet incarnation gave back to a steered mix (harness.steering, steer.quiet_s)."""
     evidence: dict[str, Any] | None = None
     """How much evidence the crash budget kept (harness.crash_budget)."""
     failing: list[str] | None = None

@@ -145,9 +145,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """xdist: every worker writes into the controller's run directory and uses its (provisioned) inventory."""
+    """xdist: every worker writes into the controller's run directory and uses its (provisioned) inventory.
+    The controller runs no test, so on Terraform it provisions here, before the first worker starts (each
+    worker provisioning for itself ran two applies on one state at once); `--collect-only` still provisions
+    nothing."""
     config = node.config
     if SUITE_KEY in config.stash:
+        if not config.option.collectonly:
+            _provision(config)
         node.workerinput["lvs_run_dir"] = config.option.run_dir
         node.workerinput["lvs_inventory"] = config.getoption("inventory")
 
@@ -181,6 +186,9 @@ def _provision(config: pytest.Config) -> None:
     collection: `--collect-only` provisions nothing); destroyed at the end of the session."""
     if config.stash.get(WHERE_KEY, "local") != "terraform" or PROVISION_KEY in config.stash:
         return
+    if getattr(config, "workerinput", None) is not None:
+        raise pytest.UsageError("an xdist worker was asked to provision Terraform nodes: the controller "
+                                "provisions them (pytest_configure_node); this is a harness bug")
     run_dir = Path(config.option.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     stack = contextlib.ExitStack()

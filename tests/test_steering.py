@@ -89,3 +89,29 @@ def test_a_nightly_stops_reissuing_what_keeps_crashing_and_keeps_repeats_small(t
     assert (second / "last-operations.jsonl").stat().st_size > 0
     repeat = json.loads((second / "crash.json").read_text())
     assert repeat["kept"] == "repeat" and any("evidence: crash 2 of this key" in n for n in repeat["notes"])
+
+
+@pytest.mark.timeout(120)
+def test_a_steered_mix_that_stays_quiet_gives_back_what_it_left_out(tmp_path: Path) -> None:
+    """Steering must not spend the hour on a mix that crashes nothing: with busy-delete left out the reference
+    target's forced removal never fires, so after steer.quiet_s the run issues busy-delete again, for good."""
+    cfg = load_config("nightly", overrides=[
+        "storm.workers=2", "minimize.enabled=false", "steer.after=2", "steer.quiet_s=3s",
+        "storm.strategies={busy-delete: 1.0}", "storm.strategy_share=0.5",
+        "storm.mix={bdev_lvol_create: 1.0, bdev_lvol_get_lvols: 1.0}"],
+        cli={"target.kind": "sim", "target.sim_fault": "forced-removal", "bdev.kind": "malloc",
+             "storm.duration": "25s"})
+    said: list[str] = []
+    outcome = LongRun("nightly", cfg, tmp_path / "run", LocalHost(), known=KnownIssues(),
+                      announce=said.append).execute()
+    incs = outcome.incarnations
+    with_busy = ["busy-delete" in (i.path / "config.yaml").read_text() for i in incs]
+    quiet = [i for i, busy in zip(incs, with_busy, strict=True) if not busy]
+    assert quiet and all(i.outcome == "clean" for i in quiet), [(i.name, i.outcome) for i in incs]
+    assert all(3.0 <= (i.ended or 0) - i.started < 15.0 for i in quiet), "a quiet slice lasts steer.quiet_s"
+    after = incs[incs.index(quiet[0]) + 1:]
+    assert after and all(with_busy[incs.index(i)] for i in after), "given back for good"
+    assert any(i.outcome == "crash" for i in after), "and it crashes again: the slice was worth ending"
+    assert outcome.summary.given_back == ["busy-delete"]
+    assert any("without a crash with busy-delete left out: issuing busy-delete again" in m for m in said), said
+    assert outcome.summary.stopped_by == "duration"
