@@ -11,7 +11,7 @@ import pytest
 
 from harness.model import LvolStore
 from harness.recordings import recordings_dir
-from harness.rpc_rules.rule import DST_SIZE_BYTES
+from harness.rpc_rules.rule import CALLER_ARGS
 from harness.rpc_rules.table import MUTATING_LVOL_METHODS, READ_METHODS, READS, RULES, SERVED_METHODS, rule_for
 from harness.storm.config import DEFAULT_MIX
 from harness.storm.operations import KNOWN_METHODS
@@ -46,7 +46,7 @@ def test_every_transition_is_an_lvolstore_method_taking_those_arguments() -> Non
         fn = getattr(LvolStore, rule.model.method, None)
         assert callable(fn), f"{rule.method}: LvolStore has no {rule.model.method}"
         accepted = set(inspect.signature(fn).parameters) - {"self"}
-        params = {p.name for p in rule.params} | {DST_SIZE_BYTES}
+        params = {p.name for p in rule.params} | CALLER_ARGS
         assert set(rule.model.args) <= accepted, (rule.method, rule.model.args, accepted)
         assert set(rule.model.args) <= params, f"{rule.method}: {rule.model.args} are not its params"
 
