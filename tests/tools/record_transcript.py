@@ -195,13 +195,19 @@ def _reload(r: Recorder, tag: str) -> None:
     _stores(r, f"{tag}_lvstore_back")
 
 
-def esnap_clones(r: Recorder) -> None:
-    """Esnap clones of malloc bdevs: errors, links in both listings, snapshots, clones and deletes of them."""
+def _external_snapshots(r: Recorder, odd: str) -> None:
+    """lvs0 on a 256 MiB malloc bdev, and the bdevs to be external snapshots: esnap0 (8 MiB, a fixed UUID),
+    esnap1 (4 MiB) and `odd` (300 blocks: no whole number of clusters)."""
     _malloc(r, "Malloc0", 256)
     _lvstore(r, "Malloc0")
     _malloc(r, "esnap0", 8, uuid=ESNAP_UUID)
     _malloc(r, "esnap1", 4)
-    r.call("malloc_create_odd_size", "bdev_malloc_create", {"name": "odd2", "num_blocks": 300, "block_size": 4096})
+    r.call("malloc_create_odd_size", "bdev_malloc_create", {"name": odd, "num_blocks": 300, "block_size": 4096})
+
+
+def esnap_clones(r: Recorder) -> None:
+    """Esnap clones of malloc bdevs: errors, links in both listings, snapshots, clones and deletes of them."""
+    _external_snapshots(r, "odd2")
     _malloc(r, "esnap512", 2, block=512)
     _bdev(r, "get_esnap0_unclaimed", "esnap0")
     r.call("clone_bdev_missing_bdev", "bdev_lvol_clone_bdev", {"bdev": "nope", "lvs_name": "lvs0", "clone_name": "x"})
@@ -291,11 +297,7 @@ def esnap_clones(r: Recorder) -> None:
 
 def set_parent_bdev(r: Recorder) -> None:
     """bdev_lvol_set_parent_bdev: its refusals and what an lvol becomes (from none, a snapshot, another esnap)."""
-    _malloc(r, "Malloc0", 256)
-    _lvstore(r, "Malloc0")
-    _malloc(r, "esnap0", 8, uuid=ESNAP_UUID)
-    _malloc(r, "esnap1", 4)
-    r.call("malloc_create_odd_size", "bdev_malloc_create", {"name": "odd", "num_blocks": 300, "block_size": 4096})
+    _external_snapshots(r, "odd")
     v = _create(r, "v", 8, True)
     t = _create(r, "t", 8, False)
     r.call("set_parent_bdev_missing_bdev", "bdev_lvol_set_parent_bdev", {"lvol_name": v, "parent_name": "nope"})
