@@ -52,7 +52,7 @@ def test_every_transition_is_an_lvolstore_method_taking_those_arguments() -> Non
 
 
 class _FakeDraw:
-    name, size_mib, thin, u_extra, lvs_name, copy_dst = "w0n1", 8, True, 0.5, "lvs0", "Dst"
+    name, size_mib, thin, u_extra, lvs_name, copy_dst, esnap = "w0n1", 8, True, 0.5, "lvs0", "Dst", "Esnap"
 
     def target(self, kind: str) -> str:
         return f"lvs0/{kind}"

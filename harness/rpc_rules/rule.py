@@ -145,6 +145,11 @@ class Draw(Protocol):
         """The shallow copies' destination bdev, if the storm made one."""
         ...
 
+    @property
+    def esnap(self) -> str:
+        """One of the external snapshot bdevs the storm made (drawn with `u_extra`), or a name no bdev has."""
+        ...
+
     def target(self, kind: str) -> str:
         """A live lvol of `kind` (see `harness.storm.view.KINDS`), or a name no lvol has."""
         ...

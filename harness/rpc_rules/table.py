@@ -89,6 +89,14 @@ def _set_parent(d: Draw) -> dict[str, Any]:
     return {"lvol_name": d.target("volume"), "parent_name": d.other("snapshot")}
 
 
+def _set_parent_bdev(d: Draw) -> dict[str, Any]:
+    return {"lvol_name": d.target("volume"), "parent_name": d.esnap}
+
+
+def _clone_bdev(d: Draw) -> dict[str, Any]:
+    return {"bdev": d.esnap, "lvs_name": d.lvs_name, "clone_name": d.name}
+
+
 def _get_xattr(d: Draw) -> dict[str, Any]:
     return {"name": d.target("any"), "xattr_name": "storm" if d.u_extra < 0.7 else "name"}
 
@@ -124,6 +132,7 @@ RULES: tuple[Rule, ...] = (
     Rule("bdev_lvol_set_parent_bdev", (_lvol("lvol_name"), Param("parent_name", role="bdev")), effect="lvol",
          availability="newer-upstream", served="model",
          model=Transition("set_parent_bdev", ("lvol_name", ESNAP_ID, ESNAP_SIZE_BYTES)), reply=true, view="orphan",
+         storm=StormUse(2, _set_parent_bdev),
          why="spdk_lvol_set_external_parent: the lvol leaves its parent and becomes an esnap clone of the bdev "
              "parent_name (any bdev, an lvol of the same lvstore too); a missing bdev is -32602 No such device"),
     Rule("bdev_lvol_set_parent", (_lvol("lvol_name"), _lvol("parent_name")), effect="lvol",
@@ -188,7 +197,7 @@ RULES: tuple[Rule, ...] = (
           Param("clone_name", role="new_lvol")),
          effect="lvol", availability="newer-upstream", served="model",
          model=Transition("clone_bdev", ("clone_name", ESNAP_ID, ESNAP_SIZE_BYTES)), reply=uuid_of,
-         view="esnap-clone", claims_md_pages=True,
+         view="esnap-clone", claims_md_pages=True, storm=StormUse(4, _clone_bdev),
          why="vbdev_lvol_create_bdev_clone: a new thin lvol as large as the bdev, reading it where it has no "
              "clusters (an esnap clone); the bdev is claimed read_many_write_none while any blob reads it"),
     Rule("bdev_lvol_clone", (_lvol("snapshot_name"), Param("clone_name", required=False, role="new_lvol")),
