@@ -177,3 +177,17 @@ def test_missing_external_snapshot_and_many_lvol_reloads_on_a_healthy_target_fin
     done = s["ops_by_method"]
     assert done["bdev_aio_delete"] >= 2 and done["bdev_aio_create"] == done["bdev_aio_delete"]
     assert done["bdev_lvol_clone_bdev"] >= 2
+
+
+def test_decoupling_a_clone_of_an_esnap_snapshot_hands_it_the_external_snapshot() -> None:
+    """The fork answers ENOENT here (bs_inflate_blob_done opens SPDK_BLOBID_EXTERNAL_SNAPSHOT as a blob id, seen
+    in a nightly storm and serially); a correct target moves the clone to its parent's parent, the external
+    snapshot, so the checker reports the ENOENT."""
+    st = _store()
+    e = st.clone_bdev("e", ESNAP, 4 * MIB)
+    s = st.snapshot(e.uuid, "s")
+    st.decouple_parent(e.uuid)
+    assert (e.parent, e.esnap, s.clones) == (None, ESNAP, {})
+    f = st.clone(s.uuid, "f")
+    st.detach_parent(f.uuid)
+    assert (f.parent, f.esnap) == (None, ESNAP)

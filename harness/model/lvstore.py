@@ -746,11 +746,16 @@ class LvolStore:
         self._move_to_grandparent(lv, self.blobs[lv.parent])
 
     def _move_to_grandparent(self, lv: Lvol, parent: Lvol) -> None:
-        """bs_inflate_blob_done: a parent that has a parent hands the blob to it (tail of its clone list)."""
+        """bs_inflate_blob_done: a parent that has a parent hands the blob to it (tail of its clone list). A
+        parent that reads an external snapshot hands it that: the blob becomes an esnap clone of it. (The fork
+        @1975133e9 answers ENOENT there instead: it opens SPDK_BLOBID_EXTERNAL_SNAPSHOT as a blob id; a correct
+        target moves the blob, so the checker reports the ENOENT.)"""
         grandparent = self.parent_of(parent)
         self._unlink_from_parent(lv)
         if grandparent is not None:
             self._link_to_parent(lv, grandparent)
+        elif parent.esnap is not None:
+            lv.esnap = parent.esnap
 
     def set_parent(self, lvol_name: str, parent_name: str) -> None:
         """spdk_bs_blob_set_parent's checks in its order. SPDK has no cycle check; the model refuses a cycle

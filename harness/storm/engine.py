@@ -211,6 +211,10 @@ class Storm:
         try:
             await conn.call("bdev_malloc_create", {"name": name, "num_blocks": mib * MIB // block,
                                                    "block_size": block, "uuid": uuid}, timeout=self.cfg.op_timeout)
+            # Until the examine lets go of a new bdev (it holds it open for writing while it looks for an
+            # lvstore), an esnap clone of it cannot claim it and is made degraded (seen on 1975133e9: a
+            # create and a clone_bdev in one write give a UUID and an lvol without a bdev).
+            await conn.call("bdev_wait_for_examine", None, timeout=self.cfg.op_timeout)
         except RpcError as exc:
             if exc.errno_name != "EEXIST":
                 self.result.notes.append(f"no external snapshot {name}: bdev_malloc_create failed: {exc}")

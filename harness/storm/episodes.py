@@ -241,7 +241,9 @@ class Episode:
         op_timeout = self.storm.cfg.op_timeout
 
         async def delete() -> Op:
-            op = await self.plain("bdev_malloc_delete", {"name": bdev.name}, peer=True, timeout=op_timeout * 4)
+            op = Op("bdev_malloc_delete", {"name": bdev.name}, self.worker.index, label=self.label)
+            with contextlib.suppress(Stopping):  # the storm stopping (a death) while the reply waits
+                op = await self.plain("bdev_malloc_delete", {"name": bdev.name}, peer=True, timeout=op_timeout * 4)
             if op.ok:
                 bdev.state = "gone"
             return op
