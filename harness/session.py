@@ -28,7 +28,7 @@ from harness.report.core import CorePattern
 from harness.report.crash import CrashReport
 from harness.report.title import crash_key, indeterminate_title
 from harness.spdk_memory import malloc_total_mib, peak_malloc_mib
-from harness.storm.config import StormConfig, copy_destination_mib
+from harness.storm.config import StormConfig, copy_destination_mib, esnap_bdev_mibs
 from harness.target import Target, TargetConfig, TargetInfo
 from harness.watch.config import WatchConfig
 from harness.watch.probe import version_probe
@@ -52,10 +52,12 @@ class TargetNeeds:
     @classmethod
     def of_run(cls, bdev: BdevConfig, storm: StormConfig | None = None, cluster_size: int = 1024 * 1024,
                ) -> TargetNeeds:
-        """A storm run: its base bdev (when malloc) and the shallow copies' destination the storm makes."""
+        """A storm run: its base bdev (when malloc), and the shallow copies' destination and the external
+        snapshots the storm makes."""
         sizes = [bdev.size_mib if bdev.kind == "malloc" else 0]
         if storm is not None:
             sizes.append(copy_destination_mib(storm, cluster_size))
+            sizes.extend(esnap_bdev_mibs(storm, cluster_size))
         return cls(malloc_mib=malloc_total_mib(sizes), pci=bdev.kind == "nvme")
 
     @classmethod

@@ -7,6 +7,12 @@ all zeroes and the model computes SPDK's CRC-64 of it. `rpc_get_methods` lists a
 compared by shape: ours is a subsequence of the recorded list (same names, same order). Steps sent as raw
 bytes are transport-level (the server's tests cover them) and are skipped here with their reason.
 
+The transcripts in tests/data/transcripts were recorded by this project (tests/tools/record_transcript.py)
+from the same fork: external snapshots, set_parent_bdev, degraded esnap clones, nested lvstores, a reload of
+many lvols, parameter bounds. A step noted `deferred` was sent on a second connection and answered only after
+the step its note names (a delete of an external snapshot an esnap clone holds); the replay asks the reference
+target's `DeferredReply` for it after that step.
+
 Transcript 05 shows Longhorn's forced-removal bug. Healthy mode must answer steps 48/58 with the same EBUSY
 but keep the snapshot, so the steps that show it gone are asserted against the healthy expectation
 (HEALTHY_05, derived below); with faults={"forced-removal"} the recording must be reproduced step for step.
@@ -26,9 +32,12 @@ import pytest
 from harness.recordings import recordings_dir
 from harness.sim.framework_methods import REFERENCE_SUFFIX
 from harness.sim.methods import Dispatcher
-from harness.sim.protocol import RpcFault
+from harness.sim.protocol import DeferredReply, RpcFault
 
 TRANSCRIPTS = recordings_dir() / "transcripts"
+OUR_TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "transcripts"
+"""Transcripts this project recorded from a real build (tests/tools/record_transcript.py)."""
+DEFERRED_AFTER = re.compile(r"answered after step (\d+)")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 IGNORED_KEYS = frozenset({"creation_time"})
 AIO_FILE = "/usr/src/spdk/aio0.img"
@@ -37,7 +46,20 @@ pytestmark = pytest.mark.skipif(not TRANSCRIPTS.is_dir(), reason=f"{TRANSCRIPTS}
 
 
 def _transcripts() -> list[Path]:
-    return sorted(TRANSCRIPTS.glob("*.json")) if TRANSCRIPTS.is_dir() else []
+    shared = sorted(TRANSCRIPTS.glob("*.json")) if TRANSCRIPTS.is_dir() else []
+    return shared + sorted(OUR_TRANSCRIPTS.glob("*.json"))
+
+
+def deferred_until(step: dict[str, Any]) -> int | None:
+    """For a step whose reply came only after later steps: the step after which it came (-1: it never came
+    while the recording ran). None for an ordinary step."""
+    note = step.get("note") or ""
+    if not note.startswith("deferred"):
+        return None
+    m = DEFERRED_AFTER.search(note)
+    if m:
+        return int(m.group(1))
+    return None if step.get("response") is not None else -1
 
 
 @dataclass
@@ -82,6 +104,8 @@ class Replayer:
 
     def compare(self, expected: Any, actual: Any, path: str = "") -> str | None:
         """None when equal modulo generated values; else where they differ. Learns UUID mappings on the way."""
+        if isinstance(actual, str) and actual == str(self.aio_file):
+            actual = AIO_FILE  # our aio file, shown under the recording's conventional path
         if isinstance(expected, str) and UUID_RE.match(expected):
             if not isinstance(actual, str):
                 return f"{path}: expected a UUID, got {actual!r}"
@@ -122,6 +146,30 @@ class Replayer:
             return {"result": self.d.handle(method, params)}
         except RpcFault as fault:
             return {"error": {"code": fault.code, "message": fault.message}}
+
+    def send_deferred(self, step: dict[str, Any]) -> Any:
+        """A step whose reply SPDK sends later: the DeferredReply the reference target gives for it (or the
+        reply it gave at once)."""
+        request = step["request"]
+        return self.call(request["method"], self.substitute(request.get("params")))
+
+    def collect_deferred(self, step: dict[str, Any], pending: Any) -> str:
+        """The deferred step's verdict, now that the steps before its reply have run."""
+        request = step["request"]
+        got = pending.get("result")
+        if isinstance(got, DeferredReply):
+            if not got.ready():
+                if step.get("response") is None:
+                    return "match"
+                return f"MISMATCH: {request['method']}: no reply yet where the recording has one"
+            try:
+                pending = {"result": got.result()}
+            except RpcFault as fault:
+                pending = {"error": {"code": fault.code, "message": fault.message}}
+        if step.get("response") is None:
+            return f"MISMATCH: {request['method']}: answered {json.dumps(pending)[:200]}, the recording got none"
+        expected = {k: v for k, v in step["response"].items() if k in ("result", "error")}
+        return self.judge(request["method"], request, expected, pending)
 
     def step(self, step: dict[str, Any], expected_override: dict[str, Any] | None = None) -> str:
         if "raw" in step or "raw" in (step.get("request") or {}):
@@ -166,8 +214,7 @@ class Replayer:
         order = [position[m] for m in ours]
         if order != sorted(order):
             return "MISMATCH: rpc_get_methods: not in the recorded order"
-        lvol = {m for m in recorded if m.startswith("bdev_lvol_") and m not in ("bdev_lvol_clone_bdev",
-                                                                               "bdev_lvol_set_parent_bdev")}
+        lvol = {m for m in recorded if m.startswith("bdev_lvol_")}
         if not lvol <= set(ours):
             return f"MISMATCH: rpc_get_methods: lvol methods missing: {sorted(lvol - set(ours))}"
         return "match"
@@ -178,8 +225,19 @@ def replay(path: Path, dispatcher: Dispatcher, tmp_path: Path,
     data = json.loads(path.read_text())
     replayer = Replayer(dispatcher, tmp_path)
     outcome = Outcome(path.stem)
-    for i, step in enumerate(data["steps"]):
-        outcome.results.append(replayer.step(step, (overrides or {}).get(i)))
+    steps = data["steps"]
+    waiting: dict[int, tuple[int, Any]] = {}  # deferred step -> (the step after which it is answered, its reply)
+    for i, step in enumerate(steps):
+        until = deferred_until(step)
+        if until is None:
+            outcome.results.append(replayer.step(step, (overrides or {}).get(i)))
+        else:
+            waiting[i] = (until if until >= 0 else len(steps) - 1, replayer.send_deferred(step))
+            outcome.results.append("match")  # judged below, once its reply is due
+        for j, (after, pending) in list(waiting.items()):
+            if after == i:
+                outcome.results[j] = replayer.collect_deferred(steps[j], pending)
+                del waiting[j]
     return outcome
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from harness.model import LvolStore
 from harness.recordings import recordings_dir
-from harness.rpc_rules.rule import DST_SIZE_BYTES
+from harness.rpc_rules.rule import CALLER_ARGS
 from harness.rpc_rules.table import MUTATING_LVOL_METHODS, READ_METHODS, READS, RULES, SERVED_METHODS, rule_for
 from harness.storm.config import DEFAULT_MIX
 from harness.storm.operations import KNOWN_METHODS
@@ -46,13 +46,13 @@ def test_every_transition_is_an_lvolstore_method_taking_those_arguments() -> Non
         fn = getattr(LvolStore, rule.model.method, None)
         assert callable(fn), f"{rule.method}: LvolStore has no {rule.model.method}"
         accepted = set(inspect.signature(fn).parameters) - {"self"}
-        params = {p.name for p in rule.params} | {DST_SIZE_BYTES}
+        params = {p.name for p in rule.params} | CALLER_ARGS
         assert set(rule.model.args) <= accepted, (rule.method, rule.model.args, accepted)
         assert set(rule.model.args) <= params, f"{rule.method}: {rule.model.args} are not its params"
 
 
 class _FakeDraw:
-    name, size_mib, thin, u_extra, lvs_name, copy_dst = "w0n1", 8, True, 0.5, "lvs0", "Dst"
+    name, size_mib, thin, u_extra, lvs_name, copy_dst, esnap = "w0n1", 8, True, 0.5, "lvs0", "Dst", "Esnap"
 
     def target(self, kind: str) -> str:
         return f"lvs0/{kind}"

@@ -29,7 +29,7 @@ from harness.spdk_memory import (
     malloc_total_mib,
     peak_malloc_mib,
 )
-from harness.storm.config import StormConfig
+from harness.storm.config import StormConfig, esnap_bdev_mibs
 from harness.target import TargetConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,10 +91,15 @@ def test_a_session_reserves_the_bdevs_memory_on_top_of_spdks_own(tmp_path: Path)
         assert _malloc(ok.sock_path, "Malloc0", 512) == {"result": "Malloc0"}
 
 
-def test_a_runs_needs_include_the_storms_copy_destination() -> None:
+def test_a_runs_needs_include_the_storms_copy_destination_and_external_snapshots() -> None:
     storm = StormConfig(strategies={"busy-delete": 1.0})
     needs = TargetNeeds.of_run(BdevConfig(size_mib=1024), storm, cluster_size=MIB)
-    assert needs.malloc_mib == malloc_total_mib([1024, 96])  # BUSY_MIN_CLUSTERS x 1 MiB
+    # BUSY_MIN_CLUSTERS x 1 MiB, and the two shared external snapshots the default mix's esnap clones read.
+    assert esnap_bdev_mibs(storm, MIB) == [16, 4]
+    assert needs.malloc_mib == malloc_total_mib([1024, 96, 16, 4])
+    deleting = StormConfig(workers=2, depth=3, strategies={"esnap-external-delete": 1.0})
+    assert esnap_bdev_mibs(deleting, MIB) == [16, 4] + [4] * 6  # one of its own per lane
+    assert esnap_bdev_mibs(StormConfig(mix={"bdev_lvol_create": 1.0}), MIB) == []
     assert TargetNeeds.of_run(BdevConfig(kind="aio", size_mib=1024)).malloc_mib == 0
 
 

@@ -20,7 +20,15 @@ lib/lvol/lvol.c, lib/blob/blobstore.c and module/bdev/lvol/vbdev_lvol.c:
   next few polls, and a checksum holds even a snapshot without clusters for the rest of its poll (`Job`);
 - the checksum is SPDK's CRC-64 of the snapshot's own clusters, which hold zeroes (no I/O is modelled);
 - deliberate deviation: set_parent refuses a cycle (EINVAL); SPDK has no such check, so a target that
-  accepts one shows up as a finding.
+  accepts one shows up as a finding;
+- external snapshots (transcripts 10-12): an esnap clone is a thin blob reading a bdev outside the lvstore by
+  its UUID (`esnap`); a snapshot of it takes the external parent and the clone hangs under the snapshot; the
+  only clone of a deleted esnap snapshot becomes the esnap clone; inflate and decouple copy every cluster
+  (no parent of any kind, thick); detach is EINVAL; set_parent_bdev accepts any bdev of any size that is a
+  whole number of clusters; an esnap clone whose bdev was missing when the lvstore loaded is degraded, and so
+  is everything under it: listed, no bdev (found only by delete), until the bdev arrives (`hotplug`);
+- blob ids are metadata pages, reused after a delete (`harness.model.blobstore`): after a reload lvols list in
+  blob id order and register their bdevs in the order their opens complete (transcript 14).
 Fault modes the model acts on are MODEL_FAULTS (see harness/sim/faults.py for what each does).
 """
 
@@ -36,14 +44,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from harness.model.blobstore import EXTENTS_PER_PAGE, MdPages, Opening, depth_first, extent_ranges, load_order
+
 MIB = 1024 * 1024
 NAME_MAX = 255
 """Longest lvol name the fork accepts on create (256 fails; rename truncates to 255)."""
 CLUSTERS_PER_TICK = 64
 """Clusters a background job (checksum, shallow copy) gets through per tick."""
 BLOB_ID_BASE = 1 << 32
-# lib/blob/blobstore.h SPDK_EXTENTS_PER_EP for 4 KiB metadata pages: clusters one extent page maps.
-EXTENTS_PER_PAGE = 512
 # spdk_lvs_opts_init: num_md_pages_per_cluster_ratio = 100, i.e. one metadata page per cluster.
 MD_PAGES_PER_CLUSTER_RATIO = 100
 
@@ -138,6 +146,9 @@ def _mask(n: int) -> int:
     return (1 << n) - 1
 
 
+_U64 = (1 << 64) - 1
+
+
 @dataclass(eq=False)
 class Lvol:
     """One blob of the store and, unless `removed`, the lvol bdev on it.
@@ -166,10 +177,19 @@ class Lvol:
     alias_tail: str = ""
     """What the bdev alias says after `lvs_name/`: the name, except after a rename to 256 characters
     (SPDK keeps 255 in the lvol's name but the full string in the alias) or before an lvstore rename."""
+    esnap: str | None = None
+    """The external snapshot's id (the UUID of the bdev it was made from) when this blob is an esnap clone:
+    its parent is outside the lvstore (parent stays None; SPDK's parent_id is SPDK_BLOBID_EXTERNAL_SNAPSHOT)."""
+    extent_pages: dict[int, int] = field(default_factory=dict)
+    """Extent-page range (cluster // EXTENTS_PER_PAGE) -> the metadata page that maps it."""
 
     @property
     def is_clone(self) -> bool:
         return self.parent is not None
+
+    @property
+    def is_esnap_clone(self) -> bool:
+        return self.esnap is not None
 
     @property
     def num_allocated_clusters(self) -> int:
@@ -190,13 +210,15 @@ class Lvol:
         """The fields an operation can change (uuid, blob_id and creation_time never change)."""
         return (self.name, self.num_clusters, self.thin, self.alloc, self.read_only, self.is_snapshot, self.parent,
                 dict(self.clones), dict(self.xattrs), self.open_refs, self.locks, self.checksum, self.removed,
-                self.alias_tail)
+                self.alias_tail, self.esnap, dict(self.extent_pages))
 
     def _restore(self, saved: tuple[Any, ...]) -> None:
         (self.name, self.num_clusters, self.thin, self.alloc, self.read_only, self.is_snapshot, self.parent,
-         clones, xattrs, self.open_refs, self.locks, self.checksum, self.removed, self.alias_tail) = saved
+         clones, xattrs, self.open_refs, self.locks, self.checksum, self.removed, self.alias_tail, self.esnap,
+         extent_pages) = saved
         self.clones = dict(clones)
         self.xattrs = dict(xattrs)
+        self.extent_pages = dict(extent_pages)
 
 
 @dataclass(eq=False)
@@ -278,9 +300,14 @@ class LvolStore:
         self._free = total_data_clusters
         self._uuid_factory = uuid_factory or _default_uuid
         self._clock = clock or _default_clock
-        self._next_blob = 0
+        self._pages = MdPages()
+        self._pages.claim()  # page 0: the lvstore's super blob (lvol.c's name and uuid xattrs)
         self.blobs: dict[int, Lvol] = {}
-        """Every blob in creation order (the order SPDK lists lvols), removed ones included."""
+        """Every blob in the order SPDK lists lvols, removed ones included: creation order, and blob id order
+        after a reload (spdk_lvs_load iterates blobs by id)."""
+        self.missing_esnaps: set[str] = set()
+        """External snapshots that were missing when the lvstore loaded: the esnap clones of them and every
+        blob under those are degraded (no bdev) until the bdev arrives (`hotplug`)."""
         self._by_name: dict[str, int] = {}
         self._by_uuid: dict[str, int] = {}
         self._by_alias: dict[str, int] = {}
@@ -322,8 +349,8 @@ class LvolStore:
                     picked[held.blob_id] = held
             blobs = picked.values()
         return Checkpoint(
-            fields=(self.name, self.base_bdev, self.total_data_clusters, self._free, self._next_blob,
-                    self.leaked_by_fault),
+            fields=(self.name, self.base_bdev, self.total_data_clusters, self._free, self._pages.saved(),
+                    self.leaked_by_fault, frozenset(self.missing_esnaps)),
             blobs=dict(self.blobs),
             by_name=dict(self._by_name),
             by_uuid=dict(self._by_uuid),
@@ -335,8 +362,10 @@ class LvolStore:
 
     def restore(self, cp: Checkpoint) -> None:
         """Back to the state `cp` saved (operations since then touched only the trees it covers)."""
-        (self.name, self.base_bdev, self.total_data_clusters, self._free, self._next_blob,
-         self.leaked_by_fault) = cp.fields
+        (self.name, self.base_bdev, self.total_data_clusters, self._free, pages,
+         self.leaked_by_fault, missing) = cp.fields
+        self._pages.restore(pages)
+        self.missing_esnaps = set(missing)
         self.blobs = dict(cp.blobs)
         self._by_name = dict(cp.by_name)
         self._by_uuid = dict(cp.by_uuid)
@@ -373,12 +402,40 @@ class LvolStore:
             lv = self.find_by_name(ref)
         return lv
 
-    def lookup(self, ref: str) -> Lvol:
-        """Like find(), but a missing lvol is ModelError(ENODEV) as SPDK answers it."""
+    def lookup(self, ref: str, *, degraded_ok: bool = False) -> Lvol:
+        """Like find(), but a missing lvol is ModelError(ENODEV) as SPDK answers it; so is a degraded one (it
+        has no bdev to be found by), except for a caller that finds lvols without bdevs too (`degraded_ok`:
+        bdev_lvol_delete looks degraded lvols up by UUID and by lvs_name/lvol_name)."""
         lv = self.find(ref)
-        if lv is None:
+        if lv is None or (not degraded_ok and self.missing_esnaps and self.is_degraded(lv)):
             raise ModelError(errno.ENODEV, f"no lvol {ref!r} in lvstore {self.name}")
         return lv
+
+    def esnap_root(self, lv: Lvol) -> Lvol:
+        """The top of lv's chain of parents (bounded walk): the blob whose esnap, if any, lv reads through."""
+        root, hops = lv, 0
+        while root.parent is not None and hops <= len(self.blobs):
+            parent = self.blobs.get(root.parent)
+            if parent is None:
+                break
+            root, hops = parent, hops + 1
+        return root
+
+    def is_degraded(self, lv: Lvol) -> bool:
+        """spdk_blob_is_degraded: the external snapshot at the top of lv's chain was missing at load."""
+        if not self.missing_esnaps:
+            return False
+        esnap = self.esnap_root(lv).esnap
+        return esnap is not None and esnap in self.missing_esnaps
+
+    def esnaps_held(self) -> dict[str, int]:
+        """External snapshot id -> how many live blobs hold it open (claimed read_many_write_none); a degraded
+        esnap clone holds nothing."""
+        held: dict[str, int] = {}
+        for lv in self.blobs.values():
+            if lv.esnap is not None and lv.esnap not in self.missing_esnaps:
+                held[lv.esnap] = held.get(lv.esnap, 0) + 1
+        return held
 
     def lvols(self) -> list[Lvol]:
         """Live lvols in SPDK's listing order (creation order)."""
@@ -411,6 +468,7 @@ class LvolStore:
             "clone": parent is not None,
             "base_snapshot": parent.name if parent is not None else None,
             "clones": sorted(c.name for c in self.clones_of(lv)),
+            "esnap": lv.esnap,
         }
 
     def parent_of(self, lv: Lvol) -> Lvol | None:
@@ -426,7 +484,8 @@ class LvolStore:
     # ---- helpers -------------------------------------------------------------------------------------------------
 
     def _clusters_for(self, size_in_mib: int) -> int:
-        return -(-size_in_mib * MIB // self.cluster_size)
+        """The RPC multiplies size_in_mib by 1 MiB in uint64 (a size of 2**44 MiB wraps to 0; recorded)."""
+        return -(-((size_in_mib * MIB) & _U64) // self.cluster_size)
 
     def _check_new_name(self, name: str | None) -> str:
         if not name or len(name) > NAME_MAX:
@@ -449,11 +508,10 @@ class LvolStore:
         self._free += n
 
     def _new_blob(self, name: str, num_clusters: int, thin: bool) -> Lvol:
-        self._next_blob += 1
         lv = Lvol(
             uuid=self._uuid_factory(),
             name=name,
-            blob_id=BLOB_ID_BASE + self._next_blob,
+            blob_id=BLOB_ID_BASE + self._pages.claim(),
             num_clusters=num_clusters,
             thin=thin,
             creation_time=self._clock(),
@@ -477,6 +535,25 @@ class LvolStore:
         parent.clones[lv.blob_id] = None
         parent.is_snapshot = True
 
+    def _claim_extent_pages(self, lv: Lvol) -> None:
+        """Extent pages for the ranges of lv's clusters that have none yet (bs_allocate_cluster, in cluster
+        order)."""
+        for ep in extent_ranges(lv.alloc, lv.num_clusters):
+            if ep not in lv.extent_pages:
+                lv.extent_pages[ep] = self._pages.claim()
+
+    def _release_blob_pages(self, lv: Lvol) -> None:
+        """A deleted blob's metadata page and extent pages are free again."""
+        self._pages.release(lv.blob_id - BLOB_ID_BASE)
+        for page in lv.extent_pages.values():
+            self._pages.release(page)
+        lv.extent_pages = {}
+
+    def _delete_blob(self, lv: Lvol) -> None:
+        self._forget(lv)
+        self._release_blob_pages(lv)
+        del self.blobs[lv.blob_id]
+
     def _forget(self, lv: Lvol) -> None:
         """Drop the lvol's names (the blob may stay, see forced removal)."""
         if self._by_name.get(lv.name) == lv.blob_id:
@@ -495,6 +572,7 @@ class LvolStore:
         lv = self._new_blob(name, n, thin_provision)
         if not thin_provision:
             lv.alloc = _mask(n)
+            self._claim_extent_pages(lv)
         return lv
 
     def snapshot(self, lvol_name: str, snapshot_name: str, xattrs: dict[str, str] | None = None) -> Lvol:
@@ -505,6 +583,8 @@ class LvolStore:
         old_parent = self.parent_of(origin)
         snap = self._new_blob(name, origin.num_clusters, origin.thin)
         snap.alloc, origin.alloc = origin.alloc, 0
+        snap.extent_pages, origin.extent_pages = origin.extent_pages, {}
+        snap.esnap, origin.esnap = origin.esnap, None  # the snapshot reads the external snapshot now
         snap.read_only = True
         snap.xattrs = {**(xattrs or {}), **snap.xattrs}
         origin.thin = True
@@ -528,7 +608,7 @@ class LvolStore:
         return lv
 
     def delete(self, name: str) -> None:
-        lv = self.lookup(name)
+        lv = self.lookup(name, degraded_ok=True)
         n_clones = len(lv.clones)
         if n_clones > 1 and DELETE_SNAPSHOT_WITH_CLONES not in self.faults:
             raise ModelError(errno.EPERM, f"{lv.name} has {n_clones} clones")
@@ -550,8 +630,7 @@ class LvolStore:
         # With delete-snapshot-with-clones the clones keep pointing at the deleted blob (nothing re-parented).
         self._unlink_from_parent(lv)
         self._give(lv.num_allocated_clusters)
-        self._forget(lv)
-        del self.blobs[lv.blob_id]
+        self._delete_blob(lv)
 
     def _blob_delete_failed(self, lv: Lvol, err: int, cause: str, detail: str) -> NoReturn:
         """spdk_bs_delete_blob failed. With `forced-removal` (the recorded bug, lvol_delete_blob_cb) the lvol goes
@@ -566,13 +645,16 @@ class LvolStore:
         moved = snap.alloc & ~clone.alloc & _mask(clone.num_clusters)
         clone.alloc |= moved
         self._give(snap.num_allocated_clusters - _popcount(moved))
+        for ep in extent_ranges(clone.alloc, clone.num_clusters):  # the clone takes the snapshot's extent pages
+            if ep not in clone.extent_pages and ep in snap.extent_pages:
+                clone.extent_pages[ep] = snap.extent_pages.pop(ep)
         parent = self.parent_of(snap)
         self._unlink_from_parent(snap)
         clone.parent = None
+        clone.esnap = snap.esnap  # a deleted esnap snapshot's only clone becomes the esnap clone
         if parent is not None:
             self._link_to_parent(clone, parent)
-        self._forget(snap)
-        del self.blobs[snap.blob_id]
+        self._delete_blob(snap)
 
     def resize(self, name: str, size_in_mib: int) -> None:
         lv = self.lookup(name)
@@ -586,7 +668,10 @@ class LvolStore:
             dropped = lv.alloc & ~_mask(n)
             lv.alloc &= _mask(n)
             self._give(_popcount(dropped))
+            for ep in [ep for ep in lv.extent_pages if ep * EXTENTS_PER_PAGE >= n]:
+                self._pages.release(lv.extent_pages.pop(ep))
         lv.num_clusters = n
+        self._claim_extent_pages(lv)
 
     def rename(self, old_name: str, new_name: str) -> None:
         """vbdev_lvol_rename: the new alias must be free (so the same name is EEXIST), then the name must be
@@ -615,10 +700,17 @@ class LvolStore:
         self._begin_inflate(lv)
         if not lv.thin:
             return
+        self._allocate_all(lv)
+
+    def _allocate_all(self, lv: Lvol) -> None:
+        """bs_inflate_blob with ALLOCATE_ALL: every cluster the blob lacks, then no parent (blob or external)
+        and no thin provisioning."""
         missing = _mask(lv.num_clusters) & ~lv.alloc
         self._take(_popcount(missing))
         lv.alloc |= missing
+        self._claim_extent_pages(lv)
         lv.thin = False
+        lv.esnap = None
         self._unlink_from_parent(lv)
 
     def decouple_parent(self, name: str) -> None:
@@ -626,6 +718,10 @@ class LvolStore:
         then hang the blob on the parent's parent (bs_inflate_blob_done), or on nothing at the top of a chain."""
         lv = self.lookup(name)
         self._begin_inflate(lv)
+        if lv.esnap is not None:  # an external parent: every cluster is copied (bs_inflate_blob_open_cpl)
+            if lv.thin:
+                self._allocate_all(lv)
+            return
         if lv.parent is None:
             raise ModelError(errno.EINVAL, f"{lv.name} has no parent")
         if not lv.thin:
@@ -634,6 +730,7 @@ class LvolStore:
         need = parent.alloc & _mask(lv.num_clusters) & ~lv.alloc  # bs_cluster_needs_allocation
         self._take(_popcount(need))
         lv.alloc |= need
+        self._claim_extent_pages(lv)
         self._move_to_grandparent(lv, parent)
 
     def detach_parent(self, name: str) -> None:
@@ -649,11 +746,16 @@ class LvolStore:
         self._move_to_grandparent(lv, self.blobs[lv.parent])
 
     def _move_to_grandparent(self, lv: Lvol, parent: Lvol) -> None:
-        """bs_inflate_blob_done: a parent that has a parent hands the blob to it (tail of its clone list)."""
+        """bs_inflate_blob_done: a parent that has a parent hands the blob to it (tail of its clone list). A
+        parent that reads an external snapshot hands it that: the blob becomes an esnap clone of it. (The fork
+        @1975133e9 answers ENOENT there instead: it opens SPDK_BLOBID_EXTERNAL_SNAPSHOT as a blob id; a correct
+        target moves the blob, so the checker reports the ENOENT.)"""
         grandparent = self.parent_of(parent)
         self._unlink_from_parent(lv)
         if grandparent is not None:
             self._link_to_parent(lv, grandparent)
+        elif parent.esnap is not None:
+            lv.esnap = parent.esnap
 
     def set_parent(self, lvol_name: str, parent_name: str) -> None:
         """spdk_bs_blob_set_parent's checks in its order. SPDK has no cycle check; the model refuses a cycle
@@ -680,7 +782,71 @@ class LvolStore:
                 raise ModelError(errno.EINVAL, f"{snap.name} descends from {lv.name}")
             p = self.parent_of(p)
         self._unlink_from_parent(lv)
+        lv.esnap = None
         self._link_to_parent(lv, snap)
+
+    # ---- external snapshots -------------------------------------------------------------------------------------
+
+    def clone_bdev(self, clone_name: str, esnap_id: str, esnap_size_bytes: int) -> Lvol:
+        """spdk_lvol_create_esnap_clone: a thin lvol as large as the external bdev, reading it where it has no
+        clusters of its own; the name first (EINVAL, EEXIST), then the size (not a whole number of clusters:
+        EINVAL). It takes no cluster."""
+        name = self._check_new_name(clone_name)
+        if esnap_size_bytes % self.cluster_size:
+            raise ModelError(errno.EINVAL, f"size {esnap_size_bytes} is not a multiple of the cluster size")
+        lv = self._new_blob(name, esnap_size_bytes // self.cluster_size, True)
+        lv.esnap = esnap_id
+        return lv
+
+    def set_parent_bdev(self, lvol_name: str, esnap_id: str, esnap_size_bytes: int) -> None:
+        """spdk_lvol_set_external_parent then spdk_bs_blob_set_external_parent, their checks in order: the
+        lvol's own UUID (EINVAL), a size that is no whole number of clusters (EINVAL), the same external
+        snapshot already (EEXIST), not thin (EINVAL), locked (EBUSY). The lvol leaves its parent's clone list
+        and reads the bdev; its size need not match (recorded: a 4 MiB bdev under an 8 MiB lvol), and any bdev
+        will do, an lvol of this lvstore too (recorded)."""
+        lv = self.lookup(lvol_name)
+        if esnap_id == lv.uuid:
+            raise ModelError(errno.EINVAL, f"{lv.name} and the external snapshot have the same UUID")
+        if esnap_size_bytes % self.cluster_size:
+            raise ModelError(errno.EINVAL, f"size {esnap_size_bytes} is not a multiple of the cluster size")
+        if lv.esnap == esnap_id:
+            raise ModelError(errno.EEXIST, f"{esnap_id} already is the external parent of {lv.name}")
+        if not lv.thin:
+            raise ModelError(errno.EINVAL, f"{lv.name} is not thin provisioned")
+        if lv.locked:
+            raise ModelError(errno.EBUSY, f"{lv.name}: another operation in progress")
+        self._unlink_from_parent(lv)
+        lv.esnap = esnap_id
+
+    def hotplug(self, esnap_id: str) -> list[Lvol]:
+        """The missing external snapshot `esnap_id` arrived (spdk_lvs_notify_hotplug): its degraded esnap
+        clones and everything under them get their bdevs, in the order vbdev_lvs_hotplug makes them (each
+        esnap clone, then its clones depth first). [] if none waited for it."""
+        if esnap_id not in self.missing_esnaps:
+            return []
+        self.missing_esnaps.discard(esnap_id)
+        roots = [lv.blob_id for lv in self.blobs.values() if lv.esnap == esnap_id and not lv.removed]
+        order = depth_first(roots, lambda bid: list(self.blobs[bid].clones))
+        return [self.blobs[bid] for bid in order if not self.blobs[bid].removed and not self.is_degraded(
+            self.blobs[bid])]
+
+    # ---- writes ---------------------------------------------------------------------------------------------------
+
+    def write(self, name: str, offset: int, length: int) -> None:
+        """What writing [offset, offset + length) bytes does to the lvol's clusters: a thin lvol allocates the
+        clusters it lacks (ENOSPC when none are free). The harness writes no data; the metadata an lvstore on
+        an lvol bdev writes at its start is such a write (a nested lvstore)."""
+        lv = self.lookup(name)
+        if length <= 0:
+            return
+        cs = self.cluster_size
+        first, last = offset // cs, min(lv.num_clusters, -(-(offset + length) // cs))
+        need = (_mask(last) & ~_mask(first)) & ~lv.alloc
+        if not need:
+            return
+        self._take(_popcount(need))
+        lv.alloc |= need
+        self._claim_extent_pages(lv)
 
     def set_xattr(self, name: str, xattr_name: str, xattr_value: str) -> None:
         lv = self.lookup(name)
@@ -850,27 +1016,40 @@ class LvolStore:
                 continue
             self._unlink_from_parent(victim)
             self._give(victim.num_allocated_clusters)
-            self._forget(victim)
-            del self.blobs[victim.blob_id]
+            self._delete_blob(victim)
         raise AssertionError("destroy did not converge")  # unreachable: each round removes one lvol
 
-    def reload(self) -> None:
+    def reload(self, esnap_present: Callable[[str], bool] | None = None) -> list[Lvol]:
         """The lvstore was unloaded (its base bdev hot-removed) and loaded again from the disk: what is on disk
-        stays (blobs, names, links, clusters, xattrs, read-only flags, stored checksums); what lived in memory
-        goes (background jobs, open references). A blob a forced removal left without an lvol is on disk too:
-        the load makes it an lvol again, under its name unless another lvol has taken that name since.
-        "Is a snapshot" is rebuilt from the clone links (bs_blob_list_add at load): a snapshot whose clones are
-        all gone is not one any more (seen on spdk_tgt 24.09, lvstore-reload storm)."""
+        stays (blobs, names, links, clusters, xattrs, read-only flags, stored checksums, external snapshot
+        ids); what lived in memory goes (background jobs, open references). A blob a forced removal left
+        without an lvol is on disk too: the load makes it an lvol again, under its name unless another lvol
+        has taken that name since. "Is a snapshot" is rebuilt from the clone links (bs_blob_list_add at load):
+        a snapshot whose clones are all gone is not one any more (seen on spdk_tgt 24.09, lvstore-reload
+        storm). Lvols are listed in blob id order from now on, each alias from its (255-character) name.
+
+        `esnap_present` says whether an external snapshot's bdev exists now (None: every one does); the
+        esnap clones of a missing one, and what is under them, load degraded. Returns the lvols that get a bdev,
+        in the order the examine registers them (`load_order`)."""
         self.jobs = []
+        self.blobs = dict(sorted(self.blobs.items()))
+        self._by_alias = {}
         for lv in self.blobs.values():
             lv.open_refs = lv.locks = 0
             lv.is_snapshot = bool(lv.clones)
             if lv.removed and lv.name not in self._by_name and lv.uuid not in self._by_uuid:
                 lv.removed = False
-                lv.alias_tail = lv.name
                 self._by_name[lv.name] = lv.blob_id
                 self._by_uuid[lv.uuid] = lv.blob_id
+            if not lv.removed:
+                lv.alias_tail = lv.name
                 self._by_alias[lv.name] = lv.blob_id
+        self.missing_esnaps = {lv.esnap for lv in self.blobs.values()
+                               if lv.esnap is not None and esnap_present is not None and not esnap_present(lv.esnap)}
+        live = [lv for lv in self.blobs.values() if not lv.removed]
+        openings = {lv.blob_id: Opening(lv.blob_id, bool(lv.extent_pages), lv.parent) for lv in self.blobs.values()}
+        order = load_order([openings[lv.blob_id] for lv in live], openings.get)
+        return [self.blobs[bid] for bid in order if not self.is_degraded(self.blobs[bid])]
 
     def grow(self, total_data_clusters: int) -> None:
         """The base bdev grew: new clusters are free."""
@@ -961,13 +1140,7 @@ class LvolStore:
         return [] if lv is None else self._tree(lv)
 
     def _tree(self, lv: Lvol) -> list[Lvol]:
-        root, hops = lv, 0
-        while root.parent is not None and hops <= len(self.blobs):
-            parent = self.blobs.get(root.parent)
-            if parent is None:
-                break
-            root, hops = parent, hops + 1
-        out, todo, seen = [], [root], set()
+        out, todo, seen = [], [self.esnap_root(lv)], set()
         while todo:
             node = todo.pop()
             if node.blob_id in seen:

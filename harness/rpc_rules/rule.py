@@ -42,14 +42,22 @@ lvols and lvstore it names, run the model transition, encode the reply); `target
 TakesClusters = Literal["never", "if-thick", "always"]
 """Whether a call may claim free clusters (and so meet ENOSPC): a thick create, a resize, an inflate."""
 
-ViewEffect = Literal["add", "snapshot", "clone", "remove", "rename", "orphan", "to-grandparent", "reparent",
-                     "resize"]
-"""How a success changes the storm's view of the tree: a new lvol; a snapshot taking its origin's place; a
-clone under its snapshot; an lvol gone (a snapshot's only clone moves up); a new name; no parent any more
-(inflate); moved to its parent's parent (decouple, detach); a new parent; a new size."""
+ViewEffect = Literal["add", "esnap-clone", "snapshot", "clone", "remove", "rename", "orphan", "to-grandparent",
+                     "reparent", "resize"]
+"""How a success changes the storm's view of the tree: a new lvol; a new lvol whose parent is outside the
+lvstore (an esnap clone); a snapshot taking its origin's place; a clone under its snapshot; an lvol gone (a
+snapshot's only clone moves up); a new name; no parent in the lvstore any more (inflate, an external parent);
+moved to its parent's parent (decouple, detach); a new parent; a new size."""
 
 DST_SIZE_BYTES = "dst_size_bytes"
 """A transition argument that is not a param: the size of the bdev `dst_bdev_name` names (the caller knows it)."""
+ESNAP_ID = "esnap_id"
+ESNAP_SIZE_BYTES = "esnap_size_bytes"
+"""Transition arguments that are not params: the UUID and size of the bdev the row's `bdev` param names, an
+external snapshot (the caller resolves the name: the reference target from its bdevs, the storm's checker from
+the external snapshots it made). SPDK stores the UUID, whatever name the call used."""
+CALLER_ARGS = frozenset({DST_SIZE_BYTES, ESNAP_ID, ESNAP_SIZE_BYTES})
+"""Transition arguments the caller supplies (what a bdev the call names is), not params of the call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,9 @@ class Param:
     `choices` and `invalid`: a string SPDK parses after the lvstore is found (clear_method), and the message
     of its -EINVAL reply. `missing`: for the lvstore, the errno when no lvstore has that name. `by_names`: for
     an lvol, also found as `lvs_name/lvol_name` by its lvol name when no bdev has that name or alias
-    (rpc_bdev_lvol_delete's spdk_lvol_get_by_names)."""
+    (rpc_bdev_lvol_delete's spdk_lvol_get_by_names). `missing_reply`: the exact error reply (code, message)
+    when nothing has that name, where the RPC writes its own (bdev_lvol_clone_bdev: "bdev does not exist").
+    `own_lvstore_reply`: for a `bdev`, the reply when it is an lvol of the call's own lvstore (None: allowed)."""
 
     name: str
     kind: Kind = "string"
@@ -69,6 +79,8 @@ class Param:
     invalid: str = ""
     missing: int = errno.ENODEV
     by_names: bool = False
+    missing_reply: tuple[int, str] | None = None
+    own_lvstore_reply: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +143,11 @@ class Draw(Protocol):
     @property
     def copy_dst(self) -> str | None:
         """The shallow copies' destination bdev, if the storm made one."""
+        ...
+
+    @property
+    def esnap(self) -> str:
+        """One of the external snapshot bdevs the storm made (drawn with `u_extra`), or a name no bdev has."""
         ...
 
     def target(self, kind: str) -> str:

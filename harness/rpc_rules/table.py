@@ -14,6 +14,8 @@ from typing import Any
 
 from harness.rpc_rules.rule import (
     DST_SIZE_BYTES,
+    ESNAP_ID,
+    ESNAP_SIZE_BYTES,
     Draw,
     Judge,
     Param,
@@ -30,6 +32,8 @@ INTERNAL_ERROR = -32603  # SPDK_JSONRPC_ERROR_INTERNAL_ERROR
 CLEAR_METHODS = ("none", "unmap", "write_zeroes")
 COPY_DST = "storm_copy_dst"
 """The shallow copy destination the storm makes (and names when it could not make one)."""
+ESNAP_PREFIX = "storm_esnap"
+"""The external snapshot bdevs the storm makes for esnap clones are `storm_esnap0`, `storm_esnap1`, ..."""
 RENAMED_SUFFIX = "_r"
 
 
@@ -45,6 +49,7 @@ def links_of_bdev_reply(result: Any) -> dict[str, Any] | None:
         "clone": bool(info.get("clone")),
         "base_snapshot": info.get("base_snapshot"),
         "clones": sorted(info.get("clones") or []),
+        "esnap": info.get("external_snapshot_name") if info.get("esnap_clone") else None,
     }
 
 
@@ -84,6 +89,14 @@ def _set_parent(d: Draw) -> dict[str, Any]:
     return {"lvol_name": d.target("volume"), "parent_name": d.other("snapshot")}
 
 
+def _set_parent_bdev(d: Draw) -> dict[str, Any]:
+    return {"lvol_name": d.target("volume"), "parent_name": d.esnap}
+
+
+def _clone_bdev(d: Draw) -> dict[str, Any]:
+    return {"bdev": d.esnap, "lvs_name": d.lvs_name, "clone_name": d.name}
+
+
 def _get_xattr(d: Draw) -> dict[str, Any]:
     return {"name": d.target("any"), "xattr_name": "storm" if d.u_extra < 0.7 else "name"}
 
@@ -117,8 +130,11 @@ RULES: tuple[Rule, ...] = (
                                       **({"offset": d.size_mib // 4 << 20} if d.u_extra >= 0.6 else {})}),
          why="a bit map of the lvol's own allocated clusters (seek_data/seek_hole over [offset, offset+size))"),
     Rule("bdev_lvol_set_parent_bdev", (_lvol("lvol_name"), Param("parent_name", role="bdev")), effect="lvol",
-         availability="newer-upstream", served="no",
-         why="spdk_lvol_set_external_parent: the lvol becomes an esnap clone of the bdev parent_name"),
+         availability="newer-upstream", served="model",
+         model=Transition("set_parent_bdev", ("lvol_name", ESNAP_ID, ESNAP_SIZE_BYTES)), reply=true, view="orphan",
+         storm=StormUse(2, _set_parent_bdev),
+         why="spdk_lvol_set_external_parent: the lvol leaves its parent and becomes an esnap clone of the bdev "
+             "parent_name (any bdev, an lvol of the same lvstore too); a missing bdev is -32602 No such device"),
     Rule("bdev_lvol_set_parent", (_lvol("lvol_name"), _lvol("parent_name")), effect="lvol",
          availability="newer-upstream", served="model", model=Transition("set_parent", ("lvol_name", "parent_name")),
          reply=true, view="reparent", storm=StormUse(2, _set_parent),
@@ -173,10 +189,17 @@ RULES: tuple[Rule, ...] = (
          availability="required", served="model", model=Transition("rename", ("old_name", "new_name")), reply=true,
          view="rename", storm=StormUse(3, lambda d: {"old_name": d.target("any"), "new_name": d.name}),
          why="the bdev alias changes first (any bdev with that name: EEXIST), then the lvol's name"),
-    Rule("bdev_lvol_clone_bdev", (Param("bdev", role="bdev"), Param("lvs_name", role="lvstore"),
-                                  Param("clone_name", role="new_lvol")),
-         effect="lvol", availability="newer-upstream", served="no", reply=uuid_of,
-         why="vbdev_lvol_create_bdev_clone: a new lvol, an esnap clone of a bdev outside the lvstore"),
+    Rule("bdev_lvol_clone_bdev",
+         (Param("bdev", role="bdev", missing_reply=(INVALID_PARAMS, "bdev does not exist"),
+                own_lvstore_reply=(INVALID_PARAMS,
+                                   "bdev is an lvol in same lvs as clone; use bdev_lvol_clone instead")),
+          Param("lvs_name", role="lvstore", missing_reply=(INVALID_PARAMS, "lvs does not exist")),
+          Param("clone_name", role="new_lvol")),
+         effect="lvol", availability="newer-upstream", served="model",
+         model=Transition("clone_bdev", ("clone_name", ESNAP_ID, ESNAP_SIZE_BYTES)), reply=uuid_of,
+         view="esnap-clone", claims_md_pages=True, storm=StormUse(4, _clone_bdev),
+         why="vbdev_lvol_create_bdev_clone: a new thin lvol as large as the bdev, reading it where it has no "
+             "clusters (an esnap clone); the bdev is claimed read_many_write_none while any blob reads it"),
     Rule("bdev_lvol_clone", (_lvol("snapshot_name"), Param("clone_name", required=False, role="new_lvol")),
          effect="lvol", availability="required", served="model",
          model=Transition("clone", ("snapshot_name", "clone_name")), reply=uuid_of, view="clone", claims_md_pages=True,

@@ -1,7 +1,9 @@
 """Base bdevs as spdk_tgt's malloc and aio modules serve them, and bdev_get_bdevs.
 
 Deleting an aio bdev unloads the lvstore on it (hot remove) and keeps what its file holds; making an aio bdev
-on that file again loads it (vbdev_lvs_examine).
+on that file again loads it (vbdev_lvs_examine). Deleting a bdev esnap clones read takes it out of every listing
+at once and answers only when the last of them lets it go (a DeferredReply; recorded); a bdev that registers
+with the UUID a loaded lvstore's degraded esnap clones miss brings them back (hotplug).
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import errno
 import os
 
+from harness.model.lvstore import Lvol, LvolStore
 from harness.rpc_rules.table import BY_METHOD
 from harness.sim.bdevs import BaseBdev
 from harness.sim.decoding import BOOL, STR, U32, U64, decode, decode_for
-from harness.sim.protocol import ERROR_INVALID_PARAMS, RpcFault
+from harness.sim.protocol import ERROR_INVALID_PARAMS, DeferredReply, RpcFault
 from harness.sim.protocol import fault as _fault  # the handlers below were moved here verbatim
 from harness.sim.protocol import no_device as _no_device
 from harness.sim.shapes import base_bdev_json, lvol_bdev_json
@@ -42,44 +45,37 @@ class BdevMethods(TargetState):
                 SPDK_BASE_MIB + sum(self._malloc_mib.values()) + cost > self.memory_mib:
             self._log.append(MALLOC_ENOMEM_LOG)  # spdk_zmalloc found no hugepages for the buffer
             raise _fault(errno.ENOMEM)
+        if p["uuid"] is not None and any(b.uuid == p["uuid"] for b in self.bdevs.values()):
+            raise _fault(errno.EEXIST)  # bdev_register: its UUID alias is taken (a bdev still being deleted too)
         self._malloc_count += 1
         uuid = str(p["uuid"]) if p["uuid"] is not None else self._new_uuid()
         self.bdevs[name] = BaseBdev(name=name, uuid=uuid, driver="malloc", block_size=block_size,
-                                    num_blocks=num_blocks, creation_time=self._now())
+                                    num_blocks=num_blocks, creation_time="")  # malloc bdevs report ""
         self._malloc_mib[name] = cost
+        self._register([name])
         return name
 
     def _delete_base(self, name: str, driver: str) -> object:
         bdev = self.bdevs.get(name)
-        if bdev is None or bdev.driver != driver:
+        if bdev is None or bdev.driver != driver or bdev.deleting:
             self._log.append(f"bdev.c:8278:bdev_open_ext: *NOTICE*: Currently unable to find bdev with name: {name}")
             self._log.append(
                 f"bdev.c:8095:spdk_bdev_unregister_by_name: *ERROR*: Failed to open bdev with name: {name}"
             )
             raise _no_device()
         if bdev.lvs_uuid is not None and bdev.lvs_uuid in self.stores:
-            store = self.stores[bdev.lvs_uuid]
-            if driver == "aio" and bdev.filename is not None:
-                # The lvstore stays on the file: an aio bdev made on it again examines and loads it.
-                self._on_disk[bdev.filename] = (store, self._layouts[store.uuid])
-            self._drop_store(store)  # hot remove: the lvstore is unloaded
-        del self.bdevs[name]
-        self._malloc_mib.pop(name, None)
+            # Hot remove: the lvstore is unloaded. On an aio file it stays: an aio bdev made on it again
+            # examines and loads it.
+            self._unload(self.stores[bdev.lvs_uuid], bdev.filename if driver == "aio" else None)
+        if self._esnap_holders().get(bdev.uuid):
+            # Esnap clones hold it open: gone from listings now, the reply when the last one lets go (SPDK's
+            # unregister waits for every open descriptor; vbdev_lvol ignores the remove event).
+            bdev.deleting = True
+            self._log.append(f"vbdev_lvol.c:2130:vbdev_lvol_esnap_bdev_event_cb: *NOTICE*: bdev name ({name}) "
+                             "received unsupported event type 0")
+            return DeferredReply(ready=lambda: self.bdevs.get(name) is not bdev, result=lambda: True)
+        self._remove_base(bdev)
         return True
-
-    def _examine(self, bdev: BaseBdev) -> None:
-        """vbdev_lvs_examine: a bdev holding an lvstore (one this target unloaded from the same file) loads it."""
-        if bdev.filename is None or bdev.filename not in self._on_disk:
-            return
-        store, layout = self._on_disk[bdev.filename]
-        if store.uuid in self.stores or self._store_by_name(store.name) is not None:
-            return  # spdk_lvs_load refuses a duplicate lvstore (same uuid or name): the bdev stays unclaimed
-        del self._on_disk[bdev.filename]
-        store.base_bdev = bdev.name
-        store.reload()
-        self.stores[store.uuid] = store
-        self._layouts[store.uuid] = layout
-        bdev.lvs_uuid = store.uuid
 
     def _m_bdev_malloc_delete(self, params: object) -> object:
         p = decode(params, (("name", STR, True),))
@@ -101,9 +97,9 @@ class BdevMethods(TargetState):
         except OSError as exc:
             raise _fault(exc.errno or errno.ENOENT) from None
         self.bdevs[name] = BaseBdev(name=name, uuid=self._new_uuid(), driver="aio", block_size=block_size,
-                                    num_blocks=size // block_size, filename=filename, creation_time=self._now(),
+                                    num_blocks=size // block_size, filename=filename, creation_time="",
                                     block_size_override=p["block_size"] is not None)
-        self._examine(self.bdevs[name])
+        self._register([name])
         return name
 
     def _m_bdev_wait_for_examine(self, params: object) -> object:
@@ -130,14 +126,18 @@ class BdevMethods(TargetState):
         name = None
         if params is not None:
             name = decode_for(BY_METHOD["bdev_get_bdevs"], params)["name"]
+        holders = self._esnap_holders()
         if name is None:
-            out: list[object] = [base_bdev_json(b) for b in self.bdevs.values()]
-            for store in self.stores.values():
-                out.extend(lvol_bdev_json(store, lv, self._log) for lv in store.lvols())
-            return out
-        if name in self.bdevs:
-            return [base_bdev_json(self.bdevs[str(name)])]
-        store_lv = self._find_lvol(str(name))
-        if store_lv is None:
+            return [self._bdev_json(bname, base, store, lv, holders) for bname, base, store, lv in self._listed_bdevs()]
+        ref = self._bdev_ref(str(name))
+        if ref is None:
             raise _no_device()  # with a timeout SPDK would wait for the bdev first; nothing appears here later
-        return [lvol_bdev_json(*store_lv, self._log)]
+        return [self._bdev_json(ref.name, ref.base, ref.store, ref.lvol, holders)]
+
+    def _bdev_json(self, name: str, base: BaseBdev | None, store: LvolStore | None, lv: Lvol | None,
+                   holders: dict[str, int]) -> dict[str, object]:
+        if base is not None:
+            return base_bdev_json(base, self._claim(name, base.uuid, holders))
+        assert store is not None and lv is not None
+        return lvol_bdev_json(store, lv, self._log, claim=self._claim(name, lv.uuid, holders),
+                              memory_domains=self._memory_domains(store, lv))

@@ -14,23 +14,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.model.lvstore import Job, Lvol, LvolStore, ModelCrash, ModelError
-from harness.rpc_rules.rule import Rule, Transition
+from harness.rpc_rules.rule import ESNAP_ID, ESNAP_SIZE_BYTES, Param, Rule, Transition
 from harness.rpc_rules.table import BY_METHOD, RULES
 from harness.sim.decoding import Spec, check_choices, decode, decode_for, spec_of
-from harness.sim.protocol import ERROR_INTERNAL, ERROR_INVALID_PARAMS, DeferredReply, fault, no_device
+from harness.sim.protocol import ERROR_INTERNAL, ERROR_INVALID_PARAMS, DeferredReply, RpcFault, fault, no_device
 from harness.sim.state import ShallowCopy, TargetState
 
 
 @dataclass(frozen=True, slots=True)
 class ServePlan:
     """What the generic handler needs of a row, worked out once (the handler runs per request): its decoder
-    spec, the params naming the lvstore (uuid, name) and the lvols (name, found by names too), whether any
-    param has choices, the names it gives (new, renamed), its transition and that as the LvolStore function."""
+    spec, the params naming the lvstore (uuid, name; the reply when it is missing) and the lvols (name, found
+    by names too), the bdev a transition reads as an external snapshot, whether any param has choices, the
+    names it gives (new, renamed), its transition and that as the LvolStore function."""
 
     rule: Rule
     spec: Spec
     lvstore: tuple[str | None, str | None] | None
+    lvstore_missing: tuple[int, str] | None
     lvols: tuple[tuple[str, bool], ...]
+    esnap: Param | None
     choices: bool
     new_lvols: tuple[str, ...]
     renamed: tuple[str, ...]
@@ -41,9 +44,11 @@ class ServePlan:
     def of(cls, rule: Rule) -> ServePlan:
         assert rule.model is not None, f"{rule.method} is served from the model but has no transition"
         by_role = {p.role: p.name for p in rule.lvstore_params}
+        missing = next((p.missing_reply for p in rule.lvstore_params if p.missing_reply), None)
+        esnap = next((p for p in rule.params if p.role == "bdev"), None) if ESNAP_ID in rule.model.args else None
         return cls(rule, spec_of(rule.params),
-                   (by_role.get("lvstore_uuid"), by_role.get("lvstore")) if by_role else None,
-                   tuple((p.name, p.by_names) for p in rule.params if p.role == "lvol"),
+                   (by_role.get("lvstore_uuid"), by_role.get("lvstore")) if by_role else None, missing,
+                   tuple((p.name, p.by_names) for p in rule.params if p.role == "lvol"), esnap,
                    any(p.choices for p in rule.params),
                    rule.names("new_lvol"), rule.names("renamed"),
                    rule.model, getattr(LvolStore, rule.model.method))
@@ -73,7 +78,13 @@ class LvolMethods(TargetState):
         store = None
         if plan.lvstore is not None:
             uuid_param, name_param = plan.lvstore
-            store = self._store_xor(p[uuid_param] if uuid_param else None, p[name_param] if name_param else None)
+            try:
+                store = self._store_xor(p[uuid_param] if uuid_param else None,
+                                        p[name_param] if name_param else None)
+            except RpcFault:
+                if plan.lvstore_missing is None:
+                    raise
+                raise RpcFault(*plan.lvstore_missing) from None
         for name, by_names in plan.lvols:
             value = p[name]
             found = self._find_lvol(value if isinstance(value, str) else None)
@@ -86,6 +97,8 @@ class LvolMethods(TargetState):
             store = found[0]
             p[name] = found[1].uuid  # the model is told the lvol by UUID
         assert store is not None, f"{rule.method}: names no lvstore or lvol"
+        if plan.esnap is not None:
+            self._resolve_esnap(plan.esnap, store, p, rule.refusal_code)
         if plan.choices:
             check_choices(rule, p)
         for name in plan.new_lvols:
@@ -97,17 +110,39 @@ class LvolMethods(TargetState):
             result = plan.model_fn(store, **plan.transition.kwargs(p))
         except (ModelError, ModelCrash) as exc:
             self._model_failed(exc, rule.refusal_code, rule.sync_errnos)
+        if rule.creates_lvol:
+            self._register([result.uuid])
         return rule.reply(result)
 
+    def _resolve_esnap(self, param: Param, store: LvolStore, p: dict[str, object], code: int | None) -> None:
+        """The bdev a row reads as an external snapshot, as UUID and size for its transition: spdk_bdev_get_by_name
+        (missing: the row's own reply, else -ENODEV as its callback answers it), an lvol of the call's lvstore
+        where the row refuses one, then spdk_bdev_open_ext (a bdev being deleted: -ENODEV from the callback)."""
+        name = str(p[param.name])
+        ref = self._bdev_ref(name, deleting=True)
+        if ref is None:
+            if param.missing_reply is not None:
+                raise RpcFault(*param.missing_reply)
+            raise fault(param.missing, code)
+        if ref.store is store and param.own_lvstore_reply is not None:
+            raise RpcFault(*param.own_lvstore_reply)
+        if ref.base is not None and ref.base.deleting:
+            raise fault(errno.ENODEV, code)
+        p[ESNAP_ID], p[ESNAP_SIZE_BYTES] = ref.uuid, ref.size_bytes
+
     def _lvol_by_names(self, name: object) -> tuple[LvolStore, Lvol] | None:
-        """`lvs_name/lvol_name` by the lvol's name, when no bdev has that name or alias (rpc_bdev_lvol_delete's
-        last resort, spdk_lvol_get_by_names)."""
+        """An lvol without a bdev (degraded) by its UUID (spdk_lvol_get_by_uuid), else `lvs_name/lvol_name` by
+        the lvol's name, when no bdev has that name or alias (rpc_bdev_lvol_delete's fallbacks)."""
         if not isinstance(name, str):
             return None
+        for store in self.stores.values():
+            lv = store.find_by_uuid(name)
+            if lv is not None:
+                return store, lv
         lvs_name, sep, lvol_name = name.partition("/")
-        store = self._store_by_name(lvs_name) if sep else None
-        lv = store.find_by_name(lvol_name) if store is not None else None
-        return (store, lv) if store is not None and lv is not None else None
+        named = self._store_by_name(lvs_name) if sep else None
+        lv = named.find_by_name(lvol_name) if named is not None else None
+        return (named, lv) if named is not None and lv is not None else None
 
     def _m_bdev_lvol_register_snapshot_checksum(self, params: object) -> object:
         p = decode_for(BY_METHOD["bdev_lvol_register_snapshot_checksum"], params)

@@ -1,16 +1,19 @@
-"""The lvstore RPCs as spdk_tgt serves them: create (spdk_bs_init's layout), rename, delete (every lvol goes,
-busy or not), grow, and the two listings."""
+"""The lvstore RPCs as spdk_tgt serves them: create (spdk_lvs_init's and spdk_bs_init's checks and layout, on a
+base bdev or on an lvol's bdev: a nested lvstore), rename, delete (every lvol goes, busy or not), grow, and the two
+listings."""
 
 from __future__ import annotations
 
 import errno
 
+from harness.model.lvstore import ModelError
 from harness.rpc_rules.table import BY_METHOD
 from harness.sim.bdevs import (
     BS_PAGE_SIZE,
     DEFAULT_CLUSTER_SZ,
     DEFAULT_MD_PAGES_RATIO,
     BlobstoreLayout,
+    InitError,
     blobstore_layout,
     mask_pages,
 )
@@ -32,26 +35,33 @@ class LvstoreMethods(TargetState):
         cluster_sz = int(p["cluster_sz"] or DEFAULT_CLUSTER_SZ)  # type: ignore[call-overload]
         if not name or len(name) > LVS_NAME_MAX:
             raise fault(errno.EINVAL)  # recorded: an empty name is -22 even on a claimed bdev
-        bdev = self.bdevs.get(str(p["bdev_name"]))
+        bdev = self._bdev_ref(str(p["bdev_name"]))
         if bdev is None:
             raise no_device()
-        if bdev.lvs_uuid is not None or self._copy_target(bdev.name):
+        if self._claim(bdev.name, bdev.uuid) is not None:
             raise fault(errno.EPERM)  # claimed: cannot be opened for writing
         if cluster_sz < bdev.block_size:
-            raise fault(errno.EINVAL)
+            raise fault(errno.EINVAL)  # spdk_lvs_init: "Cluster size ... is smaller than blocklen"
         if self._store_by_name(name) is not None:
             raise fault(errno.EEXIST)
         ratio = int(p["num_md_pages_per_cluster_ratio"] or DEFAULT_MD_PAGES_RATIO)  # type: ignore[call-overload]
-        layout = blobstore_layout(bdev.size_bytes, cluster_sz, ratio)
-        total, md = layout.total_clusters, layout.md_clusters
-        if total == 0 or total * ratio // 100 == 0 or cluster_sz < BS_PAGE_SIZE:
-            raise fault(errno.EINVAL, ERROR_INVALID_PARAMS)  # no md pages, or cluster below a page
-        if md > total:
-            raise fault(errno.ENOMEM, ERROR_INVALID_PARAMS)  # "metadata cannot use more clusters than..."
+        try:
+            layout = blobstore_layout(bdev.size_bytes, cluster_sz, ratio, bdev.block_size)
+        except InitError as exc:
+            raise fault(exc.errno, ERROR_INVALID_PARAMS) from None  # spdk_bs_init's callback
+        if bdev.lvol is not None and bdev.store is not None:
+            # The blobstore writes its metadata at the start of the device: a thin lvol allocates clusters.
+            try:
+                bdev.store.write(bdev.lvol.uuid, 0, layout.md_pages * BS_PAGE_SIZE)
+            except ModelError as exc:
+                raise fault(exc.errno, ERROR_INVALID_PARAMS) from None
         uuid = self._new_uuid()
-        self.stores[uuid] = self._new_store(name, uuid, bdev, total - md, cluster_sz)
+        self.stores[uuid] = self._new_store(name, uuid, bdev, layout.total_clusters - layout.md_clusters, cluster_sz)
         self._layouts[uuid] = layout
-        bdev.lvs_uuid = uuid
+        if bdev.base is not None:
+            bdev.base.lvs_uuid = uuid
+        else:
+            self._nested[bdev.uuid] = uuid
         return uuid
 
     def _m_bdev_lvol_rename_lvstore(self, params: object) -> object:
@@ -79,15 +89,15 @@ class LvstoreMethods(TargetState):
     def _m_bdev_lvol_grow_lvstore(self, params: object) -> object:
         p = decode_for(BY_METHOD["bdev_lvol_grow_lvstore"], params)
         store = self._store_xor(p["uuid"], p["lvs_name"])
-        bdev, layout = self.bdevs.get(store.base_bdev), self._layouts.get(store.uuid)
-        if bdev is None or layout is None or bdev.size_bytes == layout.size_bytes:
+        size, layout = self._bdev_size(store.base_bdev), self._layouts.get(store.uuid)
+        if size is None or layout is None or size == layout.size_bytes:
             return True  # bs_grow_live: same device size, nothing to do
-        total = bdev.size_bytes // store.cluster_size
-        if bdev.size_bytes < layout.size_bytes or mask_pages(total) > layout.cluster_mask_pages:
+        total = size // store.cluster_size
+        if size < layout.size_bytes or mask_pages(total) > layout.cluster_mask_pages:
             raise fault(errno.ENOSPC, ERROR_INVALID_PARAMS)  # cannot shrink; mask has no room
         store.grow(total - layout.md_clusters)
-        self._layouts[store.uuid] = BlobstoreLayout(total, layout.md_clusters, layout.cluster_mask_pages,
-                                                    bdev.size_bytes)
+        self._layouts[store.uuid] = BlobstoreLayout(total, layout.md_clusters, layout.cluster_mask_pages, size,
+                                                    layout.md_pages)
         return True
 
     def _m_bdev_lvol_get_lvstores(self, params: object) -> object:

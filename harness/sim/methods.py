@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from harness.rpc_rules.table import BY_METHOD, MUTATING_LVOL_METHODS
+from harness.rpc_rules.table import BY_METHOD, MUTATING_LVOL_METHODS, RULES
 from harness.sim import faults as fm
 from harness.sim.bdev_methods import BdevMethods
 from harness.sim.framework_methods import ALIASES, METHODS, FrameworkMethods
@@ -40,6 +40,9 @@ from harness.sim.protocol import ERROR_METHOD_NOT_FOUND, RpcFault, SimulatedCras
 
 SERVER_METHODS = frozenset({"spdk_kill_instance"})
 """Served by the server itself (it signals the process), not by a handler here."""
+SETTLING = frozenset(r.method for r in RULES if r.mutating)
+"""After these the target settles its bdevs: a deleted external snapshot no clone holds goes, an lvstore on a
+deleted lvol is unloaded (state.TargetState._settle_bdevs)."""
 
 
 class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
@@ -104,4 +107,10 @@ class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
                 if fm.HANG in self.faults:
                     self._die(SimulatedCrash(kind="hang"))
                 self._die(SimulatedCrash(kind="exit", exit_code=fm.EXIT_CODE))
-        return handler(params)
+        if method not in SETTLING:
+            return handler(params)
+        try:
+            return handler(params)
+        finally:
+            if self.dead is None:
+                self._settle_bdevs()

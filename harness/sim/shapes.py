@@ -27,11 +27,19 @@ def _io_types(supported: set[str]) -> dict[str, bool]:
 LVOL_IO_RW = _io_types({"read", "write", "unmap", "flush", "reset", "write_zeroes", "seek_hole", "seek_data"})
 LVOL_IO_RO = _io_types({"read", "flush", "reset", "seek_hole", "seek_data"})
 MALLOC_IO = _io_types({"read", "write", "flush", "reset", "unmap", "write_zeroes", "zcopy", "abort", "copy"})
-AIO_IO = _io_types({"read", "write", "flush", "reset"})  # unmap/write_zeroes only with fallocate
+AIO_IO = _io_types({"read", "write", "flush", "reset", "write_zeroes"})  # unmap only with fallocate (recorded)
 
 
-def lvol_bdev_json(store: LvolStore, lv: Lvol, log: list[str]) -> dict[str, object]:
-    """bdev_get_bdevs' entry for an lvol; the errors SPDK logs for links it cannot name go to `log`."""
+def _claim_fields(claim: str | None) -> dict[str, object]:
+    """`claimed`, and `claim_type` when claimed (key order as SPDK writes them)."""
+    return {"claimed": True, "claim_type": claim} if claim is not None else {"claimed": False}
+
+
+def lvol_bdev_json(store: LvolStore, lv: Lvol, log: list[str], *, claim: str | None = None,
+                   memory_domains: int = len(MEMORY_DOMAINS)) -> dict[str, object]:
+    """bdev_get_bdevs' entry for an lvol; the errors SPDK logs for links it cannot name go to `log`. `claim`:
+    an lvstore on it or esnap clones reading it claim it; `memory_domains`: its base bdev's and its external
+    snapshot's (vbdev_lvol_get_memory_domains)."""
     info: dict[str, object] = {
         "lvol_store_uuid": store.uuid,
         "base_bdev": store.base_bdev,
@@ -57,7 +65,9 @@ def lvol_bdev_json(store: LvolStore, lv: Lvol, log: list[str]) -> dict[str, obje
             else:
                 names.append(clone.name)
         info["clones"] = names
-    info["esnap_clone"] = False
+    info["esnap_clone"] = lv.esnap is not None
+    if lv.esnap is not None:
+        info["external_snapshot_name"] = lv.esnap
     return {
         "name": lv.uuid,
         "aliases": [store.bdev_alias(lv)],
@@ -67,30 +77,31 @@ def lvol_bdev_json(store: LvolStore, lv: Lvol, log: list[str]) -> dict[str, obje
         "uuid": lv.uuid,
         "creation_time": lv.creation_time,
         "assigned_rate_limits": dict(RATE_LIMITS),
-        "claimed": False,
+        **_claim_fields(claim),
         "zoned": False,
         "supported_io_types": dict(LVOL_IO_RO if lv.read_only else LVOL_IO_RW),
-        "memory_domains": [dict(d) for d in MEMORY_DOMAINS],
+        **({"memory_domains": [dict(MEMORY_DOMAINS[i % len(MEMORY_DOMAINS)]) for i in range(memory_domains)]}
+           if memory_domains else {}),  # no memory domains: no key (recorded, an lvol on an aio bdev)
         "driver_specific": {"lvol": info},
     }
 
 
-def base_bdev_json(bdev: BaseBdev) -> dict[str, object]:
-    """rpc_dump_bdev_info's layout for a malloc or aio bdev (key order as SPDK writes it)."""
+def base_bdev_json(bdev: BaseBdev, claim: str | None = None) -> dict[str, object]:
+    """rpc_dump_bdev_info's layout for a malloc or aio bdev (key order as SPDK writes it; recorded): its UUID
+    is its alias; `claim`: an lvstore on it, a shallow copy to it (read_many_write_one) or esnap clones
+    reading it (read_many_write_none)."""
     malloc = bdev.driver == "malloc"
     out: dict[str, object] = {
         "name": bdev.name,
-        "aliases": [],
+        "aliases": [bdev.uuid],
         "product_name": "Malloc disk" if malloc else "AIO disk",
         "block_size": bdev.block_size,
         "num_blocks": bdev.num_blocks,
         "uuid": bdev.uuid,
         "creation_time": bdev.creation_time,
         "assigned_rate_limits": dict(RATE_LIMITS),
-        "claimed": bdev.lvs_uuid is not None,
+        **_claim_fields(claim),
     }
-    if bdev.lvs_uuid is not None:
-        out["claim_type"] = "exclusive_write"  # spdk_bs_bdev_claim: a v1 module claim
     out["zoned"] = False
     out["supported_io_types"] = dict(MALLOC_IO if malloc else AIO_IO)
     if malloc:
@@ -124,7 +135,7 @@ def lvol_entry(store: LvolStore, lv: Lvol) -> dict[str, object]:
         "is_thin_provisioned": lv.thin,
         "is_snapshot": lv.is_snapshot,
         "is_clone": lv.is_clone,
-        "is_esnap_clone": False,
-        "is_degraded": False,
+        "is_esnap_clone": lv.esnap is not None,
+        "is_degraded": store.is_degraded(lv),
         "lvs": {"name": store.name, "uuid": store.uuid},
     }

@@ -1,19 +1,22 @@
 """What one reference target holds, and how SPDK finds things in it by name.
 
 Base bdevs, lvstores (`harness.model.LvolStore`, by UUID in creation order), the blobstore layouts, lvstores
-unloaded from an aio file, shallow copy statuses and the log lines of the current call; the lookups SPDK's RPC
-handlers make (spdk_bdev_get_by_name, vbdev_get_lvol_store_by_uuid_xor_name, ...) with their refusals; and
-running a model operation so that a refusal becomes SPDK's error reply and a crash kills the target. The
-handler families (framework_methods, bdev_methods, lvstore_methods, lvol_methods) are written on top of it.
+unloaded from an aio file (or from an lvol, a nested lvstore), shallow copy statuses and the log lines of the
+current call; the lookups SPDK's RPC handlers make (spdk_bdev_get_by_name, vbdev_get_lvol_store_by_uuid_xor_name,
+...) with their refusals; the claims on bdevs (an lvstore's base, a shallow copy's destination: read_many_write_one;
+an external snapshot esnap clones read: read_many_write_none); the order bdevs registered in (bdev_get_bdevs
+lists them so); and running a model operation so that a refusal becomes SPDK's error reply and a crash kills the
+target. The handler families (framework_methods, bdev_methods, lvstore_methods, lvol_methods) are written on top.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import random
 import time
 import uuid as uuid_mod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -24,6 +27,23 @@ from harness.sim.bdevs import BaseBdev, BlobstoreLayout
 from harness.sim.protocol import ERROR_INVALID_PARAMS, SimulatedCrash, fault, no_device
 
 LVS_NAME_MAX = 255
+CLAIM_WRITER = "read_many_write_one"
+"""spdk_bs_bdev_claim of a writable bs_dev: an lvstore's base bdev, a shallow copy's destination (recorded)."""
+CLAIM_READER = "read_many_write_none"
+"""spdk_bs_bdev_claim of a read-only bs_dev: the external snapshot of esnap clones (recorded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BdevRef:
+    """Any bdev as spdk_bdev_get_by_name finds it: a base bdev, or an lvol (its store and blob)."""
+
+    name: str
+    uuid: str
+    size_bytes: int
+    block_size: int
+    base: BaseBdev | None = None
+    store: LvolStore | None = None
+    lvol: Lvol | None = None
 
 
 @dataclass(eq=False)
@@ -55,7 +75,12 @@ class TargetState:
         self.stores: dict[str, LvolStore] = {}  # by lvstore uuid, in creation order
         self._layouts: dict[str, BlobstoreLayout] = {}
         self._on_disk: dict[str, tuple[LvolStore, BlobstoreLayout]] = {}
-        """Lvstores unloaded from an aio file, by file name: what the file still holds."""
+        """Lvstores unloaded from an aio file (by file name) or from an lvol (by `lvol:<uuid>`): what it holds."""
+        self._nested: dict[str, str] = {}
+        """Lvol UUID -> the UUID of the lvstore on that lvol's bdev (which claims it)."""
+        self._registered: dict[str, int] = {}
+        """Bdev name -> when it registered: bdev_get_bdevs lists bdevs in registration order."""
+        self._reg_clock = itertools.count()
         self._copies: dict[int, ShallowCopy] = {}
         self._copy_count = 0
         self._malloc_count = 0
@@ -123,21 +148,163 @@ class TargetState:
         return store
 
     def _find_lvol(self, name: str | None) -> tuple[LvolStore, Lvol] | None:
-        """spdk_bdev_get_by_name + vbdev_lvol_get_from_bdev: an lvol by its bdev name (UUID) or alias."""
+        """spdk_bdev_get_by_name + vbdev_lvol_get_from_bdev: an lvol by its bdev name (UUID) or alias. A
+        degraded lvol has no bdev: not found."""
         if name is None or name in self.bdevs:
             return None
         for store in self.stores.values():
             lv = store.find_by_uuid(name)
             if lv is not None:
-                return store, lv
+                return None if store.missing_esnaps and store.is_degraded(lv) else (store, lv)
         for i, ch in enumerate(name):
             if ch == "/":
                 named = self._store_by_name(name[:i])
                 if named is not None:
                     lv = named.find_by_alias_tail(name[i + 1 :])
-                    if lv is not None:
+                    if lv is not None and not (named.missing_esnaps and named.is_degraded(lv)):
                         return named, lv
         return None
+
+    def _base_named(self, name: str, *, deleting: bool = False) -> BaseBdev | None:
+        """A malloc or aio bdev by its name or its alias (the UUID); one being deleted only if `deleting`."""
+        bdev = self.bdevs.get(name)
+        if bdev is None:
+            bdev = next((b for b in self.bdevs.values() if b.uuid == name), None)
+        if bdev is None or (bdev.deleting and not deleting):
+            return None
+        return bdev
+
+    def _bdev_ref(self, name: str, *, deleting: bool = False) -> BdevRef | None:
+        """Any bdev by name or alias: a base bdev or an lvol's."""
+        base = self._base_named(name, deleting=deleting)
+        if base is not None:
+            return BdevRef(base.name, base.uuid, base.size_bytes, base.block_size, base=base)
+        found = self._find_lvol(name)
+        if found is None:
+            return None
+        store, lv = found
+        return BdevRef(lv.uuid, lv.uuid, store.size_bytes(lv), store.block_size, store=store, lvol=lv)
+
+    def _esnap_holders(self) -> dict[str, int]:
+        """External snapshot UUID -> how many blobs of all lvstores read it."""
+        held: dict[str, int] = {}
+        for store in self.stores.values():
+            for uuid, n in store.esnaps_held().items():
+                held[uuid] = held.get(uuid, 0) + n
+        return held
+
+    def _claim(self, name: str, uuid: str, holders: dict[str, int] | None = None) -> str | None:
+        """The claim on a bdev (`bdev_get_bdevs`' claim_type), None when unclaimed."""
+        base = self.bdevs.get(name)
+        if (base is not None and base.lvs_uuid is not None) or name in self._nested or self._copy_target(name):
+            return CLAIM_WRITER
+        held = self._esnap_holders() if holders is None else holders
+        return CLAIM_READER if held.get(uuid) else None
+
+    def _memory_domains(self, store: LvolStore, lv: Lvol | None = None, depth: int = 0) -> int:
+        """Memory domains an lvol reports (vbdev_lvol_get_memory_domains): its lvstore's base bdev's, plus its
+        external snapshot's when it reads one. `lv` None: the base bdev's alone."""
+        count = 0
+        ref = self._bdev_ref(store.base_bdev, deleting=True) if depth < 8 else None
+        if ref is not None:
+            count = ref.base.memory_domains if ref.base is not None else \
+                self._memory_domains(ref.store, ref.lvol, depth + 1)  # type: ignore[arg-type]
+        if lv is not None and lv.esnap is not None and depth < 8:
+            esnap = self._bdev_ref(lv.esnap, deleting=True)
+            if esnap is not None:
+                count += esnap.base.memory_domains if esnap.base is not None else \
+                    self._memory_domains(esnap.store, esnap.lvol, depth + 1)  # type: ignore[arg-type]
+        return count
+
+    def _register(self, names: Iterable[str]) -> None:
+        """Bdevs registered now, in this order (spdk_bdev_register). Each is examined: it may hold an lvstore
+        this target unloaded from it (vbdev_lvs_examine_disk), or be an external snapshot some lvstore misses
+        (vbdev_lvs_examine_config -> spdk_lvs_notify_hotplug)."""
+        for name in list(names):
+            self._registered[name] = next(self._reg_clock)
+            ref = self._bdev_ref(name)
+            if ref is None:
+                continue
+            key = ref.base.filename if ref.base is not None else f"lvol:{ref.uuid}"
+            if key is not None and key in self._on_disk:
+                self._examine(key, ref)
+            if any(store.missing_esnaps for store in self.stores.values()):
+                self._hotplug(ref.uuid)
+
+    def _examine(self, key: str, ref: BdevRef) -> None:
+        """vbdev_lvs_examine: a bdev holding an lvstore (one this target unloaded from the same file or lvol)
+        loads it; its esnap clones whose external snapshot is missing load degraded, and its lvols register
+        in the order their opens complete."""
+        store, layout = self._on_disk[key]
+        if store.uuid in self.stores or self._store_by_name(store.name) is not None:
+            return  # spdk_lvs_load refuses a duplicate lvstore (same uuid or name): the bdev stays unclaimed
+        del self._on_disk[key]
+        store.base_bdev = ref.name
+        holders = {b.uuid for b in self.bdevs.values() if not b.deleting}
+        opened = store.reload(lambda esnap: esnap in holders or self._find_lvol(esnap) is not None)
+        self.stores[store.uuid] = store
+        self._layouts[store.uuid] = layout
+        if ref.base is not None:
+            ref.base.lvs_uuid = store.uuid
+        else:
+            self._nested[ref.uuid] = store.uuid
+        self._register(lv.uuid for lv in opened)
+
+    def _hotplug(self, uuid: str) -> None:
+        for store in list(self.stores.values()):
+            if uuid in store.missing_esnaps:
+                self._register(lv.uuid for lv in store.hotplug(uuid))
+
+    def _settle_bdevs(self) -> None:
+        """After a change to lvols: a bdev being deleted that no esnap clone holds any more goes; an lvstore
+        on an lvol that is gone (deleted, or unloaded with its own lvstore) is unloaded."""
+        if any(b.deleting for b in self.bdevs.values()):
+            holders = self._esnap_holders()
+            for bdev in [b for b in self.bdevs.values() if b.deleting and not holders.get(b.uuid)]:
+                self._remove_base(bdev)
+        for lvol_uuid, lvs_uuid in list(self._nested.items()):
+            if self._find_lvol(lvol_uuid) is None and lvs_uuid in self.stores:
+                self._unload(self.stores[lvs_uuid], keep=f"lvol:{lvol_uuid}")
+
+    def _remove_base(self, bdev: BaseBdev) -> None:
+        del self.bdevs[bdev.name]
+        self._malloc_mib.pop(bdev.name, None)
+        self._registered.pop(bdev.name, None)
+
+    def _unload(self, store: LvolStore, keep: str | None) -> None:
+        """Hot remove of the lvstore's base bdev: the lvstore is unloaded; `keep`: where what it holds stays
+        (an aio file, an lvol that may load again), None when it is gone with its base (a malloc bdev, a
+        deleted lvol)."""
+        if keep is not None and (not keep.startswith("lvol:") or self._lvol_survives(keep)):
+            self._on_disk[keep] = (store, self._layouts[store.uuid])
+        self._drop_store(store)
+        self._settle_bdevs()
+
+    def _lvol_survives(self, key: str) -> bool:
+        """An lvol that went with its lvstore's unload (not deleted) comes back when that lvstore loads."""
+        uuid = key.removeprefix("lvol:")
+        return any(store.find_by_uuid(uuid) is not None for store in self.stores.values()) or \
+            any(st.find_by_uuid(uuid) is not None for st, _ in self._on_disk.values())
+
+    def _listed_bdevs(self) -> list[tuple[str, BaseBdev | None, LvolStore | None, Lvol | None]]:
+        """Every bdev (base bdevs, lvols with bdevs) in registration order; forgets what went."""
+        items: list[tuple[int, str, BaseBdev | None, LvolStore | None, Lvol | None]] = []
+        seen: set[str] = set()
+        for bdev in self.bdevs.values():
+            if not bdev.deleting:
+                items.append((self._registered.get(bdev.name, -1), bdev.name, bdev, None, None))
+                seen.add(bdev.name)
+        for store in self.stores.values():
+            degraded = bool(store.missing_esnaps)
+            for lv in store.lvols():
+                if degraded and store.is_degraded(lv):
+                    continue
+                items.append((self._registered.get(lv.uuid, 1 << 62), lv.uuid, None, store, lv))
+                seen.add(lv.uuid)
+        for name in [n for n in self._registered if n not in seen]:
+            del self._registered[name]
+        items.sort(key=lambda item: item[0])
+        return [(name, base, store, lv) for _, name, base, store, lv in items]
 
     def _lvol(self, name: object) -> tuple[LvolStore, Lvol]:
         found = self._find_lvol(name if isinstance(name, str) else None)
@@ -150,13 +317,11 @@ class TargetState:
         return any(cp.dst == name and not cp.job.done for cp in self._copies.values())
 
     def _bdev_size(self, name: str) -> int | None:
-        if name in self.bdevs:
-            return self.bdevs[name].size_bytes
-        found = self._find_lvol(name)
-        return None if found is None else found[0].size_bytes(found[1])
+        ref = self._bdev_ref(name)
+        return None if ref is None else ref.size_bytes
 
     def _name_taken(self, name: str) -> bool:
-        return name in self.bdevs or self._find_lvol(name) is not None
+        return self._bdev_ref(name, deleting=True) is not None
 
     def _check_alias_free(self, store: LvolStore, name: object) -> None:
         """A new lvol's bdev alias `lvs/name` must not be another bdev's name (spdk_bdev_register: EEXIST,
@@ -165,7 +330,7 @@ class TargetState:
                 and f"{store.name}/{name}" in self.bdevs):
             raise fault(errno.EEXIST, ERROR_INVALID_PARAMS)
 
-    def _new_store(self, name: str, uuid: str, bdev: BaseBdev, total: int, cluster_sz: int) -> LvolStore:
+    def _new_store(self, name: str, uuid: str, bdev: BdevRef, total: int, cluster_sz: int) -> LvolStore:
         return LvolStore(
             name=name,
             uuid=uuid,
@@ -184,6 +349,11 @@ class TargetState:
         bdev = self.bdevs.get(store.base_bdev)
         if bdev is not None and bdev.lvs_uuid == store.uuid:
             bdev.lvs_uuid = None
+        if self._nested.get(store.base_bdev) == store.uuid:
+            del self._nested[store.base_bdev]
+        for lvol_uuid, lvs_uuid in list(self._nested.items()):  # lvstores on its lvols go with it
+            if lvs_uuid in self.stores and store.find_by_uuid(lvol_uuid) is not None:
+                self._unload(self.stores[lvs_uuid], keep=f"lvol:{lvol_uuid}")
         for cp in self._copies.values():
             if cp.store is store and not cp.job.done:
                 cp.job.error = errno.ECANCELED

@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.model.lvstore import LvolStore
 from harness.storm.busy import BusyWindows, busy_delete_removed
+from harness.storm.esnaps import EsnapBdevs
 from harness.storm.findings import Finding, Findings
 from harness.storm.following import follow
 from harness.storm.grouping import Grouping
@@ -35,11 +36,15 @@ class Checker:
     """Judges replies, keeps the model and the view in step, and collects findings."""
 
     def __init__(self, view: TreeView, lvs: LvstoreInfo, *, check_busy_delete: bool = True,
-                 copy_dst_bytes: int = 0) -> None:
+                 copy_dst_bytes: int = 0, esnaps: EsnapBdevs | None = None) -> None:
         self.view = view
         self.lvs = lvs
         self.check_busy_delete = check_busy_delete
-        self.mirror = ModelMirror(lvs, copy_dst_bytes=copy_dst_bytes)
+        self.mirror = ModelMirror(lvs, copy_dst_bytes=copy_dst_bytes, esnaps=esnaps)
+        self._order_due = False
+        self._blob_ops_inflight = 0
+        """Ops in flight that make or delete a blob: two at once may take metadata pages in another order in
+        the target than the checker applies them, and then the model's blob ids are no longer the target's."""
         self.grouping = Grouping(view)
         self.busy = BusyWindows()
         self.taint = Taint()
@@ -77,10 +82,18 @@ class Checker:
         self.grouping.forget_groups()
 
     def on_reload(self) -> None:
-        """The lvstore was unloaded and loaded again (nothing in flight): jobs and open blobs are gone."""
+        """The lvstore was unloaded and loaded again (nothing in flight): jobs and open blobs are gone, esnap
+        clones of external snapshots missing now are degraded, and the next comparison checks the listing
+        order (blob ids) when the model's blob ids are the target's."""
         self.settle()
-        self.model.reload()
+        self.model.reload(self.mirror.esnaps.present)
         self.busy.clear()
+        self._order_due = self.mirror.pages_exact
+
+    def on_esnap_arrived(self, uuid: str) -> None:
+        """A missing external snapshot was made again (nothing in flight): its degraded clones get bdevs."""
+        self.settle()
+        self.model.hotplug(uuid)
 
     def reset_lvstore_name(self, name: str) -> None:
         self.model.name = name
@@ -93,6 +106,10 @@ class Checker:
     def on_send(self, op: Op) -> None:
         op.keys = self.grouping.keys_of(op)
         rule = op.rule
+        if rule.creates_lvol or rule.view == "remove":
+            if self._blob_ops_inflight:
+                self.mirror.pages_exact = False
+            self._blob_ops_inflight += 1
         if rule.view == "remove":
             # Until it answers, no other op is aimed at it (a pick would mostly meet No such device).
             self.view.hide(str(op.params.get(rule.lvol_params[0])))
@@ -108,6 +125,9 @@ class Checker:
         """No reply will come (timeout, lost connection): its effect is unknown; resync before judging more."""
         self.grouping.leave(op)
         rule = op.rule
+        if rule.creates_lvol or rule.view == "remove":
+            self._blob_ops_inflight -= 1
+            self.mirror.pages_exact = False
         if rule.view == "remove":
             self.view.unhide(str(op.params.get(rule.lvol_params[0])))
         self.taint.everything = True
@@ -119,6 +139,8 @@ class Checker:
     def on_reply(self, op: Op) -> None:
         self.grouping.leave(op)
         rule = op.rule
+        if rule.creates_lvol or rule.view == "remove":
+            self._blob_ops_inflight -= 1
         created = op.result if op.ok and rule.creates_lvol and isinstance(op.result, str) else None
         if created is not None and self.taint.any_of(op.keys):
             # Made from an lvol the model is unsure of (a snapshot takes its origin's parent and clusters):
@@ -275,7 +297,8 @@ class Checker:
         if leak is not None:
             found.append(leak)
         if not quiet:
-            found.extend(listing_diff(lvols, bdevs, store, self.model))
+            found.extend(listing_diff(lvols, bdevs, store, self.model, check_order=self._order_due))
+        self._order_due = False
         self.leaks.clear()
         if found or quiet or store.free_clusters != self.model.free_clusters:
             self.adopt(lvols, bdevs, store)

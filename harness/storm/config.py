@@ -169,6 +169,30 @@ def check_against_capabilities(cfg: StormConfig, capabilities: set[str]) -> list
     return sorted(m for m, w in cfg.mix.items() if w > 0 and m not in capabilities)
 
 
+ESNAP_METHODS = ("bdev_lvol_clone_bdev", "bdev_lvol_set_parent_bdev")
+ESNAP_STRATEGIES = ("esnap-clone-tree", "esnap-reparent", "esnap-missing-reload", "esnap-external-delete",
+                    "lvstore-reload-many")
+EPISODE_ESNAP_MIB = 4
+"""An episode that deletes an external snapshot makes its own, this large (rounded up to a cluster)."""
+
+
+def esnap_bdev_mibs(cfg: StormConfig, cluster_size: int) -> list[int]:
+    """The malloc bdevs the storm makes as external snapshots (none without esnap methods or strategies): two
+    shared ones, as large as the largest and the smallest mix lvol (whole clusters), and one per lane (workers x
+    depth) for the episodes that make and delete their own. The target session reserves their hugepages before
+    the target starts."""
+    wants = (any(cfg.mix.get(m, 0) > 0 for m in ESNAP_METHODS)
+             or any(s in cfg.strategies for s in ESNAP_STRATEGIES))
+    if not wants:
+        return []
+    cluster_mib = max(1, -(-cluster_size // MIB))
+    lo, hi = cfg.lvol_size_mib
+    shared = [-(-m // cluster_mib) * cluster_mib for m in (hi, lo)]
+    deleting = any(s in cfg.strategies for s in ("esnap-missing-reload", "esnap-external-delete"))
+    own = [-(-EPISODE_ESNAP_MIB // cluster_mib) * cluster_mib] * cfg.workers * cfg.depth if deleting else []
+    return shared + own
+
+
 def copy_destination_mib(cfg: StormConfig, cluster_size: int) -> int:
     """The malloc bdev the storm makes as its shallow copies' destination (0: it makes none): as large as the
     largest mix lvol and, for busy-delete, as a busy snapshot of BUSY_MIN_CLUSTERS (a smaller destination

@@ -12,6 +12,7 @@ from typing import Protocol
 from harness.rpc.client import RpcConnection
 from harness.storm.checker import Checker, Finding, LvstoreInfo
 from harness.storm.config import StormConfig
+from harness.storm.esnaps import EsnapBdev, EsnapBdevs
 from harness.storm.operations import Op
 from harness.storm.scheduler import Scheduler, WorkerStream
 from harness.storm.space import SpaceLedger
@@ -43,6 +44,7 @@ class StormControl(Protocol):
     lvs_name: str
     copy_dst: str | None
     copy_dst_mib: int
+    esnaps: EsnapBdevs
     stopping: bool
     episode_notes: Counter[tuple[str, str]]
 
@@ -60,8 +62,13 @@ class StormControl(Protocol):
         """Send op, wait for its reply, judge it; raises Stopping when the storm stops."""
         ...
 
-    async def plain(self, op: Op, conn: RpcConnection) -> None:
-        """Send an op the checker does not model (lvstore lifetime), still counted and timed."""
+    async def plain(self, op: Op, conn: RpcConnection, *, timeout: float | None = None) -> None:
+        """Send an op the checker does not model (lvstore lifetime, external snapshots, a nested lvstore),
+        still counted and timed."""
+        ...
+
+    async def make_esnap(self, name: str, mib: int, conn: RpcConnection) -> EsnapBdev | None:
+        """A malloc bdev to be an external snapshot, with the run's stable UUID for its name."""
         ...
 
     def exclusive(self) -> AbstractAsyncContextManager[None]:

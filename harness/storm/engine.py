@@ -25,17 +25,20 @@ from harness.history import EPISODE, SETUP_WORKER, History
 from harness.hosts.base import Host
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
-from harness.rpc_rules.table import COPY_DST
+from harness.rpc_rules.table import COPY_DST, ESNAP_PREFIX
 from harness.storm.checker import Checker, Finding, LvstoreInfo
 from harness.storm.config import (
+    ESNAP_METHODS,
     MIB,
     StormConfig,
     check_against_capabilities,
     check_against_lvstore,
     copy_destination_mib,
+    esnap_bdev_mibs,
 )
 from harness.storm.control import Stopping, Worker
 from harness.storm.episodes import Episode
+from harness.storm.esnaps import ESNAP_COUNT, EsnapBdev, EsnapBdevs, esnap_uuid
 from harness.storm.operations import Op
 from harness.storm.progress import Progress
 from harness.storm.result import StormResult
@@ -83,6 +86,7 @@ class Storm:
         self._lvs: LvstoreInfo | None = None
         self.copy_dst: str | None = None
         self.copy_dst_mib = cfg.lvol_size_mib[1]
+        self.esnaps = EsnapBdevs()
         self.next_send = 0.0
         self.t0 = 0.0
         self.last_reply = 0.0
@@ -138,10 +142,16 @@ class Storm:
             await self._make_copy_dst()
         if "bdev_lvol_start_shallow_copy" in mix and self.copy_dst is None:
             mix.pop("bdev_lvol_start_shallow_copy")
+        if esnap_bdev_mibs(cfg, lvs.cluster_size) and "bdev_lvol_clone_bdev" in self.capabilities:
+            await self._make_esnaps()
+        if not self.esnaps.shared:
+            for method in ESNAP_METHODS:
+                mix.pop(method, None)
         self.sched.lvs_name = self.lvs_name
         self.sched.copy_dst = self.copy_dst
+        self.sched.esnaps = self.esnaps
         self._checker = Checker(self.view, lvs, check_busy_delete=cfg.check_busy_delete,
-                                copy_dst_bytes=self.copy_dst_mib * MIB)
+                                copy_dst_bytes=self.copy_dst_mib * MIB, esnaps=self.esnaps)
         hi_clusters = -(-cfg.lvol_size_mib[1] * 1024 * 1024 // self.lvs.cluster_size)
         self.checker.space_margin = 2 * hi_clusters * cfg.workers * cfg.depth
         await self.resync(initial=True)
@@ -182,6 +192,41 @@ class Storm:
             else:
                 self.result.notes.append(f"no shallow copies: bdev_malloc_create {COPY_DST} failed: {exc}")
 
+    async def _make_esnaps(self) -> None:
+        """The shared external snapshots the mix makes esnap clones of (`harness.storm.esnaps`)."""
+        assert self.setup_conn is not None
+        sizes = esnap_bdev_mibs(self.cfg, self.lvs.cluster_size)[:ESNAP_COUNT]
+        for i, mib in enumerate(sizes):
+            name = f"{ESNAP_PREFIX}{i}"
+            made = await self.make_esnap(name, mib, self.setup_conn)
+            if made is None:
+                return
+            self.esnaps.add(made, shared=True)
+
+    async def make_esnap(self, name: str, mib: int, conn: RpcConnection) -> EsnapBdev | None:
+        """A malloc bdev to be an external snapshot, with the run's stable UUID for its name (None, noted, if
+        the target refused; an existing one is taken as it is)."""
+        block = self.lvs.block_size or 4096
+        uuid = esnap_uuid(self.cfg.seed, name)
+        try:
+            await conn.call("bdev_malloc_create", {"name": name, "num_blocks": mib * MIB // block,
+                                                   "block_size": block, "uuid": uuid}, timeout=self.cfg.op_timeout)
+            # Until the examine lets go of a new bdev (it holds it open for writing while it looks for an
+            # lvstore), an esnap clone of it cannot claim it and is made degraded (seen on 1975133e9: a
+            # create and a clone_bdev in one write give a UUID and an lvol without a bdev).
+            await conn.call("bdev_wait_for_examine", None, timeout=self.cfg.op_timeout)
+        except RpcError as exc:
+            if exc.errno_name != "EEXIST":
+                self.result.notes.append(f"no external snapshot {name}: bdev_malloc_create failed: {exc}")
+                return None
+            try:
+                b = (await conn.call("bdev_get_bdevs", {"name": name}, timeout=self.cfg.op_timeout))[0]
+            except (RpcError, TypeError, KeyError, IndexError):
+                self.result.notes.append(f"no external snapshot {name}: {exc}, and it cannot be read")
+                return None
+            return EsnapBdev(name, b["uuid"], b["num_blocks"] * b["block_size"])
+        return EsnapBdev(name, uuid, mib * MIB)
+
     async def resync(self, initial: bool = False) -> list[Finding]:
         """List the target's lvols and bdevs and compare them with the model (or adopt them at start)."""
         assert self.setup_conn is not None
@@ -194,6 +239,7 @@ class Storm:
                  if b.get("product_name") == "Logical Volume"}
         store = LvstoreInfo.from_reply(stores[0])
         self.space.saw_free(store.free_clusters)
+        self._lvs = store  # after an lvstore was made again: its new UUID (a reload checks it comes back)
         if initial:
             self.checker.adopt(lvols, bdevs, store)
             return []
@@ -506,6 +552,11 @@ class Storm:
         if self.copy_dst and alive:
             with contextlib.suppress(RpcError):
                 await conn.call("bdev_malloc_delete", {"name": self.copy_dst}, timeout=self.cfg.op_timeout)
+        if alive and not self.view.nodes:  # an esnap clone left would hold its bdev: the delete would wait
+            for bdev in self.esnaps.by_name.values():
+                if bdev.state == "present":
+                    with contextlib.suppress(RpcError):
+                        await conn.call("bdev_malloc_delete", {"name": bdev.name}, timeout=self.cfg.op_timeout)
         res.stop_reason = self.stop_reason or "duration"
         res.ops = sum(self.ops_by_method.values())
         res.ops_by_method = dict(self.ops_by_method)
@@ -566,12 +617,13 @@ class Storm:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), timeout=1.0)
 
-    async def plain(self, op: Op, conn: RpcConnection) -> None:
-        """Send an op the checker does not model (lvstore lifetime), still counted and timed."""
+    async def plain(self, op: Op, conn: RpcConnection, *, timeout: float | None = None) -> None:
+        """Send an op the checker does not model (lvstore lifetime, external snapshots, a nested lvstore),
+        still counted and timed; `timeout` beyond op_timeout for a reply that waits on purpose."""
         op.conn = conn.conn
         op.t_start = time.time()
         try:
-            op.result = await conn.call(op.method, op.params, timeout=self.cfg.op_timeout)
+            op.result = await conn.call(op.method, op.params, timeout=timeout or self.cfg.op_timeout)
         except RpcConnectionLost:
             self.stop("connection_lost")
             raise Stopping from None

@@ -12,17 +12,24 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from harness.storm.config import BUSY_MAX_MIB, BUSY_MIN_CLUSTERS, MIB
+from harness.rpc_rules.table import ESNAP_PREFIX
+from harness.storm.config import BUSY_MAX_MIB, BUSY_MIN_CLUSTERS, EPISODE_ESNAP_MIB, MIB
 from harness.storm.control import Stopping, StormControl, Worker
-from harness.storm.lvstore_cycles import recreate_lvstore, reload_lvstore
+from harness.storm.esnaps import EsnapBdev
+from harness.storm.lvstore_cycles import recreate_lvstore, reload_blocker, reload_lvstore
+from harness.storm.mirror import LvstoreInfo
+from harness.storm.nested import NestedLvstore
 from harness.storm.operations import OPTIONAL_METHODS, Op
 
 SPACE_WAIT_S = 2.0
 SPACE_TRIES = 40
 SPACE_REREAD_S = 0.1
+DELETE_SEEN_TRIES = 50
+"""Reads (20 ms apart) that wait for a held external snapshot's delete to reach the target."""
+NESTED_CLUSTER = 1024 * 1024
 
 
 class Episode:
@@ -186,5 +193,107 @@ class Episode:
     async def recreate_lvstore(self) -> None:
         await recreate_lvstore(self.storm, self.worker)
 
-    async def reload_lvstore(self) -> str | None:
-        return await reload_lvstore(self.storm, self.worker)
+    async def reload_lvstore(self, while_unloaded: Callable[[], Awaitable[None]] | None = None) -> str | None:
+        return await reload_lvstore(self.storm, self.worker, while_unloaded)
+
+    async def resync(self) -> None:
+        """Compare the target's whole tree with the model now (exclusive only)."""
+        for finding in await self.storm.resync():
+            self.storm.checker.add(finding)
+
+    async def plain(self, method: str, params: dict[str, Any], *, peer: bool = False,
+                    timeout: float | None = None) -> Op:
+        """A call the checker does not judge (external snapshots, nested lvstores), counted and timed."""
+        conn = self.worker.peer if peer and self.worker.peer is not None else self.worker.conn
+        op = Op(method, params, self.worker.index, label=self.label)
+        await self.storm.plain(op, conn, timeout=timeout)
+        return op
+
+    # -- external snapshots ---------------------------------------------------------------------------
+
+    def pick_esnap(self) -> str | None:
+        """One of the storm's shared external snapshots, or None (noted) when it has none."""
+        shared = self.storm.esnaps.shared
+        if not shared:
+            self.note("the storm has no external snapshots (the target lacks bdev_lvol_clone_bdev)")
+            return None
+        return shared[self.rng.randrange(len(shared))]
+
+    def esnap_mib(self, name: str) -> int:
+        bdev = self.storm.esnaps.by_name.get(name)
+        return bdev.size_bytes // MIB if bdev is not None else self.size_mib()
+
+    async def own_esnap(self) -> EsnapBdev | None:
+        """An external snapshot of this episode's own (one it may delete; `drop_esnap` when done)."""
+        name = f"{ESNAP_PREFIX}_{self.name('x')}"
+        cs = self.storm.lvs.cluster_size
+        made = await self.storm.make_esnap(name, -(-EPISODE_ESNAP_MIB * MIB // cs) * cs // MIB, self.worker.conn)
+        if made is None:
+            self.note(f"could not make {name}")
+            return None
+        self.storm.esnaps.add(made)
+        return made
+
+    async def delete_esnap(self, bdev: EsnapBdev, *, held: bool) -> asyncio.Task[Op]:
+        """Start deleting an external snapshot on the peer connection. `held`: esnap clones hold it, so the
+        reply waits until they let go: the task is that reply; this returns once the target has taken the
+        bdev out of its listings (the checker judges what follows against a bdev being deleted)."""
+        op_timeout = self.storm.cfg.op_timeout
+
+        async def delete() -> Op:
+            op = Op("bdev_malloc_delete", {"name": bdev.name}, self.worker.index, label=self.label)
+            with contextlib.suppress(Stopping):  # the storm stopping (a death) while the reply waits
+                op = await self.plain("bdev_malloc_delete", {"name": bdev.name}, peer=True, timeout=op_timeout * 4)
+            if op.ok:
+                bdev.state = "gone"
+            return op
+
+        task = asyncio.ensure_future(delete())
+        if held:
+            for _ in range(DELETE_SEEN_TRIES):
+                probe = await self.plain("bdev_get_bdevs", {"name": bdev.name})
+                if probe.errno_name == "ENODEV" or task.done():
+                    break
+                await asyncio.sleep(0.02)
+            if not task.done():
+                bdev.state = "deleting"
+        else:
+            await task
+        return task
+
+    async def drop_esnap(self, bdev: EsnapBdev) -> None:
+        """The episode is done with its external snapshot: deleted if it is there, forgotten."""
+        if bdev.state == "present":
+            await self.delete_esnap(bdev, held=False)
+        if bdev.state == "gone":
+            self.storm.esnaps.by_name.pop(bdev.name, None)
+
+    async def reload_blocker(self) -> str | None:
+        """Why the lvstore cannot be unloaded and loaded again (its base bdev is not an aio bdev), or None."""
+        return await reload_blocker(self.storm, self.worker)
+
+    async def recreate_esnap(self, bdev: EsnapBdev) -> bool:
+        """Make a deleted external snapshot again under its UUID (exclusive only): the lvstore's degraded
+        esnap clones of it get their bdevs (hotplug)."""
+        made = await self.storm.make_esnap(bdev.name, bdev.size_bytes // MIB, self.worker.conn)
+        if made is None or made.uuid != bdev.uuid:
+            self.note(f"could not make {bdev.name} again under its UUID")
+            return False
+        bdev.state = "present"
+        self.storm.checker.on_esnap_arrived(bdev.uuid)
+        return True
+
+    # -- a nested lvstore -----------------------------------------------------------------------------
+
+    async def make_nested(self, lvol: str, name: str) -> NestedLvstore | None:
+        """An lvstore on the lvol's bdev, judged by a model of its own (None, noted, if the target refused)."""
+        op = await self.plain("bdev_lvol_create_lvstore", {"bdev_name": lvol, "lvs_name": name,
+                                                           "cluster_sz": NESTED_CLUSTER})
+        if not op.ok:
+            self.note(f"bdev_lvol_create_lvstore on an lvol answered {op.outcome}")
+            return None
+        info = await self.plain("bdev_lvol_get_lvstores", {"lvs_name": name})
+        if not info.ok or not info.result:
+            self.note(f"the nested lvstore {name} is not listed: {info.outcome}")
+            return None
+        return NestedLvstore(self.storm, self.worker, LvstoreInfo.from_reply(info.result[0]), self.label)

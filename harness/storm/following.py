@@ -25,6 +25,11 @@ def _add(view: TreeView, rule: Rule, p: dict[str, Any], result: Any) -> None:
     view.add(result, _given_name(rule, p), thin=bool(p.get("thin_provision")), size_mib=p["size_in_mib"])
 
 
+def _esnap_clone(view: TreeView, rule: Rule, p: dict[str, Any], result: Any) -> None:
+    # A thin lvol with no parent in the lvstore (its size is the external bdev's: the next resync reads it).
+    view.add(result, _given_name(rule, p), thin=True)
+
+
 def _snapshot(view: TreeView, rule: Rule, p: dict[str, Any], result: Any) -> None:
     view.insert_snapshot(p[rule.lvol_params[0]], result, _given_name(rule, p))
 
@@ -71,6 +76,7 @@ def _resize(view: TreeView, rule: Rule, p: dict[str, Any], result: Any) -> None:
 
 EFFECTS: dict[ViewEffect, Follow] = {
     "add": _add,
+    "esnap-clone": _esnap_clone,
     "snapshot": _snapshot,
     "clone": _clone,
     "remove": _remove,

@@ -1,6 +1,8 @@
 """What only the target's whole listing can show, at quiesce points and at the end: lvols the model does not
-have (or has and the target lost), wrong parent/child links, free clusters the model does not expect, and
-clusters in use that no live lvol holds (a leak, exposed by the deletes and shrinks since the last check)."""
+have (or has and the target lost), wrong parent/child links (external snapshots included), lvols degraded or
+not as the model expects, free clusters the model does not expect, clusters in use that no live lvol holds (a
+leak, exposed by the deletes and shrinks since the last check), and after a reload the listing order (blob id
+order, when the model's blob ids are the target's)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ SUSPECTS_KEPT = 64
 
 
 def listing_diff(lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]], store: LvstoreInfo,
-                 model: LvolStore) -> list[Finding]:
-    """The target's listing (bdev_lvol_get_lvols, bdev_get_bdevs by UUID, the lvstore) against the model."""
+                 model: LvolStore, *, check_order: bool = False) -> list[Finding]:
+    """The target's listing (bdev_lvol_get_lvols, bdev_get_bdevs by UUID, the lvstore) against the model;
+    `check_order`: the listing order too (right after a reload, with the model's blob ids the target's)."""
     found: list[Finding] = []
     target = {e["uuid"]: e for e in lvols}
     ours = {lv.uuid: lv for lv in model.lvols()}
@@ -29,11 +32,25 @@ def listing_diff(lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]], 
         found.append(Finding("missing-lvol", f"model has {ours[u].name} ({u}) but the target does not "
                              "list it (deleted without a successful delete)"))
     for u in target.keys() & ours.keys():
+        degraded = bool(target[u].get("is_degraded"))
+        if degraded != model.is_degraded(ours[u]):
+            found.append(Finding("wrong-degraded", f"{target[u]['alias']}: target reports is_degraded={degraded}, "
+                                 f"model expects {not degraded} (external snapshot {model.esnap_root(ours[u]).esnap})"))
+            continue
         got = links_of_bdev_reply([bdevs.get(u, {})])
+        if got is None:
+            continue  # degraded: no bdev to read links from
         want = model.bdev_links(u)
-        if got is not None and got != want:
+        if got != want:
             found.append(Finding("wrong-links", f"{target[u]['alias']}: target reports {got}, model "
                                  f"expects {want}"))
+    if check_order and not found:
+        order_t = [e["uuid"] for e in lvols if e["uuid"] in ours]
+        order_m = [lv.uuid for lv in model.lvols() if lv.uuid in target]
+        if order_t != order_m:
+            found.append(Finding("wrong-listing-order", f"lvstore {store.name}: after the reload the target lists "
+                                 f"{[target[u]['name'] for u in order_t]}, the model (blob id order) "
+                                 f"{[ours[u].name for u in order_m]}"))
     if store.free_clusters != model.free_clusters and not found:
         found.append(Finding("free-clusters", f"lvstore {store.name}: free_clusters {store.free_clusters}, "
                              f"model expects {model.free_clusters}"))

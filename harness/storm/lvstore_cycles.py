@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from harness.rpc.errors import RpcError
@@ -35,20 +36,46 @@ async def recreate_lvstore(storm: StormControl, worker: Worker) -> None:
     storm.sched.lvs_name = storm.lvs_name
     await storm.resync(initial=True)
 
-async def reload_lvstore(storm: StormControl, worker: Worker) -> str | None:
-    """Unload the lvstore by hot-removing its aio base bdev, make the bdev again on the same file and let
-    the examine load it (exclusive only): what is on disk must come back exactly as the model has it.
-    Returns why it did not happen (not aio, a refused step), or None."""
-    lvs, checker = storm.lvs, storm.checker
-    conn, t = worker.conn, storm.cfg.op_timeout
-    base = lvs.base_bdev
+async def _base_info(storm: StormControl, worker: Worker) -> dict[str, Any] | str:
+    """The lvstore's base bdev as bdev_get_bdevs shows it, or why it cannot be reloaded."""
+    base = storm.lvs.base_bdev
     try:
-        info = (await conn.call("bdev_get_bdevs", {"name": base}, timeout=t))[0]
+        info = (await worker.conn.call("bdev_get_bdevs", {"name": base}, timeout=storm.cfg.op_timeout))[0]
     except RpcError as exc:
         return f"bdev_get_bdevs {base}: {exc}"
     aio = (info.get("driver_specific") or {}).get("aio")
     if not isinstance(aio, dict) or not aio.get("filename"):
         return f"base bdev {base} is not an aio bdev (bdev.kind: aio reloads; malloc would lose the data)"
+    return info
+
+
+async def reload_blocker(storm: StormControl, worker: Worker) -> str | None:
+    """Why `reload_lvstore` would not happen (the base bdev is not an aio bdev), or None. Asked outside the
+    exclusive section, where another episode's reload may have the base bdev away for a moment: only a base
+    bdev that answers and is no aio bdev blocks."""
+    base = storm.lvs.base_bdev
+    try:
+        info = (await worker.conn.call("bdev_get_bdevs", {"name": base}, timeout=storm.cfg.op_timeout))[0]
+    except RpcError:
+        return None
+    aio = (info.get("driver_specific") or {}).get("aio")
+    return None if isinstance(aio, dict) and aio.get("filename") else \
+        f"base bdev {base} is not an aio bdev (bdev.kind: aio reloads; malloc would lose the data)"
+
+
+async def reload_lvstore(storm: StormControl, worker: Worker,
+                         while_unloaded: Callable[[], Awaitable[None]] | None = None) -> str | None:
+    """Unload the lvstore by hot-removing its aio base bdev, make the bdev again on the same file and let
+    the examine load it (exclusive only): what is on disk must come back exactly as the model has it (esnap
+    clones of an external snapshot missing now degraded). `while_unloaded` runs between the two (an episode
+    deletes an external snapshot there). Returns why it did not happen (not aio, a refused step), or None."""
+    lvs, checker = storm.lvs, storm.checker
+    conn, t = worker.conn, storm.cfg.op_timeout
+    base = lvs.base_bdev
+    info = await _base_info(storm, worker)
+    if isinstance(info, str):
+        return info
+    aio = info["driver_specific"]["aio"]
     checker.settle()
     name = storm.sched.lvs_name
     delete = Op("bdev_aio_delete", {"name": base}, worker.index, label="lvstore-reload")
@@ -63,6 +90,8 @@ async def reload_lvstore(storm: StormControl, worker: Worker) -> str | None:
             gone = True
             break
         await asyncio.sleep(0.05)
+    if while_unloaded is not None:
+        await while_unloaded()
     params: dict[str, Any] = {"filename": aio["filename"], "name": base}
     if aio.get("block_size_override"):
         params["block_size"] = info.get("block_size")

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.model.lvstore import Checkpoint, LvolStore, ModelCrash, ModelError
-from harness.rpc_rules.rule import DST_SIZE_BYTES
+from harness.rpc_rules.rule import DST_SIZE_BYTES, ESNAP_ID, ESNAP_SIZE_BYTES, Rule
 from harness.rpc_rules.table import RULES
+from harness.storm.esnaps import EsnapBdevs
 from harness.storm.operations import Op
 
 MD_PAGES_NEAR_FULL = 0.75
@@ -51,10 +52,14 @@ class LvstoreInfo:
 class ModelMirror:
     """The model of the storm's lvstore, as the target's replies say it is."""
 
-    def __init__(self, lvs: LvstoreInfo, *, copy_dst_bytes: int = 0) -> None:
+    def __init__(self, lvs: LvstoreInfo, *, copy_dst_bytes: int = 0, esnaps: EsnapBdevs | None = None) -> None:
         self.copy_dst_bytes = copy_dst_bytes
+        self.esnaps = esnaps if esnaps is not None else EsnapBdevs()
         self._next_uuid: str | None = None
         self.model = self._empty(lvs)
+        self.pages_exact = True
+        """The model's blob ids are the target's (it followed every blob since the lvstore was empty): the
+        listing order after a reload can be judged."""
 
     def _uuid(self) -> str:
         u = self._next_uuid
@@ -67,34 +72,62 @@ class ModelMirror:
 
     def adopt(self, lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]], store: LvstoreInfo) -> None:
         """A new model equal to the target's listing (bdev_lvol_get_lvols, bdev_get_bdevs by UUID); what a
-        listing does not show (xattrs, checksums, read-only) is kept from the old model for lvols it knew."""
+        listing does not show (xattrs, checksums, read-only) is kept from the old model for lvols it knew, and
+        so is everything about a degraded lvol (it has no bdev to read its links from)."""
         old = self.model
         model = self._empty(store)
+        model.missing_esnaps = set(old.missing_esnaps)
         by_name: dict[str, str] = {}
         for e in lvols:
-            info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
             bdev = bdevs.get(e["uuid"]) or {}
-            nbytes = bdev.get("num_blocks", 0) * bdev.get("block_size", store.block_size)
-            n = -(-nbytes // store.cluster_size)
-            self._next_uuid = e["uuid"]
-            lv = model.adopt_lvol(e["name"], n, bool(info.get("thin_provision", e.get("is_thin_provisioned"))),
-                                  int(info.get("num_allocated_clusters", 0)), bool(info.get("snapshot")))
+            info = bdev.get("driver_specific", {}).get("lvol", {})
             prev = old.find_by_uuid(e["uuid"])
+            if not bdev and prev is not None:  # degraded: as the model had it
+                n, thin, allocated = prev.num_clusters, prev.thin, prev.num_allocated_clusters
+            else:
+                nbytes = bdev.get("num_blocks", 0) * bdev.get("block_size", store.block_size)
+                n = -(-nbytes // store.cluster_size)
+                thin = bool(info.get("thin_provision", e.get("is_thin_provisioned")))
+                allocated = int(info.get("num_allocated_clusters", 0))
+            self._next_uuid = e["uuid"]
+            lv = model.adopt_lvol(e["name"], n, thin, allocated, bool(info.get("snapshot", e.get("is_snapshot"))))
+            lv.esnap = info.get("external_snapshot_name") if info.get("esnap_clone") else None
             if prev is not None:
                 lv.xattrs = dict(prev.xattrs)
                 lv.checksum = prev.checksum
                 lv.read_only = prev.read_only or lv.read_only
+                if not bdev:
+                    lv.esnap = prev.esnap
             by_name[e["name"]] = e["uuid"]
         for e in lvols:
             info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
+            child = model.find_by_uuid(e["uuid"])
             base = info.get("base_snapshot")
+            if not bdevs.get(e["uuid"]):  # degraded: its parent as the model had it
+                prev = old.find_by_uuid(e["uuid"])
+                parent_of = old.parent_of(prev) if prev is not None else None
+                base = parent_of.name if parent_of is not None else None
             if base and base in by_name:
-                child = model.find_by_uuid(e["uuid"])
                 parent = model.find_by_uuid(by_name[base])
                 if child is not None and parent is not None:
                     model.adopt_link(child, parent)
         model.set_free_clusters(store.free_clusters)
         self.model = model
+        self.pages_exact = not lvols  # blob ids match the target's only when the lvstore was empty
+
+    def _esnap_args(self, rule: Rule, p: dict[str, Any], kwargs: dict[str, Any]) -> str | None:
+        """The external snapshot a row's `bdev` param names, as the transition's UUID and size; the outcome
+        when it cannot be (the errno name, or the row's own reply code), else None."""
+        param = next(q for q in rule.params if q.role == "bdev")
+        bdev = self.esnaps.resolve(str(p.get(param.name)))
+        if bdev is None:
+            if param.missing_reply is not None:
+                return f"code {param.missing_reply[0]}"
+            return errno_mod.errorcode[param.missing]
+        if bdev.state == "deleting":
+            return "ENODEV"  # found, but it cannot be opened (its delete waits for the esnap clones)
+        kwargs[ESNAP_ID], kwargs[ESNAP_SIZE_BYTES] = bdev.uuid, bdev.size_bytes
+        return None
 
     def apply(self, op: Op) -> tuple[str, Any]:
         """Run op's row's transition: ("ok", the reply the model predicts) or (errno name, None); "crash" with
@@ -113,6 +146,10 @@ class ModelMirror:
             kwargs = transition.kwargs(p)
             if DST_SIZE_BYTES in transition.args:
                 kwargs[DST_SIZE_BYTES] = self.copy_dst_bytes or (1 << 62)
+            if ESNAP_ID in transition.args:
+                refused = self._esnap_args(rule, p, kwargs)
+                if refused is not None:
+                    return refused, None
             result = _FUNCTIONS[op.method](model, **kwargs)
             if rule.starts_job:
                 model.tick(JOB_DONE_TICKS)

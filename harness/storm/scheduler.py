@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from harness.rpc_rules.table import BY_METHOD
 from harness.storm.config import StormConfig
+from harness.storm.esnaps import EsnapBdevs
 from harness.storm.operations import Op
 from harness.storm.view import TreeView
 
@@ -105,6 +106,7 @@ class Scheduler:
         self.hot = HOT_SHARE[cfg.contention]
         self.lvs_name = ""
         self.copy_dst: str | None = None
+        self.esnaps = EsnapBdevs()
         self.short_of_space: set[int] = set()
         """Workers whose last create (or grow) met ENOSPC and who have not freed anything since."""
         self._draw = _Draw(self)
@@ -131,7 +133,7 @@ class _Draw:
     """What a row's argument builder sees of one step (see `harness.rpc_rules.rule.Draw`); the scheduler keeps
     one and sets it per step (builders use it only while they run)."""
 
-    __slots__ = ("_sched", "_step", "copy_dst", "lvs_name", "name", "size_mib", "thin", "u_extra")
+    __slots__ = ("_sched", "_step", "copy_dst", "esnap", "lvs_name", "name", "size_mib", "thin", "u_extra")
 
     def __init__(self, sched: Scheduler) -> None:
         self._sched = sched
@@ -145,6 +147,7 @@ class _Draw:
         self.u_extra = step.u_extra
         self.lvs_name = sched.lvs_name
         self.copy_dst = sched.copy_dst
+        self.esnap = sched.esnaps.pick(step.u_extra)
 
     def target(self, kind: str) -> str:
         s, step = self._sched, self._step
