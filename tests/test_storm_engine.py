@@ -302,15 +302,29 @@ async def _raw_pipelined(host: LocalHost, sock: str, seconds: float, workers: in
 
 def test_storm_keeps_up_with_a_raw_pipelined_client(sim_factory, tmp_path: Path) -> None:
     """8 connections x depth 4 against spdk-sim polling every 8 ms like spdk_tgt: the storm, with history
-    and model checks on, must get close to a bare client (measured ~0.96; asserted with CI slack)."""
+    and model checks on, must get close to a bare client (measured ~0.96). Rounds alternate (raw, storm, raw,
+    storm) and each side keeps its best, so a burst of load elsewhere hits both sides alike; on a machine
+    that stays saturated (two suites at once: 0.58 measured) the rates say little, so there the claim is the
+    storm's own CPU: per call small enough to carry the raw client's rate on a fraction of one core."""
     import asyncio
 
     raw_sim = sim_factory("--poll-interval-ms", "8", sub="raw")
-    raw = asyncio.run(_raw_pipelined(raw_sim.host, raw_sim.sock, 2.5))
-    storm_sim = sim_factory("--poll-interval-ms", "8", sub="storm")
-    hist = History(tmp_path / "h.jsonl")
-    res = storm_sim.storm({"duration": "2.5s", "quiesce_every": 0, "final_cleanup": False, "thin_ratio": 1.0,
-                           "lvol_size_mib": [4, 4], "mix": {"bdev_lvol_create": 1, "bdev_lvol_delete": 1}}, hist)
-    hist.close()
-    assert res.findings == []
-    assert res.ops_per_s >= 0.85 * raw, (res.ops_per_s, raw)
+    raws: list[float] = []
+    storms: list[tuple[float, float]] = []  # (ops/s, harness CPU seconds per call)
+    for round_ in range(2):
+        raws.append(asyncio.run(_raw_pipelined(raw_sim.host, raw_sim.sock, 1.5)))
+        storm_sim = sim_factory("--poll-interval-ms", "8", sub=f"storm{round_}")
+        hist = History(tmp_path / f"h{round_}.jsonl")
+        cpu0 = time.process_time()
+        res = storm_sim.storm({"duration": "1.5s", "quiesce_every": 0, "final_cleanup": False,
+                               "thin_ratio": 1.0, "lvol_size_mib": [4, 4],
+                               "mix": {"bdev_lvol_create": 1, "bdev_lvol_delete": 1}}, hist)
+        cpu = time.process_time() - cpu0
+        hist.close()
+        assert res.findings == []
+        storms.append((res.ops_per_s, cpu / max(res.ops, 1)))
+    raw, (storm, _) = max(raws), max(storms)
+    cpu_per_call = min(c for _, c in storms)
+    assert cpu_per_call * raw < 0.6, f"{cpu_per_call * 1e6:.0f} us of harness CPU per call cannot carry {raw:.0f}/s"
+    saturated = os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1)
+    assert storm >= (0.5 if saturated else 0.85) * raw, (storms, raws, os.getloadavg())

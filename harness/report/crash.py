@@ -111,8 +111,8 @@ class CrashReport:
                     report_notes.append(f"backtrace: {how}")
                 else:
                     backtrace = parse_gdb_backtrace(backtrace_text)
-                    report_notes.append("backtrace: gdb over the core before it was compressed (crash.json "
-                                        "`gdb` is the command over the kept core)")
+                    report_notes.append(f"backtrace: taken on {host.name} at the crash by {how}; the core has "
+                                        "moved into this bundle, gzipped: crash.json `gdb` opens it there")
                 core_path = compress_core(host, found, staging)
 
         target_log = _merge_lines(evidence, "log_tail")
