@@ -21,6 +21,10 @@ class HostError(HarnessError):
     """A host could not run what it was asked to (unreachable, auth failed, command failed)."""
 
 
+class Stopped(HarnessError):
+    """Asked to stop (the first Ctrl-C or SIGTERM) before the target was up: nothing ran, nothing to judge."""
+
+
 SHOWN_MAX = 80
 """How much of a user's value an error line repeats: enough to recognise it, never a file's worth."""
 

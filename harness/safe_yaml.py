@@ -116,6 +116,6 @@ def read_yaml_file(path: str | os.PathLike[str], what: str = "YAML file") -> Any
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}): is it a {what}? "
-                          "(a binary file?)") from None
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}), so not YAML: a "
+                          f"binary file? give the {what} here") from None
     return load_yaml(text, str(p))

@@ -80,7 +80,8 @@ def test_size_and_binary_files_are_refused_before_parsing(tmp_path: Path) -> Non
     assert time.monotonic() - start < 1.0
     binary = tmp_path / "tool.yaml"
     binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
-    with pytest.raises(ConfigError, match=r"tool\.yaml: not UTF-8 text \(byte 136 is 0x80\): is it a profile\?"):
+    with pytest.raises(ConfigError, match=r"tool\.yaml: not UTF-8 text \(byte 136 is 0x80\), so not YAML: a binary "
+                                          r"file\? give the profile here$"):
         load_config(str(binary))
     with pytest.raises(ConfigError, match=r"cannot read inventory: Is a directory"):
         read_yaml_file(tmp_path, "inventory")
