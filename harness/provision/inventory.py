@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from harness.errors import ConfigError, shown
-from harness.hosts.ssh import SshHost
+from harness.hosts.ssh import SshHost, address_problem, user_problem
 from harness.safe_yaml import read_yaml_file
 
 PCI_ADDR = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -112,6 +112,14 @@ class InventoryNode(BaseModel):
     hugepages_mb: int = Field(1024, ge=0)
     bind_driver: Literal["vfio-pci", "uio_pci_generic"] | None = None
     bdevs: list[Bdev] = Field(default_factory=list)
+
+    @field_validator("address", "user")
+    @classmethod
+    def _a_name_not_shell(cls, value: str, info: ValidationInfo) -> str:
+        problem = (address_problem if info.field_name == "address" else user_problem)(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("key")
     @classmethod
