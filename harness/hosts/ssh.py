@@ -509,6 +509,14 @@ class SshHost(Host):
     def _exec(self, line: str, *, timeout: float = 60.0, input: bytes | None = None) -> tuple[int, bytes, bytes]:
         return self._exec_on(None, line, timeout=timeout, input=input)
 
+    def private_dir(self, prefix: str = "lvol-storm") -> str:
+        """`Host.private_dir`, made as the login user (never through sudo): the directory is the user's."""
+        rc, out, err = self._exec(shlex.join(["mktemp", "-d", f"/tmp/{prefix}.XXXXXXXXXX"]), timeout=30)
+        if rc != 0:
+            raise HostError(f"{self.where}: mktemp -d under /tmp failed (exit {rc}): "
+                            f"{err.decode(errors='replace').strip()}")
+        return out.decode().strip()
+
     def run(
         self,
         argv: Argv,
