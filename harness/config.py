@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.bdev import BdevConfig, LvstoreConfig
 from harness.crash_budget import EvidenceConfig
-from harness.errors import ConfigError
+from harness.errors import ConfigError, shown
 from harness.minimize.config import MinimizeConfig
+from harness.safe_yaml import load_yaml, read_yaml_file
 from harness.steering import SteeringConfig
 from harness.storm.config import StormConfig
 from harness.target import TargetConfig
@@ -24,6 +25,8 @@ from harness.watch.config import WatchConfig
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 """The built-in profiles: package data, so an installed wheel has them too."""
+MESSAGE_MAX = 300
+"""A section's own validator writes the user's value into its message: at most this much of it is shown."""
 
 
 class HistoryConfig(BaseModel):
@@ -72,10 +75,9 @@ def _format_validation(source: str, exc: ValidationError, data: dict[str, Any]) 
                 elif not (path == field or path.endswith("." + field)):
                     path = f"{path}.{field}"
                 msg = m.group(2)
-            lines.append(f"{source}: {path}: {msg}")
+            lines.append(f"{source}: {path}: {shown(msg, MESSAGE_MAX, quote=False)}")
             continue
-        got = err.get("input")
-        got_text = "" if err["type"] == "missing" else f", got {got!r}"
+        got_text = "" if err["type"] == "missing" else f", got {shown(err.get('input'))}"
         lines.append(f"{source}: {path}: {msg}{got_text}")
     return ConfigError(lines[0] if len(lines) == 1 else "\n".join(lines))
 
@@ -111,13 +113,7 @@ def profile_path(name_or_path: str) -> Path:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from exc
+    data = read_yaml_file(path, "profile") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (target, bdev, storm, ...), got "
                           f"{type(data).__name__}")
@@ -129,10 +125,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment}: expected FIELD.PATH=VALUE, e.g. storm.workers=16")
     key, _, raw = assignment.partition("=")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {assignment}: value is not valid YAML: {exc}") from exc
+    value = load_yaml(raw, f"--set {shown(key.strip(), quote=False)}") if raw.strip() else ""
     set_path(data, key.strip(), value)
 
 

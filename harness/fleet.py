@@ -1,7 +1,8 @@
 """A fleet run: one `StormRun` per node, all at once, evidence brought home, one merged summary on top.
 
 Each node gets its own local directory (`<run_dir>/<node>/`, a complete run directory of its own) and its
-own work directory on the node (`/tmp/lvol-storm/<run-id>/<node>`, short enough for the AF_UNIX socket).
+own work directory on the node (`Host.private_dir`: `mktemp -d` under /tmp as the login user, 0700, a name
+nobody can guess and make first, short enough for the AF_UNIX socket).
 One stop event serves every node, so a single Ctrl-C makes every storm drain, check and save. A node that
 cannot start is an error of that node, never a reason to abandon the others' evidence.
 
@@ -40,7 +41,6 @@ from harness.summary import Part, Summary
 from harness.target import resolve_kind
 
 Announce = Callable[[str], None]
-REMOTE_WORK_ROOT = "/tmp/lvol-storm"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
@@ -102,7 +102,7 @@ class FleetRun:
 
     def __init__(self, config: RunConfig, run_dir: RunDir | str | os.PathLike[str], nodes: Sequence[Node], *,
                  stop_event: threading.Event | None = None, announce: Announce = _stderr,
-                 run_id: str | None = None, work_root: str = REMOTE_WORK_ROOT, keep_work_dirs: bool = False) -> None:
+                 run_id: str | None = None, keep_work_dirs: bool = False) -> None:
         if not nodes:
             raise ConfigError("fleet: no nodes to run on")
         names = [n.name for n in nodes]
@@ -118,8 +118,9 @@ class FleetRun:
         self.stop_event = stop_event or threading.Event()
         self.announce = announce
         self.run_id = run_id or short_run_id(self.run_dir.path)
-        self.work_root = work_root.rstrip("/")
         self.keep_work_dirs = keep_work_dirs
+        self._work_dirs: dict[str, str] = {}  # remote node -> its private work dir on the node
+        self._made: list[tuple[Host, str]] = []  # every directory this fleet made on a node, to remove
         self.results: dict[str, NodeResult] = {}
         self.notes: list[str] = []
         self._lock = threading.Lock()
@@ -131,7 +132,13 @@ class FleetRun:
         """Where the node's target runs (socket, log, cores); on a local node, its local run directory."""
         if node.host.is_local:
             return str(self.run_dir.path / node.name)
-        return f"{self.work_root}/{self.run_id}/{node.name}"
+        return self._work_dirs[node.name]
+
+    def _private_dir(self, host: Host, prefix: str = "lvol-storm") -> str:
+        path = host.private_dir(prefix)
+        with self._lock:
+            self._made.append((host, path))
+        return path
 
     def _node_announce(self, name: str) -> Announce:
         def announce(msg: str) -> None:
@@ -157,18 +164,20 @@ class FleetRun:
         """Nodes on one kernel: point each node's `cores` at one shared directory (see the module doc), and
         start them one after another: each run sets and reads back the machine-wide core_pattern, and two
         doing that at the same moment each see the other's value and give up on cores."""
-        def boot_id(node: FleetNode) -> str:
+        def first_contact(node: FleetNode) -> str:
+            """The node's kernel (boot id); a remote node's private work dir is made on the same connection."""
             if node.host.is_local:
                 return Path(BOOT_ID).read_text().strip() if Path(BOOT_ID).exists() else ""
             try:
                 res = node.host.run(["cat", BOOT_ID], timeout=30)
+                self._work_dirs[node.name] = self._private_dir(node.host)
             except (HarnessError, OSError) as exc:  # its thread reports it, without connecting again
                 self._unreachable[node.name] = str(exc)
                 return ""
             return res.stdout.strip() if res.ok else ""
 
         with ThreadPoolExecutor(max_workers=min(16, len(self.nodes))) as pool:  # one connect timeout, not N
-            boots = list(pool.map(boot_id, self.nodes))
+            boots = list(pool.map(first_contact, self.nodes))
         by_boot: dict[str, list[FleetNode]] = {}
         for node, boot in zip(self.nodes, boots, strict=True):
             if boot:
@@ -179,12 +188,16 @@ class FleetRun:
             group = [n for n in group if not n.host.is_local]
             if len(group) < 2:
                 continue
-            shared = f"{self.work_root}/{self.run_id}/cores"
+            try:
+                shared = self._private_dir(group[0].host, "lvol-storm-cores")
+            except (HarnessError, OSError) as exc:
+                self.notes.append(f"{', '.join(n.name for n in group)} share one kernel, but no cores directory "
+                                  f"could be made for them ({exc}); a core may land in another node's directory")
+                continue
             for node in group:
                 work = self.work_dir(node)
                 try:
-                    res = node.host.run(["sh", "-c", f"mkdir -p {shlex.quote(shared)} {shlex.quote(work)} && "
-                                         f"rm -rf {shlex.quote(work + '/cores')} && "
+                    res = node.host.run(["sh", "-c", f"rm -rf {shlex.quote(work + '/cores')} && "
                                          f"ln -s {shlex.quote(shared)} {shlex.quote(work + '/cores')}"], timeout=30)
                     failed = None if res.ok else (res.stderr.strip() or f"exit {res.rc}")
                 except (HarnessError, OSError) as exc:
@@ -246,11 +259,9 @@ class FleetRun:
         """Evidence is local by now (target log, crash bundles, compressed cores): remove the node's copies."""
         if self.keep_work_dirs:
             return
-        for node in self.nodes:
-            if node.host.is_local or node.name in self._unreachable:
-                continue
+        for host, path in self._made:
             with contextlib.suppress(Exception):
-                node.host.run(["rm", "-rf", f"{self.work_root}/{self.run_id}"], timeout=60)
+                host.run(["rm", "-rf", path], timeout=60)
 
     def execute(self) -> FleetOutcome:
         t0 = time.time()

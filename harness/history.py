@@ -493,6 +493,9 @@ class History:
                     continue
                 try:
                     record = json.loads(line)
+                except RecursionError:
+                    raise ConfigError(f"{path}:{lineno}: not a JSON history record (nested deeper than a history "
+                                      "line ever is): is it a history file?") from None
                 except json.JSONDecodeError as exc:
                     if not line.endswith("\n"):
                         return  # The last line, cut short when the harness died mid-write.
@@ -507,6 +510,12 @@ class History:
                     )
                 yield record
 
+
+def whole_frames_end(path: str | Path) -> int:
+    """Where the last whole frame of a compressed history ends: its size, unless the file was cut short (a
+    copy that stopped early, a harness killed mid-write) or goes on with bytes that are not a frame."""
+    ends = [offset for _, offset in read_appended(path, 0)]  # one int a frame; a batch's lines are dropped
+    return ends[-1] if ends else 0
 
 
 def _lines_of(handle: io.TextIOWrapper, path: Path) -> Iterator[str]:

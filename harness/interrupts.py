@@ -19,15 +19,41 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(KeyboardInterrupt):
-    """The second signal: abort now (teardown still runs as the stack unwinds)."""
+    """The second signal: abort now (teardown still runs as the stack unwinds); or, with `during_run` False,
+    the first one outside a run, where there is nothing to drain."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, *, during_run: bool = True) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.during_run = during_run
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def signals_end_the_command(*, process_exits_after: bool = False) -> Iterator[None]:
+    """For a face's whole command: outside a run (parsing, loading the config, printing the summary) the first
+    SIGINT/SIGTERM raises `Interrupted` at once, so the command ends as one line and exit 130, never a
+    traceback or a silent death by SIGTERM; a run's `interrupt_sets` takes over inside and gives it back.
+
+    `process_exits_after`: the command is the process's (not a caller's in-process call), so once it has
+    answered a signal has nothing left to stop: it is ignored, and cannot cost the output still buffered or
+    the exit status."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum, during_run=False)
+
+    old = {s: signal.signal(s, handler) for s in HANDLED}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_IGN if process_exits_after else h)
 
 
 @contextmanager

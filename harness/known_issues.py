@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from harness.errors import ConfigError
+from harness.errors import ConfigError, shown
 from harness.report.title import crash_key
+from harness.safe_yaml import read_yaml_file
 from harness.storm.operations import KNOWN_METHODS
 from harness.storm.strategies import STRATEGIES
 
@@ -88,10 +87,7 @@ class KnownIssues:
             if path:
                 raise ConfigError(f"--known-issues: {p} does not exist")
             return cls([], "(none)")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+        data = read_yaml_file(p, "known-issues file") or {}
         raw = data.get("issues", []) if isinstance(data, dict) else None
         if not isinstance(raw, list):
             raise ConfigError(f"{p}: expected `issues:` with a list of entries (see the comment at its top)")
@@ -102,18 +98,18 @@ def _regex(where: str, value: Any) -> re.Pattern[str] | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a regular expression (a string), got {value!r}")
+        raise ConfigError(f"{where}: expected a regular expression (a string), got {shown(value)}")
     try:
         return re.compile(value)
     except re.error as exc:
-        raise ConfigError(f"{where}: invalid regular expression {value!r}: {exc}") from exc
+        raise ConfigError(f"{where}: invalid regular expression {shown(value)}: {exc}") from exc
 
 
 def _names(where: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: expected a list of names, got {value!r}")
+        raise ConfigError(f"{where}: expected a list of names, got {shown(value)}")
     return tuple(value)
 
 
@@ -131,14 +127,14 @@ def _entry(path: Path, i: int, item: Any) -> KnownIssue:
         raise ConfigError(f"{where}.link: every known issue needs a link (issue, PR, or a note's URL)")
     policy = item.get("policy", "fail")
     if policy not in POLICIES:
-        raise ConfigError(f"{where}.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+        raise ConfigError(f"{where}.policy: expected one of {', '.join(POLICIES)}, got {shown(policy)}")
     crash = _regex(f"{where}.crash", item.get("crash"))
     finding = _regex(f"{where}.finding", item.get("finding"))
     if crash is None and finding is None:
         raise ConfigError(f"{where}: give `crash:` (regex on crash titles) or `finding:` (regex on 'kind: message')")
     avoid = item.get("avoid") or {}
     if not isinstance(avoid, dict):
-        raise ConfigError(f"{where}.avoid: expected {{strategies: [...], methods: [...]}}, got {avoid!r}")
+        raise ConfigError(f"{where}.avoid: expected {{strategies: [...], methods: [...]}}, got {shown(avoid)}")
     strategies = _names(f"{where}.avoid.strategies", avoid.get("strategies"))
     methods = _names(f"{where}.avoid.methods", avoid.get("methods"))
     for s in strategies:

@@ -18,11 +18,12 @@ from typing import Any
 import yaml
 
 from harness.config import RunConfig, apply_override
-from harness.errors import ConfigError
+from harness.errors import ConfigError, shown
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
 from harness.provision.inventory import InventoryNode, load_inventory
 from harness.provision.terraform import MODULES_DIR, nodes_from_outputs, provisioned_hosts
+from harness.safe_yaml import load_yaml
 
 TERRAFORM_MODULES = ("local", "aws-sles")
 AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -141,7 +142,7 @@ def parse_tf_vars(items: Sequence[str]) -> dict[str, Any]:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():
             raise ConfigError(f"--tf-var {item}: expected NAME=VALUE, e.g. runner_cidr=203.0.113.7/32")
-        out[name.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        out[name.strip()] = load_yaml(raw, f"--tf-var {shown(name.strip(), quote=False)}") if raw.strip() else ""
     return out
 
 

@@ -44,7 +44,6 @@ MARKERS = (
     "netns: needs root and ip netns (creates network namespaces)",
 )
 SESSION_KEY = pytest.StashKey[TargetSession]()
-REMOTE_WORK_ROOT = "/tmp/lvol-storm"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -167,14 +166,17 @@ def target(request: pytest.FixtureRequest, host: Host, run_config: RunConfig,
     """A started target under the same session a storm gets: hugepages for the configured bdev, core_pattern,
     the watchdog. If it dies during the test, the test fails with the crash title and the crash bundle's path
     (the report is on disk before the target is torn down)."""
-    work_dir = (str(run_dir.path) if host.is_local
-                else f"{REMOTE_WORK_ROOT}/{run_dir.path.parent.name}/{run_dir.path.name}")
+    work_dir = str(run_dir.path) if host.is_local else host.private_dir()  # the node's copies come home
     session = TargetSession(host, run_config.target, work_dir,
                             needs=TargetNeeds.of_run(run_config.bdev), watch=run_config.watch,
                             evidence_dir=run_dir.path, history_path=run_dir.history_for(run_config.history.compress))
-    with session:
-        request.node.stash[SESSION_KEY] = session
-        yield session
+    try:
+        with session:
+            request.node.stash[SESSION_KEY] = session
+            yield session
+    finally:
+        if not host.is_local:
+            host.run(["rm", "-rf", work_dir], timeout=60)
 
 
 @pytest.fixture

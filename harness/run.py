@@ -19,7 +19,7 @@ from typing import Any
 from harness.bdev import BaseBdev, Lvstore, verify_clean
 from harness.config import RunConfig
 from harness.crash_budget import CrashBudget
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Stopped
 from harness.history import History
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
@@ -132,22 +132,25 @@ class StormRun:
             self.host, cfg.target, self.work_dir,
             needs=TargetNeeds.of_run(cfg.bdev, cfg.storm, cfg.lvstore.cluster_size), watch=cfg.watch,
             evidence_dir=self.run_dir.path, history_path=self.run_dir.history_for(cfg.history.compress),
-            announce=self.announce, notes=self.notes)
-        with session:
-            for warning in session.watchdog.warnings if session.watchdog is not None else []:
-                self.announce(f"watchdog: {warning}")
-            try:
-                storm = self._storm(session)
-            finally:
-                stop_reason = storm.stop_reason if storm else None
-                crash_dirs = self._save_evidence(session, stop_reason,
-                                                 wait_s=self._hang_wait_s if stop_reason == "unresponsive" else 0.0)
-                if not crash_dirs:
-                    problems, stalled = self._teardown(session)
-                    if stalled:  # the target stopped answering in teardown: the watchdog decides what it was
-                        crash_dirs = self._save_evidence(session, "unresponsive", wait_s=self._hang_wait_s)
+            announce=self.announce, notes=self.notes, stop=self.stop_event)
+        try:
+            with session:
+                for warning in session.watchdog.warnings if session.watchdog is not None else []:
+                    self.announce(f"watchdog: {warning}")
+                try:
+                    storm = self._storm(session)
+                finally:
+                    stop_reason = storm.stop_reason if storm else None
+                    crash_dirs = self._save_evidence(session, stop_reason, wait_s=self._hang_wait_s
+                                                     if stop_reason == "unresponsive" else 0.0)
                     if not crash_dirs:
-                        findings.extend(problems)
+                        problems, stalled = self._teardown(session)
+                        if stalled:  # the target stopped answering in teardown: the watchdog says what it was
+                            crash_dirs = self._save_evidence(session, "unresponsive", wait_s=self._hang_wait_s)
+                        if not crash_dirs:
+                            findings.extend(problems)
+        except Stopped as exc:  # the first Ctrl-C came while the target started: interrupted, nothing ran
+            self.notes.append(str(exc))
         if session.watchdog is not None:
             findings.extend({"kind": "target-log", "message": f.line, "pattern": f.pattern}
                             for f in session.watchdog.findings)

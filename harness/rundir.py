@@ -26,12 +26,27 @@ def default_run_dir(profile: str, base: str | os.PathLike[str] = "runs") -> Path
     return path
 
 
+def make_writable_dir(path: Path, what: str) -> None:
+    """Make `path` (and its parents) and prove it takes a file, or say in one line why not: a run that finds
+    out at its first write has started a target for nothing."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what}: {path} is a file, not a directory: give a directory (it is made if missing)")
+    probe = path / f".lvol-storm-probe-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{what}: {path}: cannot write there ({exc.strerror or exc}): give a directory you "
+                          "can write to") from None
+
+
 class RunDir:
     """Paths of one run's artefacts, and atomic writes for the files a reader may open mid-run."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_writable_dir(self.path, "--run-dir")
         sock = self.path / "spdk.sock"
         if len(str(sock).encode()) > AF_UNIX_PATH_MAX:
             raise ConfigError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -88,12 +89,14 @@ class TargetSession:
         announce: Announce | None = None,
         notes: list[str] | None = None,
         keep_evidence: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         """`watch` None: no watchdog (a benchmark's bare target). `cores`: True = point core_pattern at
         `work_dir/cores` for the session (default when watching, from `watch.core_dumps`), a CorePattern = one
         the caller shares across sessions, False = none. `evidence_dir`: the local directory crash reports go
         to (default: `work_dir` on a local host). `keep_evidence` False: a death is reported only to whoever
-        asks (`crash_report()`), nothing is written unasked (a minimize try: its title is all it keeps)."""
+        asks (`crash_report()`), nothing is written unasked (a minimize try: its title is all it keeps). `stop`
+        set while the target starts: `start()` undoes what it did and raises `Stopped`."""
         self.host = host
         self.config = config
         self.work_dir = work_dir
@@ -102,7 +105,7 @@ class TargetSession:
         self.announce = announce or _stderr
         self.notes: list[str] = notes if notes is not None else []
         self.target = Target(host, config, work_dir, needs_pci=self.needs.pci, bdev_memory_mb=self.needs.malloc_mib,
-                             announce=self.announce)
+                             announce=self.announce, stop=stop)
         if cores is None:
             cores = bool(watch is not None and watch.core_dumps)
         self._own_cores = cores is True

@@ -11,6 +11,7 @@ import re
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,12 +19,20 @@ from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    stop_when_event_set,
+    wait_fixed,
+)
 
-from harness.errors import TargetError
+from harness.errors import Stopped, TargetError
 from harness.hosts.base import Host, HostProcess, describe_returncode
 from harness.hugepages import HugepageReservation
-from harness.rpc.errors import RpcError
+from harness.rpc.errors import RpcAbandoned, RpcConnectError, RpcError
 from harness.rpc.sync import SyncRpc
 from harness.target_log_cap import TargetLogCap
 
@@ -174,9 +183,12 @@ class Target:
         needs_pci: bool = False,
         bdev_memory_mb: int = 0,
         announce: Any = None,
+        stop: threading.Event | None = None,
     ) -> None:
-        """Built only by `harness.session.TargetSession`, which knows the memory the caller's bdevs need."""
+        """Built only by `harness.session.TargetSession`, which knows the memory the caller's bdevs need.
+        `stop` set while the target starts ends the wait for it at once (`Stopped`)."""
         self.host = host
+        self.stop_event = stop
         self.config = config
         self.work_dir = work_dir
         self.needs_pci = needs_pci
@@ -313,11 +325,16 @@ class Target:
             if self.process is not None and self.process.poll() is not None:
                 raise self._died("exited during start-up")
             return SyncRpc(self.host, self.sock_path, timeout=max(1.0, deadline - time.monotonic()),
-                           connect_timeout=1.0)
+                           connect_timeout=1.0, abort=self.stop_event)
 
+        def stopped_now() -> Stopped:
+            return Stopped(f"stopped while the {self.kind} target was starting: nothing ran (its log: "
+                           f"{self.log_path})")
+
+        stopped = stop_when_event_set(self.stop_event) if self.stop_event is not None else stop_never
         try:
             for attempt in Retrying(
-                stop=stop_after_delay(self.config.start_timeout_s),
+                stop=stop_after_delay(self.config.start_timeout_s) | stopped,
                 wait=wait_fixed(0.1),
                 retry=retry_if_exception_type((OSError, RpcError)),
                 reraise=False,
@@ -325,15 +342,20 @@ class Target:
                 with attempt:
                     rpc = connect()
         except RetryError as exc:
+            if self.stop_event is not None and self.stop_event.is_set():
+                raise stopped_now() from None
             raise self._died(
                 f"did not answer on {self.sock_path} within {self.config.start_timeout_s:g} s "
                 f"(last error: {exc.last_attempt.exception()})"
             ) from exc
-        with rpc:
-            version = rpc.call("spdk_get_version")
-            self.info.version = version.get("version", "") if isinstance(version, dict) else str(version)
-            rpc.call("framework_wait_init")
-            self.info.methods = list(rpc.call("rpc_get_methods") or [])
+        try:
+            with rpc:
+                version = rpc.call("spdk_get_version")
+                self.info.version = version.get("version", "") if isinstance(version, dict) else str(version)
+                rpc.call("framework_wait_init")
+                self.info.methods = list(rpc.call("rpc_get_methods") or [])
+        except RpcAbandoned:  # the stop came while it was answering its first calls
+            raise stopped_now() from None
 
     # -- stop -------------------------------------------------------------------------------------------
 
@@ -349,13 +371,18 @@ class Target:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(5.0)
             if proc is not None and proc.poll() is None:
-                try:
-                    with SyncRpc(self.host, self.sock_path, timeout=2.0, connect_timeout=1.0) as rpc:
-                        rpc.call("spdk_kill_instance", sig_name="SIGTERM")
-                except Exception:
-                    pass  # Dead, hung or gone: the signals below decide.
+                asked = False  # nothing asked: nothing to wait for
+                if self.host.exists(self.sock_path):  # no socket yet: nobody to ask
+                    try:
+                        with SyncRpc(self.host, self.sock_path, timeout=2.0, connect_timeout=1.0) as rpc:
+                            rpc.call("spdk_kill_instance", sig_name="SIGTERM")
+                        asked = True
+                    except RpcConnectError:
+                        pass  # not listening (yet)
+                    except Exception:
+                        asked = True  # sent, perhaps: dead, hung or gone; the signals below decide
                 bound = self.config.stop_timeout_s
-                if proc.wait(bound) is None:
+                if not asked or proc.wait(bound) is None:
                     proc.send_signal(signal.SIGTERM)
                     if proc.wait(bound / 2) is None:
                         proc.send_signal(signal.SIGKILL)

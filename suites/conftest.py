@@ -311,7 +311,7 @@ def long_run(pytestconfig: pytest.Config, suite_spec: SuiteSpec, node: Node, nod
         request.node.user_properties.append(("worker", os.environ.get("PYTEST_XDIST_WORKER", "main")))
         host = node.host()
         stop = threading.Event()
-        work_dir = None if node.is_local else f"/var/tmp/lvol-storm/{session_run_dir.name}/{node.name}"
+        work_dir = None if node.is_local else host.private_dir()  # mktemp -d as the SSH user, 0700
         try:
             with interrupt_sets(stop):
                 long = LongRun(
@@ -324,6 +324,9 @@ def long_run(pytestconfig: pytest.Config, suite_spec: SuiteSpec, node: Node, nod
                 request.node.stash[LONG_RUN_KEY] = long
                 return long.execute()
         finally:
+            if work_dir is not None:
+                with contextlib.suppress(Exception):  # its evidence came home with each incarnation
+                    host.run(["rm", "-rf", work_dir], timeout=60)
             close = getattr(host, "close", None)
             if close is not None and not node.is_local:
                 close()

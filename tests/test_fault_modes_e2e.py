@@ -34,6 +34,7 @@ from harness.config import RunConfig, load_config
 from harness.hosts.local import LocalHost
 from harness.minimize.operations import load_operations
 from harness.minimize.trial import needs_of
+from harness.outcome import EXIT_REPRODUCED
 from harness.rpc_rules.table import MUTATING_LVOL_METHODS
 from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
@@ -146,7 +147,8 @@ def test_repro_py_crashes_a_fresh_faulty_target_with_the_same_title(storm: Storm
         report = session.crash_report(history_tail=[])
         assert report is not None and report.title == storm.crash["title"], out[-3000:]
         if storm.mode != "hang":
-            assert repro.returncode == 1 and "target closed the connection at operation" in out, out[-3000:]
+            assert repro.returncode == EXIT_REPRODUCED and "target closed the connection at operation" in out, \
+                out[-3000:]
             assert process.wait(5) == EXIT_RC[storm.mode]
     finally:
         if repro.poll() is None:

@@ -441,3 +441,25 @@ def test_target_lifecycle_runs_through_ssh_host(host: SshHost, node: Node) -> No
         exit_text = target.stop()
     assert not target.alive() and exit_text
     assert host.exists(target.log_path)
+
+
+def test_private_dir_is_mktemp_as_the_login_user_never_through_sudo(node: Node, host: SshHost) -> None:
+    """A node's work dir: an unguessable /tmp name, mode 0700, the SSH user's (not root's through sudo)."""
+    made = [host.private_dir(), host.private_dir()]
+    try:
+        assert made[0] != made[1] and all(re.fullmatch(r"/tmp/lvol-storm\.[A-Za-z0-9]{10}", p) for p in made), made
+        for path in made:
+            assert host.run(["stat", "-c", "%a %U", path]).stdout.split() == ["700", host.user]
+        as_other_user = node.host(sudo=True)  # as a non-root login: every run() goes through sudo
+        lines: list[str] = []
+
+        def recorded(line: str, **kw: object) -> tuple[int, bytes, bytes]:
+            lines.append(line)
+            return 0, b"/tmp/lvol-storm.abcdefghij\n", b""
+
+        as_other_user._exec = recorded  # type: ignore[method-assign]
+        assert as_other_user.private_dir() == "/tmp/lvol-storm.abcdefghij"
+        assert lines == ["mktemp -d /tmp/lvol-storm.XXXXXXXXXX"]  # no `sudo -n --` in front
+        assert as_other_user._command_line(["true"]).startswith("sudo -n -- ")
+    finally:
+        host.run(["rm", "-rf", *made])

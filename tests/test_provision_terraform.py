@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -179,6 +180,13 @@ def test_local_module_apply_outputs_hosts_destroy(tmp_path: Path, program: str) 
             seen.add(host.run(["readlink", "/proc/self/ns/net"]).stdout)
         assert len(seen) == 2
         assert len(_leftovers(run_id)) >= 4  # 2 namespaces, 2 veths, 2 sshd
+        state = tmp_path / "run"  # what Terraform keeps (aws-sles: a private key) is the user's alone
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        for path in (state / "module" / "terraform.tfstate", state / "module" / "terraform.tfvars.json",
+                     state / "terraform.log", state / "known_hosts"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert not [p for p in state.rglob("*") if not p.is_symlink() and p.stat().st_mode & 0o077], \
+            "a file or directory of the state others can read"
         reopened = Terraform("local", tmp_path / "run", program=program)  # no variables: keeps the run's own
         assert f'"run_id": "{run_id}"' in (reopened.workdir / "terraform.tfvars.json").read_text()
         outputs = reopened.output()

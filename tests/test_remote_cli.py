@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.nodes import terraform_hosts, terraform_run_id
-from tests.test_remote_fleet import LVOL_STORM, REPO, _free_octet, _wait_gone, needs_netns
+from tests.test_remote_fleet import LVOL_STORM, REPO, _free_octet, _wait_gone, needs_netns, work_dirs
 
 
 def test_cli_refuses_bad_node_flags_before_anything_starts(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_sigint_mid_storm_drains_saves_and_still_destroys(tmp_path: Path) -> Non
     reader = threading.Thread(target=lambda: out.extend(proc.stdout or []), daemon=True)
     reader.start()
     tf_id = terraform_run_id(run_dir)
-    work_marker = f"/tmp/lvol-storm/{run_dir.name}"
+    before = work_dirs()
     try:
         deadline = time.monotonic() + 60
         started = False
@@ -74,7 +74,7 @@ def test_sigint_mid_storm_drains_saves_and_still_destroys(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        left = _wait_gone(tf_id, work_marker)
+        left = _wait_gone(tf_id, before)
     assert not left, left
     assert time.monotonic() - t_sig < 45, "".join(out)
     assert rc == 0, "".join(out)
@@ -97,6 +97,7 @@ def test_cli_run_with_an_inventory_applies_node_settings(tmp_path: Path) -> None
     state = tmp_path / "tf"
     state.mkdir()
     run_dir = tmp_path / "inv"
+    before = work_dirs()
     try:
         with terraform_hosts("local", state, nodes=2, keep=False, tf_vars={"subnet_octet": _free_octet(50)}) as hosts:
             inventory = tmp_path / "lab.yaml"
@@ -108,7 +109,7 @@ def test_cli_run_with_an_inventory_applies_node_settings(tmp_path: Path) -> None
                                   "smoke", "--duration", "3s", "--node-set", "lab0:storm.workers=1",
                                   "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=80, cwd=REPO)
     finally:
-        left = _wait_gone(terraform_run_id(state), f"/tmp/lvol-storm/{run_dir.name}")
+        left = _wait_gone(terraform_run_id(state), before)
     assert not left, left
     assert res.returncode == 0, res.stdout + res.stderr
     s = json.loads((run_dir / "summary.json").read_text())

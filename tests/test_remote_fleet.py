@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,25 +60,36 @@ def _free_octet(offset: int) -> int:
     raise AssertionError("no free 10.213.x.0/24 between 200 and 254")
 
 
-def _leftovers(tf_run_id: str, work_marker: str) -> list[str]:
-    """Anything of the run still here: namespaces, veths, sshd and target processes, the nodes' work dirs."""
+WORK_DIRS = "/tmp/lvol-storm"
+"""What every node work dir a run makes starts with (`Host.private_dir`: /tmp/lvol-storm.XXXXXXXXXX and
+/tmp/lvol-storm-cores.XXXXXXXXXX); the tests run one at a time, so a new one is this test's."""
+
+
+def work_dirs() -> set[str]:
+    return {str(p) for p in Path("/tmp").glob("lvol-storm*.*") if p.is_dir()}
+
+
+def _leftovers(tf_run_id: str, work_dirs_before: set[str] | None = None) -> list[str]:
+    """Anything of the run still here: namespaces, veths, sshd and target processes, and (given the work dirs
+    there were before it) the nodes' work dirs."""
     found = [line for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
              .stdout.splitlines() if f"lvs-{tf_run_id}-" in line]
     found += [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True)
               .stdout.splitlines() if f"lvh{tf_run_id}-" in line]
+    marker = f"{WORK_DIRS}." if work_dirs_before is not None else f"nodes-{tf_run_id}/"
     found += [line for line in subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True)
-              .stdout.splitlines() if (f"nodes-{tf_run_id}/" in line or work_marker in line) and " Z" not in line]
-    if Path(work_marker).exists():
-        found.append(f"{work_marker} still exists")
+              .stdout.splitlines() if (f"nodes-{tf_run_id}/" in line or marker in line) and " Z" not in line]
+    if work_dirs_before is not None:
+        found += [f"{path} still exists" for path in sorted(work_dirs() - work_dirs_before)]
     return found
 
 
-def _wait_gone(tf_run_id: str, work_marker: str, timeout: float = 10.0) -> list[str]:
+def _wait_gone(tf_run_id: str, work_dirs_before: set[str] | None = None, timeout: float = 10.0) -> list[str]:
     deadline = time.monotonic() + timeout
-    left = _leftovers(tf_run_id, work_marker)
+    left = _leftovers(tf_run_id, work_dirs_before)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = _leftovers(tf_run_id, work_marker)
+        left = _leftovers(tf_run_id, work_dirs_before)
     return left
 
 
@@ -98,7 +110,7 @@ class _CorePatternUsers:
                 self.seen |= {t for t in os.listdir(users) if me not in t}
             with contextlib.suppress(OSError):
                 pattern = Path(CORE_PATTERN).read_text().strip()
-                if not pattern.startswith("/tmp/lvol-storm/"):
+                if not pattern.startswith(WORK_DIRS):
                     self.seen.add(pattern)
 
     def __enter__(self) -> _CorePatternUsers:
@@ -209,7 +221,7 @@ def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_p
     run_dir.mkdir()
     tf_id = terraform_run_id(run_dir)
     fleet_id = f"t{os.getpid()}"
-    work_marker = f"/tmp/lvol-storm/{fleet_id}"
+    before = work_dirs()
     profile = load_config("default", overrides=["storm.duration=8s", "storm.workers=4", "minimize.enabled=false"],
                           cli={"target.kind": "sim"})
     t0 = time.monotonic()
@@ -224,11 +236,14 @@ def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_p
                 outcome = FleetRun(profile, run_dir, nodes, run_id=fleet_id, announce=lines.append).execute()
             healthy, faulty = (n.name for n in nodes)
     finally:
-        left = _wait_gone(tf_id, work_marker)
+        left = _wait_gone(tf_id, before)
     assert not left, left
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["nodes"][healthy]["outcome"] == "clean" and s["nodes"][healthy]["ops"] > 100, s["nodes"][healthy]
     assert s["nodes"][healthy]["host"].startswith(f"{healthy} (root@10.213.")
+    for name in (healthy, faulty):  # each node worked in a private dir of its own (mktemp -d), removed since
+        sock = json.loads((run_dir / name / "summary.json").read_text())["target"]["sock_path"]
+        assert re.fullmatch(r"/tmp/lvol-storm\.[A-Za-z0-9]{10}/spdk\.sock", sock), sock
     bad = s["nodes"][faulty]
     assert bad["outcome"] == "crash" and bad["crashes"] == 1, bad
     title = bad["crash_titles"][0]["title"]
@@ -253,7 +268,7 @@ def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_p
         with gzip.open(core, "rb") as f:
             assert f.read(4) == b"\x7fELF", "the fetched core is not an ELF core"
         backtrace = (bundle / "backtrace.txt").read_text()
-        assert "#0" in backtrace and any("gdb" in n and str(work_marker) in n for n in crash["notes"]), crash["notes"]
+        assert "#0" in backtrace and any("gdb" in n and f"{WORK_DIRS}." in n for n in crash["notes"]), crash["notes"]
     assert time.monotonic() - t0 < 120
 
 
@@ -267,6 +282,7 @@ def test_node_without_the_reference_target_is_a_one_line_node_error(tmp_path: Pa
     run_dir.mkdir()
     profile = load_config("smoke", overrides=["storm.duration=2s", "minimize.enabled=false"],
                           cli={"target.kind": "sim"})
+    before = work_dirs()
     try:
         with terraform_hosts("local", run_dir, nodes=1, keep=False, tf_vars={"subnet_octet": _free_octet(30)}) as h:
             monkeypatch.setattr(sys, "executable", "/opt/nowhere/bin/python3")
@@ -274,7 +290,7 @@ def test_node_without_the_reference_target_is_a_one_line_node_error(tmp_path: Pa
                                announce=lambda _m: None).execute()
             monkeypatch.undo()
     finally:
-        left = _wait_gone(terraform_run_id(run_dir), f"/tmp/lvol-storm/n{os.getpid()}")
+        left = _wait_gone(terraform_run_id(run_dir), before)
     assert not left, left
     summary = outcome.summary.to_json()
     (name, error), = summary["errors"].items()

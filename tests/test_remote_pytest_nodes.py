@@ -63,7 +63,7 @@ def test_terraform_nodes_fixture_provisions_for_the_session_and_destroys(tmp_pat
         res = _pytest(tmp_path, "--terraform", "local", "--nodes", "2", "--tf-var", f"subnet_octet={octet}",
                       "--run-dir", str(run_dir))
     finally:
-        left = _wait_gone(terraform_run_id(run_dir), "/nonexistent-marker")
+        left = _wait_gone(terraform_run_id(run_dir))
     assert res.returncode == 0, res.stdout + res.stderr
     assert not left, left
     text = (tmp_path / "nodes.json").read_text()
@@ -71,4 +71,4 @@ def test_terraform_nodes_fixture_provisions_for_the_session_and_destroys(tmp_pat
     assert f'"names": ["lvs-{tf_id}-0", "lvs-{tf_id}-1"]' in text and '"local": [false, false]' in text
     assert f"10.213.{octet}.2/30" in text and f"10.213.{octet}.6/30" in text  # each command ran in its namespace
     assert "terraform destroy" in (run_dir / "terraform.log").read_text()
-    assert not _leftovers(tf_id, "/nonexistent-marker")
+    assert not _leftovers(tf_id)

@@ -16,8 +16,8 @@ from harness.cli.replay import main_minimize, main_replay
 from harness.cli.run import main_run
 from harness.cli.triage import main_triage
 from harness.config import known_profiles
-from harness.errors import ConfigError, HarnessError
-from harness.interrupts import Interrupted
+from harness.errors import ConfigError, HarnessError, Stopped
+from harness.interrupts import Interrupted, signals_end_the_command
 from harness.minimize.replay import REPLAY_MODES
 from harness.options import add_to_argparse
 from harness.outcome import ExitCode
@@ -73,30 +73,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "profiles":
-            for name, path in known_profiles().items():
-                print(f"{name}\t{path}")
-            return ExitCode.OK
-        if args.command == "run":
-            return main_run(args)
-        if args.command == "replay":
-            return main_replay(args)
-        if args.command == "triage":
-            return main_triage(args)
-        return main_minimize(args)
-    except ConfigError as exc:
-        print(f"lvol-storm: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except HarnessError as exc:
-        print(f"lvol-storm: {exc}", file=sys.stderr)
-        return ExitCode.TARGET
-    except Interrupted as exc:
-        print(f"lvol-storm: interrupted twice ({exc}); teardown ran, what was saved is in the run directory",
-              file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    except KeyboardInterrupt:  # Ctrl-C during a Terraform apply: destroyed already
-        print("lvol-storm: interrupted; Terraform nodes (if any) were destroyed unless --keep-nodes; what was "
-              "saved is in the run directory", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+    """The command line (`argv` None: this process's own, which exits after it) to an exit status."""
+    with signals_end_the_command(process_exits_after=argv is None):
+        try:
+            return _command(build_parser().parse_args(argv))
+        except ConfigError as exc:
+            print(f"lvol-storm: {exc}", file=sys.stderr)
+            return ExitCode.USAGE
+        except Stopped as exc:
+            print(f"lvol-storm: {exc}", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        except HarnessError as exc:
+            print(f"lvol-storm: {exc}", file=sys.stderr)
+            return ExitCode.TARGET
+        except Interrupted as exc:
+            if exc.during_run:
+                print(f"lvol-storm: interrupted twice ({exc}); teardown ran, what was saved is in the run "
+                      "directory", file=sys.stderr)
+            else:
+                print(f"lvol-storm: {exc}: stopped (no run was under way to drain; what a run saved is in its run "
+                      "directory)", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        except KeyboardInterrupt:  # Ctrl-C during a Terraform apply: destroyed already
+            print("lvol-storm: interrupted; Terraform nodes (if any) were destroyed unless --keep-nodes; what was "
+                  "saved is in the run directory", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "profiles":
+        for name, path in known_profiles().items():
+            print(f"{name}\t{path}")
+        return ExitCode.OK
+    if args.command == "run":
+        return main_run(args)
+    if args.command == "replay":
+        return main_replay(args)
+    if args.command == "triage":
+        return main_triage(args)
+    return main_minimize(args)

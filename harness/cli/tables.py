@@ -33,6 +33,10 @@ def print_run_summary(outcome: RunOutcome) -> None:
     """The table `make storm` ends with; the same numbers as summary.json."""
     s = outcome.summary
     out = console()
+    if s.storm is None and s.verdict == Verdict.INTERRUPTED:  # stopped while the target started
+        out.print(f"verdict: interrupted before the storm (nothing ran, nothing judged); run dir {outcome.run_dir}",
+                  highlight=False)
+        return
     tgt = s.target
     if tgt.get("reference_target"):
         out.print(f"[bold yellow]{SIM_BANNER}[/]")

@@ -200,6 +200,13 @@ class Host(ABC):
     def makedirs(self, path: str) -> None:
         self.run(["mkdir", "-p", path]).check(self.name)
 
+    def private_dir(self, prefix: str = "lvol-storm") -> str:
+        """A fresh directory only the login user may enter, for a target's work (socket, log, cores): made by
+        `mktemp -d` under /tmp, so its name cannot be guessed and it is 0700 and the login user's own, not a
+        fixed /tmp path another user could make first (or root's, through sudo)."""
+        result = self.run(["mktemp", "-d", f"/tmp/{prefix}.XXXXXXXXXX"]).check(self.name)
+        return result.stdout.strip()
+
     def remove(self, path: str) -> None:
         self.run(["rm", "-f", path])
 

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -164,6 +165,9 @@ class LocalHost(Host):
 
     def makedirs(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
+
+    def private_dir(self, prefix: str = "lvol-storm") -> str:
+        return tempfile.mkdtemp(prefix=f"{prefix}.", dir="/tmp")  # 0700, unpredictable, ours
 
     def remove(self, path: str) -> None:
         try:

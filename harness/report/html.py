@@ -7,6 +7,7 @@ streamed through `Timeline` (memory stays flat), and the file is replaced atomic
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -16,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from harness.errors import ConfigError
 from harness.history import HISTORY_NAMES
 from harness.outcome import Verdict
 from harness.report.backtrace import is_death_frame
 from harness.report.timeline import Timeline
+from harness.safe_yaml import read_yaml_file
 
 SKIP_DIRS = frozenset({"crashes", "cores", "terraform", ".pytest_cache"})
 MAX_DEPTH = 3
@@ -281,10 +282,8 @@ def reproducer_commands(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     cfg = summary.get("config")
     if not isinstance(cfg, dict):
         loaded = None
-        try:
-            loaded = yaml.safe_load((run_dir / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError):
-            pass
+        with contextlib.suppress(ConfigError):  # a page without the command beats no page
+            loaded = read_yaml_file(run_dir / "config.yaml", "run's config.yaml")
         cfg = loaded if isinstance(loaded, dict) else {}
     target = cfg.get("target") or {}
     storm = cfg.get("storm") or {}

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from harness.history import answered, execution_key
+from harness.outcome import EXIT_REPRODUCED
 
 SPDK_RPC_NOTE = (
     "python reproducer only: `spdk-rpc` (PyPI spdk) cannot send a method with raw JSON params, and the "
@@ -186,6 +187,8 @@ target reads them in one poll and starts them before any I/O completes (a delete
 snapshot needs that). The calls at the end got no answer (in flight when it died, one of them killed it)
 and their order is unknown: if the replay survives, reorder those (`lvol-storm minimize` does this).
 UUIDs returned by the recorded calls are mapped to the ones the fresh target returns.
+Exit status: {EXIT_REPRODUCED} the target closed the connection or stopped answering (reproduced), 0 it answered
+every call, 2 bad usage or no target to connect to.
 Needs SPDK's Python client: pip install spdk (or PYTHONPATH=<spdk>/python).
 """
 
@@ -226,7 +229,11 @@ def main():
     if len(sys.argv) != 2:
         print(f"usage: {{sys.argv[0]}} RPC_SOCKET_PATH", file=sys.stderr)
         return 2
-    client = JSONRPCClient(sys.argv[1], timeout=60.0)
+    try:
+        client = JSONRPCClient(sys.argv[1], timeout=60.0)
+    except Exception as exc:
+        print(f"cannot connect to {{sys.argv[1]}}: {{exc}} (start a fresh target first)", file=sys.stderr)
+        return 2
     sent_already = set()
     for i, op in enumerate(OPERATIONS):
         if i in sent_already:
@@ -249,13 +256,13 @@ def main():
         except JSONRPCException as exc:
             if not client.sock:
                 print(f"    -> error {{error_text(exc)}}")
-                print(f"target closed the connection at operation {{i}} ({{op['method']}})")
-                return 1
-            print(f"target stopped answering at operation {{i}} ({{op['method']}}): {{error_text(exc)}}")
-            return 1
+                print(f"target closed the connection at operation {{i}} ({{op['method']}}): REPRODUCED")
+                return {EXIT_REPRODUCED}
+            print(f"target stopped answering at operation {{i}} ({{op['method']}}): {{error_text(exc)}}: REPRODUCED")
+            return {EXIT_REPRODUCED}
         except (OSError, ValueError) as exc:
-            print(f"target stopped answering at operation {{i}} ({{op['method']}}): {{exc}}")
-            return 1
+            print(f"target stopped answering at operation {{i}} ({{op['method']}}): {{exc}}: REPRODUCED")
+            return {EXIT_REPRODUCED}
         for j, rid in ids:
             o = OPERATIONS[j]
             reply = replies[rid]
@@ -269,7 +276,7 @@ def main():
             if isinstance(old, str) and isinstance(result, str) and old and old != result:
                 RENAMED[old] = result
             print(f"    [{{j}}] -> {{json.dumps(result)[:200]}}   (recorded: {{recorded}})")
-    print("all operations replayed; check whether the target is still alive")
+    print("all operations replayed and answered: NOT reproduced (check whether the target is still alive)")
     return 0
 
 

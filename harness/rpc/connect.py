@@ -13,6 +13,9 @@ from harness.hosts.base import Host
 from harness.rpc.errors import RpcConnectError
 
 _RETRIED = (OSError, HostError)
+MAX_CONNECTIONS = 64
+"""SPDK_JSONRPC_MAX_CONNS (lib/jsonrpc/jsonrpc_internal.h): spdk_tgt serves this many connections at once; one
+more waits in the listen backlog, connected but never answered, until another closes."""
 
 
 def _wait() -> wait_exponential:

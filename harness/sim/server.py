@@ -8,7 +8,15 @@ SPDK's quirks kept on purpose (see /work/shared/spdk/transcripts/*06_malformed_r
 module: where a JSON value ends and what closes a connection (`framing`), the envelope checks (`envelope`),
 how replies are written (`json_writer`); here: more than 1,024 JSON values in a request, or a request that
 does not fit the 32 KiB receive buffer, gets no reply and the connection is closed; at most 64 connections
-are served, more wait in the listen backlog until one closes. The log's layouts are `target_log`'s.
+are served, more wait in the listen backlog until one closes (an idle one holds its slot for as long as it
+stays open, as in spdk_tgt: the harness keeps its own connections under 64, `StormConfig.max_workers`).
+The log's layouts are `target_log`'s.
+
+Stricter than spdk_tgt on one point: a connection may hold at most SPDK_JSONRPC_SEND_BUF_SIZE_MAX (32 MiB, the
+most one spdk_tgt reply may be) of replies its client has not read, counting replies still waiting for their
+latency or background job; beyond that it is closed and SPDK's message for that limit logged. spdk_tgt keeps
+reading such a client and queues its replies without bound (jsonrpc_server_conn_send leaves a reply that
+would block for the next poll): a client that wrote and never read took this target from 20 to 836 MB in 30 s.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ __all__ = [  # what `spdk-sim` (harness/sim/__main__.py) takes from here
 RECV_BUF_SIZE = 32 * 1024  # SPDK_JSONRPC_RECV_BUF_SIZE
 MAX_CONNS = 64  # SPDK_JSONRPC_MAX_CONNS
 MAX_VALUES = 1024  # SPDK_JSONRPC_MAX_VALUES: more JSON values in one request is a parse error
+SEND_BUF_SIZE_MAX = 32 * 1024 * 1024  # SPDK_JSONRPC_SEND_BUF_SIZE_MAX: here, all of a connection's unread replies
 LISTEN_BACKLOG = 512
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
 REACTOR_NAME = "reactor_0"
@@ -85,6 +94,7 @@ class Connection:
     recv_buf: bytearray = field(default_factory=bytearray)
     send_buf: bytearray = field(default_factory=bytearray)
     pending: int = 0  # requests executed whose reply is not yet due
+    held: int = 0  # bytes of those replies (or, behind a background job, of their requests)
     peer_closed: bool = False  # EOF seen (or receive buffer full): read no more, close once all is sent
     dead: bool = False  # socket closed; late replies are dropped
     events: int = 0
@@ -158,7 +168,7 @@ class RpcServer:
         self.conn_numbers = itertools.count(1)
         self.stopping = False
         self.polled = False
-        self.deferred: list[tuple[DeferredReply, Connection, Request]] = []
+        self.deferred: list[tuple[DeferredReply, Connection, Request, int]] = []
         """Replies waiting for a background job, in the order their requests ran."""
         """A request of this poll (one pass over the ready connections) already reached the dispatcher."""
         self.wake_r, self.wake_w = socket.socketpair()
@@ -317,12 +327,12 @@ class RpcServer:
             poll_idle: Callable[[], None] | None = getattr(self.dispatcher, "poll_idle", None)
             if poll_idle is not None:
                 poll_idle()
-        waiting: list[tuple[DeferredReply, Connection, Request]] = []
-        for deferred, conn, request in self.deferred:
+        waiting: list[tuple[DeferredReply, Connection, Request, int]] = []
+        for deferred, conn, request, size in self.deferred:
             if conn.dead:
                 continue
             if not deferred.ready():
-                waiting.append((deferred, conn, request))
+                waiting.append((deferred, conn, request, size))
                 continue
             try:
                 result = deferred.result()
@@ -331,6 +341,7 @@ class RpcServer:
             else:
                 reply = notification_reply(result) if request.notification else result_reply(request.id_json, result)
             conn.pending -= 1
+            conn.held -= size
             self._complete_later(conn, reply)
             self._close_if_finished(conn)
         self.deferred = waiting
@@ -448,7 +459,18 @@ class RpcServer:
         if conn.dead or not reply:
             return
         conn.send_buf += reply
+        if not self._within_send_limit(conn):
+            return
         self._set_interest(conn)
+
+    def _within_send_limit(self, conn: Connection) -> bool:
+        """False (and the connection closed) once its client has left more than SEND_BUF_SIZE_MAX unread."""
+        if len(conn.send_buf) + conn.held <= SEND_BUF_SIZE_MAX:
+            return True
+        self.log(spdk_log_text("jsonrpc_server.c", 141, "jsonrpc_server_write_cb", "ERROR",
+                               f"Send buf exceeded maximum size ({SEND_BUF_SIZE_MAX})"))
+        self._close(conn)
+        return False
 
     def _complete_later(self, conn: Connection, reply: bytes) -> None:
         delay = self.latency_s + (self.random.uniform(0.0, self.jitter_s) if self.jitter_s else 0.0)
@@ -456,13 +478,16 @@ class RpcServer:
             self._queue_reply(conn, reply)
             return
         conn.pending += 1
+        conn.held += len(reply)
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self.timer_seq), conn, reply))
+        self._within_send_limit(conn)
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
             _, _, conn, reply = heapq.heappop(self.timers)
             conn.pending -= 1
+            conn.held -= len(reply)
             self._queue_reply(conn, reply)
             if not conn.dead:
                 self._close_if_finished(conn)
@@ -502,8 +527,10 @@ class RpcServer:
         else:
             if isinstance(result, DeferredReply):
                 conn.pending += 1
-                self.deferred.append((result, conn, parsed))
+                conn.held += len(raw)
+                self.deferred.append((result, conn, parsed, len(raw)))
                 self._drain_log()
+                self._within_send_limit(conn)
                 return
             reply = notification_reply(result) if parsed.notification else result_reply(parsed.id_json, result)
         self._drain_log()

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.errors import ConfigError
+from harness.rpc.connect import MAX_CONNECTIONS
 from harness.rpc_rules.table import RULES
 from harness.storm.operations import KNOWN_METHODS
 from harness.storm.strategies import STRATEGIES
@@ -49,6 +50,11 @@ def parse_duration(value: Any, field: str = "duration") -> float:
 DEFAULT_MIX: dict[str, float] = {r.method: r.storm.weight for r in RULES if r.storm is not None and r.storm.weight > 0}
 """Each row's weight (`StormUse.weight`): what Longhorn's replica does most, create/snapshot/clone/delete, with
 the rest as seasoning."""
+
+
+HARNESS_CONNECTIONS = 2
+"""Connections a storm's harness holds beside its workers': the storm's set-up connection and the watchdog's
+hang probe."""
 
 
 class StormConfig(BaseModel):
@@ -97,6 +103,11 @@ class StormConfig(BaseModel):
     def _check(self) -> StormConfig:
         if self.workers < 1:
             raise ValueError(f"workers: must be >= 1, got {self.workers}")
+        if self.workers > (most := self.max_workers):
+            each = " with strategies (each worker has a second connection for them)" if self.strategies else ""
+            raise ValueError(f"workers: must be <= {most}{each} (spdk_tgt serves at most {MAX_CONNECTIONS} "
+                             f"connections, SPDK_JSONRPC_MAX_CONNS, and the harness keeps {HARNESS_CONNECTIONS} "
+                             f"for its set-up calls and the watchdog's probe), got {self.workers}")
         if self.depth < 1:
             raise ValueError(f"depth: must be >= 1, got {self.depth}")
         if self.max_ops is not None and self.max_ops < 1:
@@ -135,6 +146,12 @@ class StormConfig(BaseModel):
         if lo < 1 or hi < lo:
             raise ValueError(f"lvol_size_mib: expected [min, max] with 1 <= min <= max, got [{lo}, {hi}]")
         return self
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers one target can serve: a connection each (two with strategies), beside the
+        harness's own; more would wait unanswered in the target's listen backlog (or fail to connect)."""
+        return (MAX_CONNECTIONS - HARNESS_CONNECTIONS) // (2 if self.strategies else 1)
 
     @property
     def effective_strategy_share(self) -> float:

@@ -46,6 +46,7 @@ from harness.storm.scheduler import HOT_SIZE, Scheduler, WorkerStream
 from harness.storm.space import SpaceLedger
 from harness.storm.strategies import STRATEGIES
 from harness.storm.view import TreeView
+from harness.sync_loop import run_sync
 
 __all__ = ["Storm", "StormResult", "run_storm", "run_storm_sync"]
 
@@ -663,4 +664,4 @@ async def run_storm(cfg: StormConfig, *, host: Host, sock_path: str, lvs_name: s
 def run_storm_sync(cfg: StormConfig, **kwargs: Any) -> StormResult:
     """`run_storm` from synchronous code (the CLI, pytest fixtures): its own event loop. Signals are the face's:
     it sets `stop_event` on the first Ctrl-C, and the engine sees that within 50 ms."""
-    return asyncio.run(run_storm(cfg, **kwargs))
+    return run_sync(run_storm(cfg, **kwargs))

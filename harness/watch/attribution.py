@@ -13,13 +13,17 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from harness.hosts.base import Host
 from harness.watch.evidence import MapEntry, parse_maps
-from harness.watch.kmsg import UserFault
+from harness.watch.kmsg import UserFault, parse_code_line, parse_record, parse_suppressed
 
+KERNEL_CONTEXT = 2
+"""Lines kept on each side of one of the target's kernel lines in a crash report (what the kernel printed
+with it: a register dump, `potentially unexpected fatal signal`), other processes' faults left out."""
+_NAMED_ID = re.compile(r"\[(\d+)\]|\b(?:pid|PID)[:=]? ?(\d+)|\bprocess (\d+)\b")
 SPDK_THREAD_NAMES = re.compile(
     r"^(?:reactor_\d+|spdk_tgt|nvmf_tgt|vhost|iscsi_tgt|app_thread|eal-intr-thread|rte_mp_handle|"
     r"rte-worker-\d+|telemetry-v\d|dpdk-\w+|spdk_\w+|lcore-worker-\d+)$"
@@ -119,6 +123,10 @@ class TargetIdentity:
                 self.exe = exe.removesuffix(" (deleted)")
         return True
 
+    def known_tids(self) -> set[int]:
+        with self._lock:
+            return set(self.tids)
+
     def snapshot_maps(self) -> list[MapEntry]:
         with self._lock:
             return list(self.maps)
@@ -180,3 +188,25 @@ def confirm_by_death(
         if expected is not None and rc != expected:
             return Verdict(False, f"{verdict.reason}, but the target died of {rc}, not {fault_signal}")
     return Verdict(True, f"{verdict.reason}, and the target died at that moment")
+
+
+def target_kernel_lines(lines: Sequence[str], tids: Iterable[int], *, own: Iterable[str] = (),
+                        foreign: Iterable[str] = (), context: int = KERNEL_CONTEXT) -> list[str]:
+    """The kernel lines a crash report keeps: the target's (a fault judged its own, a line naming one of its
+    thread ids, each with its `Code:` line), the kernel's note of dropped fault lines, and `context` lines
+    around them; a fault line judged another process's (`foreign`), and its `Code:` line, never, since a
+    busy machine segfaults too and a kernel.log of strangers' deaths sends the reader the wrong way."""
+    tid_set = set(tids)
+    own_set, foreign_set = set(own), set(foreign)
+    messages = [(rec.message.strip() if (rec := parse_record(line)) is not None else line) for line in lines]
+    ours = [m in own_set or parse_suppressed(m) is not None
+            or any(int(n) in tid_set for groups in _NAMED_ID.findall(m) for n in groups if n) for m in messages]
+    theirs = [m in foreign_set and not o for m, o in zip(messages, ours, strict=True)]
+    for i in range(1, len(messages)):
+        if parse_code_line(messages[i]) is not None:  # the opcode bytes of the fault line just before
+            ours[i], theirs[i] = ours[i - 1], theirs[i - 1]
+    keep: set[int] = set()
+    for i, mine in enumerate(ours):
+        if mine:
+            keep.update(range(max(0, i - context), min(len(lines), i + context + 1)))
+    return [lines[i] for i in sorted(keep) if not theirs[i]]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from harness.hosts.base import Host, HostProcess, describe_returncode
-from harness.watch.attribution import TargetIdentity, Verdict, confirm_by_death
+from harness.watch.attribution import TargetIdentity, Verdict, confirm_by_death, target_kernel_lines
 from harness.watch.evidence import AbortMessage, CrashEvidence, Finding
 from harness.watch.kernel import LOST_WITHOUT_KERNEL_LOG, SOURCES, KernelLogWatch
 from harness.watch.kmsg import KernelRecord, UserFault, parse_code_line, parse_fault, parse_suppressed
@@ -22,6 +22,8 @@ from harness.watch.targetlog import DEFAULT_ERROR_PATTERNS, TargetLogWatch
 
 log = logging.getLogger(__name__)
 
+KERNEL_LINES = 200
+"""How far back a crash report looks in the kernel log for the target's lines."""
 # Deaths the kernel prints a line for (SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV; SIGKILL for the OOM killer).
 _KERNEL_SIGNALS = {-4, -5, -7, -8, -11}
 
@@ -55,6 +57,8 @@ class Watchdog:
         self.detected_at: float | None = None
         self.identity = TargetIdentity(host, pid, binary_paths)
         self.unrelated: list[tuple[UserFault, str]] = []
+        self._own_lines: set[str] = set()  # kernel messages of faults judged the target's
+        self._foreign_lines: set[str] = set()  # ... and judged another process's
         self.suppressed: list[tuple[str, int]] = []
         self.warnings: list[str] = []
         self.death_grace_s = death_grace_s
@@ -165,7 +169,7 @@ class Watchdog:
                     break
                 time.sleep(0.02)
         time.sleep(min(0.05, left()))  # a `Code:` line
-        kernel = self.kernel.lines()[-50:] if self.kernel is not None else []
+        kernel = self._kernel_slice()
         tail = self.target_log.tail(100) if self.target_log is not None else []
         with self._lock:
             for ev in self._evidence:
@@ -191,7 +195,7 @@ class Watchdog:
             return  # a late verdict or line after a deliberate stop is no crash
         ev.maps = self.identity.snapshot_maps()
         if self.kernel is not None:
-            ev.kernel_lines = self.kernel.lines()[-50:]
+            ev.kernel_lines = self._kernel_slice()
         if self.target_log is not None:
             ev.log_tail = self.target_log.tail(100)
         with self._lock:
@@ -236,7 +240,18 @@ class Watchdog:
         self._judged(fault, confirm_by_death(verdict, self.process.wait_exit, self.death_grace_s,
                                              fault_signal=fault.signal, exit_rc=exit_rc))
 
+    def _kernel_slice(self) -> list[str]:
+        """The target's lines among the last kernel lines, and what surrounds them (`target_kernel_lines`)."""
+        if self.kernel is None:
+            return []
+        with self._lock:
+            own, foreign = set(self._own_lines), set(self._foreign_lines)
+        return target_kernel_lines(self.kernel.lines()[-KERNEL_LINES:], self.identity.known_tids(), own=own,
+                                   foreign=foreign)
+
     def _judged(self, fault: UserFault, verdict: Verdict) -> None:
+        with self._lock:
+            (self._own_lines if verdict.ours else self._foreign_lines).add(fault.message)
         if not verdict.ours:
             self.unrelated.append((fault, verdict.reason))
             log.info("%s: unrelated fault, not ours: %s (%s)", self.host.name, fault.describe(), verdict.reason)
