@@ -50,7 +50,7 @@ def _binary(path: Path) -> Path:
     (["replay", "{tmp}/brackets.jsonl"], "{tmp}/brackets.jsonl:1: not a JSON history record (nested deeper than a "
                                          "history line ever is): is it a history file?"),
     (["run", "--workers", "100000", "--set", "storm.strategies={}"],
-     f"{REPO}/profiles/default.yaml + --set: storm.workers: must be <= 62 (spdk_tgt serves at most 64 "
+     f"{REPO}/harness/profiles/default.yaml + --set: storm.workers: must be <= 62 (spdk_tgt serves at most 64 "
                                      "connections, SPDK_JSONRPC_MAX_CONNS, and the harness keeps 2 for its set-up "
                                      "calls and the watchdog's probe), got 100000"),
 ])
