@@ -63,28 +63,63 @@ class SteeredAway:
                 "methods": self.methods, "why": self.why}
 
 
-def triggers_of(crash_dir: Path) -> tuple[Counter[str], Counter[str]]:
+@dataclass
+class Triggers:
+    """What a crash cut off: per name, the calls lost, and whether it held the first lost call.
+
+    The first lost call (sent earliest) is what the target was working on when it died; the others were only
+    queued behind it. With two strategies in flight, counting calls alone blamed whichever had more queued.
+    """
+
+    first: Counter[str] = field(default_factory=Counter)
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def update(self, other: Triggers) -> None:
+        self.first.update(other.first)
+        self.calls.update(other.calls)
+
+    def ranked(self, leave: set[str]) -> list[tuple[str, int, int]]:
+        """(name, crashes it held the first lost call of, calls lost), most to blame first."""
+        names = [n for n in self.calls if n not in leave]
+        return sorted(((n, self.first[n], self.calls[n]) for n in names), key=lambda r: (-r[1], -r[2], r[0]))
+
+
+def triggers_of(crash_dir: Path) -> tuple[Triggers, Triggers]:
     """(strategies, methods) of the calls a crash cut off, from its last-operations.jsonl."""
-    strategies: Counter[str] = Counter()
-    methods: Counter[str] = Counter()
+    strategies, methods = Triggers(), Triggers()
     try:
         lines = (crash_dir / "last-operations.jsonl").read_text().splitlines()
     except OSError:
         return strategies, methods
+    first_strategy: tuple[float, str] | None = None
+    first_method: tuple[float, str] | None = None
     for line in lines:
         try:
             op = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(op, dict):
+            continue
         error = op.get("error") or {}
         if not isinstance(error, dict) or error.get("errno") not in LOST:
             continue
+        t_start = op.get("t_start")
+        sent = float(t_start) if isinstance(t_start, (int, float)) else float("inf")
         episode = op.get("episode")
         if isinstance(episode, str) and ":" in episode:
-            strategies[episode.split(":", 1)[1]] += 1
+            name = episode.split(":", 1)[1]
+            strategies.calls[name] += 1
+            if first_strategy is None or sent < first_strategy[0]:
+                first_strategy = (sent, name)
         method = op.get("method")
         if isinstance(method, str) and int(op.get("worker", 0)) >= 0 and method not in READ_METHODS:
-            methods[method] += 1
+            methods.calls[method] += 1
+            if first_method is None or sent < first_method[0]:
+                first_method = (sent, method)
+    if first_strategy is not None:
+        strategies.first[first_strategy[1]] += 1
+    if first_method is not None:
+        methods.first[first_method[1]] += 1
     return strategies, methods
 
 
@@ -94,8 +129,8 @@ class Steering:
     def __init__(self, config: SteeringConfig) -> None:
         self.config = config
         self.seen: Counter[str] = Counter()
-        self.strategies: dict[str, Counter[str]] = {}
-        self.methods: dict[str, Counter[str]] = {}
+        self.strategies: dict[str, Triggers] = {}
+        self.methods: dict[str, Triggers] = {}
         """What preceded each key's crashes since its last decision."""
         self.decisions: dict[str, list[SteeredAway]] = {}
 
@@ -104,31 +139,31 @@ class Steering:
         self.seen[key] += 1
         if crash_dir is not None:
             strategies, methods = triggers_of(crash_dir)
-            self.strategies.setdefault(key, Counter()).update(strategies)
-            self.methods.setdefault(key, Counter()).update(methods)
+            self.strategies.setdefault(key, Triggers()).update(strategies)
+            self.methods.setdefault(key, Triggers()).update(methods)
         earlier = self.decisions.get(key, [])
         since = self.seen[key] - (earlier[-1].count if earlier else 0)
         if not self.config.after or since < self.config.after:
             return None
         n = self.seen[key]
         strategies_left, methods_left = self.avoided()
-        by_strategy = Counter({s: c for s, c in (self.strategies.get(key) or Counter()).items()
-                               if s not in strategies_left})
-        by_method = Counter({m: c for m, c in (self.methods.get(key) or Counter()).items() if m not in methods_left})
+        by_strategy = (self.strategies.get(key) or Triggers()).ranked(strategies_left)
+        by_method = (self.methods.get(key) or Triggers()).ranked(methods_left)
         again = " more, after what was left out before" if earlier else ""
         if by_strategy:
-            name, hits = by_strategy.most_common(1)[0]
+            name, first, hits = by_strategy[0]
             decision = SteeredAway(key, title, n, strategies=[name],
-                                   why=f"{since} crashes{again}; the deaths cut off its episodes {hits} times")
+                                   why=f"{since} crashes{again}; its call was the one in progress at {first} of "
+                                       f"them, the deaths cut off its episodes {hits} times")
         elif by_method:
-            name, hits = by_method.most_common(1)[0]
+            name, first, hits = by_method[0]
             decision = SteeredAway(key, title, n, methods=[name],
-                                   why=f"{since} crashes{again}, none in a new episode; the deaths cut off {name} "
-                                       f"{hits} times")
+                                   why=f"{since} crashes{again}, none in a new episode; {name} was in progress at "
+                                       f"{first} of them, the deaths cut off {hits} of its calls")
         else:
             return None
         self.decisions.setdefault(key, []).append(decision)
-        self.strategies[key], self.methods[key] = Counter(), Counter()  # the next decision learns afresh
+        self.strategies[key], self.methods[key] = Triggers(), Triggers()  # the next decision learns afresh
         return decision
 
     def all_decisions(self) -> list[SteeredAway]:

@@ -52,6 +52,20 @@ def test_outside_any_episode_the_cut_off_method_is_left_out_and_reads_never(tmp_
     assert Steering(SteeringConfig(after=0)).observe("K", "t", _crash_dir(tmp_path, "c", lost)) is None
 
 
+def test_the_call_in_progress_at_the_death_outweighs_more_calls_queued_behind_it(tmp_path: Path) -> None:
+    """Two strategies in flight: the one whose call was sent first (what the target was working on) is blamed,
+    though the other had more calls cut off (a CI run blamed delete-vs-clone for busy-delete's crashes)."""
+    steering = Steering(SteeringConfig(after=2))
+    lost = [{"worker": 2, "method": "bdev_lvol_clone", "params": {}, "episode": "2.1:delete-vs-clone",
+             "t_start": 11.0 + i, "error": LOST} for i in range(3)]
+    lost.append({"worker": 1, "method": "bdev_lvol_delete", "params": {}, "episode": "1.4:busy-delete",
+                 "t_start": 10.5, "error": LOST})
+    assert steering.observe("K", "t", _crash_dir(tmp_path, "a", lost)) is None
+    decision = steering.observe("K", "t", _crash_dir(tmp_path, "b", lost))
+    assert decision is not None and decision.strategies == ["busy-delete"], decision
+    assert "in progress at 2 of them" in decision.why
+
+
 def test_the_budget_keeps_whole_evidence_for_the_first_crashes_of_a_key_then_counts(tmp_path: Path) -> None:
     budget = CrashBudget(EvidenceConfig(cores_per_key=2), tmp_path)
     assert [budget.claim("A") for _ in range(3)] == [Keep.ALL, Keep.ALL, Keep.REPEAT]
