@@ -13,8 +13,12 @@ import pytest
 from harness.cli import main as cli_main
 from harness.model.blobstore import Opening, load_order
 from harness.model.lvstore import LvolStore, ModelError
+from harness.sim.methods import Dispatcher
+from harness.storm.checker import Checker
 from harness.storm.listing_checks import listing_diff
 from harness.storm.mirror import LvstoreInfo
+from harness.storm.operations import Op
+from harness.storm.view import TreeView
 
 MIB = 1 << 20
 ESNAP = "e4b40d8b-f623-416d-8234-baf5a4c83cbd"
@@ -149,6 +153,53 @@ def test_the_checker_flags_a_wrong_degraded_flag_and_a_wrong_order_after_a_reloa
     assert [f.kind for f in listing_diff(*_listing(st, order=["v", "e"]), st, check_order=True)] == \
         ["wrong-listing-order"]
     assert e.esnap == ESNAP
+
+
+def _call(d: Dispatcher, method: str, **params: Any) -> Any:
+    return d.handle(method, params or None)
+
+
+def _judged(d: Dispatcher, c: Checker, method: str, **params: Any) -> Any:
+    """One call the storm's checker sees, answered by the reference target in process."""
+    op = Op(method, params, worker=0)
+    c.on_send(op)
+    op.result, op.done = _call(d, method, **params), True
+    c.on_reply(op)
+    return op.result
+
+
+def _resync_listing(d: Dispatcher) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], LvstoreInfo]:
+    """What Storm.resync reads: lvs0's lvols, every lvol bdev on the target, lvs0 itself."""
+    bdevs = {b["uuid"]: b for b in _call(d, "bdev_get_bdevs") if b.get("product_name") == "Logical Volume"}
+    store = LvstoreInfo.from_reply(_call(d, "bdev_lvol_get_lvstores", lvs_name="lvs0")[0])
+    return _call(d, "bdev_lvol_get_lvols", lvs_name="lvs0"), bdevs, store
+
+
+@pytest.mark.parametrize("faults", [frozenset(), frozenset({"leak-cluster"})], ids=["healthy", "leaking"])
+def test_a_nested_lvstores_lvols_are_not_counted_in_the_outer_lvstores_clusters(faults: frozenset[str]) -> None:
+    """A storm stopped inside nested-lvstore (its lvstore on thick w2v140, lvols of 2 thin, 3 thick, 4 thin
+    MiB) had its final check count the nested lvols' 3 clusters as lvs0's: '30 clusters in use but live lvols
+    hold 33: -3 clusters leaked'. Clusters are a blobstore's own (the recorded bdev_get_bdevs names each lvol's
+    lvol_store_uuid): a leak in lvs0 is judged on lvs0's lvols, and one of 2 clusters is not hidden by them."""
+    d = Dispatcher(faults=faults, seed=3)
+    _call(d, "bdev_malloc_create", name="Malloc0", num_blocks=256 * 256, block_size=4096)
+    _call(d, "bdev_lvol_create_lvstore", bdev_name="Malloc0", lvs_name="lvs0", cluster_sz=MIB)
+    c = Checker(TreeView(), _resync_listing(d)[2])
+    c.adopt(*_resync_listing(d))
+    outer = _judged(d, c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="w2v140", size_in_mib=30,
+                    thin_provision=False)
+    _call(d, "bdev_lvol_create_lvstore", bdev_name=outer, lvs_name="lvs0_w2n167", cluster_sz=MIB)
+    for i in range(3):
+        _call(d, "bdev_lvol_create", lvs_name="lvs0_w2n167", lvol_name=f"w2v{168 + i}", size_in_mib=2 + i,
+              thin_provision=i % 2 == 0)
+    v = _judged(d, c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="w2v171", size_in_mib=2, thin_provision=False)
+    _judged(d, c, "bdev_lvol_delete", name=v)
+    found = [(f.kind, f.message.split(" since")[0]) for f in c.compare(*_resync_listing(d))]
+    if not faults:
+        assert found == []
+    else:
+        assert ("leaked-clusters", "lvstore lvs0: 32 clusters in use but live lvols hold 30: 2 clusters leaked") \
+            in found
 
 
 def _storm(tmp_path: Path, bdev: str, strategies: str, seconds: str = "6s") -> dict[str, Any]:

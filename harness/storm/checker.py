@@ -8,7 +8,7 @@ order, it judges the trees leniently (`taint`) until a quiesce point re-reads th
 
 Checks that need the target's own word: right after a delete answered EBUSY the engine looks the lvol up (a
 busy delete must change nothing: `busy`); at quiesce points the listing is compared with the model and the
-target's cluster accounting (total - free == sum of allocated) exposes leaks (`listing_checks`).
+target's cluster accounting (total - free == what the lvstore's own lvols hold) exposes leaks (`listing_checks`).
 """
 
 from __future__ import annotations

@@ -82,9 +82,11 @@ class LeakWatch:
         return self.suspects[0].record() if self.suspects else None
 
     def in_listing(self, bdevs: dict[str, dict[str, Any]], store: LvstoreInfo) -> Finding | None:
-        """The target's own accounting: total - free must equal what its live lvols hold."""
-        held = sum(int(((b.get("driver_specific") or {}).get("lvol") or {}).get("num_allocated_clusters", 0))
-                   for b in bdevs.values())
+        """The target's own accounting: total - free must equal what its live lvols hold. `bdevs` is every lvol
+        bdev on the target; clusters are one blobstore's, so only the lvols of `store` count (a nested lvstore's
+        lvols hold clusters of the lvol it sits on, which holds them in `store`)."""
+        lvols = (((b.get("driver_specific") or {}).get("lvol") or {}) for b in bdevs.values())
+        held = sum(int(lv.get("num_allocated_clusters", 0)) for lv in lvols if lv.get("lvol_store_uuid") == store.uuid)
         used = store.total_data_clusters - store.free_clusters
         if used == held or self.reported:
             return None
