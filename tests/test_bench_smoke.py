@@ -40,7 +40,7 @@ def test_raw_client_replays_a_storm_with_the_same_outcomes(tmp_path: Path) -> No
     """The yardstick does the storm's work: same call count, and most outcomes (ok/error) agree."""
     work = short_work_dir()
     with BenchTarget(work, watchdog=False) as target:
-        plan, _, _ = throughput.run_storm_on(target, throughput.storm_config(1.0, workers=2, depth=2),
+        plan, _, _, _ = throughput.run_storm_on(target, throughput.storm_config(1.0, workers=2, depth=2),
                                              tmp_path / "h.jsonl")
         target.wipe()
         res = asyncio.run(replay_history(plan, target.sock_path, 2))
