@@ -93,8 +93,9 @@ class Grouping:
             # pointed at it (re-pointing every member on every join was quadratic in a long-lived group).
             g = max(groups, key=lambda x: len(x.members))
             relink: list[Op] = fresh
-            with_rename = renames or any(x.with_rename for x in groups)
+            with_rename = renames
             for other_group in groups:
+                with_rename = with_rename or other_group.with_rename
                 if other_group is not g:
                     other_group.merged = g
                     g.members.extend(other_group.members)

@@ -27,9 +27,10 @@ MISSING = "storm_missing_lvol"
 DELETE = BY_METHOD["bdev_lvol_delete"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Step:
-    """One drawn step: a single method, or a strategy episode with its own seed."""
+    """One drawn step: a single method, or a strategy episode with its own seed (not frozen: a frozen
+    dataclass sets each field through object.__setattr__, half the cost of drawing the step)."""
 
     method: str | None
     strategy: str | None
