@@ -39,6 +39,16 @@ def _minutes(text: str) -> list[float]:
     return marks
 
 
+def _depths(text: str) -> list[int]:
+    try:
+        depths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected depths like 4,16,64, got {text!r}") from None
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"expected depths >= 1 like 4,16,64, got {text!r}")
+    return depths
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(ORDER)}")
@@ -48,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long", action="store_true", help="memory: run for an hour (marks 1,5,15,30,60)")
     p.add_argument("--crashes", type=int, default=20, help="detection: crashes to cause (default 20)")
     p.add_argument("--seconds", type=float, default=None, help="throughput/scaling: seconds per storm")
+    p.add_argument("--depth", type=_depths, default=None,
+                   help="throughput: requests in flight per connection on the reference target, e.g. 64 or "
+                        "4,16,64 (one setting each; default 4 and 64, plus depth 4 polling every 8 ms); "
+                        "only these settings when given")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="throughput: cProfile the storm rounds, write pstats here (one file per setting, "
+                        "suffixed with the depth) and print their top entries")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -66,6 +83,10 @@ def _child_argv(args: argparse.Namespace, name: str, out: Path) -> list[str]:
         argv += ["--minutes", ",".join(f"{m:g}" for m in args.minutes)]
     if args.seconds:
         argv += ["--seconds", f"{args.seconds:g}"]
+    if args.depth:
+        argv += ["--depth", ",".join(str(d) for d in args.depth)]
+    if args.profile:
+        argv += ["--profile", str(args.profile.resolve())]
     return argv
 
 
@@ -86,7 +107,8 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
         from bench import throughput as m
 
         secs = args.seconds or (2.0 if quick else 6.0)
-        return m.run(seconds=secs, rounds=1 if quick else 3, peer_seconds=1.0 if quick else 4.0, log=_log)
+        return m.run(seconds=secs, rounds=1 if quick else 3, peer_seconds=1.0 if quick else 4.0, log=_log,
+                     depths=args.depth, profile=args.profile)
 
     def detection() -> list[Figure]:
         from bench import detection as m

@@ -10,7 +10,10 @@ from the first send to the last reply. The peers show what slower clients get on
 from __future__ import annotations
 
 import asyncio
+import cProfile
+import io
 import os
+import pstats
 import shutil
 import subprocess
 import sys
@@ -61,8 +64,13 @@ class RoundPair:
     raw_cpu_s: float = 0.0
 
 
-def run_storm_on(target: BenchTarget, cfg: StormConfig, history_path: Path) -> tuple[ReplayPlan, float, int]:
-    """One storm with history and the target's watchdog; returns its calls (as a replay plan), ops/s, findings."""
+def run_storm_on(target: BenchTarget, cfg: StormConfig, history_path: Path,
+                 profiler: cProfile.Profile | None = None) -> tuple[ReplayPlan, float, int, float]:
+    """One storm with history and the target's watchdog; returns its calls (as a replay plan), ops/s, findings
+    and the harness's CPU seconds for the storm (history closed included; reading the plan back is not)."""
+    cpu = time.process_time()
+    if profiler is not None:
+        profiler.enable()
     history = History(history_path)
     try:
         res = run_storm_sync(cfg, host=LocalHost(), sock_path=target.sock_path, lvs_name=target.lvs_name,
@@ -70,7 +78,10 @@ def run_storm_on(target: BenchTarget, cfg: StormConfig, history_path: Path) -> t
                              crashed=target.watchdog.crashed if target.watchdog else None)
     finally:
         history.close()
-    return ReplayPlan.from_history(history_path), res.ops_per_s, len(res.findings)
+        if profiler is not None:
+            profiler.disable()
+    cpu = time.process_time() - cpu
+    return ReplayPlan.from_history(history_path), res.ops_per_s, len(res.findings), cpu
 
 
 def spdk_rpc_per_call(sock_path: str, seconds: float, max_calls: int = 200) -> tuple[int, float]:
@@ -87,23 +98,26 @@ def spdk_rpc_per_call(sock_path: str, seconds: float, max_calls: int = 200) -> t
 
 def measure(label: str, *, kind: str = "sim", poll_interval_ms: float = 0.0, seconds: float = 8.0,
             rounds: int = 2, peer_seconds: float = 4.0, workers: int = 8, depth: int = 4,
-            mix: dict[str, float] | None = None, log: Callable[[str], object] = print) -> list[Figure]:
-    """Figures for one target setting: storm and raw rates, their ratio, the peers."""
+            mix: dict[str, float] | None = None, log: Callable[[str], object] = print,
+            profile: Path | None = None) -> list[Figure]:
+    """Figures for one target setting: storm and raw rates, their ratio, the peers. `profile`: a cProfile of
+    the storm rounds (only theirs: not the raw client's, not the peers') is written there as pstats."""
     work = short_work_dir()
     try:
         return _measure(label, work, kind=kind, poll_interval_ms=poll_interval_ms, seconds=seconds, rounds=rounds,
-                        peer_seconds=peer_seconds, workers=workers, depth=depth, mix=mix, log=log)
+                        peer_seconds=peer_seconds, workers=workers, depth=depth, mix=mix, log=log,
+                        profile=profile)
     finally:
         _remove_tree(work)
 
 
 def _measure(label: str, work: str, *, kind: str, poll_interval_ms: float, seconds: float, rounds: int,
              peer_seconds: float, workers: int, depth: int, mix: dict[str, float] | None,
-             log: Callable[[str], object]) -> list[Figure]:
+             log: Callable[[str], object], profile: Path | None) -> list[Figure]:
     with BenchTarget(work, kind=kind, poll_interval_ms=poll_interval_ms) as target:
         try:
             return _rounds(label, target, work, seconds=seconds, rounds=rounds, peer_seconds=peer_seconds,
-                           workers=workers, depth=depth, mix=mix, log=log)
+                           workers=workers, depth=depth, mix=mix, log=log, profile=profile)
         except Exception as exc:
             death = target.death()
             if death is None:
@@ -116,17 +130,17 @@ def _measure(label: str, work: str, *, kind: str, poll_interval_ms: float, secon
 
 
 def _rounds(label: str, target: BenchTarget, work: str, *, seconds: float, rounds: int, peer_seconds: float,
-            workers: int, depth: int, mix: dict[str, float] | None, log: Callable[[str], object]) -> list[Figure]:
+            workers: int, depth: int, mix: dict[str, float] | None, log: Callable[[str], object],
+            profile: Path | None = None) -> list[Figure]:
     """The storm and the raw client, round after round on one target, then the peers."""
     pairs: list[RoundPair] = []
     section = f"throughput {label}"
     figures: list[Figure] = []
     plan: ReplayPlan | None = None
+    profiler = cProfile.Profile() if profile is not None else None
     for r in range(rounds):
         cfg = storm_config(seconds, workers, depth, seed=r + 1, **({"mix": mix} if mix else {}))
-        cpu = time.process_time()
-        plan, ops_per_s, findings = run_storm_on(target, cfg, Path(work) / f"storm-{r}.jsonl")
-        storm_cpu = time.process_time() - cpu
+        plan, ops_per_s, findings, storm_cpu = run_storm_on(target, cfg, Path(work) / f"storm-{r}.jsonl", profiler)
         target.wipe()
         cpu = time.process_time()
         raw = asyncio.run(replay_history(plan, target.sock_path, depth))
@@ -136,6 +150,10 @@ def _rounds(label: str, target: BenchTarget, work: str, *, seconds: float, round
                                raw.agreement, findings, raw.storm_errors, raw.errors, storm_cpu, raw_cpu))
         log(f"  {label} round {r + 1}: storm {plan.storm_calls_per_s:,.0f} calls/s, raw replay "
             f"{raw.calls_per_s:,.0f} calls/s (outcomes agree {raw.agreement:.0%}), findings {findings}")
+    if profiler is not None and profile is not None:
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(profile))
+        log(f"  {label}: storm profile in {profile}\n{profile_top(profile)}")
     storm_rate = sum(p.storm_calls for p in pairs) / sum(p.storm_wall_s for p in pairs)
     raw_rate = sum(p.raw_calls for p in pairs) / sum(p.raw_wall_s for p in pairs)
     ratio = storm_rate / raw_rate if raw_rate else 0.0
@@ -168,15 +186,41 @@ def _rounds(label: str, target: BenchTarget, work: str, *, seconds: float, round
     return figures
 
 
+def profile_top(path: Path, n: int = 25) -> str:
+    """The top entries of a pstats file by own time (where the CPU went, not who called it)."""
+    out = io.StringIO()
+    pstats.Stats(str(path), stream=out).sort_stats("tottime").print_stats(n)
+    return out.getvalue()
+
+
 def _remove_tree(path: str) -> None:
     if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
 
 
+DEFAULT_DEPTHS = (4, 64)
+"""The reference target's settings `make bench` measures: the default profile's depth, and Longhorn's own
+pipelining (its Go client keeps up to 1,024 requests in flight per connection; 64 x 8 connections here)."""
+
+
+def depth_label(depth: int) -> str:
+    """The setting's section: `sim` at the default profile's depth (as earlier tables named it), else
+    `sim depth N`."""
+    return "sim" if depth == 4 else f"sim depth {depth}"
+
+
 def run(seconds: float = 8.0, rounds: int = 2, peer_seconds: float = 4.0,
-        log: Callable[[str], object] = print) -> list[Figure]:
-    """The reference target without and with spdk_tgt's 8 ms poll, and a real spdk_tgt when $SPDK_TGT is set."""
-    figures = measure("sim", seconds=seconds, rounds=rounds, peer_seconds=peer_seconds, log=log)
+        log: Callable[[str], object] = print, depths: list[int] | None = None,
+        profile: Path | None = None) -> list[Figure]:
+    """The reference target at each depth (default: 4 and 64) and at depth 4 with spdk_tgt's 8 ms poll, and a
+    real spdk_tgt when $SPDK_TGT is set. `depths` given: only the reference target at those depths."""
+    figures: list[Figure] = []
+    for depth in depths or DEFAULT_DEPTHS:
+        path = None if profile is None else profile.with_name(f"{profile.stem}-d{depth}{profile.suffix}")
+        figures += measure(depth_label(depth), seconds=seconds, rounds=rounds, depth=depth,
+                           peer_seconds=peer_seconds if depth == 4 else 0.0, log=log, profile=path)
+    if depths:
+        return figures
     figures += measure("sim poll 8 ms", poll_interval_ms=8.0, seconds=seconds, rounds=rounds,
                        peer_seconds=peer_seconds, log=log)
     if spdk_tgt_path():

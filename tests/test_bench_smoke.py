@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import pstats
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_raw_client_replays_a_storm_with_the_same_outcomes(tmp_path: Path) -> No
     """The yardstick does the storm's work: same call count, and most outcomes (ok/error) agree."""
     work = short_work_dir()
     with BenchTarget(work, watchdog=False) as target:
-        plan, _, _ = throughput.run_storm_on(target, throughput.storm_config(1.0, workers=2, depth=2),
+        plan, _, _, _ = throughput.run_storm_on(target, throughput.storm_config(1.0, workers=2, depth=2),
                                              tmp_path / "h.jsonl")
         target.wipe()
         res = asyncio.run(replay_history(plan, target.sock_path, 2))
@@ -66,6 +67,30 @@ def test_throughput_short() -> None:
     _sane(ratio, 0.05, 5.0)
     assert ratio.goal and ratio.met is not None
     _sane(figs["peer: spdk-rpc spawned per call"], 0.1, 1000)
+
+
+def test_throughput_at_any_depth_names_it_and_profiles_the_storm(tmp_path: Path) -> None:
+    """`--depth 8 --profile P`: one setting at depth 8, its section and figures say so, P-d8 holds the storm's
+    profile (its hot path, not the raw client's)."""
+    figs = throughput.run(seconds=1.0, rounds=1, peer_seconds=0.0, depths=[8], profile=tmp_path / "p.prof",
+                          log=lambda msg: None)
+    assert {f.section for f in figs} == {"throughput sim depth 8"}
+    named = _show(figs)
+    _sane(named["storm / raw"], 0.05, 5.0)
+    assert "storm calls/s (8 conn x depth 8)" in named
+    assert "µs/call" in named["storm calls/s (8 conn x depth 8)"].note
+    assert "harness/" in throughput.profile_top(tmp_path / "p-d8.prof")
+    profiled = {name for _, _, name in pstats.Stats(str(tmp_path / "p-d8.prof")).stats}  # type: ignore[attr-defined]
+    assert "execute" in profiled and "replay_history" not in profiled
+
+
+def test_bench_depth_flag_takes_a_list_and_refuses_nonsense() -> None:
+    from bench.__main__ import build_parser
+
+    assert build_parser().parse_args(["--depth", "4,16,64"]).depth == [4, 16, 64]
+    for bad in ("0", "x", ""):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--depth", bad])
 
 
 def test_detection_short() -> None:

@@ -378,3 +378,29 @@ def test_benchmark_connection_against_a_raw_socket_loop(fake: FakeSpdkProcess, t
     with capsys.disabled():
         print("\nRpcConnection vs a raw socket loop (fake server; calls/s, ratio, client CPU per call):\n  "
               + "\n  ".join(lines))
+
+
+def test_a_big_result_is_recorded_as_the_reply_carried_it(fake: FakeSpdkProcess, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big results reach the history as the reply's own bytes (not encoded again); the line reads back the same."""
+    from harness import history as history_mod
+
+    encoded: list[object] = []
+    real = history_mod._encode
+    monkeypatch.setattr(history_mod, "_encode", lambda v: encoded.append(v) or real(v))
+    history = History(tmp_path / "history.jsonl")
+
+    async def scenario() -> list[object]:
+        conn = await RpcConnection.open(HOST, fake.sock_path, history=history)
+        try:
+            await conn.call("spdk_get_version")
+            return list(await asyncio.gather(conn.call("echo", {"x": "a" * 100_000}), conn.call("echo", {"x": "b"})))
+        finally:
+            await conn.close()
+
+    big, small = run(scenario())
+    history.close()
+    records = [r for r in History.read(tmp_path / "history.jsonl") if r["method"] == "echo"]
+    assert sorted(len(r["result"]["x"]) for r in records) == [1, 100_000]
+    assert [r["result"] for r in records] in ([big, small], [small, big])
+    assert small in encoded and big not in encoded  # the small one was encoded, the big one taken as it came

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness.rpc.framing import FramingError, ReplyParser, encode_request
+from harness.rpc.framing import FramingError, ReplyParser, encode_request, result_text
 
 
 def _stream(n: int) -> tuple[list[dict[str, object]], bytes]:
@@ -70,3 +70,45 @@ def test_request_encoding_matches_rpc_py_and_omits_absent_params() -> None:
         "jsonrpc": "2.0", "method": "bdev_lvol_create", "id": 2**40, "params": params}
     assert b" " not in encode_request("bdev_lvol_delete", {"name": "a"}, 1)
     assert json.loads(encode_request('odd"name', {}, 1))["method"] == 'odd"name'
+
+
+def test_one_reply_per_line_keeps_each_reply_bytes_for_the_history() -> None:
+    messages, data = _stream(3)
+    parser = ReplyParser()
+    got = parser.feed(data)
+    assert got == messages
+    assert parser.raw is not None and [json.loads(r) for r in parser.raw] == messages
+    assert result_text(parser.raw[0]) is not None
+    assert json.loads(result_text(parser.raw[0]) or "") == messages[0]["result"]
+    assert result_text(b'{"jsonrpc":"2.0","id":1,"error":{"code":-19}}') is None
+
+
+def test_a_listing_across_many_reads_after_a_line_is_one_decode_and_its_bytes() -> None:
+    parser = ReplyParser()
+    assert parser.feed(b'{"jsonrpc":"2.0","id":1,"result":true}\n') == [{"jsonrpc": "2.0", "id": 1, "result": True}]
+    big = {"jsonrpc": "2.0", "id": 2, "result": [{"name": f"lvol{i}", "uuid": "u" * 36} for i in range(50_000)]}
+    data = json.dumps(big, separators=(",", ":")).encode() + b"\n"
+    got = []
+    for i in range(0, len(data), 65536):
+        got += parser.feed(data[i:i + 65536])
+        assert parser.pending_chars == (0 if got else min(i + 65536, len(data)))
+    assert got == [big]
+    assert parser.raw == [data[:-1]]
+    assert json.loads(result_text(data[:-1]) or "") == big["result"]
+
+
+def test_what_is_not_one_compact_reply_per_line_still_parses_and_the_fast_path_comes_back() -> None:
+    parser = ReplyParser()
+    first = {"jsonrpc": "2.0", "id": 1, "result": True}
+    pretty = {"jsonrpc": "2.0", "id": 2, "result": {"a": [1, 2]}}
+    odd = b'{"jsonrpc":"2.0","id":3,"result":NaN}\n'
+    data = json.dumps(first).encode() + b"\n" + json.dumps(pretty, indent=2).encode() + b"\n" + odd
+    got = parser.feed(data[:30]) + parser.feed(data[30:])
+    assert got[:2] == [first, pretty] and got[2]["id"] == 3 and got[2]["result"] != got[2]["result"]  # NaN
+    assert parser.raw is None  # that feed took the generic path
+    assert parser.feed(b'{"jsonrpc":"2.0","id":4,"result":true}\n')[0]["id"] == 4
+    assert parser.raw is not None  # and the next clean line is on the fast path again
+
+
+def test_requests_with_integers_past_64_bits_are_still_encoded() -> None:
+    assert json.loads(encode_request("x", {"n": 2**70}, 1))["params"] == {"n": 2**70}

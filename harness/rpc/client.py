@@ -22,7 +22,11 @@ from harness.history import History
 from harness.hosts.base import Host
 from harness.rpc.connect import connect_unix_retrying_async
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
-from harness.rpc.framing import FramingError, ReplyParser, encode_json, encode_request_json
+from harness.rpc.framing import FramingError, ReplyParser, encode_json, encode_request_json, result_text
+
+RAW_RESULT_MIN = 16 << 10
+"""Replies at least this big reach the history as the bytes that came (a listing of thousands of lvols is
+MBs: encoding it again cost as much as decoding it)."""
 
 # What a pending call's future resolves to besides a reply object: (marker, time.time() when it happened).
 _TIMED_OUT = "timed out"
@@ -53,6 +57,8 @@ class RpcConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = ReplyParser()
         self._pending: dict[int, asyncio.Future[tuple[Any, float]]] = {}
+        self._raw_replies: dict[int, bytes] = {}
+        """The bytes of big replies by id, for the history (see RAW_RESULT_MIN)."""
         self._next_id = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -174,18 +180,21 @@ class RpcConnection(asyncio.Protocol):
         try:
             outcome, t_end = await fut
         except asyncio.CancelledError:
+            self._raw_replies.pop(rid, None)
             # The request was sent: the target may run it. Keep that in the history.
             if self._pending.pop(rid, None) is not None and history is not None:
                 history.record(self.worker, self.conn, method, params, t_start, time.time(), seq=seq,
                                error={"code": None, "message": "cancelled before the reply", "errno": None},
                                batch=batch)
             raise
+        raw = self._raw_replies.pop(rid, None) if self._raw_replies else None
         if type(outcome) is dict:
             if "error" not in outcome:
                 result = outcome.get("result")
                 if history is not None:
                     history.record(self.worker, self.conn, method, params, t_start, t_end, result=result,
-                                   seq=seq, params_json=params_json, batch=batch)
+                                   seq=seq, params_json=params_json, batch=batch,
+                                   result_json=None if raw is None else result_text(raw))
                 return result
             err = outcome["error"]
             if isinstance(err, dict):
@@ -273,15 +282,19 @@ class RpcConnection(asyncio.Protocol):
             return
         t_end = time.time()
         pending = self._pending
-        for msg in messages:
+        raws = self._parser.raw
+        for i, msg in enumerate(messages):
             try:
-                fut = pending.pop(msg.get("id"), None) if type(msg) is dict else None  # type: ignore[arg-type]
+                rid = msg.get("id") if type(msg) is dict else None
+                fut = pending.pop(rid, None)  # type: ignore[arg-type]
             except TypeError:  # an unhashable id: not one of ours
                 fut = None
             if fut is None:
                 self.stray_replies += 1
                 self.last_stray = msg
             elif not fut.done():
+                if raws is not None and len(raws[i]) >= RAW_RESULT_MIN and self._history is not None:
+                    self._raw_replies[rid] = raws[i]  # type: ignore[index]
                 fut.set_result((msg, t_end))
 
     def eof_received(self) -> bool | None:

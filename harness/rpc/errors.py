@@ -66,7 +66,11 @@ class RpcError(HarnessError):
         self.message = message
         self.errno: int | None = errno_of(code, message)
         self.errno_name: str | None = _errno.errorcode[self.errno] if self.errno is not None else None
-        super().__init__(self._describe())
+        # No Exception.__init__ with the text: it is made when printed (a storm at depth 64 meets ~10,000
+        # error replies a second and prints none of them).
+
+    def __str__(self) -> str:
+        return self._describe()
 
     def _describe(self) -> str:
         code = f" {self.code}" if self.code is not None else ""

@@ -1,9 +1,16 @@
 """SPDK's JSON-RPC framing: requests are compact JSON objects, replies a stream of concatenated JSON objects.
 
 SPDK has no length prefix: a reply is a JSON object followed by "\\n", and several replies can arrive in one
-read or one reply across many reads. `ReplyParser` splits that stream in O(n) overall: it decodes only when a
-newline arrived (the end of a compact reply) or the pending bytes doubled since the last failed attempt, so a
+read or one reply across many reads. `ReplyParser` splits that stream in O(n) overall. Its fast path takes the
+stream as SPDK writes it, one compact reply per line: whole lines are decoded by orjson (3x the stdlib's speed
+on small replies, 4-5x on listings of thousands of lvols) and their bytes kept (`raw`), so the history can
+write a big result as it came instead of encoding it again. Anything else (pretty-printed replies, replies
+without newlines, values orjson refuses such as NaN) goes to the generic path: the stdlib's `raw_decode` over
+the text, decoding only when a newline arrived or the pending text doubled since the last failed attempt, so a
 10 MB `bdev_get_bdevs` reply in 64 KiB reads is not re-scanned from its start on every read.
+
+Requests are encoded by orjson too (UTF-8 as is, where the stdlib escaped non-ASCII: the same JSON value), with
+the stdlib encoder for what orjson refuses (integers past 64 bits).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import codecs
 import json
 import re
 from typing import Any
+
+import orjson
 
 from harness.errors import HarnessError
 
@@ -33,7 +42,30 @@ def _compact_encoder() -> Any:
     return lambda value: "".join(chunks(value, 0))
 
 
-encode_json = _compact_encoder()
+_stdlib_encode = _compact_encoder()
+_dumps = orjson.dumps
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON text of a plain tree (orjson; the stdlib encoder for integers past 64 bits and odd keys)."""
+    try:
+        return _dumps(value).decode()
+    except TypeError:
+        return _stdlib_encode(value)
+
+
+_LOADS = orjson.loads
+_LoadError = orjson.JSONDecodeError
+_RESULT_HEAD = re.compile(rb'\{"jsonrpc":"2\.0","id":-?\d+,"result":')
+
+
+def result_text(raw: bytes) -> str | None:
+    """The `result` value's JSON text inside a reply's raw bytes as SPDK writes a reply
+    (`{"jsonrpc":"2.0","id":N,"result":VALUE}`), None for any other shape."""
+    m = _RESULT_HEAD.match(raw)
+    if m is None or not raw.endswith(b"}"):
+        return None
+    return raw[m.end():-1].decode()
 
 _DECODER = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -73,21 +105,85 @@ def encode_request_json(method: str, params_json: str | None, request_id: int) -
 class ReplyParser:
     """Incremental splitter of a concatenated-JSON byte stream into message objects."""
 
-    __slots__ = ("_chunks", "_decoder", "_next_attempt", "_pending_len")
+    __slots__ = ("_bchunks", "_blen", "_chunks", "_decoder", "_generic", "_lines_seen", "_next_attempt",
+                 "_pending_len", "raw")
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self._chunks: list[str] = []
         self._pending_len = 0
         self._next_attempt = 0
+        self._bchunks: list[bytes] = []
+        """The fast path's pending bytes: the start of a reply whose newline has not come yet."""
+        self._blen = 0
+        self._generic = False
+        """The stream left one-reply-per-line framing; back on the fast path at the next clean line end."""
+        self._lines_seen = False
+        self.raw: list[bytes] | None = None
+        """The bytes of each message the last `feed` returned (fast path), None when it took the generic path."""
 
     @property
     def pending_chars(self) -> int:
-        """Characters received that are not yet a whole message."""
-        return self._pending_len
+        """Characters (bytes, on the fast path) received that are not yet a whole message."""
+        return self._pending_len + self._blen
 
     def feed(self, data: bytes) -> list[Any]:
         """Every whole message completed by `data`, in stream order; keeps the incomplete rest."""
+        if self._generic:
+            return self._feed_generic(data)
+        if b"\n" not in data:
+            if not self._lines_seen and not self._bchunks:
+                # A fresh stream that does not start with a line: a server without newlines, or one reply
+                # bigger than a read; the generic path tells them apart.
+                return self._feed_generic(data)
+            self._bchunks.append(data)
+            self._blen += len(data)
+            if self._blen > MAX_PENDING_CHARS:
+                raise FramingError(f"{self._blen} bytes without a complete JSON reply")
+            self.raw = None
+            return []
+        if self._bchunks:
+            self._bchunks.append(data)
+            buf = b"".join(self._bchunks)
+            self._bchunks = []
+            self._blen = 0
+        else:
+            buf = data
+        messages: list[Any] = []
+        raws: list[bytes] = []
+        pos = 0
+        end = buf.rfind(b"\n")
+        loads = _LOADS
+        while pos <= end:
+            nl = buf.find(b"\n", pos)
+            line = buf[pos:nl]
+            if line and not line.isspace():
+                try:
+                    messages.append(loads(line))
+                except _LoadError:
+                    # Not one compact reply per line (pretty-printed, glued, NaN, not UTF-8, not JSON): the
+                    # generic path from this line on decides.
+                    messages += self._feed_generic(buf[pos:])
+                    return messages
+                raws.append(line)
+            pos = nl + 1
+        if pos < len(buf):
+            rest = buf[pos:]
+            self._bchunks = [rest]
+            self._blen = len(rest)
+        self._lines_seen = True
+        self.raw = raws
+        return messages
+
+    def _feed_generic(self, data: bytes) -> list[Any]:
+        self.raw = None
+        self._generic = True
+        messages = self._feed_text(data)
+        if not self._chunks and data.endswith(b"\n"):
+            self._generic = False  # a clean line end: one reply per line again from here
+        return messages
+
+    def _feed_text(self, data: bytes) -> list[Any]:
         try:
             text = self._decoder.decode(data)
         except UnicodeDecodeError as exc:

@@ -113,10 +113,11 @@ class Checker:
         if rule.view == "remove":
             # Until it answers, no other op is aimed at it (a pick would mostly meet No such device).
             self.view.hide(str(op.params.get(rule.lvol_params[0])))
-        if self.busy.any_busy(op.keys, time.monotonic()):
+        busy = self.busy
+        if busy and busy.any_busy(op.keys, time.monotonic()):  # most sends: no job window open at all
             op.contended = True
         taint = self.taint
-        if taint.everything or taint.any_of(op.keys):
+        if taint.everything or (taint.keys and taint.any_of(op.keys)):
             op.contended = True
             op.lenient = True
         self.grouping.join(op)

@@ -39,6 +39,10 @@ class Group:
         g = self
         while g.merged is not None:
             g = g.merged
+        # Path compression: later lookups from this group take one step (merges chain groups).
+        node = self
+        while node.merged is not None and node.merged is not g:
+            node.merged, node = g, node.merged
         return g
 
 
