@@ -133,6 +133,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {assignment}: value is not valid YAML: {exc}") from exc
+    if isinstance(value, int | float) and not isinstance(value, bool) and ":" in raw:
+        value = raw.strip()  # YAML 1.1 reads 0000:00:04.0 (a PCI address) as a base-60 number: 4.0
     set_path(data, key.strip(), value)
 
 
