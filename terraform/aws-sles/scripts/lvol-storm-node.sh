@@ -65,7 +65,12 @@ bind() {  # bind PCI device $1 to driver $2; true once the kernel reports it bou
     echo "$addr" > "$dev/driver/unbind"
   fi
   echo "$addr" > "$SYS/bus/pci/drivers_probe" 2>/dev/null || true
-  [ "$(driver_of "$addr")" = "$drv" ]
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do  # the kernel binds as it probes; a slow probe gets two seconds
+    [ "$(driver_of "$addr")" = "$drv" ] && return 0
+    sleep 0.2
+  done
+  return 1
 }
 
 first_boot() {
