@@ -169,3 +169,47 @@ def test_first_boot_puts_the_hugepages_on_the_kernel_command_line(node: tuple[Pa
     assert _run(env, "first-boot").returncode == 1
     assert "no GRUB_CMDLINE_LINUX_DEFAULT line" in _run(env, "status").stdout
     assert not (root / "etc/first-boot-done").exists()
+
+
+WAIT_READY = MODULES_DIR / "aws-sles" / "scripts" / "wait-ready.sh"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("answers", "rc", "said"), [
+    (["ssh: connect to host 127.0.0.2 port 22: Connection refused", "pending: status: running",
+      "ready: hugepages=2"], 0, "wait-ready lvs-a-0: ready: hugepages=2"),
+    (["pending: status: done", "failed: nvme: 0000:00:04.0 is not an instance-store NVMe controller"],
+     1, "wait-ready lvs-a-0 (127.0.0.2): failed: nvme: 0000:00:04.0 is not an instance-store NVMe controller"),
+    (["pending: status: running"] * 100, 1, "wait-ready lvs-a-0 (127.0.0.2): not ready after 2s; last answer: "
+                                            "pending: status: running"),
+])
+def test_wait_ready_retries_until_the_node_answers_and_stops_at_its_first_failure(
+        tmp_path: Path, answers: list[str], rc: int, said: str) -> None:
+    """wait-ready.sh as apply runs it, with a stand-in `ssh` that answers from a script: connection errors and
+    `pending` are retried, `failed` ends the wait at once with the node's reason, silence ends at the timeout.
+    The stand-in also records how it was called: the pinned host key, no trust on first use."""
+    (tmp_path / "answers").write_text("\n".join(answers) + "\n")
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text("#!/usr/bin/env bash\n"
+                    f'printf "%s\\n" "$*" >> {tmp_path}/calls\n'
+                    f'cp -- "$(printf "%s\\n" "$@" | sed -n "s/^UserKnownHostsFile=//p")" {tmp_path}/known\n'
+                    f'n=$(wc -l < {tmp_path}/calls)\n'
+                    f'line=$(sed -n "${{n}}p" {tmp_path}/answers)\n'
+                    'echo "$line"\n'
+                    'case $line in ssh:*) exit 255 ;; esac\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", "NAME": "lvs-a-0", "ADDRESS": "127.0.0.2",
+           "USER": "ec2-user", "KEY": str(tmp_path / "id"), "HOST_PUBKEY": "ssh-ed25519 AAAAhost lvs-a-0",
+           "TIMEOUT": "2", "POLL": "0.05"}
+    res = subprocess.run(["bash", str(WAIT_READY)], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == rc, res.stdout + res.stderr
+    assert (res.stdout if rc == 0 else res.stderr).strip() == said
+    calls = (tmp_path / "calls").read_text().splitlines()
+    if answers[-1].startswith(("ready", "failed")):
+        assert len(calls) == len(answers)  # asked again after each error and pending, never after the end
+    else:
+        assert len(calls) >= 3  # kept asking until the timeout
+    assert all("StrictHostKeyChecking=yes" in c and "BatchMode=yes" in c and c.endswith(
+        "ec2-user@127.0.0.2 /usr/local/bin/lvol-storm-node status") for c in calls), calls[0]
+    assert (tmp_path / "known").read_text() == "127.0.0.2 ssh-ed25519 AAAAhost lvs-a-0\n"

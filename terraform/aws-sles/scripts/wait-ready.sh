@@ -17,7 +17,7 @@ last="no answer yet"
 while :; do
   if out=$(ssh -n -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$known" \
       -o ConnectTimeout=10 -o ServerAliveInterval=10 -i "$KEY" "$USER@$ADDRESS" \
-      'lvol-storm-node status' 2>&1); then
+      /usr/local/bin/lvol-storm-node status 2>&1); then
     case $out in
       ready*) echo "wait-ready $NAME: $out"; exit 0 ;;
       failed*) echo "wait-ready $NAME ($ADDRESS): $out" >&2; exit 1 ;;
