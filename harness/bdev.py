@@ -30,17 +30,25 @@ class BdevConfig(BaseModel):
     size_mib: int = Field(512, ge=8, description="malloc size, or size of the aio file we create")
     block_size: int = Field(4096, description="malloc/aio block size in bytes")
     aio_path: str | None = Field(None, description="a file or block device; default: a sparse file in the run dir")
-    pci_addr: str | None = Field(None, description="NVMe PCIe address, e.g. 0000:00:04.0")
+    pci_addr: str | None = Field(None, description="NVMe PCIe address, e.g. 0000:00:04.0; a profile may leave it "
+                                 "to each node (an inventory's bdevs, a Terraform module's nvme_pci_addrs)")
 
     @model_validator(mode="after")
     def _check(self) -> BdevConfig:
         if self.block_size not in (512, 4096):
             raise ValueError(f"block_size: expected 512 or 4096, got {self.block_size}")
-        if self.kind == "nvme" and not self.pci_addr:
-            raise ValueError("pci_addr: required when kind is nvme (e.g. 0000:00:04.0)")
         if self.pci_addr and not PCI_ADDR.match(self.pci_addr):
             raise ValueError(f"pci_addr: expected a PCI address like 0000:00:04.0, got {self.pci_addr!r}")
         return self
+
+
+def missing_pci_addr(cfg: BdevConfig) -> str | None:
+    """Why an NVMe bdev cannot be made yet (no PCI address came from the profile, the node or a flag), or None."""
+    if cfg.kind != "nvme" or cfg.pci_addr:
+        return None
+    return ("bdev.pci_addr: required when bdev.kind is nvme: set it per node (an inventory's `bdevs: [{kind: nvme, "
+            "pci_addr: ...}]`, or a Terraform module whose nodes output nvme_pci_addrs), or with "
+            "--set bdev.pci_addr=0000:00:04.0; or use --bdev malloc|aio")
 
 
 class LvstoreConfig(BaseModel):
@@ -94,6 +102,9 @@ class BaseBdev:
             self.bdev_name = rpc.call("bdev_aio_create", filename=path, name=self.name,
                                       block_size=cfg.block_size)
         else:
+            problem = missing_pci_addr(cfg)
+            if problem:
+                raise ConfigError(f"{self.host.name}: {problem}")
             self._check_nvme_driver()
             names = rpc.call("bdev_nvme_attach_controller", name=self.name, trtype="PCIe",
                              traddr=cfg.pci_addr)

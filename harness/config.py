@@ -126,6 +126,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment}: expected FIELD.PATH=VALUE, e.g. storm.workers=16")
     key, _, raw = assignment.partition("=")
     value = load_yaml(raw, f"--set {shown(key.strip(), quote=False)}") if raw.strip() else ""
+    if isinstance(value, int | float) and not isinstance(value, bool) and ":" in raw:
+        value = raw.strip()  # YAML 1.1 reads 0000:00:04.0 (a PCI address) as a base-60 number: 4.0
     set_path(data, key.strip(), value)
 
 

@@ -17,12 +17,13 @@ from typing import Any
 
 import yaml
 
+from harness.bdev import missing_pci_addr
 from harness.config import RunConfig, apply_override
 from harness.errors import ConfigError, shown
 from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
 from harness.provision.inventory import InventoryNode, load_inventory
-from harness.provision.terraform import MODULES_DIR, nodes_from_outputs, provisioned_hosts
+from harness.provision.terraform import MODULES_DIR, NodeSpec, nodes_from_outputs, provisioned_nodes
 from harness.safe_yaml import load_yaml
 
 TERRAFORM_MODULES = ("local", "aws-sles")
@@ -39,6 +40,7 @@ class Node:
     given_host: Host | None = field(default=None, compare=False)
     overrides: tuple[str, ...] = ()
     source: str = "node"
+    disks: tuple[Mapping[str, Any], ...] = ()  # without an inventory spec: a Terraform node's NVMe, say
 
     @property
     def is_local(self) -> bool:
@@ -52,8 +54,8 @@ class Node:
 
     def config(self, profile: RunConfig) -> RunConfig:
         return node_config(profile, target_settings=self.spec.target_settings() if self.spec else None,
-                           bdev_settings=self.spec.bdev_settings() if self.spec else (), overrides=self.overrides,
-                           source=self.source)
+                           bdev_settings=self.spec.bdev_settings() if self.spec else self.disks,
+                           overrides=self.overrides, source=self.source)
 
 
 LOCAL_NODE = Node("local")
@@ -63,8 +65,10 @@ def node_config(profile: RunConfig, *, target_settings: Mapping[str, Any] | None
                 bdev_settings: Sequence[Mapping[str, Any]] = (), overrides: Sequence[str] = (),
                 source: str = "node") -> RunConfig:
     """The profile, then what the inventory says about the node (its spdk_tgt, cpumask, hugepages, first
-    disk), then per-node `FIELD=VALUE` overrides (`target.sim_fault=abort-assert`)."""
+    disk), then per-node `FIELD=VALUE` overrides (`target.sim_fault=abort-assert`); an NVMe bdev must have
+    its PCI address by then."""
     if not target_settings and not bdev_settings and not overrides:
+        _check_complete(profile, source)
         return profile
     data = profile.model_dump(mode="json")
     data["target"].update(dict(target_settings or {}))
@@ -73,11 +77,19 @@ def node_config(profile: RunConfig, *, target_settings: Mapping[str, Any] | None
     for assignment in overrides:
         apply_override(data, assignment)
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValueError as exc:
         lines = str(exc).splitlines()
         detail = next((line.strip() for line in lines[1:] if line.strip()), lines[0] if lines else "invalid")
         raise ConfigError(f"{source}: per-node config is invalid: {detail}") from None
+    _check_complete(config, source)
+    return config
+
+
+def _check_complete(config: RunConfig, source: str) -> None:
+    problem = missing_pci_addr(config.bdev)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
 
 
 def parse_node_overrides(items: Sequence[str]) -> dict[str, list[str]]:
@@ -130,6 +142,15 @@ def host_nodes(hosts: Sequence[Host], overrides: Mapping[str, Sequence[str]] | N
     per_node = overrides_for(overrides or {}, names)
     return [Node(h.name, given_host=h, overrides=extra, source=h.name)
             for h, extra in zip(hosts, per_node, strict=True)]
+
+
+def terraform_node_list(provisioned: Sequence[tuple[NodeSpec, Host]],
+                        overrides: Mapping[str, Sequence[str]] | None = None) -> list[Node]:
+    """Terraform's nodes with what their outputs say of them: each one's NVMe controllers are its disks, so its
+    first becomes `bdev.pci_addr`, exactly as an inventory's `bdevs` would."""
+    nodes = host_nodes([host for _spec, host in provisioned], overrides)
+    return [Node(n.name, given_host=n.given_host, overrides=n.overrides, source=f"terraform node {n.name}",
+                 disks=tuple(spec.bdevs())) for n, (spec, _host) in zip(nodes, provisioned, strict=True)]
 
 
 # -- Terraform -------------------------------------------------------------------------------------------------
@@ -191,14 +212,23 @@ def terraform_run_id(run_dir: Path) -> str:
 
 
 @contextlib.contextmanager
+def terraform_nodes(module: str, run_dir: Path, *, nodes: int, keep: bool,
+                    tf_vars: Mapping[str, Any] | None = None,
+                    overrides: Mapping[str, Sequence[str]] | None = None) -> Iterator[list[Node]]:
+    """Provisioned nodes with connected hosts and their outputs' disks; the state under `<run_dir>/terraform`,
+    destroyed on the way out unless `keep` (and on a failed apply, and on Ctrl-C during apply)."""
+    variables = {"run_id": terraform_run_id(run_dir), "node_count": nodes, **(tf_vars or {})}
+    with provisioned_nodes(module, run_dir / "terraform", variables, keep,
+                           log=run_dir / "terraform.log") as provisioned:
+        yield terraform_node_list(provisioned, overrides)
+
+
+@contextlib.contextmanager
 def terraform_hosts(module: str, run_dir: Path, *, nodes: int, keep: bool,
                     tf_vars: Mapping[str, Any] | None = None) -> Iterator[list[Host]]:
-    """Provisioned, connected hosts; the state under `<run_dir>/terraform`, destroyed on the way out unless
-    `keep` (and on a failed apply, and on Ctrl-C during apply)."""
-    variables = {"run_id": terraform_run_id(run_dir), "node_count": nodes, **(tf_vars or {})}
-    with provisioned_hosts(module, run_dir / "terraform", variables, keep,
-                           log=run_dir / "terraform.log") as hosts:
-        yield hosts
+    """`terraform_nodes`, for callers that need only the connected hosts."""
+    with terraform_nodes(module, run_dir, nodes=nodes, keep=keep, tf_vars=tf_vars) as found:
+        yield [n.host() for n in found]
 
 
 def inventory_from_terraform(outputs: Mapping[str, Any], dest_dir: Path) -> Path:
@@ -208,7 +238,8 @@ def inventory_from_terraform(outputs: Mapping[str, Any], dest_dir: Path) -> Path
     known = dest_dir / "known_hosts"
     known.write_text(specs[0].known_hosts if specs[0].known_hosts.endswith("\n") else specs[0].known_hosts + "\n")
     data = {"nodes": [{"name": s.name, "address": s.address, "user": s.user, "port": s.port,
-                       "key": s.private_key_path, "known_hosts": str(known)} for s in specs]}
+                       "key": s.private_key_path, "known_hosts": str(known),
+                       **({"bdevs": s.bdevs()} if s.nvme_pci_addrs else {})} for s in specs]}
     path = dest_dir / "nodes.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

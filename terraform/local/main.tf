@@ -2,11 +2,8 @@
 # veth pair, each running its own sshd. Only Terraform's built-in `terraform_data` and `local-exec` are used,
 # so `terraform init && terraform apply` needs no provider download. Must run as root.
 #
-# Output contract (the same as ../aws-sles): nodes = [{name, address, user}], private_key_path, known_hosts.
-
-terraform {
-  required_version = ">= 1.4"
-}
+# Output contract (the same as ../aws-sles): nodes = [{name, address, user, nvme_pci_addrs}], private_key_path,
+# known_hosts.
 
 locals {
   # A /24 inside 10.213.0.0/16 chosen from the run id, one /30 per node: concurrent runs rarely collide, and

@@ -1,12 +1,13 @@
 # The contract every node module honours (see ../aws-sles/outputs.tf and harness/provision/terraform.py).
 
 output "nodes" {
-  description = "One entry per node: the name to report it by, the address to SSH to, the user to log in as."
+  description = "One entry per node: the name to report it by, the address to SSH to, the user to log in as, and its NVMe controllers for SPDK (none: namespaces have no disks of their own)."
   value = [
     for n in terraform_data.node[*].output : {
-      name    = n.name
-      address = n.address
-      user    = var.user
+      name           = n.name
+      address        = n.address
+      user           = var.user
+      nvme_pci_addrs = []
     }
   ]
 }
