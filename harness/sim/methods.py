@@ -36,13 +36,14 @@ from harness.sim.bdev_methods import BdevMethods
 from harness.sim.framework_methods import ALIASES, METHODS, FrameworkMethods
 from harness.sim.lvol_methods import PLANS, LvolMethods
 from harness.sim.lvstore_methods import LvstoreMethods
+from harness.sim.nvmf import NvmfMethods
 from harness.sim.protocol import ERROR_METHOD_NOT_FOUND, RpcFault, SimulatedCrash
 
 SERVER_METHODS = frozenset({"spdk_kill_instance"})
 """Served by the server itself (it signals the process), not by a handler here."""
 
 
-class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
+class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods, NvmfMethods):
     """One reference target's state and its RPC methods (see the module docstring)."""
 
     def __init__(self, faults: frozenset[str] = frozenset(), seed: int | None = None, fault_after: int = 40,
@@ -53,6 +54,7 @@ class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
         if fault_after < 1:
             raise ValueError(f"fault_after must be >= 1, got {fault_after}")
         super().__init__(faults, seed, memory_mib)
+        self._nvmf_init()
         self.fault_after = fault_after
         self._mutations = 0
         # A row served from the model goes to the generic handler; the others to this target's own `_m_<method>`.
@@ -104,4 +106,7 @@ class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
                 if fm.HANG in self.faults:
                     self._die(SimulatedCrash(kind="hang"))
                 self._die(SimulatedCrash(kind="exit", exit_code=fm.EXIT_CODE))
-        return handler(params)
+        if not self.nvmf_active:
+            return handler(params)
+        rule = BY_METHOD.get(method)
+        return self.nvmf_serve(method, rule is not None and rule.mutating, handler, params)

@@ -1,7 +1,5 @@
-"""The NVMe/TCP initiator and the storm's I/O against a real spdk_tgt (set SPDK_TGT; marker `spdk_tgt`).
-
-Each has a reference-target twin (tests/test_io_sim.py); here the real target decides what is right.
-"""
+"""The NVMe/TCP initiator against the reference target and a real spdk_tgt (set SPDK_TGT; marker `spdk_tgt`):
+the same expectations for both, so the reference target's NVMe/TCP side is held to what the real one does."""
 
 from __future__ import annotations
 
@@ -20,27 +18,29 @@ from harness.session import TargetNeeds, TargetSession
 from harness.target import TargetConfig, find_spdk_tgt
 from tests.io_helpers import NQN, export_lvol, free_port
 
-pytestmark = pytest.mark.spdk_tgt
+KINDS = ["sim", pytest.param("spdk", marks=pytest.mark.spdk_tgt)]
 
 
-def _real_config() -> TargetConfig:
+def target_config(kind: str) -> TargetConfig:
+    if kind == "sim":
+        return TargetConfig(kind="sim")
     # Another SPDK app may hold core 0's lock on a shared machine; these tests do not need a core of their own.
     return TargetConfig(kind="spdk", spdk_tgt=find_spdk_tgt(LocalHost(), os.environ.get("SPDK_TGT")),
                         cpumask="0x2", extra_args=["--disable-cpumask-locks"])
 
 
-@pytest.fixture
-def real_export(tmp_path: Path) -> Iterator[tuple[SyncRpc, str, int]]:
-    """A real spdk_tgt exporting one thin 8 MiB lvol as nsid 3 of NQN on a free loopback port."""
-    with TargetSession(LocalHost(), _real_config(), str(tmp_path / "t"), needs=TargetNeeds(malloc_mib=130)) as s, \
-            SyncRpc(s.host, s.sock_path) as rpc:
+@pytest.fixture(params=KINDS)
+def exported(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[SyncRpc, str, int]]:
+    """A target exporting one thin 8 MiB lvol as nsid 3 of NQN on a free loopback port."""
+    with TargetSession(LocalHost(), target_config(request.param), str(tmp_path / "t"),
+                       needs=TargetNeeds(malloc_mib=130)) as s, SyncRpc(s.host, s.sock_path) as rpc:
         port = free_port()
         uuid = export_lvol(rpc, port, nsid=3)
         yield rpc, uuid, port
 
 
-def test_initiator_connects_identifies_reads_and_writes_a_real_lvol(real_export: tuple[SyncRpc, str, int]) -> None:
-    _rpc, uuid, port = real_export
+def test_initiator_connects_identifies_reads_and_writes_an_lvol(exported: tuple[SyncRpc, str, int]) -> None:
+    _rpc, uuid, port = exported
 
     async def go() -> None:
         ctrl = await Controller.connect("127.0.0.1", port, NQN, io_queues=2, queue_depth=8)
@@ -70,9 +70,9 @@ def test_initiator_connects_identifies_reads_and_writes_a_real_lvol(real_export:
     asyncio.run(go())
 
 
-def test_a_deleted_lvols_namespace_goes_and_its_reads_fail(real_export: tuple[SyncRpc, str, int]) -> None:
+def test_a_deleted_lvols_namespace_goes_and_its_reads_fail(exported: tuple[SyncRpc, str, int]) -> None:
     """bdev_lvol_delete unregisters the bdev; the subsystem hot-removes the namespace before the reply."""
-    rpc, uuid, port = real_export
+    rpc, uuid, port = exported
 
     async def go() -> None:
         ctrl = await Controller.connect("127.0.0.1", port, NQN, io_queues=1, queue_depth=4)
