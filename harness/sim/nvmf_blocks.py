@@ -20,6 +20,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from harness.io.images import bits
 from harness.model.lvstore import Lvol, LvolStore
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -155,7 +156,7 @@ class BlockStore:
             if src is None:
                 continue
             blocks: dict[int, bytes] = {}
-            for c in _bits(gained):
+            for c in bits(gained):
                 owner = _owner_before(before, src, c, c * bpc, bpc)
                 have = self.data.get((uuid, owner)) if owner is not None else None
                 if have:
@@ -227,11 +228,3 @@ def _owner_before(before: dict[int, _Shape], bid: int | None, c: int, lba: int, 
         bid = shape.parent
     return None
 
-
-def _bits(x: int) -> list[int]:
-    out = []
-    while x:
-        low = x & -x
-        out.append(low.bit_length() - 1)
-        x ^= low
-    return out
