@@ -56,9 +56,13 @@ class Blob:
     owned: int = 0
     maybe: int = 0
     """Clusters whose ownership a race left open (a write against a snapshot of this lvol)."""
-    data: dict[int, Value] = field(default_factory=dict)
+    data: dict[int, dict[int, Value]] = field(default_factory=dict)
+    """Per owned cluster, its written blocks (lba -> value); a block not there reads zeroes."""
     read_only: bool = False
     loose: bool = False
+    """Every block not written since reads LOOSE, owned or not (its ownership is not known either)."""
+    loose_bits: int = 0
+    """Owned clusters whose unwritten blocks read LOOSE (copied in from a loose parent)."""
     bdev_blocks: int | None = None
     """The bdev's size when it is not the blob's (a refused shrink of an exported lvol left it larger)."""
     resizes: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RESIZES_KEPT))
@@ -73,6 +77,8 @@ class Images:
         self.bpc = cluster_size // block_size
         self.block_size = block_size
         self.blobs: dict[str, Blob] = {}
+        self.kids: dict[str, set[str]] = {}
+        """parent -> its clones (an index kept with every parent change)."""
 
     # -- reading the model ---------------------------------------------------------------------------------------
 
@@ -85,21 +91,42 @@ class Images:
 
     def visible(self, uuid: str, lba: int) -> Value:
         """What a read of `lba` through the lvol must show."""
-        b = self.blobs.get(uuid)
         c = lba // self.bpc
+        owner, loose = self._owner(self.blobs.get(uuid), c, lba)
+        if owner is None:
+            return LOOSE if loose else ZERO
+        v = owner.data.get(c, {}).get(lba)
+        if v is not None:
+            return v
+        return LOOSE if owner.loose or owner.loose_bits >> c & 1 else ZERO
+
+    def _owner(self, b: Blob | None, c: int, lba: int) -> tuple[Blob | None, bool]:
+        """The blob whose cluster c the lvol shows (bounded walk), or None: zeroes, or LOOSE if a loose blob
+        on the way does not know whether it owns it."""
         for _ in range(len(self.blobs) + 1):
             if b is None or lba >= b.clusters * self.bpc:
-                return ZERO
+                return None, False
             if b.owned >> c & 1:
-                v = b.data.get(lba)
-                return v if v is not None else (LOOSE if b.loose else ZERO)
+                return b, False
             if b.loose:
-                return LOOSE
+                return None, True
             b = self.blobs.get(b.parent) if b.parent is not None else None
-        return LOOSE
+        return None, True
+
+    def _link(self, b: Blob, parent: str | None) -> None:
+        if b.parent is not None:
+            self.kids.get(b.parent, set()).discard(b.uuid)
+        b.parent = parent
+        if parent is not None:
+            self.kids.setdefault(parent, set()).add(b.uuid)
+
+    def _add(self, b: Blob) -> None:
+        self.blobs[b.uuid] = b
+        parent, b.parent = b.parent, None
+        self._link(b, parent)
 
     def children(self, uuid: str) -> list[Blob]:
-        return [b for b in self.blobs.values() if b.parent == uuid]
+        return [self.blobs[k] for k in self.kids.get(uuid, ()) if k in self.blobs]
 
     def tree(self, uuid: str) -> list[Blob]:
         """Every blob of uuid's tree (bounded walks)."""
@@ -145,64 +172,94 @@ class Images:
         allocated = False
         if not b.owned >> c & 1:
             self._copy_in(b, c)
-            b.owned |= 1 << c
             allocated = True
-        b.data[lba] = write_id
+        b.data.setdefault(c, {})[lba] = write_id
         return prev, allocated
 
     def _copy_in(self, b: Blob, c: int) -> None:
         """Copy-on-write of cluster c from what the parent chain shows (loose parents copy LOOSE)."""
-        parent = self.blobs.get(b.parent) if b.parent is not None else None
-        if parent is None and not b.loose:
-            return
-        lo = c * self.bpc
-        for lba in range(lo, lo + self.bpc):
-            v = LOOSE if b.loose else self.visible(parent.uuid, lba) if parent is not None else ZERO
-            if v != ZERO:
-                b.data[lba] = v
+        if b.loose:
+            b.loose_bits |= 1 << c
+        else:
+            self._take_cluster(b, c, self.blobs.get(b.parent) if b.parent is not None else None)
+        b.owned |= 1 << c
+
+    def _take_cluster(self, b: Blob, c: int, source: Blob | None) -> None:
+        """Cluster c of b becomes a copy of what `source` shows there."""
+        owner, loose = self._owner(source, c, c * self.bpc)
+        if owner is not None:
+            have = owner.data.get(c)
+            if have:
+                b.data[c] = dict(have)
+            if owner.loose or owner.loose_bits >> c & 1:
+                b.loose_bits |= 1 << c
+        elif loose:
+            b.loose_bits |= 1 << c
 
     # -- what the RPCs do ------------------------------------------------------------------------------------------
 
     def create(self, uuid: str, clusters: int, thin: bool) -> None:
-        self.blobs[uuid] = Blob(uuid, clusters, thin, owned=0 if thin else (1 << clusters) - 1)
+        self._add(Blob(uuid, clusters, thin, owned=0 if thin else (1 << clusters) - 1))
 
     def adopt(self, uuid: str, clusters: int, *, parent: str | None, read_only: bool, thin: bool) -> None:
         """An lvol the model did not see made (there at the start, or a listing shows it): its data is LOOSE."""
-        self.blobs[uuid] = Blob(uuid, clusters, thin, parent=parent, read_only=read_only, loose=True)
+        self._add(Blob(uuid, clusters, thin, parent=parent, read_only=read_only, loose=True))
 
     def snapshot(self, origin: str, snap: str) -> None:
         o = self.blobs.get(origin)
         if o is None:
             return
-        self.blobs[snap] = Blob(snap, o.clusters, o.thin, parent=o.parent, owned=o.owned, maybe=o.maybe, data=o.data,
-                                read_only=True, loose=o.loose)
-        o.owned, o.maybe, o.data, o.loose, o.parent, o.thin = 0, 0, {}, False, snap, True
+        self._add(Blob(snap, o.clusters, o.thin, parent=o.parent, owned=o.owned, maybe=o.maybe, data=o.data,
+                       read_only=True, loose=o.loose, loose_bits=o.loose_bits))
+        o.owned, o.maybe, o.data, o.loose, o.loose_bits, o.thin = 0, 0, {}, False, 0, True
+        self._link(o, snap)
 
     def clone(self, snap: str, clone: str) -> None:
         s = self.blobs.get(snap)
         if s is not None:
-            self.blobs[clone] = Blob(clone, s.clusters, True, parent=snap)
+            self._add(Blob(clone, s.clusters, True, parent=snap))
 
     def delete(self, uuid: str) -> None:
         """Gone; a snapshot's only clone takes the clusters it lacks (its data unchanged)."""
-        x = self.blobs.pop(uuid, None)
+        x = self.blobs.get(uuid)
         if x is None:
             return
         kids = self.children(uuid)
         if len(kids) == 1:
             c = kids[0]
             moved = x.owned & ~c.owned & ((1 << c.clusters) - 1)
-            for lba, v in x.data.items():
-                if moved >> (lba // self.bpc) & 1:
-                    c.data[lba] = v
+            for cl in bits(moved):
+                if cl in x.data:
+                    c.data[cl] = x.data[cl]
             c.owned |= moved
             c.maybe |= x.maybe & moved
-            c.parent = x.parent
+            c.loose_bits |= x.loose_bits & moved
             c.loose = c.loose or x.loose
+            self._link(c, x.parent)
         else:
             for c in kids:  # a target that let a snapshot with clones go: what they show is anyone's guess
-                c.parent = None
-                c.loose, c.data = True, {}
+                self._link(c, None)
+                c.loose, c.data, c.loose_bits = True, {}, 0
+        self._link(x, None)
+        del self.blobs[uuid]
+        self.kids.pop(uuid, None)
+
+    def forget(self, uuid: str) -> None:
+        """Gone from the listing: no merge, nothing known."""
+        x = self.blobs.get(uuid)
+        if x is not None:
+            self._link(x, None)
+            del self.blobs[uuid]
+
+    def clear(self) -> None:
+        self.blobs.clear()
+        self.kids.clear()
+
+    def reparent(self, uuid: str, parent: str | None) -> None:
+        """The listing says so (the model lost track): the blob follows it."""
+        b = self.blobs.get(uuid)
+        if b is not None:
+            self._link(b, parent)
 
     def resize(self, uuid: str, clusters: int, t: float, *, bdev_kept: bool = False) -> None:
         """The blob's new size; `bdev_kept`: the bdev kept its (larger) size (a refused shrink)."""
@@ -215,8 +272,9 @@ class Images:
             keep = (1 << clusters) - 1
             b.owned &= keep
             b.maybe &= keep
-            for lba in [x for x in b.data if x >= clusters * self.bpc]:
-                del b.data[lba]
+            b.loose_bits &= keep
+            for cl in [x for x in b.data if x >= clusters]:
+                del b.data[cl]
         elif not b.thin:
             b.owned |= ((1 << clusters) - 1) & ~((1 << b.clusters) - 1)
         b.clusters = clusters
@@ -228,7 +286,8 @@ class Images:
             return
         self._materialize(b, ((1 << b.clusters) - 1) & ~b.owned, self.blobs.get(b.parent) if b.parent else None)
         b.owned = (1 << b.clusters) - 1
-        b.parent, b.thin = None, False
+        b.thin = False
+        self._link(b, None)
 
     def decouple(self, uuid: str) -> None:
         b = self.blobs.get(uuid)
@@ -236,12 +295,12 @@ class Images:
             return
         p = self.blobs.get(b.parent)
         if p is None:
-            b.parent = None
+            self._link(b, None)
             return
         need = p.owned & ((1 << b.clusters) - 1) & ~b.owned
         self._materialize(b, need, p)
         b.owned |= need
-        b.parent = p.parent
+        self._link(b, p.parent)
 
     def detach(self, uuid: str) -> None:
         b = self.blobs.get(uuid)
@@ -259,12 +318,16 @@ class Images:
         if b.maybe:
             for c in bits(b.maybe):
                 lo = c * self.bpc
+                mine: dict[int, Value] = {}
                 for lba in range(lo, lo + self.bpc):
                     old = self.visible(uuid, lba)
                     new = self.visible(parent, lba) if parent is not None else ZERO
-                    b.data[lba] = union(old, new)
+                    if old != ZERO or new != ZERO:
+                        mine[lba] = union(old, new)
+                b.data[c] = mine
+                b.loose_bits &= ~(1 << c)
             b.owned |= b.maybe
-        b.parent = parent
+        self._link(b, parent)
 
     def set_read_only(self, uuid: str, t: float) -> None:
         b = self.blobs.get(uuid)
@@ -274,18 +337,14 @@ class Images:
 
     def _materialize(self, b: Blob, clusters: int, source: Blob | None) -> None:
         for c in bits(clusters):
-            lo = c * self.bpc
-            for lba in range(lo, lo + self.bpc):
-                v = self.visible(source.uuid, lba) if source is not None else ZERO
-                if v != ZERO:
-                    b.data[lba] = v
+            self._take_cluster(b, c, source)
 
     # -- what races leave open ---------------------------------------------------------------------------------
 
     def loosen_tree(self, uuid: str) -> None:
         """Overlapping operations on this tree: until rewritten, its blocks may show any stamp."""
         for b in self.tree(uuid):
-            b.loose, b.data, b.maybe = True, {}, 0
+            b.loose, b.data, b.maybe, b.loose_bits = True, {}, 0, 0
 
     def raced_snapshot(self, snap: str, origin: str, lba: int, write_id: int, prev: Value | None) -> None:
         """A write to `origin` overlapped its snapshot: the snapshot's block holds it or what it replaced, and
@@ -296,10 +355,9 @@ class Images:
         c = lba // self.bpc
         if not s.owned >> c & 1:  # the write may have come after: the snapshot shows its parent's cluster
             self._copy_in(s, c)
-            s.owned |= 1 << c
             s.maybe |= 1 << c
-        before = prev if prev is not None else s.data.get(lba, ZERO)
-        s.data[lba] = union(before, write_id)
+        before = prev if prev is not None else self.visible(snap, lba)
+        s.data.setdefault(c, {})[lba] = union(before, write_id)
         o.maybe |= 1 << c
 
     def mark_maybe(self, uuid: str, lba: int) -> None:

@@ -39,7 +39,7 @@ from harness.nvme_tcp.initiator import Controller, NvmeError, NvmeTimeout, NvmeT
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
 from harness.storm.checker import Checker, Finding, LvstoreInfo
-from harness.storm.operations import Op
+from harness.storm.operations import Group, Op
 from harness.storm.view import TreeView
 
 IO_WORKER = -2
@@ -47,6 +47,8 @@ IO_WORKER = -2
 EXPORT_ROUND_S = 0.1
 RECENT_S = 30.0
 RECENT_MAX = 4096
+RECENT_PER_LVOL = 256
+RECENT_LVOLS = 256
 AROUND = 4
 """Operations on a tree kept to name around a finding."""
 WRITABLE_SHARE = 0.75
@@ -138,13 +140,16 @@ class IoStorm:
         self.writing: dict[tuple[str, int], int] = {}
         """(lvol, lba) -> write id of a write in flight: no two writes to one block at once."""
         self.inflight_writes: dict[int, _Write] = {}
-        self.recent: deque[_Write] = deque(maxlen=RECENT_MAX)
+        self.recent: dict[str, deque[_Write]] = {}
+        """Writes done in the last RECENT_S seconds, by lvol (bounded per lvol)."""
         self.ops_inflight: dict[int, tuple[Op, str | None]] = {}
         self.unsure_alloc: set[str] = set()
         """Lvols whose clusters the checker's model knows by count only (see align_mirror)."""
         self.exporting: set[str] = set()
         """Lvols an nvmf_subsystem_add_ns is in flight for."""
         self.deferred_errors: list[tuple[set[int], tuple[Any, ...]]] = []
+        self.deferred_reads: list[tuple[set[int], tuple[Any, ...]]] = []
+        """Reads whose lvol a change was in flight for when they came back: judged after it answered."""
         """I/O errors waiting for the changes to their lvol that were in flight when they came back."""
         self.resize_watch: set[int] = set()
         """Resizes (by op id) sent while their lvol was exported or being exported."""
@@ -157,6 +162,8 @@ class IoStorm:
         self.deleting: dict[str, float] = {}
         """Lvols a delete (or unexport) was sent for, and when: errors to them are legal from then on."""
         self.around: dict[str, deque[str]] = {}
+        self.unjudged: dict[str, list[Group]] = {}
+        """Lvols changed by ops whose group the checker has not judged yet (its model lags the target)."""
         self.last_change: dict[str, float] = {}
         """When an operation on each lvol last changed it (a write sent before that raced it)."""
         self.mismatched_size: set[str] = set()
@@ -255,7 +262,7 @@ class IoStorm:
         try:
             self._on_reply(op)
         finally:
-            if self.deferred_errors:
+            if self.deferred_errors or self.deferred_reads:
                 self._judge_deferred()
 
     def _on_reply(self, op: Op) -> None:
@@ -270,7 +277,7 @@ class IoStorm:
         if rule.effect == "lvstore" and op.method == "bdev_lvol_delete_lvstore" and op.ok:
             for u in list(images.blobs):
                 self.exports.gone(u)
-            images.blobs.clear()
+            images.clear()
             return
         if rule.view == "add":
             if op.ok and isinstance(op.result, str):
@@ -288,7 +295,7 @@ class IoStorm:
                 self.stats.refused_shrinks += 1
                 self.mismatched_size.add(uuid)
                 self.storm.checker.taint.trees(self.storm.view, [op])
-                self._note_around(uuid, op)
+                self._note_around({uuid}, op)
             return
         if rule.view == "remove" and not op.ok:
             e = self.exports.by_uuid.get(uuid)
@@ -300,10 +307,16 @@ class IoStorm:
         racing = self._racing_writes(uuid, t_send)
         if racing and rule.view != "remove":
             self.storm.checker.taint.trees(self.storm.view, [op])  # who owns the raced clusters is open
+        touched = self._named(op, uuid) | {c.uuid for c in images.children(uuid)}
+        if rule.creates_lvol and isinstance(op.result, str):
+            touched.add(op.result)
+        if op.group is not None:  # the checker applies it to its model when the whole group has answered
+            for u in touched:
+                self.unjudged.setdefault(u, []).append(op.group)
         self._apply(op, uuid, racing, now)
         if overlapped:  # another change to its lvols overlapped it and also succeeded: their order is not known
             self._loosen("overlap", str(op.result) if rule.creates_lvol and isinstance(op.result, str) else uuid)
-        self._note_around(uuid, op)
+        self._note_around(touched, op)
 
     def _apply(self, op: Op, uuid: str, racing: list[_Write], now: float) -> None:
         images = self.images
@@ -359,7 +372,7 @@ class IoStorm:
         listed = {e["uuid"]: e for e in lvols}
         names = {e["name"]: e["uuid"] for e in lvols}
         for u in [u for u in images.blobs if u not in listed]:
-            images.blobs.pop(u, None)
+            images.forget(u)
             self.exports.gone(u)
         cs = self.storm.lvs.cluster_size
         for u in listed:
@@ -375,7 +388,7 @@ class IoStorm:
             elif blob.parent != parent or images.blocks(u) != blocks:
                 why = "listing-parent" if blob.parent != parent else "listing-size"
                 self.stats.loosened[why] = self.stats.loosened.get(why, 0) + 1
-                blob.parent = parent
+                images.reparent(u, parent)
                 if u not in self.mismatched_size:
                     blob.clusters = -(-blocks * images.block_size // cs)
                 images.loosen_tree(u)
@@ -564,7 +577,7 @@ class IoStorm:
                     mirror.set_free_clusters(mirror.free_clusters - 1)
         if racy:
             self.storm.checker.taint.trees(self.storm.view, [_tree_op(w.uuid)])
-        self.recent.append(w)
+        self.recent.setdefault(w.uuid, deque(maxlen=RECENT_PER_LVOL)).append(w)
         self._prune_recent()
 
     async def _read(self, queue: int, e: ex.Export, lba: int, n: int) -> None:
@@ -586,20 +599,42 @@ class IoStorm:
             self._judge_error("read", e, lba, n, status, t_mono, t_start)
             return
         bs = images.block_size
-        bad = None
+        allowed = []
         for i in range(n):
+            v = union(at_send[i], images.visible(e.uuid, lba + i))
+            for w in self._overlapping_writes(e.uuid, lba + i, t_mono):
+                v = union(v, w.wid)
+            allowed.append(v)
+        seen = [parse_block(data[i * bs:(i + 1) * bs]) for i in range(n)]
+        waiting = self._changes_in_flight(e.uuid)
+        if waiting and len(self.deferred_reads) < RECENT_MAX:
+            # A change to the lvol or its parents is still in flight: the read may have run after it, so it is
+            # judged once the change has answered, against the state after it too.
+            self.deferred_reads.append((waiting, (queue, e, lba, allowed, seen, t_start)))
+            return
+        self._judge_read(queue, e, lba, allowed, seen, t_start)
+
+    def _changes_in_flight(self, uuid: str) -> set[int]:
+        chain = self._chain(uuid)
+        return {i for i, (op, u) in self.ops_inflight.items() if u in chain and
+                (op.rule.view in STRUCTURAL or op.rule.effect == "lvstore")}
+
+    def _judge_read(self, queue: int, e: ex.Export, lba: int, allowed: list[Value], seen: list[Seen], t_start: float,
+                    *, after: bool = False) -> None:
+        images = self.images
+        assert images is not None
+        bad = None
+        for i, (v, s) in enumerate(zip(allowed, seen, strict=True)):
             b = lba + i
-            allowed = union(at_send[i], images.visible(e.uuid, b))
-            for w in self._overlapping_writes(e.uuid, b, t_mono):
-                allowed = union(allowed, w.wid)
-            seen = parse_block(data[i * bs:(i + 1) * bs])
-            if not self._fits(allowed, seen, b):
-                bad = (b, allowed, seen)
+            if after:
+                v = union(v, images.visible(e.uuid, b))
+            if not self._fits(v, s, b):
+                bad = (b, v, s)
                 break
             self.stats.verified_blocks += 1
-            if allowed == LOOSE:
+            if v == LOOSE:
                 self.stats.loose_blocks += 1
-        self.history.record([round(t_start, 6), round(time.time(), 6), queue, "r", e.nsid, e.uuid, lba, n, 0,
+        self.history.record([round(t_start, 6), round(time.time(), 6), queue, "r", e.nsid, e.uuid, lba, len(seen), 0,
                              "mismatch" if bad else "ok"])
         if bad is not None:
             self._mismatch(e, *bad, t_start)
@@ -647,6 +682,13 @@ class IoStorm:
             else:
                 self._judge_error_now(*args)
         self.deferred_errors = still
+        reads = []
+        for waiting, rargs in self.deferred_reads:
+            if waiting & self.ops_inflight.keys():
+                reads.append((waiting, rargs))
+            else:
+                self._judge_read(*rargs, after=True)
+        self.deferred_reads = reads
 
     def _judge_error_now(self, what: str, e: ex.Export, lba: int, n: int, status: str, t_send: float,
                          t_start: float) -> None:
@@ -742,44 +784,63 @@ class IoStorm:
             return None
         return -(-size_mib * (1 << 20) // self.storm.lvs.cluster_size)
 
-    def _tree_uuids(self, uuid: str) -> set[str]:
-        assert self.images is not None
-        return {b.uuid for b in self.images.tree(uuid)} | {uuid}
-
     def _racing_writes(self, uuid: str, t_send: float) -> list[_Write]:
         """Writes to `uuid` that overlapped an operation sent at t_send and answered now."""
         out = [w for w in self.inflight_writes.values() if w.uuid == uuid]
-        out += [w for w in self.recent if w.uuid == uuid and w.t_done is not None and w.t_done >= t_send]
+        out += [w for w in self.recent.get(uuid, ()) if w.t_done is not None and w.t_done >= t_send]
         return out
 
     def _struct_since(self, uuid: str, t: float) -> bool:
-        """An operation on uuid's tree in flight now, or answered since t."""
-        tree = self._tree_uuids(uuid)
-        for op, u in self.ops_inflight.values():
-            if u in tree and (op.rule.view in STRUCTURAL or op.rule.effect == "lvstore"):
-                return True
-        return any(self.last_change.get(u, 0.0) >= t for u in tree)
+        """A change to the lvol or its parents (what decides which clusters it owns) in flight now, or answered
+        since t."""
+        chain = self._chain(uuid)
+        for u in chain:
+            groups = self.unjudged.get(u)
+            if groups:
+                groups[:] = [g for g in groups if not g.root().closed]
+                if groups:
+                    return True
+                del self.unjudged[u]
+        if self._changes_in_flight(uuid):
+            return True
+        return any(self.last_change.get(c, 0.0) >= t for c in chain)
+
+    def _chain(self, uuid: str) -> set[str]:
+        assert self.images is not None
+        out = {uuid}
+        b = self.images.blobs.get(uuid)
+        for _ in range(len(self.images.blobs)):
+            parent = b.parent if b is not None else None
+            if parent is None or parent in out:
+                break
+            out.add(parent)
+            b = self.images.blobs.get(parent)
+        return out
 
     def _overlapping_writes(self, uuid: str, lba: int, t_send: float) -> list[_Write]:
         out = [w for w in self.inflight_writes.values() if w.uuid == uuid and w.lba <= lba < w.lba + w.n]
-        out += [w for w in self.recent if w.uuid == uuid and w.lba <= lba < w.lba + w.n and w.t_done is not None
+        out += [w for w in self.recent.get(uuid, ()) if w.lba <= lba < w.lba + w.n and w.t_done is not None
                 and w.t_done >= t_send]
         return out
 
     def _prune_recent(self) -> None:
         limit = time.monotonic() - RECENT_S
-        while self.recent and (self.recent[0].t_done or 0.0) < limit:
-            self.recent.popleft()
+        if len(self.recent) > RECENT_LVOLS:
+            for u in [u for u, q in self.recent.items() if not q or (q[-1].t_done or 0.0) < limit]:
+                del self.recent[u]
 
-    def _note_around(self, uuid: str, op: Op) -> None:
-        self.last_change[uuid] = time.monotonic()
-        if op.ok and op.rule.creates_lvol and isinstance(op.result, str):
-            self.last_change[op.result] = time.monotonic()
-        for u in self._tree_uuids(uuid):
-            self.around.setdefault(u, deque(maxlen=AROUND)).append(op.describe())
+    def _note_around(self, touched: set[str], op: Op) -> None:
+        """The lvols a change touched: when (a write sent before raced it) and what (a finding names it)."""
+        now = time.monotonic()
+        text = op.describe()
+        for u in touched:
+            self.last_change[u] = now
+            self.around.setdefault(u, deque(maxlen=AROUND)).append(text)
         if len(self.around) > 4 * len(self.storm.view.nodes) + 64:
             for u in [u for u in self.around if u not in self.storm.view.nodes][: len(self.around) // 2]:
                 del self.around[u]
+                self.last_change.pop(u, None)
+                self.unjudged.pop(u, None)
 
     def _around_of(self, uuid: str) -> list[str]:
         return list(self.around.get(uuid, ()))
