@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench import io_cost
 from harness.hosts.local import LocalHost
 from harness.target import find_spdk_tgt
 
@@ -67,3 +68,11 @@ def test_real_target_io_profile_runs_clean(tmp_path: Path) -> None:
     assert rc == 0, out[-3000:]
     io = summary["io"]
     assert io["verified_blocks"] > 1000 and io["mismatches"] == 0 and io["errors"] == 0, io
+
+
+def test_bench_io_cost_row_measures_both_rates() -> None:
+    figures = io_cost._pair_rows("io", "sim", "default", 2.0, 1, {"target.kind": "sim", "storm.strategies": {}},
+                                 log=lambda _m: None)
+    ratio, iops = figures
+    assert ratio.value is not None and 0.05 < ratio.value < 5 and ratio.goal == ">= 0.5"
+    assert iops.value is not None and iops.value > 0 and "blocks verified" in iops.note
