@@ -22,7 +22,7 @@ from bench.figures import Figure, markdown_table, table_text, to_json
 
 REPO = Path(__file__).resolve().parent.parent
 
-ORDER = ("throughput", "detection", "scaling", "memory", "watchdog", "first_op")
+ORDER = ("throughput", "io", "detection", "scaling", "memory", "watchdog", "first_op")
 
 
 def _log(msg: str) -> None:
@@ -110,6 +110,11 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
         return m.run(seconds=secs, rounds=1 if quick else 3, peer_seconds=1.0 if quick else 4.0, log=_log,
                      depths=args.depth, profile=args.profile)
 
+    def io() -> list[Figure]:
+        from bench import io_cost as m
+
+        return m.run(seconds=args.seconds or (3.0 if quick else 10.0), rounds=1 if quick else 2, log=_log)
+
     def detection() -> list[Figure]:
         from bench import detection as m
 
@@ -138,7 +143,7 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
 
         return m.run(repeats=1 if quick else 3, log=_log)
 
-    return {"throughput": throughput, "detection": detection, "scaling": scaling, "memory": memory,
+    return {"throughput": throughput, "io": io, "detection": detection, "scaling": scaling, "memory": memory,
             "watchdog": watchdog, "first_op": first_op}
 
 

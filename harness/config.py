@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.bdev import BdevConfig, LvstoreConfig
 from harness.crash_budget import EvidenceConfig
 from harness.errors import ConfigError, shown
+from harness.io.config import IoConfig
 from harness.minimize.config import MinimizeConfig
 from harness.safe_yaml import load_yaml, read_yaml_file
 from harness.steering import SteeringConfig
@@ -47,6 +48,7 @@ class RunConfig(BaseModel):
     bdev: BdevConfig = Field(default_factory=BdevConfig)
     lvstore: LvstoreConfig = Field(default_factory=LvstoreConfig)
     storm: StormConfig = Field(default_factory=StormConfig)
+    io: IoConfig = Field(default_factory=IoConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     minimize: MinimizeConfig = Field(default_factory=MinimizeConfig)

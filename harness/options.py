@@ -137,6 +137,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--strategy",), "strategy", "only this strategy's episodes beside the mix (repeatable): "
            + ", ".join(sorted(STRATEGIES)), "storm", RUN_FACES, action="append", choices=tuple(sorted(STRATEGIES)),
            metavar="NAME"),
+    Option(("--io",), "io", "also read and write the lvols over NVMe/TCP while the storm changes them, every "
+           "block checked against a model (the io: section: lanes, depth, block counts, read share)", "storm",
+           RUN_FACES, "io.enabled", action="store_true"),
     Option(("--no-minimize",), "no_minimize", "do not cut new crashes down to a minimal reproducer (default: each "
            "new crash key is minimized once, after its evidence is saved)", "storm", RUN_FACES, "minimize.enabled",
            action="store_true", to_config=lambda on: False if on else None),

@@ -225,7 +225,7 @@ class StormRun:
         return run_storm_sync(
             cfg.storm, host=self.host, sock_path=session.sock_path, lvs_name=self.lvstore.name,
             history=session.history, stop_event=self.stop_event, capabilities=session.methods,
-            run_dir=self.run_dir.path, crashed=session.watchdog.crashed, progress=self.progress,
+            run_dir=self.run_dir.path, crashed=session.watchdog.crashed, progress=self.progress, io=cfg.io,
         )
 
     @property
@@ -288,4 +288,5 @@ class StormRun:
             findings=findings, crashes=crash_counts(titles), crash_dirs=[str(p) for p in crash_dirs],
             notes=self.notes, config=self.config.model_dump(mode="json"),
             storm=storm.to_dict() if storm else None, interrupted=interrupted,
+            io=storm.io if storm is not None else None,
         )

@@ -99,6 +99,8 @@ class Summary(BaseModel):
     """The storm's result (harness.storm.engine.StormResult.to_dict): its own ops, ops/s, stop reason."""
     interrupted: bool = False
     minimized: list[dict[str, Any]] | None = None
+    io: dict[str, Any] | None = None
+    """The storm's I/O (harness.io.lanes): reads, writes, verified_blocks, mismatches, errors, iops, ..."""
     # -- a fleet's -----------------------------------------------------------------------------------------
     fleet: bool = False
     run_id: str | None = None

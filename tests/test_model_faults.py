@@ -56,7 +56,7 @@ def test_parse_faults_accepts_lists_and_none() -> None:
     assert parse_faults("") == frozenset() and parse_faults("none") == frozenset()
     assert parse_faults("forced-removal, hang") == {"forced-removal", "hang"}
     assert set(FAULT_MODES) == {"forced-removal", "abort-assert", "abort-malloc", "hang", "exit", "leak-cluster",
-                                "delete-snapshot-with-clones"}
+                                "delete-snapshot-with-clones", "corrupt-clone-read"}
     assert all(FAULT_MODES.values())
 
 
@@ -281,7 +281,8 @@ def test_random_rpc_sequences_only_answer_results_or_spdk_errors_and_keep_invari
     import time
 
     methods = [m for m in Dispatcher().method_names() if m not in ("spdk_kill_instance", "bdev_malloc_delete",
-                                                                   "bdev_lvol_delete_lvstore", "bdev_aio_delete")]
+                                                                   "bdev_lvol_delete_lvstore", "bdev_aio_delete")
+               and not m.startswith("nvmf_")]  # the lvol RPCs' fuzz (tests/test_io_sim_nvmf.py has the nvmf ones)
     deadline = time.monotonic() + 8
     for seed in range(30):
         rng = random.Random(seed)

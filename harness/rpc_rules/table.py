@@ -236,6 +236,17 @@ RULES: tuple[Rule, ...] = (
     Rule("bdev_aio_delete", effect="target"),
     Rule("bdev_aio_rescan", effect="target"),
     Rule("bdev_aio_create", effect="target"),
+    # ---- lib/nvmf (the storm's I/O exports lvols; harness.sim.nvmf serves them) -------------------------------
+    Rule("nvmf_get_transports"),
+    Rule("nvmf_create_transport", effect="target"),
+    Rule("nvmf_subsystem_remove_ns", effect="target"),
+    Rule("nvmf_subsystem_add_ns", effect="target",
+         why="opens and claims the bdev (exclusive_write); the namespace goes when the bdev is deleted"),
+    Rule("nvmf_subsystem_remove_listener", effect="target"),
+    Rule("nvmf_subsystem_add_listener", effect="target"),
+    Rule("nvmf_delete_subsystem", effect="target"),
+    Rule("nvmf_create_subsystem", effect="target"),
+    Rule("nvmf_get_subsystems"),
     # ---- lib/event, lib/thread, lib/env_dpdk, lib/bdev, lib/rpc ----------------------------------------------------
     Rule("framework_get_reactors", served="no"),
     Rule("thread_get_stats", served="no"),

@@ -18,6 +18,7 @@ from harness.model.lvstore import (
 
 HANG = "hang"
 EXIT = "exit"
+CORRUPT_CLONE_READ = "corrupt-clone-read"
 
 FAULT_MODES: dict[str, str] = {
     FORCED_REMOVAL: (
@@ -41,6 +42,10 @@ FAULT_MODES: dict[str, str] = {
     LEAK_CLUSTER: "checker test, no crash: deletes and shrinks do not return clusters to the lvstore",
     DELETE_SNAPSHOT_WITH_CLONES: (
         "checker test, no crash: a snapshot with two or more clones can be deleted; its clones are not re-parented"
+    ),
+    CORRUPT_CLONE_READ: (
+        "data checker test, no crash: from the Nth block read through a clone's namespace (--fault-after), a read "
+        "of a clone returns another lvol's block (the same LBA where one has it) instead of the clone's own"
     ),
 }
 

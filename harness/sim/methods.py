@@ -36,6 +36,7 @@ from harness.sim.bdev_methods import BdevMethods
 from harness.sim.framework_methods import ALIASES, METHODS, FrameworkMethods
 from harness.sim.lvol_methods import PLANS, LvolMethods
 from harness.sim.lvstore_methods import LvstoreMethods
+from harness.sim.nvmf import NvmfMethods
 from harness.sim.protocol import ERROR_METHOD_NOT_FOUND, RpcFault, SimulatedCrash
 
 SERVER_METHODS = frozenset({"spdk_kill_instance"})
@@ -45,7 +46,7 @@ SETTLING = frozenset(r.method for r in RULES if r.mutating)
 deleted lvol is unloaded (state.TargetState._settle_bdevs)."""
 
 
-class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
+class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods, NvmfMethods):
     """One reference target's state and its RPC methods (see the module docstring)."""
 
     def __init__(self, faults: frozenset[str] = frozenset(), seed: int | None = None, fault_after: int = 40,
@@ -56,6 +57,7 @@ class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
         if fault_after < 1:
             raise ValueError(f"fault_after must be >= 1, got {fault_after}")
         super().__init__(faults, seed, memory_mib)
+        self._nvmf_init()
         self.fault_after = fault_after
         self._mutations = 0
         # A row served from the model goes to the generic handler; the others to this target's own `_m_<method>`.
@@ -108,9 +110,15 @@ class Dispatcher(FrameworkMethods, BdevMethods, LvstoreMethods, LvolMethods):
                     self._die(SimulatedCrash(kind="hang"))
                 self._die(SimulatedCrash(kind="exit", exit_code=fm.EXIT_CODE))
         if method not in SETTLING:
-            return handler(params)
+            return self._serve(method, handler, params)
         try:
-            return handler(params)
+            return self._serve(method, handler, params)
         finally:
             if self.dead is None:
                 self._settle_bdevs()
+
+    def _serve(self, method: str, handler: Callable[[object], object], params: object) -> object:
+        if not self.nvmf_active:
+            return handler(params)
+        rule = BY_METHOD.get(method)
+        return self.nvmf_serve(method, rule is not None and rule.mutating, handler, params)

@@ -41,6 +41,8 @@ from harness.sim import death
 from harness.sim.envelope import Request, parse_envelope
 from harness.sim.framing import INCOMPLETE, INVALID, scan_value
 from harness.sim.json_writer import error_reply, notification_reply, result_reply
+from harness.sim.nvmf import NvmfMethods
+from harness.sim.nvmf_tcp import NvmfTcp
 from harness.sim.protocol import DeferredReply, RpcFault, SimulatedCrash
 from harness.sim.target_log import cpumask_cores, spdk_log_line, spdk_log_text, startup_lines
 
@@ -172,6 +174,7 @@ class RpcServer:
         """Replies waiting for a background job, in the order their requests ran."""
         """A request of this poll (one pass over the ready connections) already reached the dispatcher."""
         self.wake_r, self.wake_w = socket.socketpair()
+        self.nvmf: NvmfTcp | None = None
 
     # -- the log ------------------------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -228,6 +231,10 @@ class RpcServer:
         self.wake_w.setblocking(False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         self._listen_on()
+        attach: Callable[[NvmfTcp], None] | None = getattr(self.dispatcher, "attach_reactor", None)
+        if attach is not None and isinstance(self.dispatcher, NvmfMethods):
+            self.nvmf = NvmfTcp(self.dispatcher, self.selector, self.log)
+            attach(self.nvmf)
 
     def _release_lock(self, *, unlink: bool) -> None:
         if self.lock_fd >= 0:
@@ -277,6 +284,8 @@ class RpcServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.sock_path)
         self._release_lock(unlink=True)
+        if self.nvmf is not None:
+            self.nvmf.close_all()
         self.selector.close()
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -306,6 +315,8 @@ class RpcServer:
                         self.wake_r.recv(4096)
                 elif key.fileobj is self.listener:
                     self._accept()
+                elif not isinstance(key.data, Connection):
+                    key.data.on_ready(mask)  # the NVMe/TCP transport's sockets (harness.sim.nvmf_tcp)
                 else:
                     conn: Connection = key.data
                     if mask & selectors.EVENT_WRITE and not conn.dead:

@@ -23,6 +23,8 @@ from typing import Any
 from harness.allocator import release_free_memory
 from harness.history import EPISODE, SETUP_WORKER, History
 from harness.hosts.base import Host
+from harness.io.config import IoConfig
+from harness.io.lanes import IoStorm
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectionLost, RpcError, RpcTimeout
 from harness.rpc_rules.table import COPY_DST, ESNAP_PREFIX
@@ -57,8 +59,10 @@ class Storm:
     def __init__(self, cfg: StormConfig, *, host: Host, sock_path: str, lvs_name: str,
                  history: History | None, stop_event: threading.Event | None, capabilities: set[str],
                  run_dir: str | Path | None, crashed: threading.Event | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, io: IoConfig | None = None) -> None:
         self.cfg = cfg
+        self.io_cfg = io if io is not None and io.enabled else None
+        self.io: IoStorm | None = None
         self.host = host
         self.sock_path = sock_path
         self.lvs_name = lvs_name
@@ -171,6 +175,10 @@ class Storm:
                 peer = await RpcConnection.open(self.host, self.sock_path, history=self.history, worker=w,
                                                 conn=w + cfg.workers)
             self.workers.append(Worker(w, WorkerStream(cfg, w, methods, weights), c, peer))
+        if self.io_cfg is not None:
+            self.io = IoStorm(self.io_cfg, self, host=self.host, sock_path=self.sock_path, history=self.history,
+                              run_dir=self.run_dir, seed=cfg.seed, op_timeout=cfg.op_timeout)
+            await self.io.setup()
 
     async def _make_copy_dst(self) -> None:
         """The shallow copies' destination: as large as the largest mix lvol and, for busy-delete, as a busy
@@ -241,10 +249,15 @@ class Storm:
         store = LvstoreInfo.from_reply(stores[0])
         self.space.saw_free(store.free_clusters)
         self._lvs = store  # after an lvstore was made again: its new UUID (a reload checks it comes back)
+        if self.io is not None:
+            self.io.reconcile(lvols, bdevs)
         if initial:
             self.checker.adopt(lvols, bdevs, store)
             return []
-        return self.checker.compare(lvols, bdevs, store)
+        found = self.checker.compare(lvols, bdevs, store)
+        if self.io is not None:
+            self.io.align_mirror()
+        return found
 
     # -- the storm proper -------------------------------------------------------------------------------
 
@@ -256,6 +269,8 @@ class Storm:
             self.progress = Progress(self, force=self._progress_enabled)
         lanes = [asyncio.create_task(self._lane(w, d), name=f"storm-w{w.index}-d{d}")
                  for w in self.workers for d in range(cfg.depth)]
+        if self.io is not None:
+            lanes += self.io.tasks()  # the I/O lanes stop, drain and pause with the RPC lanes
         watchers = [asyncio.create_task(self._watch_conn(conn)) for w in self.workers
                     for conn in (w.conn, w.peer) if conn is not None]
         monitor = asyncio.create_task(self._monitor())
@@ -368,6 +383,8 @@ class Storm:
         self.sent += 1
         checker = self.checker
         op.conn = conn.conn
+        if self.io is not None:
+            self.io.on_send(op)
         checker.on_send(op)
         self.inflight += 1
         self.drained.clear()
@@ -404,6 +421,8 @@ class Storm:
             await self._follow_job(op, conn, rule.status_method)
         if checker.wants_busy_check(op):
             await self._busy_check(op, conn)
+        if self.io is not None:
+            self.io.on_reply(op)
         checker.on_reply(op)
         if rule.new_lvstore_param is not None and op.ok:
             self.sched.lvs_name = op.params[rule.new_lvstore_param]
@@ -550,6 +569,10 @@ class Storm:
                 res.notes.append(f"final checks cut short: {exc}")
                 if self.crashed is not None and self.crashed.is_set():
                     self.stop_reason = "crash"
+        if self.io is not None:
+            if alive:
+                await self.io.finish()
+            res.io = self.io.result()
         if self.copy_dst and alive:
             with contextlib.suppress(RpcError):
                 await conn.call("bdev_malloc_delete", {"name": self.copy_dst}, timeout=self.cfg.op_timeout)
@@ -612,6 +635,8 @@ class Storm:
             self.checker.settle()
 
     async def _close_all(self) -> None:
+        if self.io is not None:
+            await self.io.close()
         conns = [self.setup_conn] + [c for w in self.workers for c in (w.conn, w.peer)]
         for conn in conns:
             if conn is not None:
@@ -642,7 +667,7 @@ class Storm:
 async def run_storm(cfg: StormConfig, *, host: Host, sock_path: str, lvs_name: str, history: History | None,
                     stop_event: threading.Event | None = None, capabilities: set[str] | None = None,
                     run_dir: str | Path | None = None, crashed: threading.Event | None = None,
-                    progress: bool | None = None) -> StormResult:
+                    progress: bool | None = None, io: IoConfig | None = None) -> StormResult:
     """Run one storm against the lvstore `lvs_name` behind `sock_path` on `host`.
 
     `stop_event` (set from another thread, e.g. Ctrl-C in the CLI) and `crashed` (the watchdog's Event) stop
@@ -652,7 +677,7 @@ async def run_storm(cfg: StormConfig, *, host: Host, sock_path: str, lvs_name: s
     """
     storm = Storm(cfg, host=host, sock_path=sock_path, lvs_name=lvs_name, history=history,
                   stop_event=stop_event, capabilities=capabilities or set(), run_dir=run_dir, crashed=crashed,
-                  progress=progress)
+                  progress=progress, io=io)
     result = await storm.run()
     if run_dir is not None:
         path = Path(run_dir)

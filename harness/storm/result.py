@@ -30,6 +30,8 @@ class StormResult:
     notes: list[str] = field(default_factory=list)
     pauses: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_PAUSES))
     """(start, end) wall times when every lane was held (quiesce points, lvstore-wide ops): the report's bands."""
+    io: dict[str, Any] | None = None
+    """What the I/O lanes did and found (harness.io.lanes), when the storm did I/O."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,4 +48,5 @@ class StormResult:
             "races": self.races,
             "notes": list(self.notes),
             "pauses": [[round(a, 3), round(b, 3)] for a, b in self.pauses],
+            **({"io": self.io} if self.io is not None else {}),
         }
