@@ -140,7 +140,7 @@ class LongRun:
         self.steered_out: list[tuple[str, str]] = []
         """What steering (not a known issue) left out, oldest first: ("strategy"|"method", name)."""
         self.given_back: list[str] = []
-        """What a quiet incarnation gave back; steering never leaves it out again."""
+        """What quiet incarnations gave back, in order (a name again each time it was given back again)."""
         self.started = time.time()
         self.stopped_by: str | None = None
         self._lock = threading.Lock()
@@ -301,26 +301,35 @@ class LongRun:
         """Count the incarnation's crash with what preceded it; leave that out once its key is common."""
         for crash in outcome.summary.crashes:
             crash_dir = next((d for d in outcome.crash_dirs), None)
-            decision = self.steering.observe(crash.key, crash.title, crash_dir)
+            decision = self.steering.observe(crash.key, crash.title, crash_dir,
+                                             out=(self.avoid_strategies, self.avoid_methods))
             if decision is not None:
                 self._avoid(decision.strategies, decision.methods, f"{decision.title!r} ({decision.why})",
                             source="steering away from what keeps crashing")
 
     def _give_back(self, inc: Incarnation, quiet_s: float) -> None:
-        """A quiet incarnation under steering: the last thing steering left out is issued again, for good."""
-        kind, name = self.steered_out.pop()
+        """A quiet incarnation under steering: one thing steering left out is issued again, on trial.
+
+        The one given back least often, newest first among those: if its crashes come back steering leaves it
+        out again, and the next quiet slice tries another, so the hour rotates through mixes instead of
+        re-finding one key (a 15-minute nightly that gave back for good spent its last 10 minutes on 177
+        repeats of one assertion)."""
+        tries = Counter(self.given_back)
+        pick = min(range(len(self.steered_out)), key=lambda i: (tries[self.steered_out[i][1]], -i))
+        kind, name = self.steered_out.pop(pick)
         (self.avoid_strategies if kind == "strategy" else self.avoid_methods).discard(name)
         self.given_back.append(name)
-        note = (f"{inc.name} ran {quiet_s:g} s without a crash with {name} left out: issuing {name} again "
-                "(steer.quiet_s; steering leaves it in from now on)")
+        again = f" (given back {tries[name] + 1} times)" if tries[name] else ""
+        note = (f"{inc.name} ran {quiet_s:g} s without a crash with {name} left out: issuing {name} again{again} "
+                "(steer.quiet_s; if its crashes come back, steering leaves it out again)")
         self.notes.append(note)
         self.announce(f"{self.suite}: {note}")
 
     def _avoid(self, strategies: Sequence[str], methods: Sequence[str], ident: str, *,
                source: str = "known issue") -> None:
         steering = source != "known issue"
-        new_s = set(strategies) - self.avoid_strategies - (set(self.given_back) if steering else set())
-        new_m = set(methods) - self.avoid_methods - (set(self.given_back) if steering else set())
+        new_s = set(strategies) - self.avoid_strategies
+        new_m = set(methods) - self.avoid_methods
         if steering:
             self.steered_out += [("strategy", s) for s in sorted(new_s)] + [("method", m) for m in sorted(new_m)]
         if new_s or new_m:

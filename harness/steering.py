@@ -10,8 +10,9 @@ line, summary), and never steers away from everything (harness.longrun keeps the
 Steering can also leave a mix that crashes nothing: on the NULL-check build, once a method that fed the
 commonest assertion was left out, the last incarnation of a 15-minute nightly ran 13 minutes without a crash
 (and without a new key). So while anything is steered away an incarnation gets at most `steer.quiet_s`; one that
-ends quiet gives back the last thing steering took (newest first), for good: the mix keeps what it needs to find
-anything at all.
+ends quiet gives back one thing steering took, on trial (the one given back least often, newest first): if its
+crashes come back it is left out again and the next quiet slice tries another, so the hour rotates through mixes
+rather than keeping one that re-finds a known key.
 """
 
 from __future__ import annotations
@@ -134,8 +135,12 @@ class Steering:
         """What preceded each key's crashes since its last decision."""
         self.decisions: dict[str, list[SteeredAway]] = {}
 
-    def observe(self, key: str, title: str, crash_dir: Path | None) -> SteeredAway | None:
-        """Count one crash; the new decision when this crash made its key cross `steer.after`."""
+    def observe(self, key: str, title: str, crash_dir: Path | None,
+                out: tuple[set[str], set[str]] | None = None) -> SteeredAway | None:
+        """Count one crash; the new decision when this crash made its key cross `steer.after`.
+
+        `out`: (strategies, methods) the run leaves out now (given-back ones are back in, and may be left out
+        again); by default everything decided so far."""
         self.seen[key] += 1
         if crash_dir is not None:
             strategies, methods = triggers_of(crash_dir)
@@ -146,7 +151,7 @@ class Steering:
         if not self.config.after or since < self.config.after:
             return None
         n = self.seen[key]
-        strategies_left, methods_left = self.avoided()
+        strategies_left, methods_left = out if out is not None else self.avoided()
         by_strategy = (self.strategies.get(key) or Triggers()).ranked(strategies_left)
         by_method = (self.methods.get(key) or Triggers()).ranked(methods_left)
         again = " more, after what was left out before" if earlier else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -105,27 +106,50 @@ def test_a_nightly_stops_reissuing_what_keeps_crashing_and_keeps_repeats_small(t
     assert repeat["kept"] == "repeat" and any("evidence: crash 2 of this key" in n for n in repeat["notes"])
 
 
-@pytest.mark.timeout(120)
-def test_a_steered_mix_that_stays_quiet_gives_back_what_it_left_out(tmp_path: Path) -> None:
+@pytest.mark.timeout(150)
+def test_a_steered_mix_that_stays_quiet_gives_back_what_it_left_out_on_trial(tmp_path: Path) -> None:
     """Steering must not spend the hour on a mix that crashes nothing: with busy-delete left out the reference
-    target's forced removal never fires, so after steer.quiet_s the run issues busy-delete again, for good."""
+    target's forced removal never fires, so after steer.quiet_s the run issues busy-delete again; when that
+    brings its crashes back, steering leaves it out again, and the next quiet slice gives it back again."""
     cfg = load_config("nightly", overrides=[
         "storm.workers=2", "minimize.enabled=false", "steer.after=2", "steer.quiet_s=3s",
         "storm.strategies={busy-delete: 1.0}", "storm.strategy_share=0.5",
         "storm.mix={bdev_lvol_create: 1.0, bdev_lvol_get_lvols: 1.0}"],
         cli={"target.kind": "sim", "target.sim_fault": "forced-removal", "bdev.kind": "malloc",
-             "storm.duration": "25s"})
+             "storm.duration": "40s"})
     said: list[str] = []
     outcome = LongRun("nightly", cfg, tmp_path / "run", LocalHost(), known=KnownIssues(),
                       announce=said.append).execute()
     incs = outcome.incarnations
     with_busy = ["busy-delete" in (i.path / "config.yaml").read_text() for i in incs]
+    shape = [(i.name, busy, i.outcome) for i, busy in zip(incs, with_busy, strict=True)]
     quiet = [i for i, busy in zip(incs, with_busy, strict=True) if not busy]
-    assert quiet and all(i.outcome == "clean" for i in quiet), [(i.name, i.outcome) for i in incs]
+    assert quiet and all(i.outcome == "clean" for i in quiet), shape
     assert all(3.0 <= (i.ended or 0) - i.started < 15.0 for i in quiet), "a quiet slice lasts steer.quiet_s"
-    after = incs[incs.index(quiet[0]) + 1:]
-    assert after and all(with_busy[incs.index(i)] for i in after), "given back for good"
-    assert any(i.outcome == "crash" for i in after), "and it crashes again: the slice was worth ending"
-    assert outcome.summary.given_back == ["busy-delete"]
+    first_quiet = incs.index(quiet[0])
+    back = incs[first_quiet + 1]
+    assert with_busy[first_quiet + 1] and back.outcome == "crash", ("given back, and it crashes again", shape)
+    later_quiet = [i for i in quiet if incs.index(i) > first_quiet + 1]
+    assert later_quiet, ("its crashes came back: steering left it out again", shape)
+    assert outcome.summary.given_back and outcome.summary.given_back[:2] == ["busy-delete", "busy-delete"], shape
     assert any("without a crash with busy-delete left out: issuing busy-delete again" in m for m in said), said
+    assert any("(given back 2 times)" in m for m in said), said
     assert outcome.summary.stopped_by == "duration"
+
+
+def test_a_quiet_slice_gives_back_what_was_given_back_least_often_newest_first(tmp_path: Path) -> None:
+    """Two things left out: the newest is given back first; steered out again, it waits while the other gets
+    its trial."""
+    cfg = load_config("nightly", cli={"target.kind": "sim", "bdev.kind": "malloc"})
+    run = LongRun("nightly", cfg, tmp_path / "run", LocalHost(), known=KnownIssues(), announce=lambda _m: None)
+    inc = SimpleNamespace(name="inc-009")
+    steering = "steering away from what keeps crashing"
+    run._avoid(["busy-delete"], [], "K", source=steering)
+    run._avoid([], ["bdev_lvol_rename"], "J", source=steering)
+    run._give_back(inc, 60.0)  # type: ignore[arg-type]
+    assert run.given_back == ["bdev_lvol_rename"] and "bdev_lvol_rename" not in run.avoid_methods
+    run._avoid([], ["bdev_lvol_rename"], "J", source=steering)  # its crashes came back
+    assert "bdev_lvol_rename" in run.avoid_methods
+    run._give_back(inc, 60.0)  # type: ignore[arg-type]
+    assert run.given_back == ["bdev_lvol_rename", "busy-delete"]
+    assert "busy-delete" not in run.avoid_strategies and "bdev_lvol_rename" in run.avoid_methods
