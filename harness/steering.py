@@ -68,8 +68,10 @@ class SteeredAway:
 class Triggers:
     """What a crash cut off: per name, the calls lost, and whether it held the first lost call.
 
-    The first lost call (sent earliest) is what the target was working on when it died; the others were only
-    queued behind it. With two strategies in flight, counting calls alone blamed whichever had more queued.
+    The first lost call (sent earliest) is the oldest the target had not answered: most often what it was
+    working on (a delete's callback runs late), the others queued behind it. Not always: a target answers a
+    poll's requests together, so a call answered in the same poll as the crashing one is lost with it. With two
+    strategies in flight, counting calls alone blamed whichever had more queued.
     """
 
     first: Counter[str] = field(default_factory=Counter)

@@ -89,15 +89,20 @@ def test_a_nightly_stops_reissuing_what_keeps_crashing_and_keeps_repeats_small(t
     outcome = LongRun("nightly", cfg, tmp_path / "run", LocalHost(), known=KnownIssues(),
                       announce=said.append).execute()
     summary = outcome.summary
-    assert summary.steered and summary.steered[0]["strategies"] == ["busy-delete"], summary.steered
+    # Which strategy a death is blamed on first is not a guarantee: the reference target answers a poll's
+    # requests together, so a delete-vs-clone call sent 0.1 ms before busy-delete's crashing delete was lost with
+    # it (a CI run). What is: each steer.after crashes leave out one more of what they cut off, busy-delete among
+    # them, and no incarnation after that decision issues it.
+    decided = next((d for d in summary.steered if d["strategies"] == ["busy-delete"]), None)
+    assert decided is not None, summary.steered
     assert any("steering away from what keeps crashing" in m and "busy-delete" in m for m in said), said
     crashed = [i for i in outcome.incarnations if i.outcome == "crash"]
     assert len(crashed) >= 2
-    later = outcome.incarnations[len(crashed):] if len(outcome.incarnations) > len(crashed) else []
-    for inc in outcome.incarnations[2:]:
+    after = outcome.incarnations[outcome.incarnations.index(crashed[decided["count"] - 1]) + 1:]
+    for inc in after:
         inc_cfg = (inc.path / "config.yaml").read_text()
         assert "busy-delete" not in inc_cfg, inc.name
-    assert later, "the run went on after steering away"
+    assert after, "the run went on after steering away"
     first, second = (next(c.glob("crashes/*/crash.json")).parent for c in (crashed[0].path, crashed[1].path))
     assert (first / "repro.py").exists() and json.loads((first / "crash.json").read_text())["kept"] == "all"
     assert not (second / "repro.py").exists() and not list(second.glob("core*"))
@@ -125,7 +130,9 @@ def test_a_steered_mix_that_stays_quiet_gives_back_what_it_left_out_on_trial(tmp
     shape = [(i.name, busy, i.outcome) for i, busy in zip(incs, with_busy, strict=True)]
     quiet = [i for i, busy in zip(incs, with_busy, strict=True) if not busy]
     assert quiet and all(i.outcome == "clean" for i in quiet), shape
-    assert all(3.0 <= (i.ended or 0) - i.started < 15.0 for i in quiet), "a quiet slice lasts steer.quiet_s"
+    sliced = [i for i in quiet if i is not incs[-1]]  # the last one gets what is left of the 40 s
+    assert all(3.0 <= (i.ended or 0) - i.started < 15.0 for i in sliced), ("a quiet slice lasts steer.quiet_s",
+                                                                          shape)
     first_quiet = incs.index(quiet[0])
     back = incs[first_quiet + 1]
     assert with_busy[first_quiet + 1] and back.outcome == "crash", ("given back, and it crashes again", shape)
