@@ -31,6 +31,11 @@ from harness.storm.config import parse_duration
 LOST = frozenset({"ECONNRESET", "ETIMEDOUT"})
 """A call the death cut off (or that hung): what the target was doing when it died."""
 
+NEVER_STEERED = frozenset({"bdev_lvol_create"})
+"""What steering never leaves out: without creates a storm has no lvols and every other call in the mix answers
+ENOENT (a 15-minute nightly on the NULL-check build that left it out ran 60 s at 3,500 calls/s with 0 live
+lvols). A known issue may still name it (`known-issues.yaml`: the user's choice)."""
+
 
 class SteeringConfig(BaseModel):
     """The `steer:` section of a profile."""
@@ -155,7 +160,7 @@ class Steering:
         n = self.seen[key]
         strategies_left, methods_left = out if out is not None else self.avoided()
         by_strategy = (self.strategies.get(key) or Triggers()).ranked(strategies_left)
-        by_method = (self.methods.get(key) or Triggers()).ranked(methods_left)
+        by_method = (self.methods.get(key) or Triggers()).ranked(methods_left | NEVER_STEERED)
         again = " more, after what was left out before" if earlier else ""
         if by_strategy:
             name, first, hits = by_strategy[0]

@@ -67,6 +67,16 @@ def test_the_call_in_progress_at_the_death_outweighs_more_calls_queued_behind_it
     assert "in progress at 2 of them" in decision.why
 
 
+def test_creates_are_never_steered_away_the_next_method_is(tmp_path: Path) -> None:
+    steering = Steering(SteeringConfig(after=1))
+    lost = [{"worker": 0, "method": "bdev_lvol_create", "params": {}, "t_start": 1.0, "error": LOST},
+            {"worker": 0, "method": "bdev_lvol_rename", "params": {}, "t_start": 2.0, "error": LOST}]
+    decision = steering.observe("K", "t", _crash_dir(tmp_path, "a", lost))
+    assert decision is not None and decision.methods == ["bdev_lvol_rename"], decision
+    only_creates = [lost[0]]
+    assert steering.observe("J", "t", _crash_dir(tmp_path, "b", only_creates)) is None
+
+
 def test_the_budget_keeps_whole_evidence_for_the_first_crashes_of_a_key_then_counts(tmp_path: Path) -> None:
     budget = CrashBudget(EvidenceConfig(cores_per_key=2), tmp_path)
     assert [budget.claim("A") for _ in range(3)] == [Keep.ALL, Keep.ALL, Keep.REPEAT]
