@@ -36,6 +36,11 @@ MAX_BANDS = 2000
 PANEL_W, PANEL_H, LEFT, RIGHT, TOP, BOTTOM = 960, 124, 70, 20, 18, 22
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 key', '3 keys'."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -649,7 +654,7 @@ script-src 'unsafe-inline'; img-src data:">
 <div id="readout"></div>
 <p class="legend-bands"><span class="swatch pause"></span> lanes paused (quiesce check)
 <span class="swatch down"></span> target down (crash to restart)</p>
-<h2>Crashes at a glance ({len({c["key"] for c in crashes})} keys)</h2>
+<h2>Crashes at a glance ({_count(len({c["key"] for c in crashes}), "key")})</h2>
 <div id="glance">{crash_glance(run_dir, crashes)}</div>
 <h2>Crashes ({len(crashes)})</h2>
 {_table(["title", "count", "time", "bundle"], crash_rows, "crashes", "No crashes.")}
