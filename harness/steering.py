@@ -3,7 +3,8 @@
 A nightly on a buggy build mostly re-finds what it found in its first minute. Once a crash key has been seen
 `steer.after` times, the next incarnations leave out what preceded its crashes: the strategy whose episode the
 deaths cut off (each call carries its episode, harness.history.EPISODE), or, for crashes outside any episode,
-the method of the calls the deaths cut off. A key that keeps crashing after that is steered again every
+the method of the calls the deaths cut off; where a crash kept its backtrace, the RPC on the crashing stack
+decides (`Triggers`). A key that keeps crashing after that is steered again every
 `steer.after` crashes, from what preceded its crashes since, one more thing each time. It says so (health
 line, summary), and never steers away from everything (harness.longrun keeps the last mix then).
 
@@ -25,7 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from harness.rpc_rules.table import READ_METHODS
+from harness.report.backtrace import parse_gdb_backtrace
+from harness.rpc_rules.table import BY_METHOD, READ_METHODS
 from harness.storm.config import parse_duration
 
 LOST = frozenset({"ECONNRESET", "ETIMEDOUT"})
@@ -71,25 +73,51 @@ class SteeredAway:
 
 @dataclass
 class Triggers:
-    """What a crash cut off: per name, the calls lost, and whether it held the first lost call.
+    """What a crash cut off: per name, the calls lost, whether it held the first lost call, and whether its
+    handler was on the crashing stack.
 
-    The first lost call (sent earliest) is the oldest the target had not answered: most often what it was
-    working on (a delete's callback runs late), the others queued behind it. Not always: a target answers a
-    poll's requests together, so a call answered in the same poll as the crashing one is lost with it. With two
-    strategies in flight, counting calls alone blamed whichever had more queued.
+    The crashing stack (backtrace.txt, kept for a key's first crashes) names the RPC that died: SPDK's handlers
+    are rpc_<method>. Without it, the first lost call (sent earliest) is the oldest the target had not answered:
+    often what it was working on (a delete's callback runs late), the others queued behind it. Not always: a
+    target answers a poll's requests together, so a call answered in the same poll as the crashing one is lost
+    with it, and a slow create is often the oldest (on the NULL-check build 51 of 53 stacks of the commonest
+    assertion held bdev_lvol_rename while the first lost call was most often a create). With two strategies in
+    flight, counting calls alone blamed whichever had more queued.
     """
 
+    in_stack: Counter[str] = field(default_factory=Counter)
     first: Counter[str] = field(default_factory=Counter)
     calls: Counter[str] = field(default_factory=Counter)
 
     def update(self, other: Triggers) -> None:
+        self.in_stack.update(other.in_stack)
         self.first.update(other.first)
         self.calls.update(other.calls)
 
-    def ranked(self, leave: set[str]) -> list[tuple[str, int, int]]:
-        """(name, crashes it held the first lost call of, calls lost), most to blame first."""
-        names = [n for n in self.calls if n not in leave]
-        return sorted(((n, self.first[n], self.calls[n]) for n in names), key=lambda r: (-r[1], -r[2], r[0]))
+    def ranked(self, leave: set[str] | frozenset[str]) -> list[tuple[str, int, int, int]]:
+        """(name, crashes its handler was on the stack of, crashes it held the first lost call of, calls lost),
+        most to blame first."""
+        names = [n for n in {**self.in_stack, **self.calls} if n not in leave]
+        return sorted(((n, self.in_stack[n], self.first[n], self.calls[n]) for n in names),
+                      key=lambda r: (-r[1], -r[2], -r[3], r[0]))
+
+
+def rpc_in_stack(crash_dir: Path) -> str | None:
+    """The RPC whose handler (rpc_<method>, or its completion rpc_<method>_cb) is on the crashing thread's
+    stack in the crash dir's backtrace.txt; None without one."""
+    try:
+        text = (crash_dir / "backtrace.txt").read_text(errors="replace")
+    except OSError:
+        return None
+    for frame in parse_gdb_backtrace(text).frames:
+        if not frame.func.startswith("rpc_"):
+            continue
+        method = frame.func[len("rpc_"):]
+        if method not in BY_METHOD and method.endswith("_cb"):
+            method = method[:-len("_cb")]
+        if method in BY_METHOD:
+            return method
+    return None
 
 
 def triggers_of(crash_dir: Path) -> tuple[Triggers, Triggers]:
@@ -99,8 +127,10 @@ def triggers_of(crash_dir: Path) -> tuple[Triggers, Triggers]:
         lines = (crash_dir / "last-operations.jsonl").read_text().splitlines()
     except OSError:
         return strategies, methods
+    stack = rpc_in_stack(crash_dir)
     first_strategy: tuple[float, str] | None = None
     first_method: tuple[float, str] | None = None
+    stack_strategy: tuple[float, str] | None = None
     for line in lines:
         try:
             op = json.loads(line)
@@ -119,6 +149,8 @@ def triggers_of(crash_dir: Path) -> tuple[Triggers, Triggers]:
             strategies.calls[name] += 1
             if first_strategy is None or sent < first_strategy[0]:
                 first_strategy = (sent, name)
+            if op.get("method") == stack and (stack_strategy is None or sent < stack_strategy[0]):
+                stack_strategy = (sent, name)
         method = op.get("method")
         if isinstance(method, str) and int(op.get("worker", 0)) >= 0 and method not in READ_METHODS:
             methods.calls[method] += 1
@@ -128,6 +160,10 @@ def triggers_of(crash_dir: Path) -> tuple[Triggers, Triggers]:
         strategies.first[first_strategy[1]] += 1
     if first_method is not None:
         methods.first[first_method[1]] += 1
+    if stack_strategy is not None:
+        strategies.in_stack[stack_strategy[1]] += 1
+    if stack is not None and stack not in READ_METHODS:
+        methods.in_stack[stack] += 1
     return strategies, methods
 
 
@@ -162,16 +198,25 @@ class Steering:
         by_strategy = (self.strategies.get(key) or Triggers()).ranked(strategies_left)
         by_method = (self.methods.get(key) or Triggers()).ranked(methods_left | NEVER_STEERED)
         again = " more, after what was left out before" if earlier else ""
+        stacked = by_method[0] if by_method and by_method[0][1] else None
+        outside = " none in a new episode;"
+        if by_strategy and stacked is not None and not by_strategy[0][1]:
+            by_strategy = []  # the crashing stack names a method no episode's lost call was: leave that out
+            outside = ""
         if by_strategy:
-            name, first, hits = by_strategy[0]
+            name, in_stack, first, hits = by_strategy[0]
+            where = (f"its {stacked[0] if stacked else 'call'} was on the crashing stack at {in_stack} of them"
+                     if in_stack else f"its call was the one in progress at {first} of them")
             decision = SteeredAway(key, title, n, strategies=[name],
-                                   why=f"{since} crashes{again}; its call was the one in progress at {first} of "
-                                       f"them, the deaths cut off its episodes {hits} times")
+                                   why=f"{since} crashes{again}; {where}, the deaths cut off its episodes {hits} "
+                                       "times")
         elif by_method:
-            name, first, hits = by_method[0]
+            name, in_stack, first, hits = by_method[0]
+            where = (f"its handler was on the crashing stack at {in_stack} of them" if in_stack
+                     else f"{name} was in progress at {first} of them")
             decision = SteeredAway(key, title, n, methods=[name],
-                                   why=f"{since} crashes{again}, none in a new episode; {name} was in progress at "
-                                       f"{first} of them, the deaths cut off {hits} of its calls")
+                                   why=f"{since} crashes{again};{outside} {where}, the deaths cut off {hits} of "
+                                       "its calls")
         else:
             return None
         self.decisions.setdefault(key, []).append(decision)

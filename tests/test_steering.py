@@ -14,7 +14,7 @@ from harness.crash_budget import CrashBudget, EvidenceConfig, Keep
 from harness.hosts.local import LocalHost
 from harness.known_issues import KnownIssues
 from harness.longrun import LongRun
-from harness.steering import Steering, SteeringConfig
+from harness.steering import Steering, SteeringConfig, rpc_in_stack
 
 
 def _crash_dir(tmp_path: Path, name: str, lost: list[dict[str, object]]) -> Path:
@@ -65,6 +65,31 @@ def test_the_call_in_progress_at_the_death_outweighs_more_calls_queued_behind_it
     decision = steering.observe("K", "t", _crash_dir(tmp_path, "b", lost))
     assert decision is not None and decision.strategies == ["busy-delete"], decision
     assert "in progress at 2 of them" in decision.why
+
+
+RENAME_STACK = Path(__file__).parent / "data/backtraces/nullcheck-blob-sync-md-rename.gdb.txt"
+"""The crashing thread of a real NULL-check spdk_tgt: spdk_blob_sync_md's assertion under rpc_bdev_lvol_rename."""
+
+
+def test_the_rpc_on_the_crashing_stack_outweighs_the_first_lost_call(tmp_path: Path) -> None:
+    """A slow create is often the oldest call lost; the stack says the rename died. A strategy whose lost calls
+    do not hold the stack's method is not blamed for it; one whose do is."""
+    assert rpc_in_stack(RENAME_STACK.parent) is None  # no backtrace.txt there
+    lost = [{"worker": 0, "method": "bdev_lvol_create", "params": {}, "t_start": 1.0, "episode": "0.1:purge-chain",
+             "error": LOST},
+            {"worker": 1, "method": "bdev_lvol_rename", "params": {}, "t_start": 2.0, "error": LOST},
+            {"worker": 1, "method": "bdev_lvol_resize", "params": {}, "t_start": 1.5, "error": LOST}]
+    crash = _crash_dir(tmp_path, "a", lost)
+    (crash / "backtrace.txt").write_text(RENAME_STACK.read_text())
+    assert rpc_in_stack(crash) == "bdev_lvol_rename"
+    decision = Steering(SteeringConfig(after=1)).observe("K", "t", crash)
+    assert decision is not None and decision.methods == ["bdev_lvol_rename"] and decision.strategies == []
+    assert "on the crashing stack at 1 of them" in decision.why, decision.why
+    in_episode = [dict(lost[1], episode="1.2:delete-vs-xattr"), lost[0]]
+    crash2 = _crash_dir(tmp_path, "b", in_episode)
+    (crash2 / "backtrace.txt").write_text(RENAME_STACK.read_text())
+    decision = Steering(SteeringConfig(after=1)).observe("K", "t", crash2)
+    assert decision is not None and decision.strategies == ["delete-vs-xattr"], decision
 
 
 def test_creates_are_never_steered_away_the_next_method_is(tmp_path: Path) -> None:
