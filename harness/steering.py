@@ -4,9 +4,10 @@ A nightly on a buggy build mostly re-finds what it found in its first minute. On
 `steer.after` times, the next incarnations leave out what preceded its crashes: the strategy whose episode the
 deaths cut off (each call carries its episode, harness.history.EPISODE), or, for crashes outside any episode,
 the method of the calls the deaths cut off; where a crash kept its backtrace, the RPC on the crashing stack
-decides (`Triggers`). A key that keeps crashing after that is steered again every
-`steer.after` crashes, from what preceded its crashes since, one more thing each time. It says so (health
-line, summary), and never steers away from everything (harness.longrun keeps the last mix then).
+decides (`Triggers`). A key that keeps crashing after that is steered again every `steer.after` crashes,
+from what preceded its crashes since, one more thing each time, up to `steer.max_per_key` decisions (then its
+repeats are only counted: `Steering.capped`). It says so (health line, summary), and never steers away from
+everything (harness.longrun keeps the last mix then).
 
 Steering can also leave a mix that crashes nothing: on the NULL-check build, once a method that fed the
 commonest assertion was left out, the last incarnation of a 15-minute nightly ran 13 minutes without a crash
@@ -47,7 +48,9 @@ class SteeringConfig(BaseModel):
     after: int = Field(3, ge=0, description="crashes of one key before a long run stops issuing what triggers "
                                             "it (0: never steer)")
     quiet_s: float = Field(60.0, ge=0, description="while steering leaves something out, an incarnation that "
-                           "runs this long without a crash ends and gives the last of it back (0: never)")
+                           "runs this long without a crash ends and gives one thing back, on trial (0: never)")
+    max_per_key: int = Field(1, ge=0, description="decisions one key may make; after that its crashes are counted "
+                             "(cheap repeats), not steered (0: no limit)")
 
     @field_validator("quiet_s", mode="before")
     @classmethod
@@ -197,6 +200,10 @@ class Steering:
         strategies_left, methods_left = out if out is not None else self.avoided()
         by_strategy = (self.strategies.get(key) or Triggers()).ranked(strategies_left)
         by_method = (self.methods.get(key) or Triggers()).ranked(methods_left | NEVER_STEERED)
+        if self.capped(key):  # only what it decided before, given back since and crashing again, goes out again
+            mine = {x for d in earlier for x in (*d.strategies, *d.methods)}
+            by_strategy = [r for r in by_strategy if r[0] in mine]
+            by_method = [r for r in by_method if r[0] in mine]
         again = " more, after what was left out before" if earlier else ""
         stacked = by_method[0] if by_method and by_method[0][1] else None
         outside = " none in a new episode;"
@@ -222,6 +229,15 @@ class Steering:
         self.decisions.setdefault(key, []).append(decision)
         self.strategies[key], self.methods[key] = Triggers(), Triggers()  # the next decision learns afresh
         return decision
+
+    def capped(self, key: str) -> bool:
+        """The key made its `steer.max_per_key` decisions: what else it crashes in is not left out.
+
+        A key that crashes whatever is left out is everywhere: on the NULL-check build the blob_sync_md
+        assertion (any metadata update racing another on one blob) took 12 methods out of a 15-minute nightly
+        one after the other, and the rest of the mix with them (7 keys); one decision per key found 13."""
+        limit = self.config.max_per_key
+        return bool(limit) and len(self.decisions.get(key, [])) >= limit
 
     def all_decisions(self) -> list[SteeredAway]:
         return [d for ds in self.decisions.values() for d in ds]

@@ -31,9 +31,17 @@ LOST = {"code": None, "message": "connection lost", "errno": "ECONNRESET"}
 
 
 def test_a_common_key_steers_away_from_the_episode_its_deaths_cut_off(tmp_path: Path) -> None:
-    steering = Steering(SteeringConfig(after=3))
+    steering = Steering(SteeringConfig(after=3, max_per_key=0))
     lost = [{"worker": 1, "method": "bdev_lvol_delete", "params": {}, "episode": "1.4:busy-delete", "error": LOST},
             {"worker": 2, "method": "bdev_lvol_resize", "params": {}, "error": LOST}]
+    capped = Steering(SteeringConfig(after=3))  # one decision per key by default
+    assert [capped.observe("K", "t", _crash_dir(tmp_path, f"k{i}", lost)) is not None for i in range(6)] == \
+        [False, False, True, False, False, False]
+    assert capped.capped("K") and not capped.capped("J")
+    # busy-delete given back (a quiet slice) and crashing again: what the key took goes out again
+    again = capped.observe("K", "t", _crash_dir(tmp_path, "k6", lost), out=(set(), set()))
+    assert again is not None and again.strategies == ["busy-delete"], again
+    assert capped.observe("K", "t", _crash_dir(tmp_path, "k7", lost), out=({"busy-delete"}, set())) is None
     decisions = [steering.observe("K", "SIGSEGV in x", _crash_dir(tmp_path, f"c{i}", lost)) for i in range(6)]
     assert decisions[:2] == [None, None] and decisions[3:5] == [None, None]  # at the 3rd, then 3 more later
     decision = decisions[2]
@@ -116,8 +124,9 @@ def test_a_nightly_stops_reissuing_what_keeps_crashing_and_keeps_repeats_small(t
     """The reference target's forced removal crashes every busy-delete episode: after two crashes of that key
     the run leaves busy-delete out and goes on; the second crash keeps no core or reproducer."""
     cfg = load_config("nightly", overrides=[
-        "storm.workers=2", "minimize.enabled=false", "steer.after=2", "evidence.cores_per_key=1",
-        "storm.strategies={busy-delete: 1.0, delete-vs-clone: 1.0}", "storm.strategy_share=0.5"],
+        "storm.workers=2", "minimize.enabled=false", "steer.after=2", "steer.max_per_key=0",
+        "evidence.cores_per_key=1", "storm.strategies={busy-delete: 1.0, delete-vs-clone: 1.0}",
+        "storm.strategy_share=0.5"],
         cli={"target.kind": "sim", "target.sim_fault": "forced-removal", "bdev.kind": "malloc",
              "storm.duration": "12s"})
     said: list[str] = []
