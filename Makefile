@@ -36,8 +36,9 @@ test-stress: venv
 # The suites (docs/SUITES.md). Each writes runs/<time>-<suite>/ with junit.xml, summary.json, report.html.
 # regression, nightly and soak refuse the reference target unless ARGS has --target sim.
 INVENTORY ?=
+# regression fails fast: it stops at the first race that fails (ARGS="--maxfail=0" runs every race anyway).
 regression: venv
-	$(PY) -m pytest suites/regression $(ARGS)
+	$(PY) -m pytest suites/regression --maxfail=1 $(ARGS)
 
 nightly: venv
 	$(PY) -m pytest suites/nightly $(if $(INVENTORY),--inventory $(INVENTORY)) $(ARGS)
