@@ -289,7 +289,11 @@ print("NOT REACHED", flush=True)
 def test_sigint_in_the_middle_still_destroys(tmp_path: Path) -> None:
     run_id = _run_id("s")
     argv = [sys.executable, "-c", CHILD, str(tmp_path / "run"), run_id, str(_free_octet())]
-    child = subprocess.Popen(argv, cwd=REPO,
+    # The child takes SIGINT as a user's foreground harness does. Otherwise it inherits the pytest process's
+    # disposition, which is SIG_IGN when the suite was started in the background by a non-interactive shell
+    # (make test-stress's `&`) and nothing in the process holds a handler at that moment: the child then slept
+    # its 60 s out and the test timed out, in both runs of a test-stress.
+    child = subprocess.Popen(argv, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
