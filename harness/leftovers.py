@@ -72,8 +72,9 @@ class SessionRecord:
     def harness_gone(self) -> bool:
         return self.harness_host == socket.gethostname() and not running(self.harness_pid, self.harness_start)
 
-    def undo(self) -> list[str]:
-        """Give back what the dead session held; what was done, one line each."""
+    def undo(self, nr_hugepages: str = NR_HUGEPAGES) -> list[str]:
+        """Give back what the dead session held; what was done, one line each. `nr_hugepages` is the sysctl's
+        file (a test passes its own: the machine's is shared by every harness running here)."""
         done: list[str] = []
         if running(self.target_pid, self.target_start) and self.target_pid is not None:
             with contextlib.suppress(OSError):
@@ -89,9 +90,9 @@ class SessionRecord:
                 done.append(f"unmounted {self.mount_dir}")
         if self.hugepages_added and self.hugepages_set_to is not None:
             with contextlib.suppress(OSError, ValueError):
-                current = int(Path(NR_HUGEPAGES).read_text().strip() or 0)
+                current = int(Path(nr_hugepages).read_text().strip() or 0)
                 if current == self.hugepages_set_to:  # only if nobody changed it since
-                    Path(NR_HUGEPAGES).write_text(str(current - self.hugepages_added))
+                    Path(nr_hugepages).write_text(str(current - self.hugepages_added))
                     done.append(f"gave back {self.hugepages_added} hugepages")
         return done
 
@@ -103,7 +104,7 @@ def _mounted(path: str) -> bool:
     return False
 
 
-def reap(directory: Path = SESSIONS_DIR) -> list[str]:
+def reap(directory: Path = SESSIONS_DIR, nr_hugepages: str = NR_HUGEPAGES) -> list[str]:
     """Undo the records of harness processes on this machine that are gone; what was done, one line each."""
     done: list[str] = []
     with contextlib.suppress(OSError):
@@ -115,7 +116,7 @@ def reap(directory: Path = SESSIONS_DIR) -> list[str]:
                     path.unlink()
                 continue
             if record.harness_gone:
-                done += [f"harness pid {record.harness_pid} (gone): {what}" for what in record.undo()]
+                done += [f"harness pid {record.harness_pid} (gone): {what}" for what in record.undo(nr_hugepages)]
                 with contextlib.suppress(OSError):
                     path.unlink()
     restored = reap_core_pattern()
