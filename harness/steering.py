@@ -27,8 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from harness.report.backtrace import parse_gdb_backtrace
-from harness.rpc_rules.table import BY_METHOD, READ_METHODS
+from harness.report.backtrace import rpc_in_stack
+from harness.rpc_rules.table import READ_METHODS
 from harness.storm.config import parse_duration
 
 LOST = frozenset({"ECONNRESET", "ETIMEDOUT"})
@@ -103,24 +103,6 @@ class Triggers:
         names = [n for n in {**self.in_stack, **self.calls} if n not in leave]
         return sorted(((n, self.in_stack[n], self.first[n], self.calls[n]) for n in names),
                       key=lambda r: (-r[1], -r[2], -r[3], r[0]))
-
-
-def rpc_in_stack(crash_dir: Path) -> str | None:
-    """The RPC whose handler (rpc_<method>, or its completion rpc_<method>_cb) is on the crashing thread's
-    stack in the crash dir's backtrace.txt; None without one."""
-    try:
-        text = (crash_dir / "backtrace.txt").read_text(errors="replace")
-    except OSError:
-        return None
-    for frame in parse_gdb_backtrace(text).frames:
-        if not frame.func.startswith("rpc_"):
-            continue
-        method = frame.func[len("rpc_"):]
-        if method not in BY_METHOD and method.endswith("_cb"):
-            method = method[:-len("_cb")]
-        if method in BY_METHOD:
-            return method
-    return None
 
 
 def triggers_of(crash_dir: Path) -> tuple[Triggers, Triggers]:

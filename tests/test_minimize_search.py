@@ -719,3 +719,28 @@ def test_the_crashing_strategy_episode_is_tried_first_and_saves_tries() -> None:
     assert first.startswith("minimize: trying the crashing episode 0.7:busy-delete"), first
     assert out.reproduced and out.ops_after == plain.ops_after == 10
     assert tagged_runner.runs < untagged_runner.runs, (tagged_runner.runs, untagged_runner.runs)
+
+
+def test_the_episode_cut_off_in_the_rpc_on_the_crashing_stack_goes_before_a_smaller_one() -> None:
+    """A long call of another episode is cut off by the same death (on the asis build a checksum sent before
+    the fatal delete): the episode whose cut-off call is the RPC on the crashing stack is tried first, however
+    small the other; without a stack, smallest first as before."""
+    ops, _, positions = crashing_history(noise_workers=(1, 2))
+    decoy = next(op for op in ops if op.worker != 0 and op.index > positions[-3] and op.method != "bdev_lvol_delete")
+    lost = {"code": None, "message": "connection lost", "errno": "ECONNRESET"}
+    tagged = [dataclasses.replace(op, episode="0.7:busy-delete") if op.index in positions
+              else dataclasses.replace(op, episode="1.2:decoy", error=lost, result=None) if op is decoy else op
+              for op in ops]
+
+    def first_try(stack_method: str | None) -> tuple[str, int, bool]:
+        messages: list[str] = []
+        runner = DispatcherRunner()
+        out = search(tagged, SEGV_TITLE, runner, fast_config(), progress=messages.append,
+                     stack_method=stack_method)
+        return next(m for m in messages if m.startswith("minimize: trying")), runner.runs, out.reproduced
+
+    blind, blind_runs, blind_ok = first_try(None)
+    told, told_runs, told_ok = first_try("bdev_lvol_delete")
+    assert "episode 1.2:decoy" in blind, blind
+    assert "episode 0.7:busy-delete" in told, told
+    assert blind_ok and told_ok and told_runs < blind_runs, (told_runs, blind_runs)

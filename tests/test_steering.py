@@ -14,7 +14,8 @@ from harness.crash_budget import CrashBudget, EvidenceConfig, Keep
 from harness.hosts.local import LocalHost
 from harness.known_issues import KnownIssues
 from harness.longrun import LongRun
-from harness.steering import Steering, SteeringConfig, rpc_in_stack
+from harness.report.backtrace import rpc_in_stack
+from harness.steering import Steering, SteeringConfig
 
 
 def _crash_dir(tmp_path: Path, name: str, lost: list[dict[str, object]]) -> Path:

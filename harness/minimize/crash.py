@@ -35,6 +35,7 @@ from harness.minimize.operations import (
 from harness.minimize.output import write_reproducer
 from harness.minimize.search import SearchOutcome, TrialRunner, search
 from harness.minimize.trial import TargetTrials, quiet_watchdogs
+from harness.report.backtrace import rpc_in_stack
 from harness.report.core import CorePattern
 from harness.target import TargetConfig
 
@@ -199,7 +200,7 @@ def minimize_crash(
                 trials.cores = stack.enter_context(CorePattern(host, f"{trials.work_root}/cores"))
             runner = trials
         outcome: SearchOutcome = search(ops, title, runner, cfg, budget=Budget(cfg.max_tries, budget_s, cancel=stop),
-                                        progress=log)
+                                        progress=log, stack_method=rpc_in_stack(crash_path))
     plan = outcome.plan
     result = MinimizeResult(
         crash_dir=crash_path, title=title, reproduced=outcome.reproduced, ops_before=outcome.ops_before,

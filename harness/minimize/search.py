@@ -295,8 +295,12 @@ def worker_order(ops: Sequence[Operation]) -> list[int]:
 
 
 def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: MinimizeConfig, *,
-           budget: Budget | None = None, progress: Progress | None = None) -> SearchOutcome:
-    """Minimize `ops` (execution order, in-flight groups assigned, nothing after the crash) for `title`."""
+           budget: Budget | None = None, progress: Progress | None = None,
+           stack_method: str | None = None) -> SearchOutcome:
+    """Minimize `ops` (execution order, in-flight groups assigned, nothing after the crash) for `title`.
+
+    `stack_method` is the RPC whose handler is on the crashing stack (the crash dir's backtrace), if known: the
+    episodes whose cut-off calls include it are tried first."""
     say = progress or (lambda _msg: None)
     budget = budget or Budget(config.max_tries, config.budget_s)
     oracle = Oracle(runner, title, config, budget, say)
@@ -350,11 +354,19 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
             sliced.append((f"worker {worker}'s episode", lives.complete(mine[worker])))
         # The strategy episodes the death cut off (the history tags each call with its episode): a storm's
         # crash is most often one episode's, and its calls alone, with what they name, replay cleanly.
-        crashing = list(dict.fromkeys(op.episode for op in ops if op.episode is not None and op.error is not None
-                                      and op.error.get("errno") in LOST_ERRNOS))
-        episodes = [(f"the crashing episode {ep}", lives.complete([op.index for op in ops if op.episode == ep]))
-                    for ep in crashing[:MAX_SLICE_WORKERS]]
-        yield from sorted(episodes, key=lambda item: len(item[1]))
+        # First those whose cut-off calls hold the RPC on the crashing stack, oldest such call first (a
+        # long-running call of another episode can be cut off too: a checksum sent before the fatal delete).
+        lost = [op for op in ops if op.episode is not None and op.error is not None
+                and op.error.get("errno") in LOST_ERRNOS]
+        on_stack: dict[str, float] = {}
+        for op in lost:
+            if op.method == stack_method and op.episode is not None:
+                on_stack[op.episode] = min(on_stack.get(op.episode, op.t_start), op.t_start)
+        crashing = sorted(dict.fromkeys(op.episode for op in lost if op.episode is not None),
+                          key=lambda ep: (ep not in on_stack, on_stack.get(ep, 0.0)))[:MAX_SLICE_WORKERS]
+        episodes = [(ep, lives.complete([op.index for op in ops if op.episode == ep])) for ep in crashing]
+        episodes.sort(key=lambda e: (e[0] not in on_stack, on_stack.get(e[0], 0.0), len(e[1])))
+        yield from ((f"the crashing episode {ep}", candidate) for ep, candidate in episodes)
         # Smallest first: cheap to replay, and a replies-queued death cuts off several workers' calls at once
         # (the target answers a whole poll's requests after running them), so "oldest cut-off call" misleads.
         yield from sorted(sliced, key=lambda item: len(item[1]))

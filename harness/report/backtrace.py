@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.rpc_rules.table import BY_METHOD
 
 _FRAME = re.compile(
     r"^#(?P<n>\d+)\s+(?:(?P<pc>0x[0-9a-fA-F]+) in )?(?P<func>[^\s(]+|\?\?)\s*(?P<args>\(.*?\))?"
@@ -122,3 +125,21 @@ def parse_gdb_backtrace(text: str) -> Backtrace:
         if name is not None:
             bt.threads.setdefault(name, frames)
     return bt
+
+
+def rpc_in_stack(crash_dir: Path) -> str | None:
+    """The RPC whose handler (rpc_<method>, or its completion rpc_<method>_cb) is on the crashing thread's
+    stack in the crash dir's backtrace.txt; None without one."""
+    try:
+        text = (crash_dir / "backtrace.txt").read_text(errors="replace")
+    except OSError:
+        return None
+    for frame in parse_gdb_backtrace(text).frames:
+        if not frame.func.startswith("rpc_"):
+            continue
+        method = frame.func[len("rpc_"):]
+        if method not in BY_METHOD and method.endswith("_cb"):
+            method = method[:-len("_cb")]
+        if method in BY_METHOD:
+            return method
+    return None
