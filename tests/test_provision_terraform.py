@@ -26,6 +26,7 @@ from harness.provision.terraform import (
     nodes_from_outputs,
     provisioned_hosts,
 )
+from tests.netns_octets import claim_octet
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_BINARY = shutil.which("terraform") or shutil.which("tofu")
@@ -57,12 +58,8 @@ def _run_id(tag: str) -> str:
 
 
 def _free_octet() -> int:
-    """A 10.213.<octet>.0/24 nothing on this machine uses now, so concurrent runs cannot collide."""
-    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
-    for octet in (100 + (os.getpid() + k) % 100 for k in range(100)):  # pid-chosen start: runs stay apart
-        if f" 10.213.{octet}." not in used:
-            return octet
-    raise AssertionError("no free 10.213.x.0/24 between 100 and 199")
+    """A 10.213.<octet>.0/24 (100-199) nothing here uses and no concurrent test run has claimed."""
+    return claim_octet(100, 199)
 
 
 def _leftovers(run_id: str) -> list[str]:

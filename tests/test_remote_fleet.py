@@ -32,6 +32,7 @@ from harness.nodes import (
     terraform_run_id,
 )
 from harness.report.core import CORE_PATTERN, REGISTRY
+from tests.netns_octets import claim_octet
 
 REPO = Path(__file__).resolve().parents[1]
 LVOL_STORM = [sys.executable, "-m", "harness.cli"]
@@ -51,13 +52,9 @@ needs_netns = pytest.mark.skipif(_netns_skip() is not None, reason=str(_netns_sk
 
 
 def _free_octet(offset: int) -> int:
-    """A 10.213.<octet>.0/24 nothing here uses now; 200-254, apart from the other tests' 100-199."""
-    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
-    for k in range(55):
-        octet = 200 + (os.getpid() + offset + k) % 55
-        if f" 10.213.{octet}." not in used:
-            return octet
-    raise AssertionError("no free 10.213.x.0/24 between 200 and 254")
+    """A 10.213.<octet>.0/24 nothing here uses and no concurrent test run has claimed; 200-254, apart from the
+    other tests' 100-199."""
+    return claim_octet(200, 254, offset)
 
 
 WORK_DIRS = "/tmp/lvol-storm"
