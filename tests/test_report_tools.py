@@ -76,6 +76,27 @@ def test_no_gdb_means_no_backtrace_said_plainly(tmp_path: Path) -> None:
     assert text is None and "gdb is not installed" in note
 
 
+class GdbOverAHugepageCore(LocalHost):
+    """gdb over a real spdk_tgt core: the frames, and on stderr one warning per unlinked hugepage file."""
+
+    def which(self, program: str) -> str | None:
+        return "/usr/bin/gdb" if program == "gdb" else super().which(program)
+
+    def run(self, argv, **kw):  # type: ignore[no-untyped-def, override]
+        warn = ("warning: Can't open file /tmp/r/hugepages/spdk_pid28235map_{} (deleted) during file-backed "
+                "mapping note processing\n\n")
+        stderr = "".join(warn.format(i) for i in range(1000)) + "warning: core file may not match executable\n"
+        return CommandResult(" ".join(argv), 0, "#0  spdk_lvol_destroy (lvol=0x0) at lvol.c:1884\n", stderr)
+
+
+def test_gdbs_warnings_for_unlinked_hugepage_files_are_one_line(tmp_path: Path) -> None:
+    text, _note = gdb_backtrace(GdbOverAHugepageCore(), "/bin/spdk_tgt", str(tmp_path / "core.1"))
+    assert text is not None and text.startswith("#0  spdk_lvol_destroy")
+    assert "map_" not in text and "(1000 gdb warnings" in text
+    assert "core file may not match executable" in text  # other warnings are kept
+    assert len(text) < 400
+
+
 def test_core_pattern_not_writable_is_reported_and_left_alone(tmp_path: Path) -> None:
     before = Path(CORE_PATTERN).read_text().strip()
     with CorePattern(ReadOnlyProcSys(), str(tmp_path / "cores")) as cores:

@@ -76,7 +76,8 @@ def test_the_call_in_progress_at_the_death_outweighs_more_calls_queued_behind_it
     assert "in progress at 2 of them" in decision.why
 
 
-RENAME_STACK = Path(__file__).parent / "data/backtraces/nullcheck-blob-sync-md-rename.gdb.txt"
+DATA = Path(__file__).parent / "data/backtraces"
+RENAME_STACK = DATA / "nullcheck-blob-sync-md-rename.gdb.txt"
 """The crashing thread of a real NULL-check spdk_tgt: spdk_blob_sync_md's assertion under rpc_bdev_lvol_rename."""
 
 
@@ -205,3 +206,14 @@ def test_a_quiet_slice_gives_back_what_was_given_back_least_often_newest_first(t
     run._give_back(inc, 60.0)  # type: ignore[arg-type]
     assert run.given_back == ["bdev_lvol_rename", "busy-delete"]
     assert "busy-delete" not in run.avoid_strategies and "bdev_lvol_rename" in run.avoid_methods
+
+
+def test_the_rpc_whose_completion_the_crashing_frame_holds_is_the_stack_method(tmp_path: Path) -> None:
+    """The asis build's SIGSEGV in spdk_lvol_destroy runs on a poller long after rpc_bdev_lvol_delete returned:
+    no rpc_ frame, only `cb_fn=... <rpc_bdev_lvol_delete_cb>` in the crashing frame's arguments."""
+    crash = tmp_path / "c"
+    crash.mkdir()
+    (crash / "backtrace.txt").write_text((DATA / "asis-spdk_lvol_destroy-async-delete.gdb.txt").read_text())
+    assert rpc_in_stack(crash) == "bdev_lvol_delete"
+    (crash / "backtrace.txt").write_text(RENAME_STACK.read_text())
+    assert rpc_in_stack(crash) == "bdev_lvol_rename"  # a handler frame still comes first

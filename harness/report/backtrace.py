@@ -47,6 +47,7 @@ class Frame:
     line: int | None = None
     pc: int | None = None
     lib: str | None = None
+    args: str | None = None  # `(lvol=0x..., cb_fn=0x... <rpc_bdev_lvol_delete_cb>, ...)` as gdb printed them
 
     def describe(self) -> str:
         """`spdk_lvol_destroy (lvol.c:1884)`, `func` or `func (from libfoo.so)`."""
@@ -88,6 +89,7 @@ def parse_frame(line: str) -> Frame | None:
         line=int(m["line"]) if m["line"] else None,
         pc=int(m["pc"], 16) if m["pc"] else None,
         lib=m["lib"],
+        args=m["args"],
     )
 
 
@@ -127,19 +129,30 @@ def parse_gdb_backtrace(text: str) -> Backtrace:
     return bt
 
 
+_CALLBACK = re.compile(r"<rpc_(\w+)>")
+
+
 def rpc_in_stack(crash_dir: Path) -> str | None:
     """The RPC whose handler (rpc_<method>, or its completion rpc_<method>_cb) is on the crashing thread's
-    stack in the crash dir's backtrace.txt; None without one."""
+    stack in the crash dir's backtrace.txt; failing that, the RPC whose completion a frame was handed
+    (`cb_fn=0x... <rpc_bdev_lvol_delete_cb>`: the handler returned long ago, its work crashed on a poller).
+    None without either."""
     try:
         text = (crash_dir / "backtrace.txt").read_text(errors="replace")
     except OSError:
         return None
-    for frame in parse_gdb_backtrace(text).frames:
-        if not frame.func.startswith("rpc_"):
-            continue
-        method = frame.func[len("rpc_"):]
-        if method not in BY_METHOD and method.endswith("_cb"):
-            method = method[:-len("_cb")]
-        if method in BY_METHOD:
+
+    def method_of(name: str) -> str | None:
+        if name not in BY_METHOD and name.endswith("_cb"):
+            name = name[:-len("_cb")]
+        return name if name in BY_METHOD else None
+
+    frames = parse_gdb_backtrace(text).frames
+    for frame in frames:
+        if frame.func.startswith("rpc_") and (method := method_of(frame.func[len("rpc_"):])):
             return method
+    for frame in frames:
+        for name in _CALLBACK.findall(frame.args or ""):
+            if method := method_of(name):
+                return method
     return None
