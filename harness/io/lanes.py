@@ -341,6 +341,13 @@ class IoStorm:
                 images.resize(uuid, new, now)
                 if images.blocks(uuid) == new * images.bpc:
                     self.mismatched_size.discard(uuid)
+        elif rule.view == "orphan" and op.method == "bdev_lvol_set_parent_bdev":
+            # spdk_bs_blob_set_external_parent: the lvol leaves its parent; the clusters it does not own read the
+            # external bdev now (the storm's own malloc bdevs, never written: zeroes; an lvol: its blocks). Nothing
+            # is copied: that is inflate, not this.
+            self._mark_parent_race(uuid, racing)
+            bdev = p.get("parent_name")
+            images.set_parent(uuid, bdev if isinstance(bdev, str) and bdev in images.blobs else None)
         elif rule.view == "orphan":
             images.inflate(uuid)
         elif rule.view == "to-grandparent":
