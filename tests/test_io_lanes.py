@@ -72,6 +72,48 @@ def _io_errors(io: IoStorm) -> list[str]:
     return [f.message for f in io.storm.checker.findings if f.kind == "io-error"]
 
 
+@pytest.mark.parametrize("first", ["resize", "snapshot"])
+def test_a_snapshot_that_overlapped_a_resize_of_its_origin_may_have_either_size(io: IoStorm, first: str) -> None:
+    """spdk_tgt may run the snapshot before or after the resize whatever order the replies come in: the
+    snapshot (and a clone of it) is 4 or 16 MiB; an I/O past 4 MiB may fail, one within it may not."""
+    resize = _op("bdev_lvol_resize", name=V, size_in_mib=16)
+    snap = _op("bdev_lvol_snapshot", lvol_name=V, snapshot_name="s")
+    io.on_send(resize)
+    io.on_send(snap)
+    if first == "resize":
+        _reply(io, resize)
+        _reply(io, snap, S)
+    else:
+        _reply(io, snap, S)
+        _reply(io, resize)
+    clone = _op("bdev_lvol_clone", snapshot_name=S, clone_name="c")
+    io.on_send(clone)
+    _reply(io, clone, C)
+    _read_error(io, C, 14 * BPC)  # the target ran the snapshot first: the clone is 4 MiB (/tmp/iorep/r4)
+    assert _io_errors(io) == [] and io.stats.expected_errors == 1
+    _read_error(io, C, 3 * BPC)  # within either size: a finding
+    assert len(_io_errors(io)) == 1 and io.stats.errors == 1
+    assert io.images is not None
+    assert {io.images.blobs[S].clusters, *io.images.blobs[S].alt_sizes} == {4, 16}
+    assert {io.images.blobs[C].clusters, *io.images.blobs[C].alt_sizes} == {4, 16}
+    assert io.images.blocks(V) == 16 * BPC and not io.images.blobs[V].alt_sizes  # the origin: 16 MiB either way
+
+
+def test_a_snapshot_sent_after_a_resize_answered_has_the_new_size(io: IoStorm) -> None:
+    resize = _op("bdev_lvol_resize", name=V, size_in_mib=16)
+    io.on_send(resize)
+    _reply(io, resize)
+    snap = _op("bdev_lvol_snapshot", lvol_name=V, snapshot_name="s")
+    io.on_send(snap)
+    _reply(io, snap, S)
+    clone = _op("bdev_lvol_clone", snapshot_name=S, clone_name="c")
+    io.on_send(clone)
+    _reply(io, clone, C)
+    _read_error(io, C, 14 * BPC)
+    assert len(_io_errors(io)) == 1
+    assert io.images is not None and not io.images.blobs[C].alt_sizes
+
+
 def test_set_parent_bdev_makes_the_unowned_clusters_read_the_external_bdev_not_a_copy(io: IoStorm) -> None:
     """bdev_lvol_set_parent_bdev (spdk_bs_blob_set_external_parent) copies nothing: the clusters the lvol does
     not own read the external snapshot (the storm's malloc bdevs: zeroes), not its old parent's blocks."""

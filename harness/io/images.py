@@ -68,6 +68,13 @@ class Blob:
     resizes: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RESIZES_KEPT))
     """(time, clusters before) of recent resizes: an I/O past the smaller size in its window may fail."""
     read_only_since: float | None = None
+    alt_sizes: frozenset[int] = frozenset()
+    """Other sizes (clusters) the blob may have: a snapshot that overlapped a resize of its origin took the size
+    from before or after it (and a clone takes its snapshot's); I/O past the smallest may fail. Known again once
+    the blob is resized or listed."""
+    size_from: str | None = None
+    """The blob this one took its size from when made (a snapshot's origin, a clone's snapshot); None once
+    resized (or made with a size of its own)."""
 
 
 class Images:
@@ -149,11 +156,12 @@ class Images:
         return out
 
     def min_blocks_since(self, uuid: str, t: float) -> int:
-        """The smallest size (blocks) the blob had since time t: an I/O past it may fail."""
+        """The smallest size (blocks) the blob had since time t, or may have (`alt_sizes`): an I/O past it may
+        fail."""
         b = self.blobs.get(uuid)
         if b is None:
             return 0
-        n = b.clusters * self.bpc
+        n = min(b.clusters, *b.alt_sizes) * self.bpc if b.alt_sizes else b.clusters * self.bpc
         for when, before in b.resizes:
             if when >= t:
                 n = min(n, before * self.bpc)
@@ -210,14 +218,15 @@ class Images:
         if o is None:
             return
         self._add(Blob(snap, o.clusters, o.thin, parent=o.parent, owned=o.owned, maybe=o.maybe, data=o.data,
-                       read_only=True, loose=o.loose, loose_bits=o.loose_bits))
+                       read_only=True, loose=o.loose, loose_bits=o.loose_bits, alt_sizes=o.alt_sizes,
+                       size_from=origin))
         o.owned, o.maybe, o.data, o.loose, o.loose_bits, o.thin = 0, 0, {}, False, 0, True
         self._link(o, snap)
 
     def clone(self, snap: str, clone: str) -> None:
         s = self.blobs.get(snap)
         if s is not None:
-            self._add(Blob(clone, s.clusters, True, parent=snap))
+            self._add(Blob(clone, s.clusters, True, parent=snap, alt_sizes=s.alt_sizes, size_from=snap))
 
     def delete(self, uuid: str) -> None:
         """Gone; a snapshot's only clone takes the clusters it lacks (its data unchanged)."""
@@ -278,7 +287,27 @@ class Images:
         elif not b.thin:
             b.owned |= ((1 << clusters) - 1) & ~((1 << b.clusters) - 1)
         b.clusters = clusters
+        b.alt_sizes, b.size_from = frozenset(), None
         b.bdev_blocks = old_blocks if bdev_kept and old_blocks > clusters * self.bpc else None
+
+    def size_raced(self, snap: str, sizes: set[int]) -> None:
+        """A snapshot overlapped a resize of its origin: it has the size from before or from after it (`sizes`),
+        and so has every blob that took its size from it since (its clones, their snapshots, ...)."""
+        todo, seen = ({snap} if snap in self.blobs else set()), set[str]()
+        for _ in range(len(self.blobs) + 1):
+            if not todo:
+                break
+            for u in todo:
+                b = self.blobs[u]
+                b.alt_sizes = b.alt_sizes | frozenset(c for c in sizes if c != b.clusters)
+            seen |= todo
+            todo = {u for u, b in self.blobs.items() if b.size_from in todo and u not in seen}
+
+    def size_known(self, uuid: str) -> None:
+        """A listing gave the blob's size: no other is possible."""
+        b = self.blobs.get(uuid)
+        if b is not None:
+            b.alt_sizes = frozenset()
 
     def inflate(self, uuid: str) -> None:
         b = self.blobs.get(uuid)

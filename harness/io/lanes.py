@@ -53,6 +53,7 @@ AROUND = 4
 """Operations on a tree kept to name around a finding."""
 WRITABLE_SHARE = 0.75
 """Exports that go to lvols that take writes (volumes, clones), the rest to any (snapshots are read)."""
+SIZED_KEPT = 256
 STRUCTURAL = frozenset({"snapshot", "clone", "remove", "orphan", "to-grandparent", "reparent", "resize"})
 
 
@@ -143,6 +144,11 @@ class IoStorm:
         self.recent: dict[str, deque[_Write]] = {}
         """Writes done in the last RECENT_S seconds, by lvol (bounded per lvol)."""
         self.ops_inflight: dict[int, tuple[Op, str | None]] = {}
+        self.sent_at: dict[int, float] = {}
+        """When each op in flight was sent (monotonic, by op id)."""
+        self.sized: deque[tuple[str, float, float, str | int, int]] = deque(maxlen=SIZED_KEPT)
+        """Recent successful snapshots and resizes: (origin, sent, answered, snapshot uuid or size before, size
+        after); a snapshot and a resize of one lvol that overlapped leave the snapshot's size open."""
         self.unsure_alloc: set[str] = set()
         """Lvols whose clusters the checker's model knows by count only (see align_mirror)."""
         self.exporting: set[str] = set()
@@ -231,6 +237,7 @@ class IoStorm:
         rule = op.rule
         uuid = self._target_of(op)
         self.ops_inflight[id(op)] = (op, uuid)
+        self.sent_at[id(op)] = time.monotonic()
         if uuid is None:
             return
         if rule.view in STRUCTURAL:
@@ -267,13 +274,14 @@ class IoStorm:
 
     def _on_reply(self, op: Op) -> None:
         _, uuid = self.ops_inflight.pop(id(op), (op, None))
+        sent = self.sent_at.pop(id(op), None)
         overlapped = self._settle_overlaps(op, uuid)
         images = self.images
         rule = op.rule
         if images is None:
             return
         now = time.monotonic()
-        t_send = now - max(0.0, (op.t_end or 0) - (op.t_start or 0))
+        t_send = sent if sent is not None else now - max(0.0, (op.t_end or 0) - (op.t_start or 0))
         if rule.effect == "lvstore" and op.method == "bdev_lvol_delete_lvstore" and op.ok:
             for u in list(images.blobs):
                 self.exports.gone(u)
@@ -291,6 +299,7 @@ class IoStorm:
         if op.method == "bdev_lvol_resize" and op.errno_name == "EBUSY" and (watched or uuid in self.exports.by_uuid):
             new = self._clusters(op.params.get("size_in_mib"))
             if new is not None:
+                self._sized(uuid, t_send, now, images.blobs[uuid].clusters if uuid in images.blobs else None, new)
                 images.resize(uuid, new, now, bdev_kept=True)
                 self.stats.refused_shrinks += 1
                 self.mismatched_size.add(uuid)
@@ -313,18 +322,19 @@ class IoStorm:
         if op.group is not None:  # the checker applies it to its model when the whole group has answered
             for u in touched:
                 self.unjudged.setdefault(u, []).append(op.group)
-        self._apply(op, uuid, racing, now)
+        self._apply(op, uuid, racing, now, t_send)
         if overlapped:  # another change to its lvols overlapped it and also succeeded: their order is not known
             self._loosen("overlap", str(op.result) if rule.creates_lvol and isinstance(op.result, str) else uuid)
         self._note_around(touched, op)
 
-    def _apply(self, op: Op, uuid: str, racing: list[_Write], now: float) -> None:
+    def _apply(self, op: Op, uuid: str, racing: list[_Write], now: float, t_send: float) -> None:
         images = self.images
         assert images is not None
         p, rule = op.params, op.rule
         if rule.view == "snapshot":
             snap = str(op.result)
             images.snapshot(uuid, snap)
+            self._sized(uuid, t_send, now, snap, 0)
             for w in racing:
                 for i in range(w.n):
                     images.raced_snapshot(snap, uuid, w.lba + i, w.wid, w.prev[i] if w.prev is not None else None)
@@ -338,6 +348,7 @@ class IoStorm:
         elif rule.view == "resize":
             new = self._clusters(p.get("size_in_mib"))
             if new is not None:
+                self._sized(uuid, t_send, now, images.blobs[uuid].clusters if uuid in images.blobs else None, new)
                 images.resize(uuid, new, now)
                 if images.blocks(uuid) == new * images.bpc:
                     self.mismatched_size.discard(uuid)
@@ -361,6 +372,19 @@ class IoStorm:
             images.set_parent(uuid, str(p.get(rule.lvol_params[1])))
         elif op.method == "bdev_lvol_set_read_only":
             images.set_read_only(uuid, now)
+
+    def _sized(self, origin: str, sent: float, done: float, what: str | int | None, after: int) -> None:
+        """A snapshot of `origin` (`what` its uuid) or a resize of it (`what` its size before, `after` its new
+        size) answered: if the other kind overlapped it on the same lvol, the snapshot was taken before or after
+        the resize, with either size (spdk_tgt runs them in any order)."""
+        if what is None or self.images is None:
+            return
+        for o, _sent, d, w, a in self.sized:
+            if o != origin or d < sent or type(w) is type(what):
+                continue
+            snap, sizes = (what, {int(w), a}) if isinstance(what, str) else (str(w), {what, after})
+            self.images.size_raced(snap, sizes)
+        self.sized.append((origin, sent, done, what, after))
 
     def _mark_parent_race(self, uuid: str, racing: list[_Write]) -> None:
         assert self.images is not None
@@ -388,6 +412,7 @@ class IoStorm:
             parent = names.get(info.get("base_snapshot") or "")
             blocks = int(b.get("num_blocks", 0))
             blob = images.blobs.get(u)
+            images.size_known(u)
             if blob is None:
                 self.stats.loosened["listing-new"] = self.stats.loosened.get("listing-new", 0) + 1
                 images.adopt(u, -(-blocks * images.block_size // cs), parent=parent,
