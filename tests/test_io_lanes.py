@@ -144,3 +144,14 @@ def test_inflate_still_copies_the_parents_blocks(io: IoStorm) -> None:
     io.on_send(inflate)
     _reply(io, inflate)
     assert images.visible(V, 300) == 7 and images.blobs[V].parent is None and images.blobs[V].owned == 0b1111
+
+
+def test_no_export_while_a_resize_of_the_lvol_is_in_flight(io: IoStorm) -> None:
+    """Exported while its resize is in flight, a shrink answers EBUSY where the checker expects ok."""
+    io.storm.view.add(V, "v", size_mib=4)
+    assert io._export_candidates() == [V]
+    resize = _op("bdev_lvol_resize", name=V, size_in_mib=2)
+    io.on_send(resize)
+    assert io._export_candidates() == []
+    _reply(io, resize)
+    assert io._export_candidates() == [V]

@@ -465,11 +465,10 @@ class IoStorm:
                     if live and self.rng.random() < self.cfg.rotate_share:
                         await self._unexport(conn, self.rng.choice(live))
                     continue
-                view = self.storm.view
-                candidates = [u for u in view.nodes if u not in self.exports.by_uuid and u not in view.hidden
-                              and u in self.images.blobs and u not in self.deleting]
+                candidates = self._export_candidates()
                 if not candidates:
                     continue
+                view = self.storm.view
                 writable = [u for u in candidates if not view.nodes[u].snapshot and not view.nodes[u].read_only]
                 pool = writable if writable and self.rng.random() < WRITABLE_SHARE else candidates
                 uuid = self.rng.choice(sorted(pool))
@@ -489,6 +488,16 @@ class IoStorm:
                     self.exports.give_back(nsid)
         except (RpcConnectionLost, RpcTimeout):
             return
+
+    def _export_candidates(self) -> list[str]:
+        """Lvols to export: known, not exported, not going, and no resize of them in flight (exported under it,
+        a shrink answers EBUSY, so the checker could not judge that resize exactly; a resize sent while the
+        export is in flight is judged leniently instead, see on_send)."""
+        assert self.images is not None
+        view = self.storm.view
+        resizing = {u for op, u in self.ops_inflight.values() if op.method == "bdev_lvol_resize"}
+        return [u for u in view.nodes if u not in self.exports.by_uuid and u not in view.hidden
+                and u in self.images.blobs and u not in self.deleting and u not in resizing]
 
     async def _unexport(self, conn: RpcConnection, e: ex.Export) -> None:
         e.live = False
