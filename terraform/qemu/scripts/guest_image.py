@@ -86,19 +86,20 @@ INITTAB = """::sysinit:/etc/lvol-storm/rcS
 
 RCS = r"""#!/bin/sh
 # Bring the node up: modules, loopback and QEMU user networking (10.0.2.15/24), the node's name, host key and
-# authorized key (QEMU fw_cfg), /dev/kmsg messages the host can wait for, then sshd.
+# authorized key (QEMU fw_cfg), sshd, then its NVMe controller bound for SPDK (kernel command line:
+# lvs.nvme=<pci address> lvs.nvme_driver=uio_pci_generic|vfio-pci|nvme). The outcome is one line in
+# /run/lvol-storm/status (`ready: ...` or `failed: <reason>`), which node-up.sh reads over SSH, and in /dev/kmsg.
 exec >/dev/console 2>&1
 say() { echo "lvol-storm-guest: $*"; echo "lvol-storm-guest: $*" > /dev/kmsg 2>/dev/null || true; }
+status() { mkdir -p /run/lvol-storm; echo "$*" > /run/lvol-storm/status.tmp && mv /run/lvol-storm/status.tmp /run/lvol-storm/status; say "$*"; }
 for m in @BOOT_MODULES@; do modprobe "$m" || say "modprobe $m failed"; done
-arg() { sed -n "s/.*\\<$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
 name=$(arg lvs.name)
 hostname "${name:-lvol-storm-guest}"
 ip link set lo up
 ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2 \
   || say "network: eth0 did not come up"
 fw=/sys/firmware/qemu_fw_cfg/by_name/opt/lvol-storm
-i=0
-while [ ! -r "$fw/host_key/raw" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 mkdir -p /etc/ssh /root/.ssh /run/sshd /var/tmp /var/crash
 chmod 700 /root/.ssh
 if [ -r "$fw/host_key/raw" ] && [ -r "$fw/authorized_keys/raw" ]; then
@@ -108,9 +109,36 @@ if [ -r "$fw/host_key/raw" ] && [ -r "$fw/authorized_keys/raw" ]; then
 else
   say "no host key or authorized key in fw_cfg ($fw): start QEMU with -fw_cfg name=opt/lvol-storm/host_key,file=... and name=opt/lvol-storm/authorized_keys,file=..."
 fi
-say "hugepages $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages) of 2048 kB reserved"
 /usr/sbin/sshd -E /run/sshd.log && say "sshd started" || say "sshd failed: $(tail -n 3 /run/sshd.log)"
-say "ready"
+pages=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)
+want=$(arg hugepages)
+if [ "${want:-0}" -gt "$pages" ]; then
+  status "failed: hugepages: the kernel reserved $pages of $want 2 MiB pages at boot: give the guest more memory_mb or fewer hugepages_mb"
+  exit 0
+fi
+addr=$(arg lvs.nvme) drv=$(arg lvs.nvme_driver)
+driver_of() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && echo "${l##*/}"; }
+if [ -n "$addr" ]; then
+  dev=/sys/bus/pci/devices/$addr
+  if [ ! -e "$dev" ] || [ "$(cat "$dev/class")" != 0x010802 ]; then
+    status "failed: nvme: no NVMe controller at $addr (PCI: $(ls /sys/bus/pci/devices | tr '\n' ' '))"
+    exit 0
+  fi
+  drv=${drv:-nvme}
+  if [ "$(driver_of "$addr")" != "$drv" ]; then
+    modprobe "$drv" || { status "failed: nvme: modprobe $drv failed"; exit 0; }
+    echo "$drv" > "$dev/driver_override"
+    [ -e "$dev/driver" ] && echo "$addr" > "$dev/driver/unbind"
+    echo "$addr" > /sys/bus/pci/drivers_probe 2>/dev/null
+    i=0
+    while [ "$(driver_of "$addr")" != "$drv" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ "$(driver_of "$addr")" != "$drv" ]; then
+      status "failed: nvme: could not bind $addr to $drv (bound to: $(driver_of "$addr")); see dmesg"
+      exit 0
+    fi
+  fi
+fi
+status "ready: hugepages=$pages nvme=${addr:+$addr=$drv}"
 """
 
 SSHD_CONFIG = """# lvol-storm guest: key login as root only; QEMU forwards one loopback port of the host here.
@@ -500,6 +528,17 @@ def build(cache_dir: str | None, version: str | None, with_python: bool) -> dict
     return info
 
 
+def link_into(directory: Path, info: dict[str, object]) -> None:
+    """DIR/vmlinuz and DIR/initrd.img pointing at the cached image (replaced if there)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("kernel", "initrd"):
+        link = directory / ("vmlinuz" if name == "kernel" else "initrd.img")
+        tmp = link.with_name(link.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(str(info[name]))
+        tmp.replace(link)
+
+
 def main(argv: Iterator[str] | list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="guest_image.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -507,9 +546,12 @@ def main(argv: Iterator[str] | list[str] | None = None) -> int:
     b.add_argument("--cache-dir", help=f"default {DEFAULT_CACHE} (or ~/.cache/lvol-storm/guest if not writable)")
     b.add_argument("--kernel-version", help="a /boot/vmlinuz-VERSION with /lib/modules/VERSION (default: newest)")
     b.add_argument("--python", action="store_true", help="include the host's python3 and its standard library")
+    b.add_argument("--link-into", metavar="DIR", help="also make DIR/vmlinuz and DIR/initrd.img symlinks to the image")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         info = build(args.cache_dir, args.kernel_version, args.python)
+        if args.link_into:
+            link_into(Path(args.link_into), info)
     except BuildError as exc:
         print(f"guest_image: {exc}", file=sys.stderr)
         return 1
