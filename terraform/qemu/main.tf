@@ -96,6 +96,14 @@ resource "terraform_data" "node" {
   count = var.node_count
   input = terraform_data.node_teardown[count.index].output
 
+  lifecycle {
+    precondition {
+      # The kernel reserves hugepages before it unpacks the initramfs: too many leave it nothing and it panics.
+      condition     = var.hugepages_mb + 384 <= var.memory_mb
+      error_message = "hugepages_mb (${var.hugepages_mb}) must leave the guest at least 384 MiB of memory_mb (${var.memory_mb}) for its kernel and initramfs: raise memory_mb or lower hugepages_mb."
+    }
+  }
+
   provisioner "local-exec" {
     command = "\"$SCRIPTS/node-up.sh\""
     environment = {

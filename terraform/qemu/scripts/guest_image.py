@@ -91,7 +91,11 @@ RCS = r"""#!/bin/sh
 # /run/lvol-storm/status (`ready: ...` or `failed: <reason>`), which node-up.sh reads over SSH, and in /dev/kmsg.
 exec >/dev/console 2>&1
 say() { echo "lvol-storm-guest: $*"; echo "lvol-storm-guest: $*" > /dev/kmsg 2>/dev/null || true; }
-status() { mkdir -p /run/lvol-storm; echo "$*" > /run/lvol-storm/status.tmp && mv /run/lvol-storm/status.tmp /run/lvol-storm/status; say "$*"; }
+status() {
+  mkdir -p /run/lvol-storm
+  echo "$*" > /run/lvol-storm/status.tmp && mv /run/lvol-storm/status.tmp /run/lvol-storm/status
+  say "$*"
+}
 for m in @BOOT_MODULES@; do modprobe "$m" || say "modprobe $m failed"; done
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
 name=$(arg lvs.name)
@@ -107,13 +111,15 @@ if [ -r "$fw/host_key/raw" ] && [ -r "$fw/authorized_keys/raw" ]; then
   chmod 600 /etc/ssh/ssh_host_ed25519_key
   cat "$fw/authorized_keys/raw" > /root/.ssh/authorized_keys
 else
-  say "no host key or authorized key in fw_cfg ($fw): start QEMU with -fw_cfg name=opt/lvol-storm/host_key,file=... and name=opt/lvol-storm/authorized_keys,file=..."
+  say "no host key or authorized key in fw_cfg ($fw): start QEMU with" \
+    "-fw_cfg name=opt/lvol-storm/host_key,file=... -fw_cfg name=opt/lvol-storm/authorized_keys,file=..."
 fi
 /usr/sbin/sshd -E /run/sshd.log && say "sshd started" || say "sshd failed: $(tail -n 3 /run/sshd.log)"
 pages=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)
 want=$(arg hugepages)
 if [ "${want:-0}" -gt "$pages" ]; then
-  status "failed: hugepages: the kernel reserved $pages of $want 2 MiB pages at boot: give the guest more memory_mb or fewer hugepages_mb"
+  status "failed: hugepages: the kernel reserved $pages of $want 2 MiB pages at boot:" \
+    "give the guest more memory_mb or fewer hugepages_mb"
   exit 0
 fi
 addr=$(arg lvs.nvme) drv=$(arg lvs.nvme_driver)
@@ -269,6 +275,8 @@ def shared_libraries(path: str) -> list[str]:
 
 def kernel_version(requested: str | None) -> str:
     if requested:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", requested):
+            raise BuildError(f"kernel version {requested!r}: expected a name like 6.1.0-57-amd64 (ls /boot/vmlinuz-*)")
         if not Path(f"/boot/vmlinuz-{requested}").is_file():
             raise BuildError(f"/boot/vmlinuz-{requested} not found: apt-get install -y linux-image-{requested}")
         return requested
@@ -276,7 +284,8 @@ def kernel_version(requested: str | None) -> str:
                     if Path(f"/lib/modules/{p.name.removeprefix('vmlinuz-')}/modules.dep").is_file()),
                    key=lambda v: [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)])
     if not found:
-        raise BuildError("no Debian kernel with modules in /boot and /lib/modules: apt-get install -y linux-image-amd64")
+        raise BuildError("no Debian kernel with modules in /boot and /lib/modules: "
+                         "apt-get install -y linux-image-amd64")
     return found[-1]
 
 
@@ -290,8 +299,8 @@ def module_closure(version: str, names: Iterable[str]) -> list[str]:
         deps[mod] = rest.split()
         stem = Path(mod).name.split(".ko")[0].replace("-", "_")
         by_name[stem] = mod
-    builtin = {Path(x).name.split(".ko")[0].replace("-", "_")
-               for x in (base / "modules.builtin").read_text().split()} if (base / "modules.builtin").exists() else set()
+    listed = (base / "modules.builtin").read_text().split() if (base / "modules.builtin").exists() else []
+    builtin = {Path(x).name.split(".ko")[0].replace("-", "_") for x in listed}
     out: list[str] = []
     for name in names:
         key = name.replace("-", "_")
@@ -347,8 +356,8 @@ def gather(version: str, with_python: bool) -> Tree:
     for lib in sorted(libs):
         tree.add_host_path(lib)
     # glibc loads the NSS modules by name at run time (ldd cannot see them).
-    for lib in sorted(Path("/usr/lib/x86_64-linux-gnu").glob("libnss_files.so*")):
-        tree.add_host_path(str(lib))
+    for nss in sorted(Path("/usr/lib/x86_64-linux-gnu").glob("libnss_files.so*")):
+        tree.add_host_path(str(nss))
     # busybox for whatever the packages above do not provide (init, ip, hostname, ...).
     tree.links.setdefault("usr/bin/sh", "dash")
     tree.links.setdefault("usr/sbin/nologin", "../bin/false")
@@ -443,9 +452,9 @@ def write_initramfs(tree: Tree, version: str, dest: Path, scratch: Path) -> None
     for path, src in tree.files.items():
         if path.startswith(f"usr/lib/modules/{version}/") or path.startswith(f"lib/modules/{version}/") \
                 or ".so" in path:
-            target = stage / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
+            copy = stage / path
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, copy)
     for path, target in tree.links.items():
         if ".so" in path or path in ("lib", "lib64"):
             link = stage / path
@@ -501,9 +510,7 @@ def build(cache_dir: str | None, version: str | None, with_python: bool) -> dict
     entry = root / key
     manifest = entry / "manifest.json"
     if manifest.is_file():
-        info = json.loads(manifest.read_text())
-        info["cached"] = True
-        return info
+        return {**json.loads(manifest.read_text()), "cached": True}
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{key}.", dir=root) as tmp:
         scratch = Path(tmp)
@@ -511,21 +518,19 @@ def build(cache_dir: str | None, version: str | None, with_python: bool) -> dict
         out.mkdir()
         shutil.copy2(f"/boot/vmlinuz-{version}", out / "vmlinuz")
         write_initramfs(tree, version, out / "initrd.img", scratch)
-        info: dict[str, object] = {
+        made: dict[str, object] = {
             "hash": key, "kernel_version": version, "kernel": str(entry / "vmlinuz"),
             "initrd": str(entry / "initrd.img"), "python": with_python,
             "initrd_bytes": (out / "initrd.img").stat().st_size, "files": len(tree.files) + len(tree.texts),
         }
-        (out / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
+        (out / "manifest.json").write_text(json.dumps(made, indent=2) + "\n")
         out.chmod(0o755)
         try:
             out.rename(entry)  # atomic: a concurrent build of the same key either wins or finds ours
         except OSError:
             if not manifest.is_file():
                 raise
-    info = json.loads(manifest.read_text())
-    info["cached"] = False
-    return info
+    return {**json.loads(manifest.read_text()), "cached": False}
 
 
 def link_into(directory: Path, info: dict[str, object]) -> None:

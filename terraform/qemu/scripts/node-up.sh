@@ -90,7 +90,10 @@ echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$NODE_DIR/ssh_host_ed25519_key.pub")"
 deadline=$(( $(date +%s) + BOOT_TIMEOUT ))
 last="no answer yet"
 while :; do
-  kill -0 "$pid" 2>/dev/null || fail "QEMU (pid $pid) exited while booting; console: $(tail -n 5 "$NODE_DIR/console.log" 2>/dev/null | tr '\n' ' ')"
+  if ! kill -0 "$pid" 2>/dev/null; then
+    why=$(grep -m 1 -E 'Kernel panic|Out of memory' "$NODE_DIR/console.log" 2>/dev/null || tail -n 5 "$NODE_DIR/console.log" 2>/dev/null | tr '\n' ' ')
+    fail "QEMU (pid $pid) exited while booting; console: $why"
+  fi
   if out=$(timeout 30 ssh -n -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$NODE_DIR/known_hosts" \
       -o ConnectTimeout=10 -o LogLevel=ERROR -i "${PUBKEY%.pub}" -p "$port" root@127.0.0.1 \
       cat /run/lvol-storm/status 2>&1); then
