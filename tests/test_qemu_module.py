@@ -6,19 +6,25 @@ where QEMU, a Debian kernel or busybox is missing (.ci/run installs none of them
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import harness
+from harness.config import load_config
 from harness.errors import ConfigError
-from harness.nodes import check_terraform_module
+from harness.fleet import FleetRun
+from harness.nodes import check_terraform_module, host_nodes, terraform_node_list
 from harness.provision.terraform import MODULES_DIR, Terraform, TerraformError, TerraformSession, provisioned_nodes
 from harness.watch.kernel import KernelLogWatch
 from harness.watch.kmsg import KernelRecord
@@ -144,6 +150,52 @@ def test_qemu_guest_is_a_node_the_harness_drives_and_destroy_leaves_nothing(tmp_
     assert _port_is_free(spec.port), f"port {spec.port} still taken after destroy"
     assert image.is_file(), "the cached guest image is kept for the next run"
     print(f"qemu guest: apply {booted:.1f} s, destroy {destroyed:.1f} s")
+
+
+def _install_harness(host: object) -> None:
+    """The harness's own package into the guest's site-packages (it is pure Python; the reference target needs
+    nothing else), so `python3 -m harness.sim` runs there as on a node with lvol-storm installed."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(Path(harness.__file__).parent, arcname="harness",
+                filter=lambda info: None if "__pycache__" in info.name else info)
+    script = 'd=$(python3 -c "import site; print(site.getsitepackages()[0])") && mkdir -p "$d" && tar -xz -C "$d"'
+    res = host.run(["sh", "-c", script], input=buf.getvalue(), timeout=120)  # type: ignore[attr-defined]
+    assert res.ok, res
+
+
+@needs_guest
+@pytest.mark.timeout(300)
+def test_a_storm_against_the_reference_target_inside_a_qemu_guest(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole remote path on a node with a kernel of its own: the session starts spdk-sim in the guest over
+    SSH, follows the guest's /dev/kmsg, sets the guest's core_pattern (not this machine's), storms for a few
+    seconds and tears down clean."""
+    run_id = f"s{os.getpid() % 100000}"
+    state = tmp_path / "state"
+    profile = load_config("smoke", overrides=["storm.duration=6s", "storm.workers=2", "minimize.enabled=false"],
+                          cli={"target.kind": "sim"})
+    with provisioned_nodes("qemu", state, _variables(run_id, with_python=True), log=tmp_path / "terraform.log") \
+            as provisioned:
+        ((spec, host),) = provisioned
+        _install_harness(host)
+        # Its NVMe would be the storm's bdev on spdk_tgt; the reference target has no NVMe driver: a malloc bdev.
+        assert terraform_node_list(provisioned)[0].disks == ({"kind": "nvme", "pci_addr": "0000:00:04.0"},)
+        nodes = host_nodes([host])
+        with monkeypatch.context() as m:
+            m.setattr(sys, "executable", "/usr/bin/python3")  # the guest's python, for `python -m harness.sim`
+            started = time.monotonic()
+            outcome = FleetRun(profile, tmp_path / "run", nodes, run_id=run_id, announce=lambda _m: None).execute()
+            stormed = time.monotonic() - started
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    node = s["nodes"][spec.name]
+    assert node["outcome"] == "clean" and node["ops"] > 20, (node, s.get("errors"))
+    assert node["host"].startswith(f"{spec.name} (root@127.0.0.1:{spec.port})"), node["host"]
+    assert outcome.exit_code == 0, s.get("errors")
+    node_summary = json.loads((tmp_path / "run" / spec.name / "summary.json").read_text())
+    assert node_summary["kernel_log"] == "`cat /dev/kmsg` on the host", node_summary["kernel_log"]  # the guest's
+    assert node_summary["target"]["argv"].startswith("/usr/bin/python3 -m harness.sim")
+    print(f"storm in the guest: {node['ops']} ops in {stormed:.1f} s")
 
 
 @pytest.mark.skipif(_terraform_missing() is not None, reason=str(_terraform_missing()))

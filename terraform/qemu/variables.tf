@@ -36,7 +36,7 @@ variable "kernel_version" {
 }
 
 variable "with_python" {
-  description = "Put the host's python3 and its standard library in the guest (for the reference target inside it); adds ~10 MB to the image."
+  description = "Put the host's python3 and its standard library in the guest (for the reference target inside it); adds ~8 MB to the image (gzip'd)."
   type        = bool
   default     = false
 }

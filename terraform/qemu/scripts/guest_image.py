@@ -524,6 +524,8 @@ def build(cache_dir: str | None, version: str | None, with_python: bool) -> dict
             "initrd_bytes": (out / "initrd.img").stat().st_size, "files": len(tree.files) + len(tree.texts),
         }
         (out / "manifest.json").write_text(json.dumps(made, indent=2) + "\n")
+        for made_file in out.iterdir():
+            made_file.chmod(0o644)  # nothing secret in it, and a cache another user may share
         out.chmod(0o755)
         try:
             out.rename(entry)  # atomic: a concurrent build of the same key either wins or finds ours
