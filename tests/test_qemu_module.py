@@ -16,16 +16,26 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import harness
+from harness.bdev import BaseBdev, BdevConfig
 from harness.config import load_config
-from harness.errors import ConfigError
+from harness.errors import ConfigError, TargetError
 from harness.fleet import FleetRun
-from harness.nodes import check_terraform_module, host_nodes, terraform_node_list
-from harness.provision.terraform import MODULES_DIR, Terraform, TerraformError, TerraformSession, provisioned_nodes
+from harness.hosts.base import Host
+from harness.nodes import Node, check_terraform_module, host_nodes, terraform_node_list
+from harness.provision.terraform import (
+    MODULES_DIR,
+    NodeSpec,
+    Terraform,
+    TerraformError,
+    TerraformSession,
+    provisioned_nodes,
+)
 from harness.watch.kernel import KernelLogWatch
 from harness.watch.kmsg import KernelRecord
 
@@ -152,7 +162,7 @@ def test_qemu_guest_is_a_node_the_harness_drives_and_destroy_leaves_nothing(tmp_
     print(f"qemu guest: apply {booted:.1f} s, destroy {destroyed:.1f} s")
 
 
-def _install_harness(host: object) -> None:
+def _install_harness(host: Host) -> None:
     """The harness's own package into the guest's site-packages (it is pure Python; the reference target needs
     nothing else), so `python3 -m harness.sim` runs there as on a node with lvol-storm installed."""
     buf = io.BytesIO()
@@ -160,33 +170,41 @@ def _install_harness(host: object) -> None:
         tar.add(Path(harness.__file__).parent, arcname="harness",
                 filter=lambda info: None if "__pycache__" in info.name else info)
     script = 'd=$(python3 -c "import site; print(site.getsitepackages()[0])") && mkdir -p "$d" && tar -xz -C "$d"'
-    res = host.run(["sh", "-c", script], input=buf.getvalue(), timeout=120)  # type: ignore[attr-defined]
+    res = host.run(["sh", "-c", script], input=buf.getvalue(), timeout=120)
     assert res.ok, res
+
+
+@pytest.fixture(scope="module")
+def vfio_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeSpec, Host, list[Node]]]:
+    """One guest for the tests below: python3 and the harness in it, its NVMe bound to vfio-pci behind QEMU's
+    emulated Intel IOMMU (Debian's kernel has no vfio no-IOMMU mode). Each test leaves it bound there."""
+    tmp = tmp_path_factory.mktemp("vfio-guest")
+    run_id = f"v{os.getpid() % 100000}"
+    with provisioned_nodes("qemu", tmp / "state", _variables(run_id, with_python=True, nvme_driver="vfio-pci"),
+                           log=tmp / "terraform.log") as provisioned:
+        ((spec, host),) = provisioned
+        _install_harness(host)
+        yield spec, host, terraform_node_list(provisioned)
+    assert not _qemu_pids_of(tmp / "state" / "module" / f"nodes-{run_id}" / "0")
 
 
 @needs_guest
 @pytest.mark.timeout(300)
-def test_a_storm_against_the_reference_target_inside_a_qemu_guest(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_storm_against_the_reference_target_inside_a_qemu_guest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vfio_guest: tuple[NodeSpec, Host, list[Node]]) -> None:
     """The whole remote path on a node with a kernel of its own: the session starts spdk-sim in the guest over
-    SSH, follows the guest's /dev/kmsg, sets the guest's core_pattern (not this machine's), storms for a few
-    seconds and tears down clean."""
-    run_id = f"s{os.getpid() % 100000}"
-    state = tmp_path / "state"
+    SSH, follows the guest's /dev/kmsg, storms for a few seconds and tears down clean."""
+    spec, host, tf_nodes = vfio_guest
+    # Its NVMe would be the storm's bdev on spdk_tgt; the reference target has no NVMe driver: a malloc bdev.
+    assert tf_nodes[0].disks == ({"kind": "nvme", "pci_addr": "0000:00:04.0"},)
     profile = load_config("smoke", overrides=["storm.duration=6s", "storm.workers=2", "minimize.enabled=false"],
                           cli={"target.kind": "sim"})
-    with provisioned_nodes("qemu", state, _variables(run_id, with_python=True), log=tmp_path / "terraform.log") \
-            as provisioned:
-        ((spec, host),) = provisioned
-        _install_harness(host)
-        # Its NVMe would be the storm's bdev on spdk_tgt; the reference target has no NVMe driver: a malloc bdev.
-        assert terraform_node_list(provisioned)[0].disks == ({"kind": "nvme", "pci_addr": "0000:00:04.0"},)
-        nodes = host_nodes([host])
-        with monkeypatch.context() as m:
-            m.setattr(sys, "executable", "/usr/bin/python3")  # the guest's python, for `python -m harness.sim`
-            started = time.monotonic()
-            outcome = FleetRun(profile, tmp_path / "run", nodes, run_id=run_id, announce=lambda _m: None).execute()
-            stormed = time.monotonic() - started
+    with monkeypatch.context() as m:
+        m.setattr(sys, "executable", "/usr/bin/python3")  # the guest's python, for `python -m harness.sim`
+        started = time.monotonic()
+        outcome = FleetRun(profile, tmp_path / "run", host_nodes([host]), run_id="storm",
+                           announce=lambda _m: None).execute()
+        stormed = time.monotonic() - started
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     node = s["nodes"][spec.name]
     assert node["outcome"] == "clean" and node["ops"] > 20, (node, s.get("errors"))
@@ -196,6 +214,44 @@ def test_a_storm_against_the_reference_target_inside_a_qemu_guest(tmp_path: Path
     assert node_summary["kernel_log"] == "`cat /dev/kmsg` on the host", node_summary["kernel_log"]  # the guest's
     assert node_summary["target"]["argv"].startswith("/usr/bin/python3 -m harness.sim")
     print(f"storm in the guest: {node['ops']} ops in {stormed:.1f} s")
+
+
+@needs_guest
+@pytest.mark.timeout(120)
+def test_guest_nvme_moves_between_vfio_pci_the_kernel_and_uio_pci_generic(
+        vfio_guest: tuple[NodeSpec, Host, list[Node]]) -> None:
+    """Node preparation as SPDK's setup.sh does it, in a real kernel: bound to vfio-pci at boot (an IOMMU group,
+    /dev/vfio/N), handed back to the kernel's nvme driver (a block device appears), then to uio_pci_generic
+    (/dev/uio0) and back to vfio-pci; the harness's own check accepts exactly the userspace drivers."""
+    spec, host, _ = vfio_guest
+    addr = spec.nvme_pci_addrs[0]
+    dev = f"/sys/bus/pci/devices/{addr}"
+    bdev = BaseBdev(host, BdevConfig(kind="nvme", pci_addr=addr), "/tmp")
+
+    def driver() -> str:
+        return host.run(["readlink", f"{dev}/driver"]).stdout.strip().rsplit("/", 1)[-1]
+
+    def bind(to: str) -> None:
+        res = host.run(["lvol-storm-bind", addr, to], timeout=60)
+        assert res.ok and driver() == to, (to, res)
+
+    try:
+        assert driver() == "vfio-pci"
+        group = host.run(["readlink", f"{dev}/iommu_group"]).stdout.strip().rsplit("/", 1)[-1]
+        assert group.isdigit() and host.exists(f"/dev/vfio/{group}"), group
+        bdev._check_nvme_driver()
+        bind("nvme")
+        listed = host.run(["sh", "-c", f"sleep 1; ls {dev}/nvme/*/ /dev/ | grep -c '^nvme0n1$'"]).stdout.strip()
+        assert int(listed or 0) >= 1, listed
+        with pytest.raises(TargetError, match="bound to the kernel driver 'nvme'"):
+            bdev._check_nvme_driver()
+        bind("uio_pci_generic")
+        assert host.exists("/dev/uio0")
+        bdev._check_nvme_driver()
+        fail = host.run(["lvol-storm-bind", "0000:00:1f.0", "uio_pci_generic"])
+        assert fail.rc == 1 and "no NVMe controller at 0000:00:1f.0" in fail.stderr, fail
+    finally:
+        bind("vfio-pci")
 
 
 @pytest.mark.skipif(_terraform_missing() is not None, reason=str(_terraform_missing()))

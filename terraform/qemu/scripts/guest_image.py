@@ -89,6 +89,7 @@ RCS = r"""#!/bin/sh
 # authorized key (QEMU fw_cfg), sshd, then its NVMe controller bound for SPDK (kernel command line:
 # lvs.nvme=<pci address> lvs.nvme_driver=uio_pci_generic|vfio-pci|nvme). The outcome is one line in
 # /run/lvol-storm/status (`ready: ...` or `failed: <reason>`), which node-up.sh reads over SSH, and in /dev/kmsg.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin  # busybox init sets its own
 exec >/dev/console 2>&1
 say() { echo "lvol-storm-guest: $*"; echo "lvol-storm-guest: $*" > /dev/kmsg 2>/dev/null || true; }
 status() {
@@ -123,28 +124,35 @@ if [ "${want:-0}" -gt "$pages" ]; then
   exit 0
 fi
 addr=$(arg lvs.nvme) drv=$(arg lvs.nvme_driver)
-driver_of() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && echo "${l##*/}"; }
 if [ -n "$addr" ]; then
-  dev=/sys/bus/pci/devices/$addr
-  if [ ! -e "$dev" ] || [ "$(cat "$dev/class")" != 0x010802 ]; then
-    status "failed: nvme: no NVMe controller at $addr (PCI: $(ls /sys/bus/pci/devices | tr '\n' ' '))"
-    exit 0
-  fi
   drv=${drv:-nvme}
-  if [ "$(driver_of "$addr")" != "$drv" ]; then
-    modprobe "$drv" || { status "failed: nvme: modprobe $drv failed"; exit 0; }
-    echo "$drv" > "$dev/driver_override"
-    [ -e "$dev/driver" ] && echo "$addr" > "$dev/driver/unbind"
-    echo "$addr" > /sys/bus/pci/drivers_probe 2>/dev/null
-    i=0
-    while [ "$(driver_of "$addr")" != "$drv" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
-    if [ "$(driver_of "$addr")" != "$drv" ]; then
-      status "failed: nvme: could not bind $addr to $drv (bound to: $(driver_of "$addr")); see dmesg"
-      exit 0
-    fi
-  fi
+  why=$(lvol-storm-bind "$addr" "$drv" 2>&1) || { status "failed: nvme: $why"; exit 0; }
 fi
 status "ready: hugepages=$pages nvme=${addr:+$addr=$drv}"
+"""
+
+BIND = r"""#!/bin/sh
+# lvol-storm-bind ADDR DRIVER: bind the NVMe controller at PCI address ADDR to DRIVER (uio_pci_generic, vfio-pci
+# or nvme, the kernel's own) through driver_override, as SPDK's setup.sh does; true once the kernel says so.
+set -u
+addr=$1 drv=$2
+dev=/sys/bus/pci/devices/$addr
+driver_of() { l=$(readlink "$dev/driver" 2>/dev/null) && echo "${l##*/}"; }
+if [ ! -e "$dev" ] || [ "$(cat "$dev/class")" != 0x010802 ]; then
+  echo "no NVMe controller at $addr (PCI: $(ls /sys/bus/pci/devices | tr '\n' ' '))" >&2
+  exit 1
+fi
+[ "$(driver_of)" = "$drv" ] && exit 0
+modprobe "$drv" || { echo "modprobe $drv failed" >&2; exit 1; }
+echo "$drv" > "$dev/driver_override"
+[ -e "$dev/driver" ] && echo "$addr" > "$dev/driver/unbind"
+echo "$addr" > /sys/bus/pci/drivers_probe 2>/dev/null
+i=0
+while [ "$(driver_of)" != "$drv" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+if [ "$(driver_of)" != "$drv" ]; then
+  echo "could not bind $addr to $drv (bound to: $(driver_of)); see dmesg" >&2
+  exit 1
+fi
 """
 
 SSHD_CONFIG = """# lvol-storm guest: key login as root only; QEMU forwards one loopback port of the host here.
@@ -372,6 +380,7 @@ def gather(version: str, with_python: bool) -> Tree:
             tree.add_host_path(f"/lib/modules/{version}/{extra}")
     tree.add_text("init", INIT, 0o755)
     tree.add_text("etc/lvol-storm/rcS", RCS.replace("@BOOT_MODULES@", " ".join(BOOT_MODULES)), 0o755)
+    tree.add_text("usr/sbin/lvol-storm-bind", BIND, 0o755)
     for path, text in ETC.items():
         tree.add_text(path, text, 0o600 if path == "etc/shadow" else 0o644)
     tree.nodes["dev/console"] = (stat.S_IFCHR | 0o600, 5, 1)
