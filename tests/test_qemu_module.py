@@ -313,3 +313,30 @@ def test_guest_image_cpio_is_what_the_kernel_unpacks(tmp_path: Path) -> None:
     out.mkdir()
     subprocess.run(f"gzip -dc {archive} | cpio -id --quiet etc/a", shell=True, cwd=out, check=True, timeout=30)
     assert (out / "etc" / "a").read_bytes() == b"hello\n"
+
+
+def test_guest_image_cache_keeps_the_newest_and_the_recently_used(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("guest_image", SCRIPTS / "guest_image.py")
+    assert spec is not None and spec.loader is not None
+    guest_image = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "guest_image", guest_image)  # its dataclasses look themselves up there
+    spec.loader.exec_module(guest_image)
+    now = time.time()
+
+    def entries(ages: dict[str, float]) -> Path:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        for name, age in {"new": 0, **ages}.items():
+            (root / name).mkdir(parents=True)
+            (root / name / "manifest.json").write_text("{}")
+            os.utime(root / name, (now - age, now - age))
+        (root / ".building").mkdir()  # a build in progress has no manifest yet
+        guest_image.prune(root, keep=root / "new")
+        return root
+
+    day = 86400.0
+    # "new" was just built; of the rest the two newest stay, and anything used within the last day.
+    root = entries({"a": 3 * day, "b": 4 * day, "c": 5 * day, "d": 6 * day})
+    assert sorted(p.name for p in root.iterdir()) == [".building", "a", "b", "new"]
+    root = entries({"a": 3600, "b": 7200, "c": 10800, "d": 5 * day})
+    assert sorted(p.name for p in root.iterdir()) == [".building", "a", "b", "c", "new"]

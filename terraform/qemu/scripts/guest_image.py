@@ -15,6 +15,7 @@ Standard library only, run by the host's python3: the module calls it from a pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -25,6 +26,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,6 +498,21 @@ def write_initramfs(tree: Tree, version: str, dest: Path, scratch: Path) -> None
         cpio.trailer()
 
 
+KEEP_NEWEST = 3
+PRUNE_AFTER_S = 24 * 3600
+
+
+def prune(root: Path, keep: Path) -> None:
+    """After a build: drop images no input matches any more (a package or this script changed), keeping the
+    newest few and anything used in the last day (a guest of another run may be about to boot from it)."""
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and (p / "manifest.json").is_file() and p != keep),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    now = time.time()
+    for old in entries[KEEP_NEWEST - 1:]:
+        if now - old.stat().st_mtime > PRUNE_AFTER_S:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def cache_root(requested: str | None) -> Path:
     """The cache directory: the one asked for, else /var/cache/lvol-storm/guest when writable, else the user's."""
     if requested:
@@ -519,6 +536,8 @@ def build(cache_dir: str | None, version: str | None, with_python: bool) -> dict
     entry = root / key
     manifest = entry / "manifest.json"
     if manifest.is_file():
+        with contextlib.suppress(OSError):  # another user's cache entry: theirs to keep fresh
+            os.utime(entry)  # used now: pruning keeps what was used recently
         return {**json.loads(manifest.read_text()), "cached": True}
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{key}.", dir=root) as tmp:
@@ -541,6 +560,7 @@ def build(cache_dir: str | None, version: str | None, with_python: bool) -> dict
         except OSError:
             if not manifest.is_file():
                 raise
+    prune(root, keep=entry)
     return {**json.loads(manifest.read_text()), "cached": False}
 
 
