@@ -20,7 +20,7 @@ storm: venv
 
 # The harness's own tests, conformance replays and end-to-end runs against the reference target.
 test: venv
-	$(VENV)/bin/ruff check harness suites tests bench conftest.py
+	$(VENV)/bin/ruff check harness suites tests bench conftest.py terraform/qemu/scripts
 	$(PY) -m pytest tests -q $(ARGS)
 
 # The suite twice at once on this machine (CI runs right after a session, often while other work winds down):
@@ -54,8 +54,9 @@ bench: venv
 	$(PY) -m bench $(ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check harness suites tests bench conftest.py
+	$(VENV)/bin/ruff check harness suites tests bench conftest.py terraform/qemu/scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict terraform/qemu/scripts/guest_image.py
 
 clean:
 	rm -rf $(VENV) runs

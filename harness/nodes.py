@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from harness.provision.inventory import InventoryNode, load_inventory
 from harness.provision.terraform import MODULES_DIR, NodeSpec, nodes_from_outputs, provisioned_nodes
 from harness.safe_yaml import load_yaml
 
-TERRAFORM_MODULES = ("local", "aws-sles")
+TERRAFORM_MODULES = ("local", "aws-sles", "qemu")
 AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
@@ -186,7 +187,7 @@ def terraform_module_dir(module: str) -> Path:
 def check_terraform_module(module: str, variables: Mapping[str, Any], environ: Mapping[str, str] | None = None,
                            *, who: str = "--terraform") -> Path:
     """Everything that can be known before provisioning: the module, root for `local`, AWS credentials and
-    `runner_cidr` for `aws-sles`. One line each, naming the fix."""
+    `runner_cidr` for `aws-sles`, QEMU for `qemu`. One line each, naming the fix."""
     path = terraform_module_dir(module)
     if not path.is_dir() or not any(path.glob("*.tf")):
         raise ConfigError(f"{who} {module}: no Terraform module at {path}; known: {', '.join(TERRAFORM_MODULES)} "
@@ -195,6 +196,12 @@ def check_terraform_module(module: str, variables: Mapping[str, Any], environ: M
     if path.name == "local" and os.geteuid() != 0:
         raise ConfigError(f"{who} local: makes network namespaces on this machine and needs root: run as root, or "
                           "use --inventory FILE")
+    if path.name == "qemu":
+        qemu = str(variables.get("qemu") or "qemu-system-x86_64")
+        if shutil.which(qemu) is None:
+            raise ConfigError(f"{who} qemu: boots QEMU guests on this machine and needs {shown(qemu)}: apt-get "
+                              "install -y qemu-system-x86 (and linux-image-amd64 busybox-static for the guest "
+                              "image), or use --inventory FILE")
     if "aws" in path.name:
         if not aws_credentials_present(environ):
             raise ConfigError(f"{who} {module}: needs AWS credentials: set AWS_ACCESS_KEY_ID and "

