@@ -38,7 +38,7 @@ from harness.report.html import write_report_html
 from harness.run import RunOutcome, StormRun
 from harness.rundir import RunDir
 from harness.summary import Part, Summary
-from harness.target import resolve_kind
+from harness.target import resolve_kind, sim_python
 
 Announce = Callable[[str], None]
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -152,11 +152,12 @@ class FleetRun:
         """The reference target runs as `python -m harness.sim` on the node: say plainly when it cannot."""
         if node.host.is_local or resolve_kind(node.host, node.config.target) == "spdk":
             return
-        probe = node.host.run([sys.executable, "-c", "import harness.sim"], timeout=60)
+        python = sim_python(node.host)
+        probe = node.host.run([python, "-c", "import harness.sim"], timeout=60)
         if not probe.ok:
             why = (probe.stderr.strip().splitlines() or [f"exit {probe.rc}"])[-1]
             raise TargetError(
-                f"{node.name}: the reference target runs there as `{sys.executable} -m harness.sim`, which the "
+                f"{node.name}: the reference target runs there as `{python} -m harness.sim`, which the "
                 f"node cannot start ({why}): install lvol-storm on the node (it provides spdk-sim at that path), "
                 "or give the node a real spdk_tgt (spdk_tgt: in the inventory, or --target spdk)")
 

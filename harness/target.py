@@ -56,6 +56,15 @@ def startup_hint(log_tail: str) -> str:
     return ""
 
 
+def sim_python(host: Host) -> str:
+    """The interpreter that runs the reference target on `host`: this harness's own where the node has it (this
+    machine, a namespace node sharing its files), else the node's `python3` (a guest or lab machine with
+    lvol-storm installed for its system Python)."""
+    if host.is_local or host.exists(sys.executable):
+        return sys.executable
+    return "python3"
+
+
 class TargetConfig(BaseModel):
     """How to start the target. Field names follow spdk_tgt's own flags where there is one."""
 
@@ -231,7 +240,7 @@ class Target:
     def argv(self) -> list[str]:
         cfg = self.config
         if self.is_sim:
-            argv = [sys.executable, "-m", "harness.sim", "-r", self.sock_path, "-m", cfg.cpumask]
+            argv = [sim_python(self.host), "-m", "harness.sim", "-r", self.sock_path, "-m", cfg.cpumask]
             if self.memory_mib is not None:
                 argv += ["-s", str(self.memory_mib)]
             if cfg.sim_fault:
