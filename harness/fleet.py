@@ -156,8 +156,9 @@ class FleetRun:
         probe = node.host.run([python, "-c", "import harness.sim"], timeout=60)
         if not probe.ok:
             why = (probe.stderr.strip().splitlines() or [f"exit {probe.rc}"])[-1]
+            mine = "" if python == sys.executable else f" (this harness runs {sys.executable}, absent there)"
             raise TargetError(
-                f"{node.name}: the reference target runs there as `{python} -m harness.sim`, which the "
+                f"{node.name}: the reference target runs there as `{python} -m harness.sim`{mine}, which the "
                 f"node cannot start ({why}): install lvol-storm on the node (it provides spdk-sim at that path), "
                 "or give the node a real spdk_tgt (spdk_tgt: in the inventory, or --target spdk)")
 

@@ -291,6 +291,8 @@ def test_node_without_the_reference_target_is_a_one_line_node_error(tmp_path: Pa
     assert not left, left
     summary = outcome.summary.to_json()
     (name, error), = summary["errors"].items()
-    assert "/opt/nowhere/bin/python3 -m harness.sim" in error and "install lvol-storm on the node" in error, error
+    # This harness's interpreter is not on the node, so the node's own python3 was tried, and lacks lvol-storm.
+    assert "`python3 -m harness.sim` (this harness runs /opt/nowhere/bin/python3, absent there)" in error, error
+    assert "No module named 'harness'" in error and "install lvol-storm on the node" in error, error
     assert "\n" not in error and summary["nodes"][name]["outcome"] == "error"
     assert outcome.exit_code == 4
