@@ -362,11 +362,10 @@ def search(ops: Sequence[Operation], title: str, runner: TrialRunner, config: Mi
         for op in lost:
             if op.method == stack_method and op.episode is not None:
                 on_stack[op.episode] = min(on_stack.get(op.episode, op.t_start), op.t_start)
-        crashing = sorted(dict.fromkeys(op.episode for op in lost if op.episode is not None),
-                          key=lambda ep: (ep not in on_stack, on_stack.get(ep, 0.0)))[:MAX_SLICE_WORKERS]
-        episodes = [(ep, lives.complete([op.index for op in ops if op.episode == ep])) for ep in crashing]
-        episodes.sort(key=lambda e: (e[0] not in on_stack, on_stack.get(e[0], 0.0), len(e[1])))
-        yield from ((f"the crashing episode {ep}", candidate) for ep, candidate in episodes)
+        episodes = sorted(((ep, lives.complete([op.index for op in ops if op.episode == ep]))
+                           for ep in dict.fromkeys(op.episode for op in lost if op.episode is not None)),
+                          key=lambda e: (e[0] not in on_stack, on_stack.get(e[0], 0.0), len(e[1])))
+        yield from ((f"the crashing episode {ep}", candidate) for ep, candidate in episodes[:MAX_SLICE_WORKERS])
         # Smallest first: cheap to replay, and a replies-queued death cuts off several workers' calls at once
         # (the target answers a whole poll's requests after running them), so "oldest cut-off call" misleads.
         yield from sorted(sliced, key=lambda item: len(item[1]))
