@@ -7,6 +7,7 @@ the kind of evidence a storm is looking for, so it must not come from the harnes
 from __future__ import annotations
 
 import re
+import time
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
@@ -49,6 +50,60 @@ def missing_pci_addr(cfg: BdevConfig) -> str | None:
     return ("bdev.pci_addr: required when bdev.kind is nvme: set it per node (an inventory's `bdevs: [{kind: nvme, "
             "pci_addr: ...}]`, or a Terraform module whose nodes output nvme_pci_addrs), or with "
             "--set bdev.pci_addr=0000:00:04.0; or use --bdev malloc|aio")
+
+
+USERSPACE_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
+
+
+def check_nvme_driver(host: Host, addr: str) -> None:
+    """The controller at `addr` exists and is bound to a driver SPDK can use from userspace; else one line that
+    says how to bind it (SPDK's probe would skip it and the attach fail with a bare errno)."""
+    link = host.run(["readlink", f"/sys/bus/pci/devices/{addr}/driver"])
+    if not link.ok:
+        if not host.exists(f"/sys/bus/pci/devices/{addr}"):
+            raise ConfigError(f"bdev.pci_addr: no PCI device {addr} on {host.name} (see lspci -D)")
+        raise TargetError(
+            f"{host.name}: NVMe {addr} is bound to no driver: bind it to a userspace driver, e.g. "
+            f"`echo {addr} > /sys/bus/pci/drivers/vfio-pci/bind` or SPDK's scripts/setup.sh"
+        )
+    driver = PurePosixPath(link.stdout.strip()).name
+    if driver not in USERSPACE_DRIVERS:
+        raise TargetError(
+            f"{host.name}: NVMe {addr} is bound to the kernel driver {driver!r}, not a userspace one: "
+            f"run SPDK's scripts/setup.sh (PCI_ALLOWED={addr}) or `driverctl set-override {addr} vfio-pci`"
+        )
+
+
+def clear_stale_lvstores(rpc: SyncRpc, host: Host, addr: str, name: str = "Nvme0",
+                         detach_timeout_s: float = 30.0) -> list[str]:
+    """Delete the lvstores a namespace of the NVMe at `addr` still holds, and say what they were.
+
+    A drive keeps its lvstore when the target dies: the next target examines and loads it, and the run's
+    `bdev_lvol_create_lvstore` then answers EPERM (the bdev is claimed). A run, a replay and each minimize try
+    must start on an empty namespace, as a malloc bdev does. Attach, wait for examine, delete, detach and wait
+    until the controller is gone, so the caller's own attach (recorded in its history) finds a clean drive.
+    """
+    check_nvme_driver(host, addr)
+    found: list[str] = []
+    namespaces = set(rpc.call("bdev_nvme_attach_controller", name=name, trtype="PCIe", traddr=addr) or [])
+    try:
+        rpc.call("bdev_wait_for_examine")
+        lvols = rpc.call_read("bdev_lvol_get_lvols")
+        for lvs in rpc.call_read("bdev_lvol_get_lvstores"):
+            if lvs.get("base_bdev") not in namespaces:
+                continue
+            count = sum(1 for lv in lvols if (lv.get("lvs") or {}).get("uuid") == lvs["uuid"])
+            rpc.call("bdev_lvol_delete_lvstore", uuid=lvs["uuid"])
+            found.append(f"lvstore {lvs.get('name')} ({lvs['uuid']}, {count} lvols) on {lvs['base_bdev']}")
+    finally:
+        rpc.call("bdev_nvme_detach_controller", name=name)
+        deadline = time.monotonic() + detach_timeout_s
+        while any(c.get("name") == name for c in rpc.call("bdev_nvme_get_controllers") or []):
+            if time.monotonic() > deadline:
+                raise TargetError(f"{host.name}: NVMe {addr}: controller {name} still listed {detach_timeout_s:g} s "
+                                  "after bdev_nvme_detach_controller")
+            time.sleep(0.1)
+    return found
 
 
 class LvstoreConfig(BaseModel):
@@ -114,21 +169,7 @@ class BaseBdev:
         return self.bdev_name
 
     def _check_nvme_driver(self) -> None:
-        addr = self.config.pci_addr
-        link = self.host.run(["readlink", f"/sys/bus/pci/devices/{addr}/driver"])
-        if not link.ok:
-            if not self.host.exists(f"/sys/bus/pci/devices/{addr}"):
-                raise ConfigError(f"bdev.pci_addr: no PCI device {addr} on {self.host.name} (see lspci -D)")
-            raise TargetError(
-                f"{self.host.name}: NVMe {addr} is bound to no driver: bind it to a userspace driver, e.g. "
-                f"`echo {addr} > /sys/bus/pci/drivers/vfio-pci/bind` or SPDK's scripts/setup.sh"
-            )
-        driver = PurePosixPath(link.stdout.strip()).name
-        if driver not in ("vfio-pci", "uio_pci_generic", "igb_uio"):
-            raise TargetError(
-                f"{self.host.name}: NVMe {addr} is bound to the kernel driver {driver!r}, not a userspace one: "
-                f"run SPDK's scripts/setup.sh (PCI_ALLOWED={addr}) or `driverctl set-override {addr} vfio-pci`"
-            )
+        check_nvme_driver(self.host, str(self.config.pci_addr))
 
     def delete(self, rpc: SyncRpc) -> None:
         kind = self.config.kind

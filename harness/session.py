@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 
-from harness.bdev import BdevConfig
+from harness.bdev import BdevConfig, clear_stale_lvstores
 from harness.crash_budget import CrashBudget, Keep
 from harness.errors import TargetError
 from harness.history import History
@@ -28,6 +28,7 @@ from harness.leftovers import SessionRecord, process_start, reap
 from harness.report.core import CorePattern
 from harness.report.crash import CrashReport
 from harness.report.title import crash_key, indeterminate_title
+from harness.rpc.sync import SyncRpc
 from harness.spdk_memory import malloc_total_mib, peak_malloc_mib
 from harness.storm.config import StormConfig, copy_destination_mib, esnap_bdev_mibs
 from harness.target import Target, TargetConfig, TargetInfo
@@ -49,6 +50,9 @@ class TargetNeeds:
 
     malloc_mib: int = 0
     pci: bool = False
+    nvme: tuple[str, ...] = ()
+    """PCI addresses of the NVMe controllers it attaches: each namespace is emptied of lvstores first
+    (`harness.bdev.clear_stale_lvstores`)."""
 
     @classmethod
     def of_run(cls, bdev: BdevConfig, storm: StormConfig | None = None, cluster_size: int = 1024 * 1024,
@@ -59,12 +63,19 @@ class TargetNeeds:
         if storm is not None:
             sizes.append(copy_destination_mib(storm, cluster_size))
             sizes.extend(esnap_bdev_mibs(storm, cluster_size))
-        return cls(malloc_mib=malloc_total_mib(sizes), pci=bdev.kind == "nvme")
+        nvme = (bdev.pci_addr,) if bdev.kind == "nvme" and bdev.pci_addr else ()
+        return cls(malloc_mib=malloc_total_mib(sizes), pci=bdev.kind == "nvme", nvme=nvme)
 
     @classmethod
     def of_calls(cls, calls: Iterable[tuple[str, Mapping[str, Any] | None, Any]]) -> TargetNeeds:
-        """A replay: the most the recorded malloc bdevs held at once (`(method, params, result)` in order)."""
-        return cls(malloc_mib=peak_malloc_mib(calls))
+        """A replay: the most the recorded malloc bdevs held at once (`(method, params, result)` in order), and
+        the PCIe NVMe controllers it attaches."""
+        calls = list(calls)
+        nvme = tuple(dict.fromkeys(
+            str(p["traddr"]) for method, p, _ in calls
+            if method == "bdev_nvme_attach_controller" and p and str(p.get("trtype", "")).lower() == "pcie"
+            and p.get("traddr")))
+        return cls(malloc_mib=peak_malloc_mib(calls), pci=bool(nvme), nvme=nvme)
 
 
 class TargetSession:
@@ -170,10 +181,22 @@ class TargetSession:
             self._record_holdings()
             if self.watch is not None:
                 self.watchdog = self._start_watchdog()
+            self._clear_namespaces()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _clear_namespaces(self) -> None:
+        """Each NVMe namespace the caller will use starts without lvstores; what a dead target left is a note.
+        Outside the history: the caller's own attach comes next and is what a reproducer replays."""
+        if not self.needs.nvme or "bdev_nvme_attach_controller" not in self.methods:
+            return
+        with SyncRpc(self.host, self.sock_path, timeout=self.config.rpc_timeout_s) as rpc:
+            for addr in self.needs.nvme:
+                for what in clear_stale_lvstores(rpc, self.host, addr):
+                    self.notes.append(f"nvme {addr}: deleted the {what} an earlier target left on the drive")
+                    self.announce(f"{self.host.name}: nvme {addr}: deleted the {what} an earlier target left")
 
     def _record_holdings(self) -> None:
         """What this session holds on the machine, on disk until close(), for the next session to undo should
@@ -255,6 +278,7 @@ class TargetSession:
             evidence, self.host, self.evidence_dir, list(history_tail or []),
             {**info.to_dict(), "pid": info.pid, "executable": info.binary or None},
             cores=self.cores if with_core else None, binary_paths=[info.binary] if info.binary else [],
+            mirrored=self.target.bundle.root if self.target.bundle is not None else None,
             notes=[*self.notes, *notes, *(f"watchdog: {w}" for w in watchdog.warnings
                                           if f"watchdog: {w}" not in self.notes)],
         )

@@ -29,11 +29,14 @@ from tenacity import (
     wait_fixed,
 )
 
+from harness import target_bundle
 from harness.errors import Stopped, TargetError
 from harness.hosts.base import Host, HostProcess, describe_returncode
+from harness.hosts.local import LocalHost
 from harness.hugepages import HugepageReservation
 from harness.rpc.errors import RpcAbandoned, RpcConnectError, RpcError
 from harness.rpc.sync import SyncRpc
+from harness.target_bundle import TargetBundle
 from harness.target_log_cap import TargetLogCap
 
 AF_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL.
@@ -72,6 +75,9 @@ class TargetConfig(BaseModel):
 
     kind: Literal["auto", "spdk", "sim"] = "auto"
     spdk_tgt: str | None = Field(None, description="path to spdk_tgt; else $SPDK_TGT, PATH, $SPDK_DIR/build/bin")
+    ship: Literal["auto", "always", "never"] = Field(
+        "auto", description="a remote node without spdk_tgt gets this machine's, with its libraries "
+        "(harness.target_bundle); always: even where the node has one; never: the node's own or an error")
     cpumask: str = Field("0x1", pattern=r"^(0x[0-9a-fA-F]+|\[[0-9,\- ]+\])$")
     mem_size_mb: int | None = Field(None, ge=1, description="-s")
     hugepages_mb: int = Field(1024, ge=0, description="hugepages for SPDK itself; a malloc bdev's size is added")
@@ -133,14 +139,41 @@ def find_spdk_tgt(host: Host, explicit: str | None = None, environ: Mapping[str,
 
 
 def resolve_kind(host: Host, config: TargetConfig) -> str:
-    """`spdk` or `sim`: `kind: auto` is spdk_tgt where one is found on the host, else the reference target."""
+    """`spdk` or `sim`: `kind: auto` is spdk_tgt where one is found on the host (or, for a remote node, here to
+    install there), else the reference target."""
     if config.kind != "auto":
         return config.kind
+    hosts = [host] if host.is_local or config.ship == "never" else [host, LocalHost()]
+    for where in hosts:
+        try:
+            find_spdk_tgt(where, config.spdk_tgt)
+            return "spdk"
+        except TargetError:
+            pass
+    return "sim"
+
+
+def node_spdk_tgt(host: Host, config: TargetConfig,
+                  announce: Callable[[str], None] | None = None) -> tuple[str, TargetBundle | None]:
+    """The spdk_tgt to start on `host` and, when it is this machine's installed there, its bundle. A remote
+    node uses its own (`ship: auto`) unless it has none; then this machine's is installed there."""
+    if host.is_local or config.ship == "never":
+        return find_spdk_tgt(host, config.spdk_tgt), None
+    missing: TargetError | None = None
+    if config.ship == "auto":
+        try:
+            return find_spdk_tgt(host, config.spdk_tgt), None
+        except TargetError as on_node:
+            missing = on_node
     try:
-        find_spdk_tgt(host, config.spdk_tgt)
-        return "spdk"
-    except TargetError:
-        return "sim"
+        here = find_spdk_tgt(LocalHost(), config.spdk_tgt)
+    except TargetError as not_here:
+        if missing is not None:
+            raise TargetError(f"{missing}; nor is one on this machine to install there (target.ship)") from None
+        raise TargetError(f"target.ship=always: {not_here}") from None
+    bundle = target_bundle.gather(here)
+    target_bundle.mirror_here(bundle)
+    return target_bundle.install(bundle, host, announce), bundle
 
 
 def shared_library_dirs(host: Host, binary: str) -> list[str]:
@@ -173,6 +206,8 @@ class TargetInfo:
     exit: str = "running"
     exit_code: int | None = None
     methods: list[str] = field(default_factory=list)
+    installed_from: str = ""
+    """Set when `binary` is this machine's spdk_tgt installed on the node (harness.target_bundle): its path here."""
     log_archive: str = ""
     """Set when the log outgrew target.log_cap_mb: what harness.target_log_cap did with it."""
 
@@ -208,6 +243,8 @@ class Target:
         self.process: HostProcess | None = None
         self.hugepages: HugepageReservation | None = None
         self.log_cap: TargetLogCap | None = None
+        self.bundle: TargetBundle | None = None
+        """This machine's spdk_tgt as installed on a remote node, when it is that one that runs."""
         self.info = TargetInfo(kind=self.kind, host=host.name, argv="", sock_path=self.sock_path,
                                log_path=self.log_path)
         self._announce = announce or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -252,8 +289,9 @@ class Target:
             if cfg.sim_seed is not None:
                 argv += ["--seed", str(cfg.sim_seed)]
             return argv
-        binary = find_spdk_tgt(self.host, cfg.spdk_tgt)
+        binary, self.bundle = node_spdk_tgt(self.host, cfg, self._announce)
         self.info.binary = binary
+        self.info.installed_from = self.bundle.source if self.bundle is not None else ""
         argv = [binary, "-m", cfg.cpumask, "-r", self.sock_path]
         if cfg.mem_size_mb:
             argv += ["-s", str(cfg.mem_size_mb)]
@@ -270,6 +308,8 @@ class Target:
 
     def environment(self) -> dict[str, str]:
         env = dict(self.config.env)
+        if self.bundle is not None:
+            return {**self.bundle.environment(), **env}
         if not self.is_sim and self.info.binary:
             libs = shared_library_dirs(self.host, self.info.binary)
             if libs and "LD_LIBRARY_PATH" not in env:

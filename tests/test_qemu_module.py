@@ -363,3 +363,66 @@ def test_guest_image_cache_keeps_the_newest_and_the_recently_used(tmp_path: Path
     assert sorted(p.name for p in root.iterdir()) == [".building", "a", "b", "new"]
     root = entries({"a": 3600, "b": 7200, "c": 10800, "d": 5 * day})
     assert sorted(p.name for p in root.iterdir()) == [".building", "a", "b", "c", "new"]
+
+
+REAL_SPDK_TGT = os.environ.get("SPDK_TGT")
+needs_real_target = pytest.mark.skipif(not REAL_SPDK_TGT, reason="needs SPDK_TGT: a real spdk_tgt built on this "
+                                       "machine (../shared/spdk/build-spdk-tgt.sh) to install in the guest")
+
+
+@needs_guest
+@needs_real_target
+@pytest.mark.spdk_tgt
+@pytest.mark.timeout(600)
+def test_a_real_spdk_tgt_from_this_machine_storms_on_the_guests_emulated_nvme(tmp_path: Path) -> None:
+    """This machine's spdk_tgt (SPDK_TGT) installed in a guest that has none, on the guest's PCIe NVMe bound to
+    uio_pci_generic: a drive an earlier target left an lvstore on is emptied first, the storm runs on it, and a
+    crash is read here from the core fetched back (the guest has no gdb)."""
+    from harness.rpc.sync import SyncRpc
+    from harness.session import TargetNeeds, TargetSession
+    from harness.target import TargetConfig
+
+    run_id = f"r{os.getpid() % 100000}"
+    variables = _variables(run_id, memory_mb=2560, hugepages_mb=1024, nvme_size_mb=512)
+    with provisioned_nodes("qemu", tmp_path / "state", variables, log=tmp_path / "terraform.log") as provisioned:
+        ((spec, host),) = provisioned
+        addr = spec.nvme_pci_addrs[0]
+        config = TargetConfig(kind="spdk", spdk_tgt=REAL_SPDK_TGT, hugepages_mb=900, start_timeout_s=240,
+                              rpc_timeout_s=120)
+        # An earlier target's lvstore on the drive, left there as a crash leaves it.
+        with TargetSession(host, config, "/tmp/stale", needs=TargetNeeds(pci=True), evidence_dir=tmp_path / "stale",
+                           announce=lambda _m: None) as session, \
+                SyncRpc(host, session.sock_path, timeout=120) as rpc:
+            assert session.info.installed_from == REAL_SPDK_TGT
+            [namespace] = rpc.call("bdev_nvme_attach_controller", name="Old", trtype="PCIe", traddr=addr)
+            rpc.call("bdev_lvol_create_lvstore", bdev_name=namespace, lvs_name="stale", cluster_sz=4 << 20)
+            rpc.call("bdev_lvol_create", lvs_name="stale", lvol_name="left", size_in_mib=8)
+        profile = load_config("smoke", overrides=["storm.duration=20s", "storm.workers=2", "minimize.enabled=false",
+                                                  "target.hugepages_mb=900", "target.start_timeout_s=240",
+                                                  "target.rpc_timeout_s=120"],
+                              cli={"target.kind": "spdk", "target.spdk_tgt": REAL_SPDK_TGT, "bdev.kind": "nvme"})
+        started = time.monotonic()
+        outcome = FleetRun(profile, tmp_path / "run", terraform_node_list(provisioned), run_id="real",
+                           announce=lambda _m: None).execute()
+        stormed = time.monotonic() - started
+    assert not _qemu_pids_of(tmp_path / "state" / "module" / f"nodes-{run_id}" / "0")
+    assert _port_is_free(spec.port), f"port {spec.port} still taken after destroy"
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    node = s["nodes"][spec.name]
+    node_summary = json.loads((tmp_path / "run" / spec.name / "summary.json").read_text())
+    assert node["outcome"] in ("clean", "crash") and node["ops"] > 20, (node, s.get("errors"))
+    assert outcome.exit_code in (0, 3), s.get("errors")
+    target = node_summary["target"]
+    assert target["binary"].startswith("/var/tmp/lvol-storm/spdk-") and target["installed_from"] == REAL_SPDK_TGT
+    assert "--no-pci" not in target["argv"], target["argv"]
+    notes = "\n".join(node_summary.get("notes", []))
+    assert f"nvme {addr}: deleted the lvstore stale" in notes and "1 lvols" in notes, notes
+    crashes = list((tmp_path / "run" / spec.name).glob("**/crashes/*/crash.json"))
+    for crash_json in crashes:  # a real build may crash under the storm: then it is read here
+        crash = json.loads(crash_json.read_text())
+        if crash["kind"] != "hang":
+            assert crash.get("backtrace", {}).get("frames"), crash["notes"]
+            assert any(f"from the core fetched from {spec.name}" in n for n in crash["notes"]), crash["notes"]
+            assert crash["core"] and (crash_json.parent / crash["core"]).is_file()
+    print(f"real spdk_tgt in the guest: {node['outcome']}, {node['ops']} ops in {stormed:.1f} s"
+          + (f", {json.loads(crashes[0].read_text())['title']}" if crashes else ""))

@@ -260,6 +260,15 @@ def reap_core_pattern(registry: str = REGISTRY, proc_path: str = CORE_PATTERN) -
         return f"restored {proc_path} to {value!r} (the run that set it was killed)"
 
 
+def fetch_core(host: Host, core_path: str, dest_dir: Path) -> Path:
+    """A remote core copied here, whole, and removed from the node (a guest's /tmp is its memory)."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    plain = dest_dir / core_path.rsplit("/", 1)[-1]
+    host.fetch_file(core_path, str(plain))
+    host.remove(core_path)
+    return plain
+
+
 def compress_core(host: Host, core_path: str, dest_dir: Path) -> Path:
     """Fetch the core here and gzip it (level 1: cores are big, speed matters); the plain copy is removed."""
     dest_dir.mkdir(parents=True, exist_ok=True)

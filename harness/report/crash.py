@@ -18,8 +18,9 @@ from typing import Any
 
 from harness.crash_budget import Keep
 from harness.hosts.base import Host
+from harness.hosts.local import LocalHost
 from harness.report.backtrace import Backtrace, parse_gdb_backtrace
-from harness.report.core import CORE_PATTERN, CorePattern, compress_core, gdb_backtrace
+from harness.report.core import CORE_PATTERN, CorePattern, compress_core, fetch_core, gdb_backtrace
 from harness.report.reproducer import SPDK_RPC_NOTE, last_operations, reproducer_script
 from harness.report.symbolize import Symbolization, locate_file, symbolize
 from harness.report.title import crash_key, crash_title, primary_evidence, title_slug
@@ -60,10 +61,13 @@ class CrashReport:
         executable: str | None = None,
         per_worker: int = 20,
         notes: list[str] | None = None,
+        mirrored: str | None = None,
     ) -> CrashReport:
         """Gather the report (call `Watchdog.settle()` first). `target_info` should hold `pid` (to find the
         core) and may hold `log_path` (the target log is then sliced from the file itself) and `executable`;
-        it is copied into crash.json."""
+        it is copied into crash.json. `mirrored`: a directory whose files this machine holds too under the
+        same path (this machine's spdk_tgt installed on a remote node, harness.target_bundle): the faulting
+        file under it is symbolized here, and the core is fetched and read by gdb here, where the tools are."""
         if not evidence:
             raise ValueError("CrashReport.build needs at least one piece of evidence (Watchdog.evidence)")
         report_notes = list(notes or [])
@@ -75,7 +79,8 @@ class CrashReport:
         sym: Symbolization | None = None
         if fault is not None:
             path, offset = locate_file(fault, maps, binary_paths)
-            sym = symbolize(host, path, offset)
+            here = mirrored is not None and path is not None and path.startswith(mirrored.rstrip("/") + "/")
+            sym = symbolize(LocalHost() if here else host, path, offset)
             if sym.hint:
                 report_notes.append(f"symbolize: {sym.hint}")
 
@@ -106,14 +111,20 @@ class CrashReport:
                 if not found.startswith(cores.core_dir + "/"):
                     report_notes.append(f"core: found in {found.rsplit('/', 1)[0]}, another lvol-storm run's core "
                                         "dir (core_pattern is machine-wide and that run held it at the crash)")
-                backtrace_text, how = gdb_backtrace(host, executable, found)
+                read_here = mirrored is not None and not host.is_local
+                core_host: Host = host
+                if read_here:  # the node has no gdb: the core comes here first, and gdb reads it beside the build
+                    core_host, found = LocalHost(), str(fetch_core(host, found, staging))
+                backtrace_text, how = gdb_backtrace(core_host, executable, found)
                 if backtrace_text is None or "#0" not in backtrace_text:
                     report_notes.append(f"backtrace: {how}")
                 else:
                     backtrace = parse_gdb_backtrace(backtrace_text)
-                    report_notes.append(f"backtrace: taken on {host.name} at the crash by {how}; the core has "
-                                        "moved into this bundle, gzipped: crash.json `gdb` opens it there")
-                core_path = compress_core(host, found, staging)
+                    where = (f"here, from the core fetched from {host.name} (its spdk_tgt is this machine's, "
+                             f"mirrored in {mirrored})" if read_here else f"on {host.name} at the crash")
+                    report_notes.append(f"backtrace: taken {where} by {how}; the core has moved into this "
+                                        "bundle, gzipped: crash.json `gdb` opens it there")
+                core_path = compress_core(core_host, found, staging)
 
         target_log = _merge_lines(evidence, "log_tail")
         log_path = target_info.get("log_path")
