@@ -114,7 +114,7 @@ def _model_cost(n: int, cycles: int = 300) -> tuple[float, float]:
     refs = {k for op in group for k in checker.keys_of(op) if not k.startswith(("n:", "s:"))}
     for _ in range(max(3, 3000 // max(n, 1))):
         t0 = time.perf_counter()
-        model.checkpoint(refs)
+        model.release(model.checkpoint(refs))
         best_cp = min(best_cp, (time.perf_counter() - t0) * 1e6)
     return best, best_cp
 

@@ -26,30 +26,61 @@ EXTENTS_PER_PAGE = 512
 
 class MdPages:
     """The used_md_pages bit array as a high-water mark and a heap of freed pages below it: O(log n) per
-    claim or release whatever the number of blobs."""
+    claim or release whatever the number of blobs. While a mark is out (`mark`), each change is logged so
+    `undo_to` can take it back: a mark costs nothing however many pages were freed."""
 
-    __slots__ = ("_free", "_high")
+    __slots__ = ("_free", "_high", "_log")
 
     def __init__(self) -> None:
         self._free: list[int] = []
         self._high = 0
+        self._log: list[int] | None = None
+        """Since the oldest mark: a page claimed from the heap (p), claimed past the high-water mark (-1), or
+        released (-2 - p)."""
 
     def claim(self) -> int:
         """The lowest free page (what find_first_clear returns), now used."""
         if self._free:
-            return heapq.heappop(self._free)
+            page = heapq.heappop(self._free)
+            if self._log is not None:
+                self._log.append(page)
+            return page
+        if self._log is not None:
+            self._log.append(-1)
         self._high += 1
         return self._high - 1
 
     def release(self, page: int) -> None:
+        if self._log is not None:
+            self._log.append(-2 - page)
         heapq.heappush(self._free, page)
 
-    def saved(self) -> tuple[tuple[int, ...], int]:
-        return tuple(self._free), self._high
+    def mark(self) -> int:
+        """A point `undo_to` can go back to, until `stop`."""
+        if self._log is None:
+            self._log = []
+        return len(self._log)
 
-    def restore(self, saved: tuple[tuple[int, ...], int]) -> None:
-        free, self._high = saved
-        self._free = list(free)  # a heap's list stays a heap when copied
+    def undo_to(self, mark: int) -> None:
+        """Back to the pages used at `mark` (the heap may be laid out otherwise: it holds the same pages)."""
+        log = self._log
+        assert log is not None and mark <= len(log), "undo_to without its mark"
+        undone_releases = False
+        while len(log) > mark:
+            entry = log.pop()
+            if entry == -1:
+                self._high -= 1
+            elif entry >= 0:
+                heapq.heappush(self._free, entry)
+            else:
+                self._free.remove(-2 - entry)  # O(heap), but only a restore does it
+                undone_releases = True
+        if undone_releases:
+            heapq.heapify(self._free)
+
+    def stop(self) -> None:
+        """No mark will be undone: stop logging."""
+        self._log = None
 
 
 def extent_ranges(alloc: int, num_clusters: int) -> list[int]:

@@ -172,6 +172,9 @@ class ModelMirror:
     def restore(self, cp: Checkpoint) -> None:
         self.model.restore(cp)
 
+    def release(self, cp: Checkpoint) -> None:
+        self.model.release(cp)
+
     def md_pages_short(self) -> bool:
         used, total = self.model.md_pages_estimate()
         return used >= total * MD_PAGES_NEAR_FULL

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+from harness.model.lvstore import Checkpoint
 from harness.storm.mirror import ModelMirror
 from harness.storm.operations import Op
 
@@ -34,6 +35,13 @@ def search_order(mirror: ModelMirror, writes: list[Op]) -> tuple[Op, str] | None
     when there are too many writes to try every order; else the first write no order allows and what the
     model says of it."""
     cp = mirror.checkpoint(writes)
+    try:
+        return _search(mirror, writes, cp)
+    finally:
+        mirror.release(cp)
+
+
+def _search(mirror: ModelMirror, writes: list[Op], cp: Checkpoint) -> tuple[Op, str] | None:
     if not _try_order(mirror, writes):
         return None
     mirror.restore(cp)
