@@ -176,13 +176,6 @@ def node_spdk_tgt(host: Host, config: TargetConfig,
     return target_bundle.install(bundle, host, announce), bundle
 
 
-def shared_library_dirs(host: Host, binary: str) -> list[str]:
-    """A build with shared libraries needs its `build/lib` (and DPDK's) on LD_LIBRARY_PATH."""
-    root = PurePosixPath(binary).parent.parent.parent  # <spdk>/build/bin/spdk_tgt -> <spdk>
-    dirs = [str(root / "build/lib"), str(root / "dpdk/build/lib")]
-    return [d for d in dirs if host.exists(d)]
-
-
 def check_socket_path(path: str) -> None:
     if len(path.encode()) > AF_UNIX_PATH_MAX:
         raise TargetError(
@@ -311,7 +304,7 @@ class Target:
         if self.bundle is not None:
             return {**self.bundle.environment(), **env}
         if not self.is_sim and self.info.binary:
-            libs = shared_library_dirs(self.host, self.info.binary)
+            libs = target_bundle.library_dirs(self.host, self.info.binary)
             if libs and "LD_LIBRARY_PATH" not in env:
                 env["LD_LIBRARY_PATH"] = ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(":")
         return env

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from harness.errors import TargetError
 from harness.hosts.base import Host
+from harness.hosts.local import LocalHost
 
 BUNDLES_DIR = "/var/tmp/lvol-storm"
 COMPLETE = ".complete"
@@ -74,10 +75,11 @@ class TargetBundle:
         return buf.getvalue()
 
 
-def library_dirs(binary: str) -> list[str]:
+def library_dirs(host: Host, binary: str) -> list[str]:
     """A build with shared libraries keeps them in `build/lib` (and DPDK's beside it) next to `build/bin`."""
-    root = Path(binary).resolve().parent.parent.parent  # <spdk>/build/bin/spdk_tgt -> <spdk>
-    return [str(d) for d in (root / "build/lib", root / "dpdk/build/lib") if d.is_dir()]
+    root = PurePosixPath(binary).parent.parent.parent  # <spdk>/build/bin/spdk_tgt -> <spdk>
+    dirs = [str(root / "build/lib"), str(root / "dpdk/build/lib")]
+    return [d for d in dirs if host.exists(d)]
 
 
 def gather(binary: str) -> TargetBundle:
@@ -87,7 +89,8 @@ def gather(binary: str) -> TargetBundle:
         raise TargetError(f"spdk_tgt to install on a node: {binary} is not an executable file on this machine: "
                           "point --spdk-tgt or $SPDK_TGT at a build here")
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = ":".join([*library_dirs(binary), env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    dirs = library_dirs(LocalHost(), str(Path(binary).resolve()))
+    env["LD_LIBRARY_PATH"] = ":".join([*dirs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
     try:
         res = subprocess.run(["ldd", binary], capture_output=True, text=True, env=env, timeout=60)
     except FileNotFoundError:

@@ -114,15 +114,21 @@ def test_a_snapshot_sent_after_a_resize_answered_has_the_new_size(io: IoStorm) -
     assert io.images is not None and not io.images.blobs[C].alt_sizes
 
 
-def test_set_parent_bdev_makes_the_unowned_clusters_read_the_external_bdev_not_a_copy(io: IoStorm) -> None:
-    """bdev_lvol_set_parent_bdev (spdk_bs_blob_set_external_parent) copies nothing: the clusters the lvol does
-    not own read the external snapshot (the storm's malloc bdevs: zeroes), not its old parent's blocks."""
+def _snapshot_over_a_write(io: IoStorm) -> Images:
+    """Block 300 of V written (7), then V snapshotted as S: the images the two tests below start from."""
     images = io.images
     assert images is not None
     images.write(V, 300, 7)
     snap = _op("bdev_lvol_snapshot", lvol_name=V, snapshot_name="s")
     io.on_send(snap)
     _reply(io, snap, S)
+    return images
+
+
+def test_set_parent_bdev_makes_the_unowned_clusters_read_the_external_bdev_not_a_copy(io: IoStorm) -> None:
+    """bdev_lvol_set_parent_bdev (spdk_bs_blob_set_external_parent) copies nothing: the clusters the lvol does
+    not own read the external snapshot (the storm's malloc bdevs: zeroes), not its old parent's blocks."""
+    images = _snapshot_over_a_write(io)
     assert images.visible(V, 300) == 7 and images.blobs[V].owned == 0
     esnap = _op("bdev_lvol_set_parent_bdev", lvol_name=V, parent_name="storm_esnap0")
     io.on_send(esnap)
@@ -134,12 +140,7 @@ def test_set_parent_bdev_makes_the_unowned_clusters_read_the_external_bdev_not_a
 
 
 def test_inflate_still_copies_the_parents_blocks(io: IoStorm) -> None:
-    images = io.images
-    assert images is not None
-    images.write(V, 300, 7)
-    snap = _op("bdev_lvol_snapshot", lvol_name=V, snapshot_name="s")
-    io.on_send(snap)
-    _reply(io, snap, S)
+    images = _snapshot_over_a_write(io)
     inflate = _op("bdev_lvol_inflate", name=V)
     io.on_send(inflate)
     _reply(io, inflate)
