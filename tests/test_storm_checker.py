@@ -196,3 +196,34 @@ def test_fragmaps_are_judged_against_the_model() -> None:
     assert c.findings == []
     _do(c, "bdev_lvol_get_fragmap", result={**whole, "num_allocated_clusters": 3, "fragmap": "Bw=="}, name=a)
     assert [f.kind for f in c.findings] == ["wrong-fragmap"]
+
+
+def _links_reply(uuid: str, *, clone_of: str | None = None) -> list[dict[str, Any]]:
+    """bdev_get_bdevs' reply for an lvol, as far as the links judge reads it."""
+    return [{"name": uuid, "driver_specific": {"lvol": {
+        "snapshot": False, "clone": clone_of is not None, "base_snapshot": clone_of, "clones": [],
+        "esnap_clone": False}}}]
+
+
+def test_a_read_of_an_lvol_an_open_group_moved_joins_that_group() -> None:
+    # Found by a depth-4 storm on the reference target: a snapshot's delete answered while its group was still
+    # open (another op on the snapshot in flight). The view moved the snapshot's only clone up at once, so a
+    # read of that clone sent next named neither the snapshot nor its old root, and was judged alone, against
+    # a model that had not applied the delete yet: "wrong-links" for a reply that was right.
+    c = _checker()
+    lvol = _do(c, "bdev_lvol_create", lvs_name="lvs0", lvol_name="x", size_in_mib=4, thin_provision=True).result
+    snap = _do(c, "bdev_lvol_snapshot", lvol_name=lvol, snapshot_name="s").result
+    peek = _send(c, "bdev_get_bdevs", name=snap)  # in flight: keeps the group open
+    delete = _send(c, "bdev_lvol_delete", name=snap)
+    assert delete.group is not None and delete.group is peek.group
+    _answer(c, delete)
+    assert c.view.root_of(lvol) == lvol  # the view already shows the clone moved up; the model does not
+    read = _send(c, "bdev_get_bdevs", name=lvol)
+    assert read.group is delete.group.root()
+    _answer(c, read, _links_reply(lvol))  # the target ran the delete first: no parent any more
+    _answer(c, peek, errno_name="ENODEV")
+    assert c.findings == []
+    assert c.model.find_by_uuid(snap) is None and c.model.find_by_uuid(lvol) is not None
+    # Every member answered and was judged: the group's keys are gone, the next read is judged alone again.
+    later = _do(c, "bdev_get_bdevs", _links_reply(lvol, clone_of="s"), name=lvol)
+    assert later.group is None and [f.kind for f in c.findings] == ["wrong-links"]

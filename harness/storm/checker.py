@@ -29,6 +29,9 @@ from harness.storm.ordering import search_order
 from harness.storm.taint import Taint
 from harness.storm.view import TreeView
 
+_REROOTS = frozenset({"remove", "orphan", "to-grandparent", "reparent"})
+"""View effects that can move an lvol, with its subtree, to another root (see `Checker.on_reply`)."""
+
 __all__ = ["Checker", "Finding", "LvstoreInfo"]
 
 
@@ -153,6 +156,7 @@ class Checker:
             op.keys = (*op.keys, created)
         if rule.starts_job:
             self.busy.open(op.keys, time.monotonic())
+        moved = self._moving(op) if op.ok and op.group is not None and rule.view in _REROOTS else ()
         if op.ok:
             follow(self.view, rule, op.params, op.result)
             if rule.returns_clusters:
@@ -174,11 +178,49 @@ class Checker:
         if created is not None:
             # Later ops on the new lvol must wait for this group's verdict (and share its taint).
             op.keys = (*op.keys, created)
+        if moved and g.inflight > 0:
+            # The view already shows this reply (a snapshot's only clone moved up, an lvol left its tree), the
+            # model not until the group is judged: later ops on the lvols it moved must join the group, and
+            # the keys they will name are their roots in the view as it is now.
+            held = self._new_roots(moved)
+            op.keys = (*op.keys, *held)
+            for key in held:
+                self.grouping.hold_key(key, g)
         if g.inflight <= 0:
             if self.grouping.close(g):
                 self._judge_group(g.members)
+                # Every member has answered and been judged: nothing asks an op for its group again, and
+                # op -> group -> members -> op would be a cycle only the garbage collector frees.
+                for m in g.members:
+                    m.group = None
         elif created is not None:
             self.grouping.hold_key(created, g)
+
+    def _moving(self, op: Op) -> tuple[str, ...]:
+        """The lvols whose tree a success of `op` changes: those it names and their children (before the view
+        follows the reply)."""
+        view = self.view
+        out: list[str] = []
+        for param in op.rule.lvol_params:
+            ref = op.params.get(param)
+            if ref is None:
+                continue
+            uuid = str(ref)
+            slash = uuid.find("/")
+            if slash > 0:
+                uuid = view.by_name.get(uuid[slash + 1:], uuid)
+            out.append(uuid)
+            out.extend(view.children_of(uuid))
+        return tuple(out)
+
+    def _new_roots(self, moved: tuple[str, ...]) -> tuple[str, ...]:
+        view = self.view
+        keys: dict[str, None] = {}
+        for uuid in moved:
+            if uuid in view.nodes:
+                keys[uuid] = None
+                keys[view.root_of(uuid)] = None
+        return tuple(keys)
 
     def settle(self) -> None:
         """At a quiesce point nothing is in flight: judge every group still open."""
