@@ -390,7 +390,11 @@ class Storm:
         self.drained.clear()
         op.t_start = time.time()
         try:
-            op.result = await conn.call(op.method, op.params, timeout=cfg.op_timeout)
+            op.result, error = await conn.exchange(op.method, op.params, timeout=cfg.op_timeout)
+            if error is not None:
+                op.error_code = error.code if error.code is not None else -1
+                op.error_message = error.message
+                op.errno_name = error.errno_name
         except RpcTimeout:
             op.t_end = time.time()
             self._unresponsive(op)
@@ -401,10 +405,6 @@ class Storm:
             checker.abandon(op)
             self.stop("crash" if self.crashed is not None and self.crashed.is_set() else "connection_lost")
             raise Stopping from None
-        except RpcError as exc:
-            op.error_code = exc.code if exc.code is not None else -1
-            op.error_message = exc.message
-            op.errno_name = exc.errno_name
         finally:
             self.inflight -= 1
             if self.inflight == 0:
