@@ -2,20 +2,23 @@
 
 `RawConnection` is what anyone would write to push a target as hard as possible: `json.dumps` a request,
 write it, split replies on the newline SPDK ends each one with, match them by id. No history, no model,
-no timeouts, no watchdog. `replay_history` sends exactly the calls a storm sent (same methods, same
-parameters, same connections, same depth), so storm and raw client do the same work on the target; UUIDs the
-target hands out are mapped from the storm's run to the replay's as replies arrive, and a call that names a
-UUID not yet answered waits for it, as the storm had waited for it.
+no timeouts, no watchdog. It writes as the storm's `RpcConnection` does (alone on the wire: at once; after a
+read, the requests its callers send in that loop turn: in one write), so the two differ in the harness's
+work, not in how they use the socket. `replay_history` sends exactly the calls a storm sent (same methods,
+same parameters, same connections, same depth: `depth` lanes per connection, as the storm has), so storm and
+raw client do the same work on the target; UUIDs the target hands out are mapped from the storm's run to the
+replay's as replies arrive, and a call that names a UUID not yet answered waits for it in its lane, as the
+storm had waited for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ class RawConnection(asyncio.Protocol):
     """One pipelined connection: `call()` from many tasks at once; replies matched by id."""
 
     def __init__(self) -> None:
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.next_id = 0
@@ -49,6 +54,18 @@ class RawConnection(asyncio.Protocol):
                 fut = self.pending.pop(msg.get("id"), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self.transport is not None and out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def connection_lost(self, exc: Exception | None) -> None:
         for fut in self.pending.values():
@@ -67,7 +84,12 @@ class RawConnection(asyncio.Protocol):
             req["params"] = params
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[self.next_id] = fut
-        self.transport.write(json.dumps(req).encode())
+        data = json.dumps(req).encode()
+        if not self._flush_scheduled and len(self.pending) == 1:
+            self.transport.write(data)  # alone on the wire: now
+        else:
+            self._out.append(data)  # with the others sent in this loop turn (as the storm's RpcConnection)
+            self._schedule_flush()
         return fut
 
     async def call(self, method: str, params: Any = None) -> dict[str, Any]:
@@ -190,31 +212,23 @@ async def replay_history(plan: ReplayPlan, sock_path: str, depth: int, *, wait_s
     conns = {c: await RawConnection.open(sock_path) for c in plan.by_conn}
     agree = errors = 0
 
-    async def one_conn(conn_id: int) -> None:
+    async def lane(conn: RawConnection, calls: Iterator[Call]) -> None:
+        # `depth` lanes per connection take the calls in the storm's order, as the storm's lanes did: a call
+        # that waits for a UUID holds up its own lane only, not the whole connection.
         nonlocal agree, errors
-        conn = conns[conn_id]
-        slots = asyncio.Semaphore(depth)
-        inflight: set[asyncio.Future[dict[str, Any]]] = set()
-
-        def done(call: Call, fut: asyncio.Future[dict[str, Any]]) -> None:
-            nonlocal agree, errors
-            slots.release()
-            inflight.discard(fut)
-            if fut.cancelled() or fut.exception() is not None:
+        for call in calls:
+            params = await uuids.params(call.params, wait_s)
+            try:
+                reply = await conn.call(call.method, params)
+            except ConnectionError:
                 return
-            reply = fut.result()
             agree += ("error" not in reply) == call.ok
             errors += "error" in reply
             uuids.answered_by(call, reply)
 
-        for call in plan.by_conn[conn_id]:
-            await slots.acquire()
-            params = await uuids.params(call.params, wait_s)
-            fut = conn.send(call.method, params)
-            inflight.add(fut)
-            fut.add_done_callback(functools.partial(done, call))
-        if inflight:
-            await asyncio.wait(list(inflight))
+    async def one_conn(conn_id: int) -> None:
+        calls = iter(plan.by_conn[conn_id])
+        await asyncio.gather(*(lane(conns[conn_id], calls) for _ in range(depth)))
 
     t0 = time.monotonic()
     await asyncio.gather(*(one_conn(c) for c in conns))
