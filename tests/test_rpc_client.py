@@ -20,6 +20,7 @@ from harness.history import History
 from harness.hosts.local import LocalHost
 from harness.rpc.client import RpcConnection
 from harness.rpc.errors import RpcConnectError, RpcConnectionLost, RpcError, RpcTimeout
+from harness.rpc.framing import UnreadResult
 from harness.rpc.methods import RpcMethods
 from tests.test_rpc_fake_server import FakeSpdkProcess
 
@@ -463,3 +464,25 @@ def test_requests_sent_by_callers_one_read_woke_go_out_in_one_write(fake: FakeSp
     writes = run(scenario())
     echo_writes = [w for w in writes if b'"echo"' in w]
     assert len(echo_writes) == 1 and echo_writes[0].count(b'"echo"') == 8, [w.count(b"\n") for w in writes]
+
+
+def test_a_big_result_nobody_reads_stays_unread_and_still_reaches_the_history(fake: FakeSpdkProcess,
+                                                                              tmp_path: Path) -> None:
+    history = History(tmp_path / "history.jsonl")
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        conn = await RpcConnection.open(HOST, fake.sock_path, history=history)
+        try:
+            await conn.call("spdk_get_version")  # a stream's first reply, if cut across reads, is decoded whole
+            unread, _ = await conn.exchange("big", {"n": 100_000}, decode=False)
+            read, _ = await conn.exchange("big", {"n": 100_000})
+            small, _ = await conn.exchange("big", {"n": 10}, decode=False)
+            return unread, read, small
+        finally:
+            await conn.close()
+
+    unread, read, small = run(scenario())
+    history.close()
+    assert isinstance(unread, UnreadResult) and unread.value() == read == "é" * 100_000
+    assert small == "é" * 10  # below BIG_REPLY: decoded whatever was asked
+    assert [r["result"] for r in History.read(tmp_path / "history.jsonl")][1:] == [read, read, small]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness.rpc.framing import FramingError, ReplyParser, encode_request, result_text
+from harness.rpc.framing import BIG_REPLY, FramingError, ReplyParser, UnreadResult, encode_request, result_text
 
 
 def _stream(n: int) -> tuple[list[dict[str, object]], bytes]:
@@ -112,3 +112,40 @@ def test_what_is_not_one_compact_reply_per_line_still_parses_and_the_fast_path_c
 
 def test_requests_with_integers_past_64_bits_are_still_encoded() -> None:
     assert json.loads(encode_request("x", {"n": 2**70}, 1))["params"] == {"n": 2**70}
+
+
+def _big_lines() -> list[bytes]:
+    pad = "x" * (BIG_REPLY + 10)
+    listing = [{"uuid": f"u{i}", "name": "é" * 3, "n": i, "pad": pad if i == 0 else ""} for i in range(50)]
+    return [
+        json.dumps({"jsonrpc": "2.0", "id": 7, "result": listing}, separators=(",", ":")).encode(),  # a listing
+        json.dumps({"jsonrpc": "2.0", "id": 8, "error": {"code": -5, "message": pad}}).encode(),  # a big error
+        json.dumps({"jsonrpc": "2.0", "id": "odd", "result": pad}).encode(),  # an id that is not ours
+        json.dumps({"jsonrpc": "2.0", "id": 9, "result": "é" * BIG_REPLY}, ensure_ascii=False).encode(),
+        json.dumps({"jsonrpc": "2.0", "id": 10, "result": [1]}).encode(),  # small: decoded at once
+    ]
+
+
+def test_lazy_results_leave_big_results_unread_and_parse_everything_else_the_same() -> None:
+    stream = b"\n".join(_big_lines()) + b"\n"
+    eager, lazy = ReplyParser(), ReplyParser(lazy_results=True)
+    want = eager.feed(stream)
+    got = lazy.feed(stream)
+    unread = [m["result"] for m in got if isinstance(m.get("result"), UnreadResult)]
+    assert len(unread) == 2  # the listing and the big string; the error, the odd id and the small one decoded
+    assert [({**m, "result": m["result"].value()} if isinstance(m.get("result"), UnreadResult) else m)
+            for m in got] == want
+    assert lazy.raw == eager.raw  # the bytes for the history are the same either way
+
+
+@pytest.mark.parametrize("bad", [b',]}', b'}', b'\xff"]}'])
+def test_a_broken_big_reply_fails_as_it_does_unread_or_not(bad: bytes) -> None:
+    line = b'{"jsonrpc":"2.0","id":3,"result":["' + b"y" * BIG_REPLY + b'"' + bad + b"\n"
+    outcomes = []
+    for parser in (ReplyParser(), ReplyParser(lazy_results=True)):
+        try:
+            outcomes.append(("messages", parser.feed(line), parser.pending_chars))
+        except FramingError as exc:
+            outcomes.append(("error", str(exc)[:40], 0))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == "error" or outcomes[0][1] == []  # never a message made of a broken reply

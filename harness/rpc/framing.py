@@ -9,6 +9,12 @@ without newlines, values orjson refuses such as NaN) goes to the generic path: t
 the text, decoding only when a newline arrived or the pending text doubled since the last failed attempt, so a
 10 MB `bdev_get_bdevs` reply in 64 KiB reads is not re-scanned from its start on every read.
 
+A parser made with `lazy_results` leaves a big result (a line of `BIG_REPLY` bytes or more: a listing of
+thousands of lvols is MBs) undecoded: simdjson validates the whole line (~10x orjson's speed: it builds no
+objects) and reads its id, and the result comes as an `UnreadResult`, decoded only if its caller asks. The
+storm records an unjudged listing without ever looking inside it; a malformed one goes where any malformed
+reply goes (the generic path), unread or not.
+
 Requests are encoded by orjson too (UTF-8 as is, where the stdlib escaped non-ASCII: the same JSON value), with
 the stdlib encoder for what orjson refuses (integers past 64 bits).
 """
@@ -18,9 +24,11 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import threading
 from typing import Any
 
 import orjson
+import simdjson
 
 from harness.errors import HarnessError
 
@@ -67,6 +75,50 @@ def result_text(raw: bytes) -> str | None:
         return None
     return raw[m.end():-1].decode()
 
+BIG_REPLY = 16 << 10
+"""Lines at least this big are validated by simdjson and their result left undecoded (`lazy_results`)."""
+_SIMD = threading.local()
+
+
+class UnreadResult:
+    """A big reply's `result`, validated but not decoded; `value()` decodes it (orjson, each time asked)."""
+
+    __slots__ = ("line",)
+
+    def __init__(self, line: bytes) -> None:
+        self.line = line
+        """The whole reply line as it came."""
+
+    def value(self) -> Any:
+        return _LOADS(self.line)["result"]
+
+    def __repr__(self) -> str:
+        return f"<UnreadResult of {len(self.line):,} bytes>"
+
+
+def _big_reply(line: bytes) -> Any:
+    """A big line as a reply object whose `result` is an UnreadResult; anything but a plain result reply (an
+    error, an odd id, not an object) is decoded whole. Invalid JSON raises as `orjson.loads` would."""
+    parser = getattr(_SIMD, "parser", None)
+    if parser is None:
+        parser = _SIMD.parser = simdjson.Parser()  # one per thread: a parser and its documents are not shared
+    try:
+        doc = parser.parse(line)
+    except ValueError:
+        return _LOADS(line)  # raises orjson's error (or decodes what simdjson alone refuses)
+    try:
+        rid = None
+        plain = False
+        if isinstance(doc, simdjson.Object):
+            rid = doc.get("id")
+            plain = type(rid) is int and "result" in doc and "error" not in doc
+    finally:
+        del doc  # the parser's next document needs this one released
+    if not plain:
+        return _LOADS(line)
+    return {"jsonrpc": "2.0", "id": rid, "result": UnreadResult(line)}
+
+
 _DECODER = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -105,10 +157,12 @@ def encode_request_json(method: str, params_json: str | None, request_id: int) -
 class ReplyParser:
     """Incremental splitter of a concatenated-JSON byte stream into message objects."""
 
-    __slots__ = ("_bchunks", "_blen", "_chunks", "_decoder", "_generic", "_lines_seen", "_next_attempt",
+    __slots__ = ("_bchunks", "_blen", "_chunks", "_decoder", "_generic", "_lazy", "_lines_seen", "_next_attempt",
                  "_pending_len", "raw")
 
-    def __init__(self) -> None:
+    def __init__(self, *, lazy_results: bool = False) -> None:
+        self._lazy = lazy_results
+        """Big results as UnreadResult (see the module docstring)."""
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self._chunks: list[str] = []
         self._pending_len = 0
@@ -154,12 +208,13 @@ class ReplyParser:
         pos = 0
         end = buf.rfind(b"\n")
         loads = _LOADS
+        lazy = self._lazy
         while pos <= end:
             nl = buf.find(b"\n", pos)
             line = buf[pos:nl]
             if line and not line.isspace():
                 try:
-                    messages.append(loads(line))
+                    messages.append(_big_reply(line) if lazy and len(line) >= BIG_REPLY else loads(line))
                 except _LoadError:
                     # Not one compact reply per line (pretty-printed, glued, NaN, not UTF-8, not JSON): the
                     # generic path from this line on decides.

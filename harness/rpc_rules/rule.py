@@ -227,6 +227,13 @@ class Rule:
     def mutating(self) -> bool:
         return self.effect != "read"
 
+    @cached_property
+    def result_unread(self) -> bool:
+        """Nothing in the storm looks inside this call's result (a read no judge, model, view or job reads):
+        a big one may stay undecoded (harness.rpc.framing.UnreadResult)."""
+        return (self.effect == "read" and self.judge is None and self.model is None and self.view is None
+                and self.status_method is None and not self.returns_clusters)
+
     def names(self, *roles: Role) -> tuple[str, ...]:
         """The params with one of `roles`, in decoder order."""
         return tuple(p.name for p in self.params if p.role in roles)

@@ -390,7 +390,8 @@ class Storm:
         self.drained.clear()
         op.t_start = time.time()
         try:
-            op.result, error = await conn.exchange(op.method, op.params, timeout=cfg.op_timeout)
+            op.result, error = await conn.exchange(op.method, op.params, timeout=cfg.op_timeout,
+                                                   decode=not op.rule.result_unread)
             if error is not None:
                 op.error_code = error.code if error.code is not None else -1
                 op.error_message = error.message

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.rpc.framing import UnreadResult
 from harness.rpc_rules.rule import Rule
 from harness.rpc_rules.table import BY_METHOD, OPTIONAL_LONGHORN_METHODS, RULES
 
@@ -98,7 +99,8 @@ class Op:
             "label": self.label,
         }
         if self.error_code is None:
-            rec["result"] = self.result
+            result = self.result
+            rec["result"] = result.value() if isinstance(result, UnreadResult) else result
         else:
             rec["error"] = {"code": self.error_code, "message": self.error_message, "errno": self.errno_name}
         return rec
