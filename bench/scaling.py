@@ -147,8 +147,8 @@ def lvol_count(seconds: float, counts: tuple[int, ...], log: Any = print) -> lis
         g = cpu_ops[-1] / cpu_ops[0]
         figs.append(Figure.judged("scaling live lvols", f"storm CPU per-op growth, {span}", g, "x",
                                   f"<= {GOAL_GROWTH:g}x", lambda v: v <= GOAL_GROWTH,
-                                  note="includes decoding full listings (the mix's bdev_lvol_get_lvols, the "
-                                       "quiesce checks) and the model's checkpoints of its indexes: O(N) each"))
+                                  note="includes the quiesce checks (full listings decoded, compared and "
+                                       "re-adopted: O(N) each) and validating the mix's unread listings"))
     return figs
 
 

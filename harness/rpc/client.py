@@ -2,9 +2,10 @@
 
 SPDK polls its RPC socket on a timer (about every 8 ms), so one call at a time gets ~124 calls/s, while a
 batch of pipelined requests is answered in one poll. So many calls are in flight on one connection, matched
-by id. Writes issued in the same event-loop turn are coalesced into one `send`, replies are split by an O(n)
-incremental parser right in `data_received` (no reader task, no stream buffer copy), and deadlines are kept
-in one FIFO per timeout value instead of one timer per call.
+by id. Writes issued in the same event-loop turn are coalesced into one `send` (after a read, every request the
+woken callers send goes in one write), replies are split by an O(n) incremental parser right in
+`data_received` (no reader task, no stream buffer copy), and deadlines are kept in one FIFO per timeout value
+instead of one timer per call.
 
 When the socket drops, every pending call fails in the same loop turn with `RpcConnectionLost`: that is how
 the storm notices a dead target within milliseconds. A call is never retried here: the target may have
