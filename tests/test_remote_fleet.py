@@ -21,6 +21,7 @@ import pytest
 from harness.config import load_config
 from harness.errors import ConfigError
 from harness.fleet import FleetRun
+from harness.hosts.base import Host
 from harness.hosts.local import LocalHost
 from harness.nodes import (
     Node,
@@ -62,32 +63,42 @@ WORK_DIRS = "/tmp/lvol-storm"
 /tmp/lvol-storm-cores.XXXXXXXXXX); the tests run one at a time, so a new one is this test's."""
 
 
-def work_dirs() -> set[str]:
-    return {str(p) for p in Path("/tmp").glob("lvol-storm*.*") if p.is_dir()}
-
-
-def _leftovers(tf_run_id: str, work_dirs_before: set[str] | None = None) -> list[str]:
-    """Anything of the run still here: namespaces, veths, sshd and target processes, and (given the work dirs
-    there were before it) the nodes' work dirs."""
+def _leftovers(tf_run_id: str, own_dirs: list[str] | None = None) -> list[str]:
+    """Anything of the run still here: namespaces, veths, sshd and target processes, and the nodes' work dirs
+    the run made (`own_dirs`). Only the run's own: another suite running beside this one has its own work dirs
+    under /tmp/lvol-storm.* with live targets in them (two `make test` at once saw them as leftovers here)."""
     found = [line for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
              .stdout.splitlines() if f"lvs-{tf_run_id}-" in line]
     found += [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True)
               .stdout.splitlines() if f"lvh{tf_run_id}-" in line]
-    marker = f"{WORK_DIRS}." if work_dirs_before is not None else f"nodes-{tf_run_id}/"
+    markers = [f"nodes-{tf_run_id}/", *(f"{d}/" for d in own_dirs or ())]
     found += [line for line in subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True)
-              .stdout.splitlines() if (f"nodes-{tf_run_id}/" in line or marker in line) and " Z" not in line]
-    if work_dirs_before is not None:
-        found += [f"{path} still exists" for path in sorted(work_dirs() - work_dirs_before)]
+              .stdout.splitlines() if any(m in line for m in markers) and " Z" not in line]
+    found += [f"{path} still exists" for path in own_dirs or () if os.path.exists(path)]
     return found
 
 
-def _wait_gone(tf_run_id: str, work_dirs_before: set[str] | None = None, timeout: float = 10.0) -> list[str]:
+def _wait_gone(tf_run_id: str, own_dirs: list[str] | None = None, timeout: float = 10.0) -> list[str]:
     deadline = time.monotonic() + timeout
-    left = _leftovers(tf_run_id, work_dirs_before)
+    left = _leftovers(tf_run_id, own_dirs)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = _leftovers(tf_run_id, work_dirs_before)
+        left = _leftovers(tf_run_id, own_dirs)
     return left
+
+
+def _record_work_dirs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The work dirs FleetRun makes on its nodes, as it makes them."""
+    made: list[str] = []
+    real = FleetRun._private_dir
+
+    def recording(self: FleetRun, host: Host, prefix: str = "lvol-storm") -> str:
+        path = real(self, host, prefix)
+        made.append(path)
+        return path
+
+    monkeypatch.setattr(FleetRun, "_private_dir", recording)
+    return made
 
 
 class _CorePatternUsers:
@@ -210,7 +221,8 @@ def test_one_stop_event_drains_every_node(tmp_path: Path) -> None:
 @pytest.mark.netns
 @needs_netns
 @pytest.mark.timeout(150)
-def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_path: Path) -> None:
+def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """terraform/local, 2 nodes; the reference target on each (started over SSH), one with an assertion bug.
     The crash bundle (title, target log slice, core fetched, backtrace made on the node) lands locally, the
     other node finishes clean, and nothing is left: no namespace, veth, sshd, target or node work dir."""
@@ -218,7 +230,7 @@ def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_p
     run_dir.mkdir()
     tf_id = terraform_run_id(run_dir)
     fleet_id = f"t{os.getpid()}"
-    before = work_dirs()
+    made = _record_work_dirs(monkeypatch)
     profile = load_config("default", overrides=["storm.duration=8s", "storm.workers=4", "minimize.enabled=false"],
                           cli={"target.kind": "sim"})
     t0 = time.monotonic()
@@ -233,8 +245,8 @@ def test_two_terraform_nodes_storm_at_once_one_crashes_evidence_comes_home(tmp_p
                 outcome = FleetRun(profile, run_dir, nodes, run_id=fleet_id, announce=lines.append).execute()
             healthy, faulty = (n.name for n in nodes)
     finally:
-        left = _wait_gone(tf_id, before)
-    assert not left, left
+        left = _wait_gone(tf_id, made)
+    assert len(made) >= 2 and not left, (made, left)
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["nodes"][healthy]["outcome"] == "clean" and s["nodes"][healthy]["ops"] > 100, s["nodes"][healthy]
     assert s["nodes"][healthy]["host"].startswith(f"{healthy} (root@10.213.")
@@ -279,7 +291,7 @@ def test_node_without_the_reference_target_is_a_one_line_node_error(tmp_path: Pa
     run_dir.mkdir()
     profile = load_config("smoke", overrides=["storm.duration=2s", "minimize.enabled=false"],
                           cli={"target.kind": "sim"})
-    before = work_dirs()
+    made = _record_work_dirs(monkeypatch)
     try:
         with terraform_hosts("local", run_dir, nodes=1, keep=False, tf_vars={"subnet_octet": _free_octet(30)}) as h:
             monkeypatch.setattr(sys, "executable", "/opt/nowhere/bin/python3")
@@ -287,8 +299,8 @@ def test_node_without_the_reference_target_is_a_one_line_node_error(tmp_path: Pa
                                announce=lambda _m: None).execute()
             monkeypatch.undo()
     finally:
-        left = _wait_gone(terraform_run_id(run_dir), before)
-    assert not left, left
+        left = _wait_gone(terraform_run_id(run_dir), made)
+    assert made and not left, (made, left)
     summary = outcome.summary.to_json()
     (name, error), = summary["errors"].items()
     # This harness's interpreter is not on the node, so the node's own python3 was tried, and lacks lvol-storm.
