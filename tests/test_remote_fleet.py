@@ -63,22 +63,34 @@ WORK_DIRS = "/tmp/lvol-storm"
 /tmp/lvol-storm-cores.XXXXXXXXXX); the tests run one at a time, so a new one is this test's."""
 
 
-def _leftovers(tf_run_id: str, own_dirs: list[str] | None = None) -> list[str]:
-    """Anything of the run still here: namespaces, veths, sshd and target processes, and the nodes' work dirs
-    the run made (`own_dirs`). Only the run's own: another suite running beside this one has its own work dirs
-    under /tmp/lvol-storm.* with live targets in them (two `make test` at once saw them as leftovers here)."""
+def work_dirs() -> set[str]:
+    return {str(p) for p in Path("/tmp").glob("lvol-storm*.*") if p.is_dir()}
+
+
+def _leftovers(tf_run_id: str, own_dirs: list[str] | set[str] | None = None) -> list[str]:
+    """Anything of the run still here: namespaces, veths, sshd and target processes, and the nodes' work dirs.
+
+    `own_dirs` as a list: the work dirs the run made (`_record_work_dirs`), the only ones looked at. As a set:
+    the work dirs there were before the run (a CLI run in a child process cannot be recorded), and then any
+    new /tmp/lvol-storm.* counts, another suite's beside this one included (two `make test` at once saw one as
+    a leftover of the fleet test before it recorded its own)."""
     found = [line for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
              .stdout.splitlines() if f"lvs-{tf_run_id}-" in line]
     found += [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True)
               .stdout.splitlines() if f"lvh{tf_run_id}-" in line]
-    markers = [f"nodes-{tf_run_id}/", *(f"{d}/" for d in own_dirs or ())]
+    if isinstance(own_dirs, set):
+        markers = [f"nodes-{tf_run_id}/", f"{WORK_DIRS}."]
+        dirs = sorted(work_dirs() - own_dirs)
+    else:
+        markers = [f"nodes-{tf_run_id}/", *(f"{d}/" for d in own_dirs or ())]
+        dirs = [d for d in own_dirs or () if os.path.exists(d)]
     found += [line for line in subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True)
               .stdout.splitlines() if any(m in line for m in markers) and " Z" not in line]
-    found += [f"{path} still exists" for path in own_dirs or () if os.path.exists(path)]
+    found += [f"{path} still exists" for path in dirs]
     return found
 
 
-def _wait_gone(tf_run_id: str, own_dirs: list[str] | None = None, timeout: float = 10.0) -> list[str]:
+def _wait_gone(tf_run_id: str, own_dirs: list[str] | set[str] | None = None, timeout: float = 10.0) -> list[str]:
     deadline = time.monotonic() + timeout
     left = _leftovers(tf_run_id, own_dirs)
     while left and time.monotonic() < deadline:
