@@ -71,23 +71,52 @@ def _leftovers(tf_run_id: str, own_dirs: list[str] | set[str] | None = None) -> 
     """Anything of the run still here: namespaces, veths, sshd and target processes, and the nodes' work dirs.
 
     `own_dirs` as a list: the work dirs the run made (`_record_work_dirs`), the only ones looked at. As a set:
-    the work dirs there were before the run (a CLI run in a child process cannot be recorded), and then any
-    new /tmp/lvol-storm.* counts, another suite's beside this one included (two `make test` at once saw one as
-    a leftover of the fleet test before it recorded its own)."""
+    the work dirs there were before the run (a CLI run in a child process cannot be recorded); then a process
+    naming a new /tmp/lvol-storm.* counts only if it is not in another run's network namespace or this
+    machine's own (another suite beside this one has its own nodes there: two `make test` at once saw their
+    targets as leftovers), and a new dir only if such a process names it. Whether FleetRun removes its work
+    dirs is checked by the fleet tests, which record theirs."""
     found = [line for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
              .stdout.splitlines() if f"lvs-{tf_run_id}-" in line]
     found += [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True)
               .stdout.splitlines() if f"lvh{tf_run_id}-" in line]
+    procs = [line for line in subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True)
+             .stdout.splitlines() if " Z" not in line]
+    mine = [line for line in procs if f"nodes-{tf_run_id}/" in line]
     if isinstance(own_dirs, set):
-        markers = [f"nodes-{tf_run_id}/", f"{WORK_DIRS}."]
-        dirs = sorted(work_dirs() - own_dirs)
+        new = work_dirs() - own_dirs
+        named = [line for line in procs if f"{WORK_DIRS}." in line and line not in mine
+                 and not _in_foreign_netns(line.split()[0], tf_run_id)]
+        mine += named
+        found += [f"{path} still exists" for path in sorted(new) if any(path in line for line in named)]
     else:
-        markers = [f"nodes-{tf_run_id}/", *(f"{d}/" for d in own_dirs or ())]
-        dirs = [d for d in own_dirs or () if os.path.exists(d)]
-    found += [line for line in subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True)
-              .stdout.splitlines() if any(m in line for m in markers) and " Z" not in line]
-    found += [f"{path} still exists" for path in dirs]
-    return found
+        mine += [line for line in procs if any(f"{d}/" in line for d in own_dirs or ())]
+        found += [f"{path} still exists" for path in own_dirs or () if os.path.exists(path)]
+    return found + mine
+
+
+def _in_foreign_netns(pid: str, tf_run_id: str) -> bool:
+    """Is the process in this machine's own network namespace, or in one another run named (not this run's
+    nodes, and not a namespace already deleted with a process of this run still in it)?"""
+    try:
+        ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return True  # gone meanwhile
+    if ino == os.stat("/proc/self/ns/net").st_ino:
+        return True
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return False
+    for name in names:
+        if f"lvs-{tf_run_id}-" in name:
+            continue
+        try:
+            if os.stat(f"/run/netns/{name}").st_ino == ino:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _wait_gone(tf_run_id: str, own_dirs: list[str] | set[str] | None = None, timeout: float = 10.0) -> list[str]:
