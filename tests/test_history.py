@@ -275,3 +275,78 @@ def test_one_write_batches_are_recorded_and_old_lines_without_them_still_load(tm
     assert [o.batch for o in load_operations(old)] == [None]
     batched = [o for o in load_operations(path) if o.batch is not None]
     assert {o.batch_key for o in batched} == {(3, 7, "3.7-1"), (3, 7, "3.7-2")}
+
+
+class _Writes:
+    """A file that keeps each write's bytes (the history writes through it; flush and close are no-ops)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_big_lines_are_written_alone_and_small_ones_in_bounded_writes(tmp_path: Path, compress: bool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """One join of a whole batch of listings (tens of MB) cost a fresh mmap and a page fault per 4 KiB each time:
+    writes are now whole lines of at most PIECE_CHARS (a longer line alone), and the file is what it was."""
+    import zstandard
+
+    import harness.history as history_mod
+
+    monkeypatch.setattr(history_mod, "PIECE_CHARS", 4096)
+    h = History(tmp_path / ("h.jsonl.zst" if compress else "h.jsonl"))
+    sink = _Writes()
+    h._file = sink  # type: ignore[assignment]
+    listing = [{"uuid": f"u{i}", "name": f"lvol{i}"} for i in range(2000)]  # ~60 KB of text
+    want = []
+    for i in range(60):
+        big = i % 20 == 0
+        result = listing if big else True
+        raw = json.dumps(result, separators=(",", ":")).encode()
+        h.record(i % 3, 0, "bdev_lvol_get_lvols" if big else "bdev_lvol_delete", {"name": f"x{i}"}, 1.0, 2.0,
+                 result=None if big else True, result_json=memoryview(raw) if big and i == 20 else
+                 raw.decode() if big else None)
+        want.append(result)
+    h.flush()
+    h.close()
+    if compress:  # each write one frame of whole lines
+        data = [zstandard.ZstdDecompressor().decompressobj().decompress(w) for w in sink.writes]
+        assert all(d.endswith(b"\n") for d in data)
+    else:  # each write whole lines, or a long line whose newline is the next write
+        data = sink.writes
+        assert all(d.endswith(b"\n") or data[i + 1] == b"\n" for i, d in enumerate(data))
+    assert b"".join(data).count(b"\n") == 60
+    biggest = len(json.dumps(listing, separators=(",", ":"))) + 200
+    assert max(len(d) for d in data) <= biggest  # the bound: no write holds more than one listing
+    assert len(data) >= 4  # the three listings alone, the small lines around them apart
+    lines = [json.loads(x) for x in b"".join(data).splitlines()]
+    assert [x["result"] for x in lines] == want
+    seqs = [x["seq"] for x in lines if x["worker"] == 2]
+    assert seqs == list(range(seqs[0], seqs[0] + 20))  # in record order
+
+
+def test_a_result_recorded_as_bytes_reads_back_like_text(tmp_path: Path) -> None:
+    """A big reply's result reaches the history as the bytes read (a memoryview of them), never decoded to text:
+    file and tails read the same as for the text of it."""
+    raw = json.dumps([{"alias": "lvs0/é", "n": i} for i in range(3000)], ensure_ascii=False,
+                     separators=(",", ":")).encode()
+    paths = []
+    for kind, value in (("text", raw.decode()), ("bytes", memoryview(raw))):
+        path = tmp_path / f"{kind}.jsonl"
+        with History(path) as h:
+            h.record(1, 2, "bdev_lvol_get_lvols", {"lvs_name": "lvs0"}, 1.0, 2.0, result_json=value)
+            assert h.tail()[0]["result"][1] == {"alias": "lvs0/é", "n": 1}
+            assert h.per_worker_tail(1)[1][0]["result"] == json.loads(raw)
+        paths.append(path)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert [r["result"] for r in History.read(paths[1])] == [json.loads(raw)]
