@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from harness.rpc.framing import BIG_REPLY, FramingError, ReplyParser, UnreadResult, encode_request, result_text
+from harness.rpc.framing import (
+    BIG_REPLY,
+    FramingError,
+    ReplyParser,
+    UnreadResult,
+    encode_request,
+    result_span,
+    result_text,
+)
 
 
 def _stream(n: int) -> tuple[list[dict[str, object]], bytes]:
@@ -149,3 +157,30 @@ def test_a_broken_big_reply_fails_as_it_does_unread_or_not(bad: bytes) -> None:
             outcomes.append(("error", str(exc)[:40], 0))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == "error" or outcomes[0][1] == []  # never a message made of a broken reply
+
+
+def test_a_big_line_is_a_view_of_the_bytes_read_not_a_copy() -> None:
+    big = {"jsonrpc": "2.0", "id": 4, "result": ["v" * 40] * (BIG_REPLY // 20)}
+    line = json.dumps(big, separators=(",", ":")).encode()
+    parser = ReplyParser(lazy_results=True)
+    got = parser.feed(b'{"jsonrpc":"2.0","id":3,"result":1}\n' + line + b"\n")
+    assert got[0]["result"] == 1 and got[1]["result"].value() == big["result"]
+    assert parser.raw is not None and type(parser.raw[1]) is memoryview and parser.raw[1] == line
+    assert got[1]["result"].line == line
+    span = result_span(parser.raw[1])
+    assert type(span) is memoryview and json.loads(bytes(span)) == big["result"]
+    assert result_text(parser.raw[1]) == json.dumps(big["result"], separators=(",", ":"))
+
+
+def test_replies_each_bigger_than_a_read_stay_on_the_fast_path() -> None:
+    """A connection whose first reply is bigger than a read takes the generic path once (no line seen yet); the
+    next big replies are lines still coming, not a reason to take it again (the generic path decoded a 1.5 MB
+    listing with the standard library: 19 ms instead of 0.7)."""
+    parser = ReplyParser(lazy_results=True)
+    for rid in range(3):
+        line = json.dumps({"jsonrpc": "2.0", "id": rid, "result": ["w" * 64] * 4000}).encode() + b"\n"
+        got = []
+        for i in range(0, len(line), 65536):
+            got += parser.feed(line[i:i + 65536])
+        assert [m["id"] for m in got] == [rid]
+        assert (parser.raw is None) == (rid == 0)  # the generic path only for the very first

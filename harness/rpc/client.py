@@ -30,7 +30,7 @@ from harness.rpc.framing import (
     UnreadResult,
     encode_json,
     encode_request_json,
-    result_text,
+    result_span,
 )
 
 RAW_RESULT_MIN = BIG_REPLY
@@ -66,7 +66,7 @@ class RpcConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = ReplyParser(lazy_results=True)
         self._pending: dict[int, asyncio.Future[tuple[Any, float]]] = {}
-        self._raw_replies: dict[int, bytes] = {}
+        self._raw_replies: dict[int, bytes | memoryview] = {}
         """The bytes of big replies by id, for the history (see RAW_RESULT_MIN)."""
         self._next_id = 0
         self._out: list[bytes] = []
@@ -145,15 +145,16 @@ class RpcConnection(asyncio.Protocol):
     # -- calling ----------------------------------------------------------------------------------------
 
     async def call(
-        self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = 30.0
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = 30.0,
+        decode: bool = True,
     ) -> Any:
-        """Send one request and wait for its reply; returns `result`.
+        """Send one request and wait for its reply; returns `result` (`decode`: see `exchange`).
 
         `params` goes on the wire as given (None: no `params` member). Raises RpcError (an error reply),
         RpcTimeout (no reply within `timeout` s of wall time; None waits forever; the request may still
         run), RpcConnectionLost (the socket closed first). Never retries.
         """
-        result, error = await self.exchange(method, params, timeout=timeout)
+        result, error = await self.exchange(method, params, timeout=timeout, decode=decode)
         if error is None:
             return result
         try:
@@ -220,7 +221,7 @@ class RpcConnection(asyncio.Protocol):
         if type(outcome) is dict:
             if "error" not in outcome:
                 result = outcome.get("result")
-                result_json = None if raw is None else result_text(raw)
+                result_json = None if raw is None else result_span(raw)
                 if type(result) is UnreadResult and (decode or (history is not None and result_json is None)):
                     result = result.value()  # asked for, or the history needs it (a reply of an odd shape)
                 if history is not None:

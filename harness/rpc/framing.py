@@ -67,13 +67,21 @@ _LoadError = orjson.JSONDecodeError
 _RESULT_HEAD = re.compile(rb'\{"jsonrpc":"2\.0","id":-?\d+,"result":')
 
 
-def result_text(raw: bytes) -> str | None:
-    """The `result` value's JSON text inside a reply's raw bytes as SPDK writes a reply
-    (`{"jsonrpc":"2.0","id":N,"result":VALUE}`), None for any other shape."""
+def result_span(raw: bytes | memoryview) -> bytes | memoryview | None:
+    """The `result` value's JSON inside a reply's raw bytes as SPDK writes a reply
+    (`{"jsonrpc":"2.0","id":N,"result":VALUE}`), None for any other shape; a slice of `raw` (a view of a view:
+    a big listing is not copied)."""
     m = _RESULT_HEAD.match(raw)
-    if m is None or not raw.endswith(b"}"):
+    if m is None or raw[-1:] != b"}":
         return None
-    return raw[m.end():-1].decode()
+    return raw[m.end():-1]
+
+
+def result_text(raw: bytes | memoryview) -> str | None:
+    """`result_span` as text."""
+    span = result_span(raw)
+    return None if span is None else str(span, "utf-8")
+
 
 BIG_REPLY = 16 << 10
 """Lines at least this big are validated by simdjson and their result left undecoded (`lazy_results`)."""
@@ -85,9 +93,9 @@ class UnreadResult:
 
     __slots__ = ("line",)
 
-    def __init__(self, line: bytes) -> None:
+    def __init__(self, line: bytes | memoryview) -> None:
         self.line = line
-        """The whole reply line as it came."""
+        """The whole reply line as it came (a view of the bytes read)."""
 
     def value(self) -> Any:
         return _LOADS(self.line)["result"]
@@ -96,7 +104,7 @@ class UnreadResult:
         return f"<UnreadResult of {len(self.line):,} bytes>"
 
 
-def _big_reply(line: bytes) -> Any:
+def _big_reply(line: bytes | memoryview) -> Any:
     """A big line as a reply object whose `result` is an UnreadResult; anything but a plain result reply (an
     error, an odd id, not an object) is decoded whole. Invalid JSON raises as `orjson.loads` would."""
     parser = getattr(_SIMD, "parser", None)
@@ -173,7 +181,7 @@ class ReplyParser:
         self._generic = False
         """The stream left one-reply-per-line framing; back on the fast path at the next clean line end."""
         self._lines_seen = False
-        self.raw: list[bytes] | None = None
+        self.raw: list[bytes | memoryview] | None = None
         """The bytes of each message the last `feed` returned (fast path), None when it took the generic path."""
 
     @property
@@ -204,23 +212,33 @@ class ReplyParser:
         else:
             buf = data
         messages: list[Any] = []
-        raws: list[bytes] = []
+        raws: list[bytes | memoryview] = []
         pos = 0
         end = buf.rfind(b"\n")
         loads = _LOADS
         lazy = self._lazy
+        view: memoryview | None = None
         while pos <= end:
             nl = buf.find(b"\n", pos)
-            line = buf[pos:nl]
-            if line and not line.isspace():
-                try:
-                    messages.append(_big_reply(line) if lazy and len(line) >= BIG_REPLY else loads(line))
-                except _LoadError:
-                    # Not one compact reply per line (pretty-printed, glued, NaN, not UTF-8, not JSON): the
-                    # generic path from this line on decides.
-                    messages += self._feed_generic(buf[pos:])
-                    return messages
-                raws.append(line)
+            line: bytes | memoryview
+            if lazy and nl - pos >= BIG_REPLY:
+                # A big line stays in the buffer: its reply, the history and a listing's schema read it there.
+                if view is None:
+                    view = memoryview(buf)
+                line = view[pos:nl]
+            else:
+                line = buf[pos:nl]
+                if not line or line.isspace():
+                    pos = nl + 1
+                    continue
+            try:
+                messages.append(_big_reply(line) if lazy and len(line) >= BIG_REPLY else loads(line))
+            except _LoadError:
+                # Not one compact reply per line (pretty-printed, glued, NaN, not UTF-8, not JSON): the
+                # generic path from this line on decides.
+                messages += self._feed_generic(buf[pos:])
+                return messages
+            raws.append(line)
             pos = nl + 1
         if pos < len(buf):
             rest = buf[pos:]
@@ -235,7 +253,10 @@ class ReplyParser:
         self._generic = True
         messages = self._feed_text(data)
         if not self._chunks and data.endswith(b"\n"):
-            self._generic = False  # a clean line end: one reply per line again from here
+            # A clean line end: one reply per line again from here, and a stream of lines (its next reply
+            # bigger than a read is a line still coming, not a reason to take this path again).
+            self._generic = False
+            self._lines_seen = self._lines_seen or bool(messages)
         return messages
 
     def _feed_text(self, data: bytes) -> list[Any]:
