@@ -41,6 +41,7 @@ from harness.storm.config import (
 from harness.storm.control import Stopping, Worker
 from harness.storm.episodes import Episode
 from harness.storm.esnaps import ESNAP_COUNT, EsnapBdev, EsnapBdevs, esnap_uuid
+from harness.storm.listing import read_listing
 from harness.storm.operations import Op
 from harness.storm.progress import Progress
 from harness.storm.result import StormResult
@@ -239,14 +240,8 @@ class Storm:
     async def resync(self, initial: bool = False) -> list[Finding]:
         """List the target's lvols and bdevs and compare them with the model (or adopt them at start)."""
         assert self.setup_conn is not None
-        conn = self.setup_conn
-        t = self.cfg.op_timeout
-        lvols = await conn.call("bdev_lvol_get_lvols", {"lvs_name": self.sched.lvs_name}, timeout=t)
-        bdevs_list = await conn.call("bdev_get_bdevs", {}, timeout=t)
-        stores = await conn.call("bdev_lvol_get_lvstores", {"lvs_name": self.sched.lvs_name}, timeout=t)
-        bdevs = {b.get("uuid") or b.get("name"): b for b in bdevs_list or []
-                 if b.get("product_name") == "Logical Volume"}
-        store = LvstoreInfo.from_reply(stores[0])
+        listing = await read_listing(self.setup_conn, self.sched.lvs_name, self.cfg.op_timeout)
+        lvols, bdevs, store = listing.lvols, listing.bdevs, listing.store
         self.space.saw_free(store.free_clusters)
         self._lvs = store  # after an lvstore was made again: its new UUID (a reload checks it comes back)
         if self.io is not None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.model.lvstore import Checkpoint, LvolStore, ModelCrash, ModelError
+from harness.model.lvstore import Checkpoint, Lvol, LvolStore, ModelCrash, ModelError
 from harness.rpc_rules.rule import DST_SIZE_BYTES, ESNAP_ID, ESNAP_SIZE_BYTES, Rule
 from harness.rpc_rules.table import RULES
 from harness.storm.esnaps import EsnapBdevs
@@ -73,24 +73,32 @@ class ModelMirror:
     def adopt(self, lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]], store: LvstoreInfo) -> None:
         """A new model equal to the target's listing (bdev_lvol_get_lvols, bdev_get_bdevs by UUID); what a
         listing does not show (xattrs, checksums, read-only) is kept from the old model for lvols it knew, and
-        so is everything about a degraded lvol (it has no bdev to read its links from)."""
+        so is everything about a degraded lvol (it has no bdev to read its links from). One pass over the
+        listing, then one over the links: quiesce points adopt thousands of lvols."""
         old = self.model
         model = self._empty(store)
         model.missing_esnaps = set(old.missing_esnaps)
-        by_name: dict[str, str] = {}
+        by_name: dict[str, Lvol] = {}
+        links: list[tuple[Lvol, str]] = []
+        old_find, old_parent, adopt_lvol = old.find_by_uuid, old.parent_of, model.adopt_lvol
+        cluster_size, block_size = store.cluster_size, store.block_size
         for e in lvols:
-            bdev = bdevs.get(e["uuid"]) or {}
-            info = bdev.get("driver_specific", {}).get("lvol", {})
-            prev = old.find_by_uuid(e["uuid"])
+            uuid = e["uuid"]
+            bdev = bdevs.get(uuid)
+            info = bdev.get("driver_specific", {}).get("lvol", {}) if bdev else {}
+            prev = old_find(uuid)
             if not bdev and prev is not None:  # degraded: as the model had it
                 n, thin, allocated = prev.num_clusters, prev.thin, prev.num_allocated_clusters
+                parent_of = old_parent(prev)
+                base = parent_of.name if parent_of is not None else None
             else:
-                nbytes = bdev.get("num_blocks", 0) * bdev.get("block_size", store.block_size)
-                n = -(-nbytes // store.cluster_size)
+                nbytes = bdev.get("num_blocks", 0) * bdev.get("block_size", block_size) if bdev else 0
+                n = -(-nbytes // cluster_size)
                 thin = bool(info.get("thin_provision", e.get("is_thin_provisioned")))
                 allocated = int(info.get("num_allocated_clusters", 0))
-            self._next_uuid = e["uuid"]
-            lv = model.adopt_lvol(e["name"], n, thin, allocated, bool(info.get("snapshot", e.get("is_snapshot"))))
+                base = info.get("base_snapshot")
+            self._next_uuid = uuid
+            lv = adopt_lvol(e["name"], n, thin, allocated, bool(info.get("snapshot", e.get("is_snapshot"))))
             lv.esnap = info.get("external_snapshot_name") if info.get("esnap_clone") else None
             if prev is not None:
                 lv.xattrs = dict(prev.xattrs)
@@ -98,19 +106,13 @@ class ModelMirror:
                 lv.read_only = prev.read_only or lv.read_only
                 if not bdev:
                     lv.esnap = prev.esnap
-            by_name[e["name"]] = e["uuid"]
-        for e in lvols:
-            info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
-            child = model.find_by_uuid(e["uuid"])
-            base = info.get("base_snapshot")
-            if not bdevs.get(e["uuid"]):  # degraded: its parent as the model had it
-                prev = old.find_by_uuid(e["uuid"])
-                parent_of = old.parent_of(prev) if prev is not None else None
-                base = parent_of.name if parent_of is not None else None
-            if base and base in by_name:
-                parent = model.find_by_uuid(by_name[base])
-                if child is not None and parent is not None:
-                    model.adopt_link(child, parent)
+            by_name[e["name"]] = lv
+            if base:
+                links.append((lv, base))
+        for child, base in links:
+            parent = by_name.get(base)
+            if parent is not None:
+                model.adopt_link(child, parent)
         model.set_free_clusters(store.free_clusters)
         self.model = model
         self.pages_exact = not lvols  # blob ids match the target's only when the lvstore was empty

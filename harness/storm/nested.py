@@ -13,6 +13,7 @@ from typing import Any
 from harness.rpc.errors import RpcError
 from harness.storm.control import StormControl, Worker
 from harness.storm.findings import Finding
+from harness.storm.listing import read_listing
 from harness.storm.listing_checks import listing_diff
 from harness.storm.mirror import LvstoreInfo, ModelMirror
 from harness.storm.operations import Op
@@ -56,15 +57,11 @@ class NestedLvstore:
 
     async def compare(self) -> None:
         """The nested lvstore's listing against its model."""
-        conn, t = self.worker.conn, self.storm.cfg.op_timeout
         try:
-            lvols = await conn.call("bdev_lvol_get_lvols", {"lvs_name": self.name}, timeout=t)
-            stores = await conn.call("bdev_lvol_get_lvstores", {"lvs_name": self.name}, timeout=t)
-            bdevs_list = await conn.call("bdev_get_bdevs", {}, timeout=t)
+            listing = await read_listing(self.worker.conn, self.name, self.storm.cfg.op_timeout)
         except RpcError as exc:
             self.storm.checker.add(Finding("nested-lvstore-lost", f"nested lvstore {self.name}: {exc}"))
             return
-        bdevs = {b.get("uuid"): b for b in bdevs_list or [] if b.get("product_name") == "Logical Volume"}
-        for finding in listing_diff(lvols, bdevs, LvstoreInfo.from_reply(stores[0]), self.mirror.model):
+        for finding in listing_diff(listing.lvols, listing.bdevs, listing.store, self.mirror.model):
             finding.message = f"nested lvstore {self.name}: {finding.message}"
             self.storm.checker.add(finding)

@@ -231,29 +231,34 @@ class TreeView:
         return pool.choice(u)
 
     def rebuild(self, lvols: list[dict[str, Any]], bdevs: dict[str, dict[str, Any]]) -> None:
-        """From `bdev_lvol_get_lvols` and `bdev_get_bdevs` (by UUID): the target's truth replaces ours."""
-        self.nodes.clear()
+        """From `bdev_lvol_get_lvols` and `bdev_get_bdevs` (by UUID): the target's truth replaces ours (one pass
+        over the listing, one over the links)."""
+        nodes = self.nodes
+        nodes.clear()
         self.by_name.clear()
         for s in self.by_kind.values():
             s.clear()
-        name_to_uuid = {e["name"]: e["uuid"] for e in lvols}
+        by_name = self.by_name
+        links: list[tuple[Node, str]] = []
         for e in lvols:
-            info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
-            bdev = bdevs.get(e["uuid"]) or {}
-            size = bdev.get("num_blocks", 0) * bdev.get("block_size", 0) // (1024 * 1024)
-            self.nodes[e["uuid"]] = Node(e["uuid"], e["name"], snapshot=bool(info.get("snapshot")),
-                                         thin=bool(e.get("is_thin_provisioned")), size_mib=size)
-            self.by_name[e["name"]] = e["uuid"]
-        for e in lvols:
-            info = (bdevs.get(e["uuid"]) or {}).get("driver_specific", {}).get("lvol", {})
+            uuid = e["uuid"]
+            bdev = bdevs.get(uuid)
+            info = bdev.get("driver_specific", {}).get("lvol", {}) if bdev else {}
+            size = bdev.get("num_blocks", 0) * bdev.get("block_size", 0) // (1024 * 1024) if bdev else 0
+            node = nodes[uuid] = Node(uuid, e["name"], snapshot=bool(info.get("snapshot")),
+                                      thin=bool(e.get("is_thin_provisioned")), size_mib=size)
+            by_name[e["name"]] = uuid
             base = info.get("base_snapshot")
-            if base and base in name_to_uuid:
-                pu = name_to_uuid[base]
-                self.nodes[e["uuid"]].parent = pu
-                self.nodes[pu].children.add(e["uuid"])
-        for node in self.nodes.values():
+            if base:
+                links.append((node, base))
+        for node, base in links:
+            pu = by_name.get(base)
+            if pu is not None:
+                node.parent = pu
+                nodes[pu].children.add(node.uuid)
+        for node in nodes.values():
             self._reindex(node)
-        self.recent = deque((u for u in self.recent if u in self.nodes), maxlen=self.recent.maxlen)
+        self.recent = deque((u for u in self.recent if u in nodes), maxlen=self.recent.maxlen)
 
 
 def draw(rng: random.Random) -> float:
