@@ -124,3 +124,24 @@ def test_the_cli_does_not_import_pytest() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_reference_target_runs_on_the_standard_library_alone() -> None:
+    """A node runs the reference target with its own python3 (`python -m harness.sim`), where nothing but the
+    standard library may be installed (the QEMU guest's has no orjson): its modules must import, and its
+    listings be written, without a third-party package."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        top = name.partition('.')[0]\n"
+        "        if top not in sys.stdlib_module_names and top != 'harness':\n"
+        "            raise ImportError('not in the standard library: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import harness.sim.__main__, harness.sim.server, harness.sim.methods\n"
+        "from harness.sim.json_writer import PlainList, spdk_json\n"
+        "print(spdk_json(PlainList([{'name': 'x\\x7f\\u00e9', 'n': 2 ** 70}])))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == '[{"name":"x\\u007F\\u00E9","n":1180591620717411303424}]'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from harness.recordings import recordings_dir
 from harness.sim.envelope import parse_envelope
 from harness.sim.framing import COMPLETE, INCOMPLETE, INVALID, scan_value
-from harness.sim.json_writer import JSON_WRITE_BUF, notification_reply, result_reply, spdk_json
+from harness.sim.json_writer import JSON_WRITE_BUF, PlainList, notification_reply, result_reply, spdk_json
 from tests.test_sim_server import VERSION, SimProcess, read_raw, read_replies, real_dispatcher_available
 
 TRANSCRIPTS = recordings_dir() / "transcripts"
@@ -220,6 +221,39 @@ def test_scan_value_finds_the_end_and_counts_values_as_spdk() -> None:
 def test_spdk_json_writer_escaping() -> None:
     assert spdk_json({"s": "é/\x7f\t\x01😀"}) == '{"s":"\\u00E9/\\u007F\\t\\u0001\\uD83D\\uDE00"}'
     assert spdk_json(["back\\u00e9slash"]) == '["back\\\\u00e9slash"]'  # an escaped backslash stays as is
+
+
+_TRICKY = ["", "plain", "é", "\x00", "\x1f", "\x7f", '"', "\\", "\u2028", "\ud800", "a/b", "\t\n\r\b\f", "😀"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_reference_targets_fast_listing_writer_writes_the_same_bytes(seed: int) -> None:
+    rng = random.Random(seed)
+
+    def value(depth: int = 0) -> Any:
+        kind = rng.randrange(9 if depth < 3 else 6)
+        if kind == 0:
+            return rng.choice(_TRICKY) + rng.choice(_TRICKY)
+        if kind == 1:
+            return rng.choice([0, -1, 2**63 - 1, -(2**63), 2**64, 2**70, rng.randrange(1 << 40)])
+        if kind in (2, 3):
+            return rng.choice([True, False, None])
+        if kind in (4, 5):
+            return f"lvs0/lvol{rng.randrange(100)}"
+        if kind == 6:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        keys = [rng.choice([*_TRICKY, "uuid", "name"]) for _ in range(rng.randrange(4))]
+        return {k: value(depth + 1) for k in keys}
+
+    items = [value() for _ in range(rng.randrange(1, 30))]
+    try:
+        want = spdk_json(list(items))
+    except (UnicodeEncodeError, ValueError) as exc:  # a lone surrogate: both writers refuse it alike
+        with pytest.raises(type(exc)):
+            spdk_json(PlainList(items))
+        return
+    assert spdk_json(PlainList(items)) == want
+
 
 
 def test_result_and_notification_replies() -> None:

@@ -15,6 +15,7 @@ from harness.model.lvstore import Lvol, LvolStore
 from harness.rpc_rules.table import BY_METHOD
 from harness.sim.bdevs import BaseBdev
 from harness.sim.decoding import BOOL, STR, U32, U64, decode, decode_for
+from harness.sim.json_writer import PlainList
 from harness.sim.protocol import ERROR_INVALID_PARAMS, DeferredReply, RpcFault
 from harness.sim.protocol import fault as _fault  # the handlers below were moved here verbatim
 from harness.sim.protocol import no_device as _no_device
@@ -128,7 +129,8 @@ class BdevMethods(TargetState):
             name = decode_for(BY_METHOD["bdev_get_bdevs"], params)["name"]
         holders = self._esnap_holders()
         if name is None:
-            return [self._bdev_json(bname, base, store, lv, holders) for bname, base, store, lv in self._listed_bdevs()]
+            return PlainList(self._bdev_json(bname, base, store, lv, holders)
+                             for bname, base, store, lv in self._listed_bdevs())
         ref = self._bdev_ref(str(name))
         if ref is None:
             raise _no_device()  # with a timeout SPDK would wait for the bdev first; nothing appears here later

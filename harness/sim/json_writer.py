@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from types import ModuleType
+
+_orjson: ModuleType | None
+try:
+    import orjson as _orjson
+except ImportError:  # a node's Python with the reference target alone (its bundle): the standard library writes all
+    _orjson = None
 
 JSON_WRITE_BUF = 4096  # spdk_json_write_ctx.buf: what a notification's reply keeps (see notification_reply)
 
@@ -19,9 +26,25 @@ def _upper_escape(m: re.Match[str]) -> str:
     return m.group(1) or "\\u" + m.group(2).upper()
 
 
+class PlainList(list[object]):
+    """A result of strings, integers, booleans, nulls, lists and objects only, no floats (the one JSON type whose
+    text differs between writers): the reference target's listings. orjson writes them 10x faster than the
+    standard library, the same bytes (17 ms of the 24 ms a `bdev_lvol_get_lvols` of 5,000 lvols took, issue 17:
+    a slow listing slowed every other call behind it)."""
+
+
 def spdk_json(value: object) -> str:
     """Compact JSON as spdk_json_write_* prints it: non-ASCII and DEL as \\uXXXX with upper-case hex."""
-    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    text = None
+    if type(value) is PlainList and _orjson is not None:
+        try:
+            raw = _orjson.dumps(value)
+        except TypeError:  # an integer past 64 bits, a key that is not a string: the standard library's way
+            raw = None
+        if raw is not None and raw.isascii():  # non-ASCII: escaped below only from the standard library's text
+            text = raw.decode("ascii")
+    if text is None:
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     if "\\u" in text:
         text = _ESCAPE.sub(_upper_escape, text)
     if "\x7f" in text:

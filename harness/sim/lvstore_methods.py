@@ -18,6 +18,7 @@ from harness.sim.bdevs import (
     mask_pages,
 )
 from harness.sim.decoding import check_choices, decode_for
+from harness.sim.json_writer import PlainList
 from harness.sim.protocol import ERROR_INVALID_PARAMS, RpcFault, fault, no_device
 from harness.sim.shapes import lvol_entry, lvstore_json
 from harness.sim.state import LVS_NAME_MAX, TargetState
@@ -111,4 +112,4 @@ class LvstoreMethods(TargetState):
         if params is not None:
             p = decode_for(BY_METHOD["bdev_lvol_get_lvols"], params)
             stores = [self._store_xor(p["lvs_uuid"], p["lvs_name"])]
-        return [lvol_entry(s, lv) for s in stores for lv in s.lvols()]
+        return PlainList(lvol_entry(s, lv) for s in stores for lv in s.lvols())
