@@ -227,3 +227,71 @@ def test_a_read_of_an_lvol_an_open_group_moved_joins_that_group() -> None:
     # Every member answered and was judged: the group's keys are gone, the next read is judged alone again.
     later = _do(c, "bdev_get_bdevs", _links_reply(lvol, clone_of="s"), name=lvol)
     assert later.group is None and [f.kind for f in c.findings] == ["wrong-links"]
+
+
+def _listing_of(c: Checker) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The target's listing as it would be if the target were the checker's model (the reference target's
+    reply shapes)."""
+    from harness.sim.shapes import lvol_bdev_json, lvol_entry
+
+    m = c.model
+    lvols = [lvol_entry(m, lv) for lv in m.lvols()]
+    return lvols, {lv.uuid: lvol_bdev_json(m, lv, []) for lv in m.lvols()}
+
+
+def _three_trees(c: Checker) -> tuple[str, str, str, str]:
+    """Trees a (with a snapshot s and a clone k of it), b and d; returns the UUIDs of a, s, b, d."""
+    new = {"lvs_name": "lvs0", "size_in_mib": 4, "thin_provision": True}
+    a, b, d = (_do(c, "bdev_lvol_create", lvol_name=n, **new).result for n in ("a", "b", "d"))
+    s = _do(c, "bdev_lvol_snapshot", lvol_name=a, snapshot_name="s").result
+    _do(c, "bdev_lvol_clone", snapshot_name=s, clone_name="k")
+    return a, s, b, d
+
+
+def test_a_quiesce_after_a_race_compares_every_tree_the_race_did_not_touch() -> None:
+    """Under the default mix nearly every interval races somewhere, and the quiesce check used to skip the whole
+    comparison then: now only the tainted trees are taken as listed, the rest must be as the model says."""
+    c = _checker()
+    a, s, _, d = _three_trees(c)
+    lvols, bdevs = _listing_of(c)
+    store = LvstoreInfo(**{**vars(LVS), "free_clusters": c.model.free_clusters})
+    c.taint.trees(c.view, [Op("bdev_lvol_resize", {"name": a}, 0, keys=(a, s))])  # a race in a's tree
+    # The target lost d (untainted: a finding) and k (in the tainted tree: taken as listed).
+    k = c.view.by_name["k"]
+    gone = {d, k}
+    found = c.compare([e for e in lvols if e["uuid"] not in gone], {u: x for u, x in bdevs.items() if u not in gone},
+                      store)
+    assert [(f.kind, "d (" in f.message) for f in found] == [("missing-lvol", True)]
+    assert c.compared == 2  # b, and d the model had; not a, s, k
+    assert c.model.find_by_uuid(d) is None and c.model.find_by_uuid(k) is None  # adopted as listed
+
+
+def test_a_quiesce_distrusts_a_whole_tree_with_any_tainted_member_and_nothing_when_everything_is() -> None:
+    c = _checker()
+    a, s, b, d = _three_trees(c)
+    lvols, bdevs = _listing_of(c)
+    from harness.storm.listing_checks import sure_lvols
+
+    k = c.view.by_name["k"]
+    assert sure_lvols(lvols, bdevs, c.model, {k}) == {b, d}  # a leaf taints its snapshot's whole tree
+    assert sure_lvols(lvols, bdevs, c.model, {"n:b"}) == {a, s, k, d}  # a name, as a create or rename keys it
+    assert sure_lvols(lvols, bdevs, c.model, {"lvs0/d"}) == {a, s, k, b}
+    # The target put b under s: b's tree and a's are one now, and a race in either distrusts both.
+    moved = [dict(x) for x in lvols]
+    moved_bdevs = {u: {**x, "driver_specific": {"lvol": {**x["driver_specific"]["lvol"], "base_snapshot": "s",
+                                                         "clone": True}}} if u == b else x for u, x in bdevs.items()}
+    assert sure_lvols(moved, moved_bdevs, c.model, {a}) == {d}
+    c.taint.everything = True  # an op whose effect is unknown: nothing is compared
+    store = LvstoreInfo(**{**vars(LVS), "free_clusters": c.model.free_clusters})
+    assert c.compare([e for e in lvols if e["uuid"] != d], bdevs, store) == [] and c.compared == 0
+
+
+def test_a_taint_holds_every_key_of_its_ops_past_the_walk_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.storm import taint as taint_mod
+
+    monkeypatch.setattr(taint_mod, "TAINT_WALK_BUDGET", 2)
+    c = _checker()
+    ops = [Op("bdev_lvol_resize", {"name": f"u{i}"}, 0, keys=(f"u{i}", f"r{i}", "s:lvs0")) for i in range(50)]
+    c.taint.trees(c.view, ops)
+    assert {f"u{i}" for i in range(50)} | {f"r{i}" for i in range(50)} <= c.taint.keys
+    assert "s:lvs0" not in c.taint.keys

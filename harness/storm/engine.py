@@ -583,6 +583,7 @@ class Storm:
         res.errors_by_errno = dict(self.errors_by_errno)
         res.findings = list(checker.findings)
         res.races = checker.races
+        res.lvols_compared = checker.compared
         if checker.repeat_count:
             res.notes.append(f"{checker.repeat_count} repeats of the findings above were not listed again")
         res.notes.extend(self.episode_summary())

@@ -27,6 +27,9 @@ class StormResult:
     free_clusters_start: int | None = None
     free_clusters_end: int | None = None
     races: int = 0
+    lvols_compared: int = 0
+    """Lvols the quiesce points compared with the target's listing (each time, each lvol): the trees no race of
+    the interval before touched."""
     notes: list[str] = field(default_factory=list)
     pauses: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_PAUSES))
     """(start, end) wall times when every lane was held (quiesce points, lvstore-wide ops): the report's bands."""
@@ -46,6 +49,7 @@ class StormResult:
             "free_clusters_start": self.free_clusters_start,
             "free_clusters_end": self.free_clusters_end,
             "races": self.races,
+            "lvols_compared": self.lvols_compared,
             "notes": list(self.notes),
             "pauses": [[round(a, 3), round(b, 3)] for a, b in self.pauses],
             **({"io": self.io} if self.io is not None else {}),

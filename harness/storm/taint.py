@@ -36,17 +36,30 @@ class Taint:
         self.keys.add(key)
 
     def trees(self, view: TreeView, ops: list[Op]) -> None:
-        """Taint the ops' keys and every lvol in their trees as the view sees them now (bounded walk)."""
-        todo = [k for o in ops for k in o.keys]
+        """Taint the ops' keys, all of them, and the lvols of their trees as the view sees them now (a walk of at
+        most TAINT_WALK_BUDGET lvols, so a huge tree stays O(1): at a quiesce point `sure_lvols` distrusts a whole
+        tree with any tainted member, so a walk cut short never leaves a tree trusted that should not be)."""
         seen = self.keys
+        nodes = view.nodes
+        todo: list[str] = []
+        for o in ops:
+            for k in o.keys:
+                if k in seen or k.startswith("s:"):
+                    continue
+                seen.add(k)
+                node = nodes.get(k)
+                if node is not None:
+                    todo.extend(node.children)
+                    if node.parent is not None:
+                        todo.append(node.parent)
         budget = TAINT_WALK_BUDGET
         while todo and budget > 0:
             k = todo.pop()
             budget -= 1
-            if k in seen or k.startswith("s:"):
+            if k in seen:
                 continue
             seen.add(k)
-            node = view.nodes.get(k)
+            node = nodes.get(k)
             if node is not None:
                 todo.extend(node.children)
                 if node.parent is not None:
