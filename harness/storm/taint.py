@@ -5,7 +5,7 @@ them from the target."""
 from __future__ import annotations
 
 from harness.storm.operations import Op
-from harness.storm.view import TreeView
+from harness.storm.view import Node, TreeView
 
 TAINT_WALK_BUDGET = 256
 """Most keys one taint walks (a tree's lvols as the view sees them): bounded, so a huge tree stays O(1)."""
@@ -41,30 +41,26 @@ class Taint:
         tree with any tainted member, so a walk cut short never leaves a tree trusted that should not be)."""
         seen = self.keys
         nodes = view.nodes
+        fresh = [k for o in ops for k in o.keys if k not in seen and not k.startswith("s:")]
+        seen.update(fresh)
         todo: list[str] = []
-        for o in ops:
-            for k in o.keys:
-                if k in seen or k.startswith("s:"):
-                    continue
-                seen.add(k)
-                node = nodes.get(k)
-                if node is not None:
-                    todo.extend(node.children)
-                    if node.parent is not None:
-                        todo.append(node.parent)
+        for k in fresh:
+            _push_neighbours(nodes.get(k), todo)
         budget = TAINT_WALK_BUDGET
         while todo and budget > 0:
             k = todo.pop()
             budget -= 1
-            if k in seen:
-                continue
-            seen.add(k)
-            node = nodes.get(k)
-            if node is not None:
-                todo.extend(node.children)
-                if node.parent is not None:
-                    todo.append(node.parent)
+            if k not in seen:
+                seen.add(k)
+                _push_neighbours(nodes.get(k), todo)
 
     def clear(self) -> None:
         self.keys.clear()
         self.everything = False
+
+
+def _push_neighbours(node: Node | None, todo: list[str]) -> None:
+    if node is not None:
+        todo.extend(node.children)
+        if node.parent is not None:
+            todo.append(node.parent)
