@@ -295,3 +295,17 @@ def test_a_taint_holds_every_key_of_its_ops_past_the_walk_budget(monkeypatch: py
     c.taint.trees(c.view, ops)
     assert {f"u{i}" for i in range(50)} | {f"r{i}" for i in range(50)} <= c.taint.keys
     assert "s:lvs0" not in c.taint.keys
+
+
+@pytest.mark.parametrize(("code", "errno_name", "finding"), [(-32602, None, False), (-19, "ENODEV", True)])
+def test_an_esnap_clone_on_an_lvstore_that_is_not_there_is_invalid_params(code: int, errno_name: str | None,
+                                                                          finding: bool) -> None:
+    """rpc_bdev_lvol_clone_bdev answers a missing lvstore with -32602 "lvs does not exist" (vbdev_lvol_rpc.c),
+    not ENODEV; the model said ENODEV, a false `unexpected-reply` when the storm's lvstore had just been
+    renamed (every strategy in one storm, seeds 31 and 33)."""
+    c = _checker()
+    op = _send(c, "bdev_lvol_clone_bdev", bdev="storm_esnap0", lvs_name="lvs0_r", clone_name="e")
+    op.done = True
+    op.error_code, op.errno_name, op.error_message = code, errno_name, "lvs does not exist"
+    c.on_reply(op)
+    assert [f.kind for f in c.findings] == (["unexpected-reply"] if finding else [])

@@ -139,6 +139,8 @@ class ModelMirror:
             for param in rule.lvstore_params:  # vbdev_get_lvol_store_by_uuid_xor_name, ..._by_name
                 value = p.get(param.name)
                 if value is not None and value != (model.uuid if param.role == "lvstore_uuid" else model.name):
+                    if param.missing_reply is not None:  # bdev_lvol_clone_bdev: -32602 "lvs does not exist"
+                        return f"code {param.missing_reply[0]}", None
                     return errno_mod.errorcode[param.missing], None
             transition = rule.model
             if transition is None:
