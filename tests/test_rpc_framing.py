@@ -14,8 +14,13 @@ from harness.rpc.framing import (
     UnreadResult,
     encode_request,
     result_span,
-    result_text,
 )
+
+
+def result_text(raw: bytes | memoryview) -> str | None:
+    """The result's JSON text, as the history writes it."""
+    span = result_span(raw)
+    return None if span is None else str(span, "utf-8")
 
 
 def _stream(n: int) -> tuple[list[dict[str, object]], bytes]:

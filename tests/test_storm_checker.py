@@ -309,3 +309,21 @@ def test_an_esnap_clone_on_an_lvstore_that_is_not_there_is_invalid_params(code: 
     op.error_code, op.errno_name, op.error_message = code, errno_name, "lvs does not exist"
     c.on_reply(op)
     assert [f.kind for f in c.findings] == (["unexpected-reply"] if finding else [])
+
+
+@pytest.mark.parametrize("field, value", [("snapshot", True), ("clone", True), ("base_snapshot", "s"),
+                                          ("clones", ["x"]), ("esnap_clone", True)])
+def test_the_comparisons_fast_path_for_plain_leaves_still_sees_every_link(field: str, value: Any) -> None:
+    """`_plain_leaf_alike` skips building the link dicts for an lvol without clones: any link the target reports
+    otherwise must still be a wrong-links finding."""
+    from harness.storm.listing_checks import listing_diff
+
+    c = _checker()
+    _, _, b, _ = _three_trees(c)
+    lvols, bdevs = _listing_of(c)
+    store = LvstoreInfo(**{**vars(LVS), "free_clusters": c.model.free_clusters})
+    assert listing_diff(lvols, bdevs, store, c.model) == []
+    info = bdevs[b]["driver_specific"]["lvol"]
+    bdevs[b]["driver_specific"]["lvol"] = {**info, field: value,
+                                           **({"external_snapshot_name": "e"} if field == "esnap_clone" else {})}
+    assert [f.kind for f in listing_diff(lvols, bdevs, store, c.model)] == ["wrong-links"]

@@ -77,12 +77,6 @@ def result_span(raw: bytes | memoryview) -> bytes | memoryview | None:
     return raw[m.end():-1]
 
 
-def result_text(raw: bytes | memoryview) -> str | None:
-    """`result_span` as text."""
-    span = result_span(raw)
-    return None if span is None else str(span, "utf-8")
-
-
 BIG_REPLY = 16 << 10
 """Lines at least this big are validated by simdjson and their result left undecoded (`lazy_results`)."""
 _SIMD = threading.local()
@@ -221,7 +215,8 @@ class ReplyParser:
         while pos <= end:
             nl = buf.find(b"\n", pos)
             line: bytes | memoryview
-            if lazy and nl - pos >= BIG_REPLY:
+            big = lazy and nl - pos >= BIG_REPLY
+            if big:
                 # A big line stays in the buffer: its reply, the history and a listing's schema read it there.
                 if view is None:
                     view = memoryview(buf)
@@ -232,7 +227,7 @@ class ReplyParser:
                     pos = nl + 1
                     continue
             try:
-                messages.append(_big_reply(line) if lazy and len(line) >= BIG_REPLY else loads(line))
+                messages.append(_big_reply(line) if big else loads(line))
             except _LoadError:
                 # Not one compact reply per line (pretty-printed, glued, NaN, not UTF-8, not JSON): the
                 # generic path from this line on decides.
